@@ -1,0 +1,1 @@
+//! Xenstore wire codec and client (in progress).
