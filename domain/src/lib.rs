@@ -1,15 +1,24 @@
 //! Ferrite's unikernel runtime.
 //!
-//! Protocol logic (xenstore wire format and client, console and xenstore
-//! rings, event-channel and grant-table bookkeeping) is safe code that builds
-//! and tests on the host. Hypercalls, page tables and raw shared memory live
-//! in [`hal`], compiled only for the bare-metal target.
+//! Protocol logic (xenstore wire format and client, console ring,
+//! event-channel and grant-table interfaces with host fakes, Xen ABI
+//! structures) is safe code that builds and tests on the host. Hypercalls,
+//! page tables and raw shared memory live in [`hal`], compiled only for the
+//! bare-metal target (`x86_64-unknown-none`).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
+pub mod console;
 pub mod error;
+pub mod evtchn;
+pub mod gnttab;
 pub mod shmem;
+pub mod types;
 pub mod wait;
+pub mod xen_abi;
 pub mod xenstore;
+
+#[cfg(target_os = "none")]
+pub mod hal;

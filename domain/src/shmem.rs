@@ -68,3 +68,26 @@ impl SharedMem for VecShared {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A shared window can be used through an `Arc` (tests hand one side to a
+/// ring under test and keep the other to play the peer).
+impl<T: SharedMem + ?Sized> SharedMem for alloc::sync::Arc<T> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn load_u32_acquire(&self, off: usize) -> u32 {
+        (**self).load_u32_acquire(off)
+    }
+    fn store_u32_release(&self, off: usize, val: u32) {
+        (**self).store_u32_release(off, val)
+    }
+    fn read(&self, off: usize, buf: &mut [u8]) {
+        (**self).read(off, buf)
+    }
+    fn write(&self, off: usize, data: &[u8]) {
+        (**self).write(off, data)
+    }
+    fn fence(&self) {
+        (**self).fence()
+    }
+}

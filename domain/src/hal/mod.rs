@@ -1,0 +1,208 @@
+//! The hardware/hypervisor layer: everything `unsafe` in the runtime.
+//!
+//! Boot entry points, hypercalls, PV page tables, mapped shared pages, the
+//! console, time, event channels and grant tables. Each piece hands safe
+//! types to the rest of the system.
+
+pub mod boot;
+pub mod console;
+pub mod events;
+pub mod grants;
+pub mod hypercall;
+pub mod page;
+pub mod pv;
+pub mod pvh;
+pub mod time;
+
+use crate::types::Mfn;
+use crate::xen_abi::{HvmMemmapEntry, HvmStartInfo, StartInfo, HVM_START_MAGIC, MEMMAP_RAM};
+use core::sync::atomic::{AtomicU8, Ordering};
+use linked_list_allocator::LockedHeap;
+use page::MappedPage;
+use pv::PvMm;
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// How we were booted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    Unknown,
+    /// Xen PV guest.
+    XenPv,
+    /// PVH under plain QEMU (tests).
+    Pvh,
+}
+
+static PLATFORM: AtomicU8 = AtomicU8::new(0);
+
+/// The platform this image booted on.
+pub fn platform() -> Platform {
+    match PLATFORM.load(Ordering::Relaxed) {
+        1 => Platform::XenPv,
+        2 => Platform::Pvh,
+        _ => Platform::Unknown,
+    }
+}
+
+/// Heap size on Xen PV (the domain has 32 MiB in all).
+pub const PV_HEAP_PAGES: u64 = 2048;
+/// Heap size on PVH.
+pub const PVH_HEAP_BYTES: u64 = 16 << 20;
+
+static MM: spin::Once<spin::Mutex<PvMm>> = spin::Once::new();
+
+/// What a Xen PV boot hands to the application.
+pub struct PvBoot {
+    pub start_info: StartInfo,
+    pub mm: &'static spin::Mutex<PvMm>,
+    pub heap_bytes: u64,
+    /// The xenstore ring page and its event channel.
+    pub xs_page: MappedPage,
+    pub xs_notifier: events::PortNotifier,
+    /// Event channels of this domain.
+    pub events: events::XenEvents,
+}
+
+/// What a PVH boot hands to the application.
+pub struct PvhBoot {
+    /// First byte above the heap: free RAM from here to `ram_top`.
+    pub free_start: u64,
+    pub ram_top: u64,
+    pub heap_bytes: u64,
+    pub tsc_per_us: u64,
+}
+
+/// The boot, as the application's `ferrite_main` receives it.
+pub enum Boot {
+    Pv(PvBoot),
+    Pvh(PvhBoot),
+}
+
+extern "Rust" {
+    /// Provided by the image crate.
+    fn ferrite_main(boot: Boot) -> !;
+}
+
+extern "C" {
+    static __image_end: u8;
+}
+
+/// Xen PV entry (called from `_start` in boot.rs).
+#[no_mangle]
+extern "C" fn ferrite_pv_start(si_va: u64, boot_rsp: u64) -> ! {
+    PLATFORM.store(1, Ordering::Relaxed);
+    // SAFETY: Xen passes the virtual address of start_info, mapped in the
+    // bootstrap region; we copy it once.
+    let si: StartInfo = unsafe { core::ptr::read_volatile(si_va as *const StartInfo) };
+    let con_va = pv::mfn_to_pfn(Mfn(si.console_mfn)).0 * pv::PAGE;
+    // SAFETY: the console page is part of the bootstrap mapping and stays
+    // mapped for the life of the domain.
+    console::init_pv(unsafe { MappedPage::new(con_va) }, si.console_evtchn);
+    let (mm, heap_start) = match PvMm::init(&si, si_va, boot_rsp, PV_HEAP_PAGES) {
+        Ok(x) => x,
+        Err(e) => {
+            console::print(format_args!("ferrite: memory setup failed: {e:?}\n"));
+            crash();
+        }
+    };
+    let heap_bytes = PV_HEAP_PAGES * pv::PAGE;
+    // SAFETY: [heap_start, +heap_bytes) are frames PvMm::init mapped 1:1
+    // writable and reserved for the heap; nothing else uses them.
+    unsafe { HEAP.lock().init(heap_start as *mut u8, heap_bytes as usize) };
+    let mm = MM.call_once(|| spin::Mutex::new(mm));
+    let shared_info_va = match mm.lock().map_mfn(Mfn(si.shared_info >> 12), pv::PTE_DATA_RW) {
+        Ok(va) => va,
+        Err(e) => {
+            console::print(format_args!("ferrite: cannot map shared info: {e:?}\n"));
+            crash();
+        }
+    };
+    time::set_shared_info(shared_info_va);
+    let store_va = pv::mfn_to_pfn(Mfn(si.store_mfn)).0 * pv::PAGE;
+    // SAFETY: the xenstore page is in the bootstrap mapping for the domain's
+    // life; the shared info page was mapped above and is never unmapped.
+    let (xs_page, xs_notifier, events) = unsafe {
+        (
+            MappedPage::new(store_va),
+            events::PortNotifier::new(shared_info_va, crate::types::EvtchnPort(si.store_evtchn)),
+            events::XenEvents::new(shared_info_va),
+        )
+    };
+    let boot = Boot::Pv(PvBoot { start_info: si, mm, heap_bytes, xs_page, xs_notifier, events });
+    // SAFETY: the image crate defines `ferrite_main` with this signature.
+    unsafe { ferrite_main(boot) }
+}
+
+/// PVH entry (called from `pvh_start32` after the switch to long mode).
+#[no_mangle]
+extern "C" fn ferrite_pvh_start(info_paddr: u64) -> ! {
+    PLATFORM.store(2, Ordering::Relaxed);
+    console::init_serial();
+    // SAFETY: the PVH loader passes the physical address of hvm_start_info;
+    // we identity-map the low 4 GiB.
+    let info: HvmStartInfo = unsafe { core::ptr::read_volatile(info_paddr as *const HvmStartInfo) };
+    if info.magic != HVM_START_MAGIC {
+        console::print(format_args!("ferrite: bad hvm_start_info magic {:#x}\n", info.magic));
+        pvh::exit(pvh::EXIT_FAILURE);
+    }
+    let image_end = core::ptr::addr_of!(__image_end) as u64;
+    let heap_start = (image_end + 0xFFFF) & !0xFFFF;
+    let mut ram_top = 0u64;
+    if info.version >= 1 && info.memmap_paddr != 0 {
+        for i in 0..info.memmap_entries.min(128) as u64 {
+            // SAFETY: the loader's memory map, inside identity-mapped low memory.
+            let e: HvmMemmapEntry = unsafe { core::ptr::read_volatile((info.memmap_paddr + i * 24) as *const HvmMemmapEntry) };
+            if e.kind == MEMMAP_RAM && e.addr <= heap_start && e.addr + e.size > heap_start {
+                ram_top = (e.addr + e.size).min(0xC000_0000);
+            }
+        }
+    }
+    if ram_top < heap_start + PVH_HEAP_BYTES {
+        console::print(format_args!("ferrite: not enough RAM above the image (top {ram_top:#x})\n"));
+        pvh::exit(pvh::EXIT_FAILURE);
+    }
+    // SAFETY: RAM from the loader's map, above the image, unused.
+    unsafe { HEAP.lock().init(heap_start as *mut u8, PVH_HEAP_BYTES as usize) };
+    let tsc_per_us = pvh::calibrate_tsc();
+    time::set_tsc_rate(tsc_per_us);
+    let boot = Boot::Pvh(PvhBoot { free_start: heap_start + PVH_HEAP_BYTES, ram_top, heap_bytes: PVH_HEAP_BYTES, tsc_per_us });
+    // SAFETY: the image crate defines `ferrite_main` with this signature.
+    unsafe { ferrite_main(boot) }
+}
+
+/// Bytes of heap in use and free.
+pub fn heap_usage() -> (usize, usize) {
+    let h = HEAP.lock();
+    (h.used(), h.free())
+}
+
+/// Powers the domain off cleanly (console drained first). On PVH, exits QEMU.
+pub fn poweroff() -> ! {
+    console::drain();
+    match platform() {
+        Platform::Pvh => pvh::exit(pvh::EXIT_SUCCESS),
+        _ => {
+            let e = hypercall::sched_shutdown(hypercall::sched::POWEROFF);
+            console::print(format_args!("ferrite: poweroff refused: {e}\n"));
+            crash()
+        }
+    }
+}
+
+/// Ends the domain as crashed (or QEMU with the failure code).
+pub fn crash() -> ! {
+    console::drain();
+    if platform() == Platform::Pvh {
+        pvh::exit(pvh::EXIT_FAILURE);
+    }
+    loop {
+        hypercall::sched_shutdown(hypercall::sched::CRASH);
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::emergency(format_args!("ferrite: PANIC: {info}\n"));
+    crash()
+}
