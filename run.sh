@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Ferrite — one entry point.
+#
+#   ./run.sh          the main job: build Ferrite and start it as a Xen driver
+#                     domain (`xl create configs/ferrite.cfg`). On a Xen host
+#                     (dom0 with xl) that happens directly; anywhere else the
+#                     lab is built (Xen 4.17 + Debian dom0 under QEMU TCG,
+#                     cached in .lab-cache/) and Ferrite is started inside it.
+#   ./run.sh test     every test: host cargo tests, image checks, the PVH boot
+#                     test under plain QEMU, and the lab end-to-end tests.
+#                     Last line: "N passed, M failed"; non-zero exit on failure.
+#   ./run.sh bench    comparison against a Linux driver domain (not built yet).
+#
+# Logs go to results/logs/; each step says where.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT=$PWD
+TARGET=x86_64-unknown-none
+IMAGE=$ROOT/target/$TARGET/release/ferrite
+LOGS=$ROOT/results/logs
+MAX_IMAGE_BYTES=$((2 * 1024 * 1024))
+mkdir -p "$LOGS"
+
+T0=$(date +%s.%N)
+since() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%6.1f", b - a }'; }
+say() { echo "[ferrite $(since)s] $*"; }
+
+ensure_toolchain() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+        say "installing the Rust target $TARGET"
+        rustup target add "$TARGET" >"$LOGS/rustup.log" 2>&1 || { say "rustup target add failed; see $LOGS/rustup.log"; return 1; }
+    fi
+}
+
+build_image() {
+    ensure_toolchain || return 1
+    say "building the Ferrite image (release, $TARGET); log: $LOGS/build.log"
+    if ! cargo build -p ferrite --release --target "$TARGET" >"$LOGS/build.log" 2>&1; then
+        say "build FAILED:"; tail -n 30 "$LOGS/build.log"; return 1
+    fi
+    say "image: $IMAGE ($(stat -c %s "$IMAGE") bytes)"
+}
+
+on_xen_host() {
+    [ -r /proc/xen/capabilities ] && grep -q control_d /proc/xen/capabilities && command -v xl >/dev/null
+}
+
+# ---------------------------------------------------------------- main job
+main_on_xen_host() {
+    local t domid state="" deadline
+    say "Xen host detected: xl create configs/ferrite.cfg"
+    t=$(date +%s.%N)
+    xl create "$ROOT/configs/ferrite.cfg" "kernel=\"$IMAGE\"" || { say "xl create failed"; return 1; }
+    domid=$(xl domid ferrite)
+    deadline=$(( $(date +%s) + 30 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        state=$(xenstore-read "/local/domain/$domid/data/ferrite/state" 2>/dev/null || true)
+        [ "$state" = ready ] && break
+        sleep 0.1
+    done
+    if [ "$state" != ready ]; then
+        say "Ferrite (domain $domid) did not report ready within 30 s; see 'xl console ferrite' or /var/log/xen/console/guest-ferrite.log"
+        return 1
+    fi
+    say "Ferrite is running as driver domain $domid, ready $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s after xl create"
+    xl list ferrite
+    say "console: xl console ferrite  (log: /var/log/xen/console/guest-ferrite.log); stop: xl shutdown ferrite"
+}
+
+main_job() {
+    build_image || return 1
+    if on_xen_host; then
+        main_on_xen_host
+        return
+    fi
+    say "no Xen here: using the lab (Xen 4.17 + Debian dom0 under QEMU TCG)"
+    "$ROOT/lab/lab.sh" build || return 1
+    "$ROOT/lab/lab.sh" run main "$IMAGE"
+}
+
+# ---------------------------------------------------------------- tests
+PASSED=0
+FAILED=0
+FAILURES=()
+record() { # record NAME OK|FAIL [detail]
+    if [ "$2" = OK ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILURES+=("$1${3:+: $3}"); fi
+}
+
+test_host() {
+    say "host tests: cargo test --workspace; log: $LOGS/cargo-test.log"
+    cargo test --workspace >"$LOGS/cargo-test.log" 2>&1
+    local rc=$? p f
+    p=$(grep -E '^test result:' "$LOGS/cargo-test.log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+    f=$(grep -E '^test result:' "$LOGS/cargo-test.log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f))
+    grep -E '^test .* FAILED$' "$LOGS/cargo-test.log" | sed 's/^test //; s/ \.\.\. FAILED$//' | while read -r t; do echo "    failed: $t"; done
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        record cargo-test FAIL "cargo test exited $rc without a failing test (build error?); see $LOGS/cargo-test.log"
+        tail -n 20 "$LOGS/cargo-test.log"
+    fi
+    say "host tests: $p passed, $f failed"
+}
+
+test_image() {
+    if ! build_image; then
+        record image-build FAIL; return 1
+    fi
+    record image-build OK
+    local size
+    size=$(stat -c %s "$IMAGE")
+    if [ "$size" -le "$MAX_IMAGE_BYTES" ]; then record image-size OK; say "image size $size bytes (limit $MAX_IMAGE_BYTES)"
+    else record image-size FAIL "$size bytes > $MAX_IMAGE_BYTES"; fi
+    if python3 "$ROOT/tests/elf_notes.py" "$IMAGE"; then record elf-notes OK; else record elf-notes FAIL; fi
+}
+
+test_pvh() {
+    command -v qemu-system-x86_64 >/dev/null || "$ROOT/lab/lab.sh" host-tools >/dev/null 2>&1 || true
+    if ! command -v qemu-system-x86_64 >/dev/null; then record pvh-boot FAIL "qemu-system-x86_64 missing"; return; fi
+    say "PVH boot test under plain QEMU; serial log: $LOGS/pvh-boot.log"
+    if "$ROOT/tests/pvh-boot.sh" "$IMAGE" "$LOGS/pvh-boot.log"; then record pvh-boot OK; else record pvh-boot FAIL; fi
+}
+
+test_lab() {
+    say "lab tests (one Xen boot under QEMU TCG)"
+    if ! "$ROOT/lab/lab.sh" build; then
+        record lab-build FAIL "see .lab-cache/logs/"; return
+    fi
+    local out=$LOGS/lab-test.log
+    "$ROOT/lab/lab.sh" run test "$IMAGE" 2>&1 | tee "$out"
+    local rc=${PIPESTATUS[0]} n=0 name verdict
+    while read -r name verdict; do
+        n=$((n + 1))
+        if [ "$verdict" = PASS ]; then record "lab:$name" OK; else record "lab:$name" FAIL; fi
+    done < <(grep -oE 'LAB-TEST [A-Za-z0-9_.-]+ (PASS|FAIL)' "$out" | awk '{print $2, $3}' | sort -u -k1,1)
+    if [ "$n" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q 'LAB-TEST .* FAIL' "$out"; }; then
+        record lab-run FAIL "lab.sh exited $rc; see $out"
+    fi
+}
+
+run_tests() {
+    test_host
+    test_image && test_pvh
+    if [ "${FERRITE_SKIP_LAB:-0}" = 1 ]; then say "FERRITE_SKIP_LAB=1: lab tests skipped"; else test_lab; fi
+    for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done
+    say "done; logs in $LOGS"
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}
+
+case "${1:-main}" in
+    main) main_job ;;
+    test) run_tests ;;
+    bench) echo "./run.sh bench: the comparison against a Linux driver domain is not built yet (issue: run.sh bench)." >&2; exit 2 ;;
+    -h|--help|help) sed -n '2,15p' "$0" ;;
+    *) echo "usage: ./run.sh [main|test|bench]" >&2; exit 2 ;;
+esac
