@@ -1,0 +1,14 @@
+//! Host fakes that enforce the hardware contracts (STYLE.md §2): DMA memory
+//! that copies on map and panics on double unmap or device access to
+//! unmapped addresses, a settable clock, a PCI config space, and an NVMe
+//! controller that runs its queues over the fake DMA memory.
+
+mod clock;
+mod dma;
+mod nvme;
+mod pci;
+
+pub use clock::FakeClock;
+pub use dma::{FakeDma, FakeMemory, Memory};
+pub use nvme::{FakeNvme, FakeNvmeConfig, Injection, Stall};
+pub use pci::FakePci;
