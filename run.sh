@@ -119,6 +119,8 @@ test_pvh() {
     if ! command -v qemu-system-x86_64 >/dev/null; then record pvh-boot FAIL "qemu-system-x86_64 missing"; return; fi
     say "PVH boot test under plain QEMU; serial log: $LOGS/pvh-boot.log"
     if "$ROOT/tests/pvh-boot.sh" "$IMAGE" "$LOGS/pvh-boot.log"; then record pvh-boot OK; else record pvh-boot FAIL; fi
+    say "PVH NVMe test (q35 + emulated NVMe, then the image file checked from the host); log: $LOGS/pvh-nvme.log"
+    if "$ROOT/tests/pvh-nvme.sh" "$IMAGE" "$LOGS/pvh-nvme.log"; then record pvh-nvme OK; else record pvh-nvme FAIL; fi
 }
 
 test_lab() {

@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+mod disktest;
 mod pv;
 mod pvh;
 

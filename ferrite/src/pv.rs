@@ -126,7 +126,7 @@ impl Driver {
         match req.as_str() {
             "" => {}
             "poweroff" | "halt" => {
-                info!("shutdown requested ({req}): poweroff");
+                info!("poweroff (control/shutdown = {req})");
                 let _ = self.xs.write("control/shutdown", "");
                 let _ = self.xs.write("data/ferrite/state", "closing");
                 hal::poweroff();

@@ -2,7 +2,10 @@
 //! isa-debug-exit (33 = pass, 35 = fail).
 
 use alloc::vec::Vec;
+use domain::hal::dev::{HalClock, HalDma, PortPci, Translation};
 use domain::hal::{self, pvh, PvhBoot};
+use drivers::nvme::{Config, Nvme};
+use drivers::pci::{BarKind, PciDevice};
 use log::{error, info};
 
 /// One PCI function found by the bus scan.
@@ -81,10 +84,81 @@ pub fn run(b: PvhBoot) -> ! {
     }
     check("pci-scan", fns.first().map(|f| f.vendor == 0x8086).unwrap_or(false), &mut failures);
 
+    match fns.iter().find(|f| f.class == 0x010802) {
+        Some(f) => check("nvme", nvme_test(f.bdf), &mut failures),
+        None => info!("no NVMe controller on bus 0: NVMe tests skipped"),
+    }
+
     if failures == 0 {
         info!("pvh self-test passed");
         hal::poweroff();
     }
     error!("pvh self-test: {failures} failure(s)");
     hal::crash();
+}
+
+/// Brings up the NVMe controller at `bdf` with several queues and runs the
+/// disk self-test on it.
+fn nvme_test(bdf: (u8, u8, u8)) -> bool {
+    let mut pci = PortPci::new(bdf.0, bdf.1, bdf.2);
+    let bar = match pci.bar(0) {
+        Some(b) if b.kind != BarKind::Io => b,
+        other => {
+            error!("nvme: BAR0 unusable: {other:?}");
+            return false;
+        }
+    };
+    if bar.base + bar.size > 0x1_0000_0000 {
+        error!("nvme: BAR0 at {:#x} is above the 4 GiB identity map", bar.base);
+        return false;
+    }
+    pci.enable_memory_and_bus_master();
+    info!("nvme at {:02x}:{:02x}.{}: BAR0 {:#x} ({} KiB)", bdf.0, bdf.1, bdf.2, bar.base, bar.size / 1024);
+    let regs = domain::hal::dev::mmio_identity(bar.base, bar.size as usize);
+    let dma = HalDma::new(Translation::Identity);
+    info!("nvme: DMA strategy: {}", dma.describe());
+    let config = Config { io_queues: 4, queue_depth: 64, ..Config::default() };
+    let mut nvme = match Nvme::init(regs, dma, HalClock, config) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("nvme: bring-up failed: {e:?}");
+            return false;
+        }
+    };
+    let i = nvme.info().clone();
+    info!(
+        "nvme: {} {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, VWC {}, DSM {}, write-zeroes {}",
+        ascii(&i.model),
+        ascii(&i.serial),
+        i.version.major(),
+        i.version.minor(),
+        i.blocks,
+        i.block_size,
+        i.io_queues,
+        i.queue_depth,
+        i.volatile_write_cache,
+        i.dsm,
+        i.write_zeroes
+    );
+    let ok = match crate::disktest::run(&mut nvme, 16 * 1024, 512) {
+        Ok(r) => {
+            info!("nvme disk test passed: {} bytes written and verified", r.bytes_written);
+            true
+        }
+        Err(e) => {
+            error!("nvme disk test: {e}");
+            false
+        }
+    };
+    let s = nvme.stats();
+    info!("nvme stats: timeouts {} aborts {} resets {} spurious {}", s.timeouts, s.aborts_sent, s.resets, s.spurious_completions);
+    if let Err(e) = nvme.shutdown() {
+        error!("nvme: shutdown: {e:?}");
+        return false;
+    }
+    ok
+}
+
+fn ascii(b: &[u8]) -> &str {
+    core::str::from_utf8(b).unwrap_or("?").trim()
 }

@@ -5,6 +5,7 @@
 //! types to the rest of the system.
 
 pub mod boot;
+pub mod dev;
 pub mod console;
 pub mod events;
 pub mod grants;
