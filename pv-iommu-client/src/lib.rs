@@ -1,4 +1,24 @@
+//! PV-IOMMU: the guest side of Xen's `__HYPERVISOR_iommu_op` interface.
+//!
+//! * [`abi`] declares every structure of `xen/include/public/pv-iommu.h`
+//!   (v6/v7 series) once, `#[repr(C)]` with its padding spelled out, checked
+//!   by compile-time size/offset assertions and golden-bytes tests, and a
+//!   decoder ([`abi::decode`]) that never panics on hostile bytes.
+//! * [`client`] issues typed calls over a [`client::Transport`] and maps Xen
+//!   errno values to [`error::Error`].
+//!
+//! No unsafe code here: the hypercall itself lives in the runtime's HAL,
+//! which implements [`client::Transport`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
-//! pv-iommu-client (placeholder; filled in by its issue)
+#![warn(missing_docs)]
+
 extern crate alloc;
+
+pub mod abi;
+pub mod client;
+pub mod error;
+pub mod types;
+
+pub use client::{Client, Transport};
+pub use error::{Error, PartialError};
