@@ -87,8 +87,8 @@ record() { # record NAME OK|FAIL [detail]
 }
 
 test_host() {
-    say "host tests: cargo test --workspace; log: $LOGS/cargo-test.log"
-    cargo test --workspace >"$LOGS/cargo-test.log" 2>&1
+    say "host tests: cargo test (all library crates); log: $LOGS/cargo-test.log"
+    cargo test >"$LOGS/cargo-test.log" 2>&1
     local rc=$? p f
     p=$(grep -E '^test result:' "$LOGS/cargo-test.log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
     f=$(grep -E '^test result:' "$LOGS/cargo-test.log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')

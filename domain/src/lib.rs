@@ -14,6 +14,7 @@ pub mod console;
 pub mod error;
 pub mod evtchn;
 pub mod gnttab;
+pub mod pcifront;
 pub mod shmem;
 pub mod types;
 pub mod wait;

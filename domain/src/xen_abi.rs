@@ -123,6 +123,8 @@ pub struct MmuUpdate {
 const _: () = assert!(size_of::<MmuUpdate>() == 16);
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 pub const DOMID_SELF: u16 = 0x7FF0;
+/// Owner of I/O memory in page-table updates.
+pub const DOMID_IO: u16 = 0x7FF1;
 pub const UVMF_INVLPG: u64 = 2;
 
 /// `struct evtchn_alloc_unbound`.

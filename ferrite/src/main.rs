@@ -10,7 +10,9 @@
 
 extern crate alloc;
 
+mod disk;
 mod disktest;
+mod pci_nvme;
 mod pv;
 mod pvh;
 

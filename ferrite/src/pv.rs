@@ -12,10 +12,16 @@ use domain::hal::{self, pv as hpv, PvBoot};
 use domain::shmem::SharedMem;
 use domain::types::{DomId, EvtchnPort, GrantRef, Pfn};
 use domain::xenstore::{XsClient, XsErrno, XsError};
+use crate::disk::AnyDisk;
+use domain::hal::dev::DmaBuf;
+use storage_backend::shell::Blkback;
+use storage_backend::xenbus::BackendConfig;
 use log::{error, info, warn};
 
 type Xs = XsClient<MappedPage, PortNotifier>;
 
+/// Size of the RAM disk served when no NVMe controller is passed through.
+const RAMDISK_BYTES: u64 = 4 << 20;
 /// Per-request xenstore deadline.
 const XS_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long the lab's event-channel check waits for dom0's reply.
@@ -35,6 +41,8 @@ struct Driver {
     events: XenEvents,
     grants: XenGrants<'static>,
     mm: &'static spin::Mutex<hpv::PvMm>,
+    blk: Blkback<MappedPage, AnyDisk>,
+    store_port: EvtchnPort,
 }
 
 pub fn run(b: PvBoot) -> ! {
@@ -49,17 +57,16 @@ pub fn run(b: PvBoot) -> ! {
         b.heap_bytes / 1024,
         b.mm.lock().free_pages()
     );
-    let xs = XsClient::new(b.xs_page, b.xs_notifier, XS_TIMEOUT_NS);
-    let events = b.events;
-    let grants = match XenGrants::new(b.mm) {
+    let mut xs = XsClient::new(b.xs_page, b.xs_notifier, XS_TIMEOUT_NS);
+    let mut events = b.events;
+    let mut grants = match XenGrants::new(b.mm) {
         Ok(g) => g,
         Err(e) => {
             error!("grant table setup failed: {e:?}");
             hal::crash();
         }
     };
-    let mut d = Driver { xs, events, grants, mm: b.mm };
-    let domid = match d.xs.read_string("domid") {
+    let domid = match xs.read_string("domid") {
         Ok(s) => s,
         Err(e) => {
             error!("cannot read my domid from xenstore: {e:?}");
@@ -68,8 +75,33 @@ pub fn run(b: PvBoot) -> ! {
     };
     info!("domain {domid}: xenstore connected, grant table and event channels ready");
 
+    let mut nvme = None;
+    match xs.directory("device/pci") {
+        Ok(devs) if devs.iter().any(|x| x == "0") => {
+            let (n, verdict) = crate::pci_nvme::setup(&mut xs, &mut events, &mut grants, b.mm, 128);
+            if let Err(e) = xs.write("data/ferrite/nvme", verdict.as_bytes()) {
+                warn!("cannot report the NVMe self-test: {e:?}");
+            }
+            nvme = n;
+        }
+        _ => info!("no PCI device passed through (device/pci/0 absent): not driving NVMe"),
+    }
+    let disk = match nvme {
+        Some(n) => AnyDisk::Nvme(n),
+        None => AnyDisk::Ram(drivers::block::RamDisk::new(512, RAMDISK_BYTES / 512, 1, 64)),
+    };
+    info!("serving guests from the {} ({} sectors)", disk.describe(), {
+        use drivers::block::BlockDevice;
+        disk.capacity() * disk.block_size() as u64 / 512
+    });
+    let blk = Blkback::new(disk, BackendConfig::default(), DmaBuf::zeroed);
+    let store_port = EvtchnPort(si.store_evtchn);
+    let mut d = Driver { xs, events, grants, mm: b.mm, blk, store_port };
     if let Err(e) = d.self_checks() {
         warn!("self-check: {e}");
+    }
+    if let Err(e) = d.blk.start(&mut d.xs) {
+        error!("cannot watch backend/vbd: {e:?}");
     }
     if let Err(e) = d.offer_page_to_dom0() {
         warn!("could not grant a page to dom0: {e}");
@@ -89,28 +121,48 @@ pub fn run(b: PvBoot) -> ! {
 
 
 impl Driver {
+    /// The polling loop: xenstore watch events, then every ring and the
+    /// disk; when nothing is in flight and no ring has work, block on the
+    /// event channels (xenstore and every ring) for up to a second.
     fn main_loop(&mut self) -> ! {
         let mut errors = 0u32;
         loop {
-            let deadline = hal::time::now() + 5_000_000_000;
-            match self.xs.wait_watch(deadline) {
-                Ok(Some(ev)) => match ev.token.as_str() {
-                    "shutdown" => self.on_shutdown(),
-                    "test" => self.on_test_request(),
-                    other => warn!("watch event with unknown token {other:?} for {}", ev.path),
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    errors += 1;
-                    if errors <= 5 {
-                        warn!("xenstore: {e:?}");
-                    }
-                    if matches!(e, XsError::RingBroken) {
-                        error!("xenstore ring is broken; stopping");
-                        hal::crash();
+            // Bounded: the client's event queue is bounded.
+            for _ in 0..64 {
+                match self.xs.poll_watch() {
+                    Ok(Some(ev)) => self.dispatch(&ev.token, &ev.path),
+                    Ok(None) => break,
+                    Err(e) => {
+                        errors += 1;
+                        if errors <= 5 {
+                            warn!("xenstore: {e:?}");
+                        }
+                        if matches!(e, XsError::RingBroken) {
+                            error!("xenstore ring is broken; stopping");
+                            hal::crash();
+                        }
+                        break;
                     }
                 }
             }
+            let busy = self.blk.poll(&mut self.grants, &mut self.events);
+            if !busy {
+                let mut ports = self.blk.ports();
+                ports.push(self.store_port);
+                let _ = self.events.wait_any(&ports, hal::time::now() + 1_000_000_000);
+                self.events.take_pending(self.store_port);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: &str, path: &str) {
+        match token {
+            "shutdown" => self.on_shutdown(),
+            "test" => self.on_test_request(),
+            t if t.starts_with(storage_backend::shell::WATCH_PREFIX) => {
+                self.blk.on_watch(&mut self.xs, &mut self.grants, &mut self.events, t)
+            }
+            other => warn!("watch event with unknown token {other:?} for {path}"),
         }
     }
 
@@ -127,6 +179,11 @@ impl Driver {
             "" => {}
             "poweroff" | "halt" => {
                 info!("poweroff (control/shutdown = {req})");
+                if let AnyDisk::Nvme(n) = self.blk.disk_mut() {
+                    if let Err(e) = n.shutdown() {
+                        warn!("nvme shutdown: {e:?}");
+                    }
+                }
                 let _ = self.xs.write("control/shutdown", "");
                 let _ = self.xs.write("data/ferrite/state", "closing");
                 hal::poweroff();

@@ -41,6 +41,7 @@ extern crate alloc;
 pub mod abi;
 pub mod request;
 pub mod ring;
+pub mod shell;
 pub mod xenbus;
 
 /// A grant reference handed to us by the frontend (`grant_ref_t`).

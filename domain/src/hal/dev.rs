@@ -301,3 +301,12 @@ pub fn mmio_identity(base: u64, len: usize) -> Mmio {
     // is the BAR's only driver.
     unsafe { Mmio::new(base, len) }
 }
+
+/// Maps a device BAR (machine address `maddr`, `size` bytes) on Xen PV and
+/// returns its registers.
+pub fn pv_map_bar(mm: &spin::Mutex<PvMm>, maddr: u64, size: u64) -> Result<Mmio, super::pv::MmError> {
+    let va = mm.lock().map_mmio(maddr, size)?;
+    // SAFETY: map_mmio mapped [va, va + size) uncached to the BAR and the
+    // range is never reused (dynamic window bump allocation).
+    Ok(unsafe { Mmio::new(va, size as usize) })
+}

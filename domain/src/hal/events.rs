@@ -40,6 +40,13 @@ impl XenEvents {
         unsafe { checked(nr::EVENT_CHANNEL_OP, cmd, arg as *mut T as u64, 0) }.map(|_| ())
     }
 
+    /// A notifier on `port` sharing this domain's shared info page.
+    pub fn notifier(&self, port: EvtchnPort) -> PortNotifier {
+        // SAFETY: `self` was built on the mapped shared info page, which
+        // stays mapped for the domain's lifetime.
+        unsafe { PortNotifier::new(self.shared_info_va, port) }
+    }
+
     /// Whether `port` is pending (not consumed).
     pub fn is_pending(&self, port: EvtchnPort) -> bool {
         self.word(si::EVTCHN_PENDING, port).map(|(w, bit)| w.load(Ordering::Acquire) & bit != 0).unwrap_or(false)
@@ -94,8 +101,8 @@ impl EventOps for XenEvents {
             if super::time::now() >= deadline {
                 return Ok(false);
             }
-            let raw: [u32; 8] = core::array::from_fn(|i| ports.get(i).map(|p| p.0).unwrap_or(0));
-            sched_poll(&raw[..ports.len().min(8)], deadline)?;
+            let raw: [u32; 64] = core::array::from_fn(|i| ports.get(i).map(|p| p.0).unwrap_or(0));
+            sched_poll(&raw[..ports.len().min(64)], deadline)?;
         }
         Ok(ports.iter().any(|&p| self.is_pending(p)))
     }

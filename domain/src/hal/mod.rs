@@ -172,6 +172,16 @@ extern "C" fn ferrite_pvh_start(info_paddr: u64) -> ! {
     unsafe { ferrite_main(boot) }
 }
 
+/// Xen feature flags, submap 0 (`XENVER_get_features`, `features.h`):
+/// bit 2 `XENFEAT_auto_translated_physmap` (set for PVH/HVM, clear for PV).
+pub fn xen_features() -> Result<u32, crate::error::XenError> {
+    // struct xen_feature_info { unsigned int submap_idx; uint32_t submap; }
+    let mut info = [0u32; 2];
+    // SAFETY: XENVER_get_features (6) fills the 8-byte struct on our stack.
+    crate::error::XenError::check(unsafe { hypercall::hypercall2(hypercall::nr::XEN_VERSION, 6, info.as_mut_ptr() as u64) })?;
+    Ok(info[1])
+}
+
 /// Bytes of heap in use and free.
 pub fn heap_usage() -> (usize, usize) {
     let h = HEAP.lock();

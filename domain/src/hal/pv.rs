@@ -11,7 +11,7 @@
 use super::hypercall::{hypercall3, hypercall5, nr};
 use crate::error::XenError;
 use crate::types::{Mfn, Pfn};
-use crate::xen_abi::{MmuUpdate, StartInfo, DOMID_SELF, MMU_NORMAL_PT_UPDATE, UVMF_INVLPG};
+use crate::xen_abi::{MmuUpdate, StartInfo, DOMID_IO, DOMID_SELF, MMU_NORMAL_PT_UPDATE, UVMF_INVLPG};
 use alloc::vec::Vec;
 
 /// Read-only machine-to-phys table Xen maps into every PV guest.
@@ -316,6 +316,36 @@ impl PvMm {
             return Err(e.into());
         }
         Ok(va)
+    }
+
+    /// Maps `size` bytes of device memory at machine address `maddr`
+    /// (page aligned) uncached at consecutive dynamic addresses. Xen checks
+    /// that the toolstack gave us access to that I/O memory.
+    pub fn map_mmio(&mut self, maddr: u64, size: u64) -> Result<u64, MmError> {
+        let pages = size.div_ceil(PAGE);
+        if maddr % PAGE != 0 || pages == 0 || self.dyn_next + pages * PAGE > DYN_END {
+            return Err(MmError::OutOfVa);
+        }
+        let base = self.dyn_next;
+        self.dyn_next += pages * PAGE;
+        for i in 0..pages {
+            let va = base + i * PAGE;
+            let l1e = match self.l1e_maddr_opt(va) {
+                Some(a) => a,
+                None => self.l1e_maddr_create(va)?,
+            };
+            let val = (maddr + i * PAGE) | PTE_MMIO;
+            // I/O memory belongs to no domain: name DOMID_IO as its owner.
+            let req = [MmuUpdate { ptr: l1e | MMU_NORMAL_PT_UPDATE, val }];
+            let mut done: u32 = 0;
+            // SAFETY: one update of our own L1 entry for a fresh dynamic
+            // page; Xen checks the I/O memory permission.
+            let r = unsafe {
+                hypercall5(nr::MMU_UPDATE, req.as_ptr() as u64, 1, &mut done as *mut u32 as u64, DOMID_IO as u64, 0)
+            };
+            XenError::check(r)?;
+        }
+        Ok(base)
     }
 
     /// Unmaps a dynamic page mapped by [`map_mfn`](Self::map_mfn).

@@ -273,6 +273,15 @@ impl FakeXenstored {
         i.step();
     }
 
+    /// Sets the permissions of an existing node as dom0 would (the toolstack
+    /// opening a backend directory to the frontend domain, for example).
+    pub fn external_set_perms(&self, path: &str, perms: &[Perm]) {
+        let mut i = self.inner.borrow_mut();
+        let abs = i.resolve(path.as_bytes()).expect("bad path in test");
+        let node = i.tree.get_mut(&abs).expect("external_set_perms on a missing node");
+        node.perms = perms.to_vec();
+    }
+
     /// A removal by dom0, like [`external_write`](Self::external_write).
     pub fn external_rm(&self, path: &str) {
         let mut i = self.inner.borrow_mut();

@@ -1,0 +1,115 @@
+//! NVMe on Xen PV: find the controller passed through with `pci=[...]`
+//! via pcifront, map its BAR, bring it up and run the disk self-test.
+
+use crate::disktest;
+use alloc::format;
+use alloc::string::String;
+use domain::evtchn::EventOps;
+use domain::gnttab::GrantOps;
+use domain::hal::dev::{pv_map_bar, HalClock, HalDma, Mmio, Translation};
+use domain::hal::events::{PortNotifier, XenEvents};
+use domain::hal::page::MappedPage;
+use domain::hal::pv::PvMm;
+use domain::hal::{self};
+use domain::pcifront::{self, PciChannel};
+use domain::wait::Notifier;
+use domain::xenstore::XsClient;
+use drivers::nvme::{Config, Nvme};
+use drivers::pci::{BarKind, PciDevice, NVME_CLASS};
+use log::{info, warn};
+
+/// The NVMe driver as Ferrite runs it on Xen PV.
+pub type PvNvme = Nvme<Mmio, HalDma, HalClock>;
+
+/// Connects pcifront, brings up the first NVMe controller and runs the
+/// self-test. Returns the controller (for serving) and a verdict line.
+pub fn setup<N: Notifier>(
+    xs: &mut XsClient<MappedPage, N>,
+    events: &mut XenEvents,
+    grants: &mut impl GrantOps,
+    mm: &'static spin::Mutex<PvMm>,
+    test_requests: usize,
+) -> (Option<PvNvme>, String) {
+    match try_setup(xs, events, grants, mm, test_requests) {
+        Ok((n, v)) => (Some(n), v),
+        Err(e) => {
+            warn!("nvme: {e}");
+            (None, format!("fail: {e}"))
+        }
+    }
+}
+
+fn try_setup<N: Notifier>(
+    xs: &mut XsClient<MappedPage, N>,
+    events: &mut XenEvents,
+    grants: &mut impl GrantOps,
+    mm: &'static spin::Mutex<PvMm>,
+    test_requests: usize,
+) -> Result<(PvNvme, String), String> {
+    let t0 = hal::time::now();
+    let pfn = mm.lock().alloc_frame().map_err(|e| format!("no frame for pcifront: {e:?}"))?;
+    let p = pcifront::start(xs, events, grants, "device/pci/0", pfn).map_err(|e| format!("pcifront handshake: {e:?}"))?;
+    let deadline = t0 + 30_000_000_000;
+    let conn = loop {
+        match pcifront::poll_connected(xs, &p).map_err(|e| format!("pcifront: {e:?}"))? {
+            Some(c) => break c,
+            None if hal::time::now() > deadline => return Err(String::from("pciback did not connect within 30 s")),
+            None => {
+                let _ = events.wait_any(&[p.port], hal::time::now() + 20_000_000);
+            }
+        }
+    };
+    info!("pcifront connected to backend domain {} ({} device(s)) in {} ms", p.backend_id, conn.devices.len(), (hal::time::now() - t0) / 1_000_000);
+    let page = mm.lock().frame_page(pfn).map_err(|e| format!("{e:?}"))?;
+    let notifier: PortNotifier = events.notifier(p.port);
+    let mut chan = PciChannel::new(page, notifier, 2_000_000_000);
+    let mut found = None;
+    for &addr in &conn.devices {
+        let mut dev = chan.device(addr);
+        let id = dev.config_read32(0);
+        let class = dev.class_code();
+        info!("pci {addr}: {:04x}:{:04x} class {:02x}{:02x}{:02x}", id & 0xFFFF, id >> 16, class.0, class.1, class.2);
+        if class == NVME_CLASS && found.is_none() {
+            found = Some(addr);
+        }
+    }
+    let addr = found.ok_or("no NVMe controller among the passed-through devices")?;
+    let mut dev = chan.device(addr);
+    let bar = dev.bar(0).ok_or("NVMe BAR0 is not decodable")?;
+    if bar.kind == BarKind::Io || bar.base == 0 || bar.base % 4096 != 0 {
+        return Err(format!("NVMe BAR0 unusable: {bar:?}"));
+    }
+    dev.enable_memory_and_bus_master();
+    if dev.errors() > 0 {
+        return Err(format!("{} config-space operations failed", dev.errors()));
+    }
+    let regs = pv_map_bar(mm, bar.base, bar.size).map_err(|e| format!("mapping BAR0 {:#x}: {e:?}", bar.base))?;
+    info!("nvme {addr}: BAR0 machine address {:#x} ({} KiB) mapped uncached", bar.base, bar.size / 1024);
+    let feats = hal::xen_features().unwrap_or(0);
+    let dma = HalDma::new(Translation::PvMachineFrames(mm));
+    info!(
+        "nvme: DMA strategy: {} (XENFEAT_auto_translated_physmap {}, no PV-IOMMU probed yet)",
+        dma.describe(),
+        if feats & (1 << 2) != 0 { "set" } else { "clear: PV" }
+    );
+    let config = Config { io_queues: 2, queue_depth: 64, ..Config::default() };
+    let mut nvme = Nvme::init(regs, dma, HalClock, config).map_err(|e| format!("bring-up: {e:?}"))?;
+    let i = nvme.info().clone();
+    info!(
+        "nvme: {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, DSM {}, write-zeroes {}, up in {} ms",
+        core::str::from_utf8(&i.model).unwrap_or("?").trim(),
+        i.version.major(),
+        i.version.minor(),
+        i.blocks,
+        i.block_size,
+        i.io_queues,
+        i.queue_depth,
+        i.dsm,
+        i.write_zeroes,
+        (hal::time::now() - t0) / 1_000_000
+    );
+    let r = disktest::run(&mut nvme, 16 * 1024, test_requests)?;
+    let verdict = format!("pass: {} I/O queues, {} KiB written, flushed, read back and verified", i.io_queues, r.bytes_written / 1024);
+    info!("nvme self-test {verdict}");
+    Ok((nvme, verdict))
+}

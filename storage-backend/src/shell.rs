@@ -1,0 +1,809 @@
+//! The blkback I/O shell: xenstore, grants, event channels and the disk
+//! around the pure protocol core.
+//!
+//! One [`Blkback`] serves every vbd the toolstack assigns to this domain
+//! (`backend/vbd/<frontend-domid>/<devid>` under our home) from one
+//! [`BlockDevice`]. Per vbd it runs the [`BackendFsm`]; per ring it polls
+//! requests, validates copies, moves data between the frontend's granted
+//! pages and disk buffers, and answers.
+//!
+//! Data path: granted pages are mapped (a batch per poll; kept mapped as
+//! persistent grants, least recently used released past a bound, when the
+//! frontend negotiated `feature-persistent`) and copied to or from a disk
+//! buffer. A write is answered only after the disk completed it. Flush and
+//! barrier wait until the ring has nothing else in flight, write their data
+//! (if any), then flush the disk.
+//!
+//! Everything the frontend writes is hostile: requests are copied once and
+//! validated by the core; grant failures answer `BLKIF_RSP_ERROR`; work per
+//! poll is bounded; each vbd logs its first refused request only.
+
+use crate::abi::Abi;
+use crate::request::{self, DataOp, RejectLog, Request, Segment, Status};
+use crate::ring::{BackRing, RingMem};
+use crate::xenbus::{BackendConfig, BackendFsm, ConnectParams, Effect, Event, FrontendKeys, XenbusState};
+use crate::DiskInfo;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use domain::evtchn::EventOps;
+use domain::gnttab::{GrantOps, MapRequest, Mapping};
+use domain::shmem::SharedMem;
+use domain::types::{DomId, EvtchnPort, GrantRef};
+use domain::wait::{Nanos, Notifier};
+use domain::xenstore::{XsClient, XsError};
+use drivers::block::{BlockDevice, BlockRequest};
+use log::{info, warn};
+
+const PAGE: usize = 4096;
+/// Requests taken from one ring per poll.
+pub const RING_BUDGET: usize = 32;
+/// Persistent grants kept mapped per ring (Linux blkback's default).
+pub const MAX_PERSISTENT_PER_RING: usize = 1056;
+/// How long a disconnect waits for the disk to finish in-flight I/O.
+const DRAIN_NS: Nanos = 30_000_000_000;
+
+/// Ring memory made of separately mapped pages.
+pub struct PagesMem<P: SharedMem> {
+    pages: Vec<P>,
+}
+
+impl<P: SharedMem> PagesMem<P> {
+    /// The pages in ring order.
+    pub fn new(pages: Vec<P>) -> Self {
+        Self { pages }
+    }
+    fn split(&self, off: usize, len: usize, mut f: impl FnMut(&P, usize, core::ops::Range<usize>)) {
+        let mut done = 0;
+        while done < len {
+            let at = off + done;
+            let (page, in_page) = (at / PAGE, at % PAGE);
+            let n = (PAGE - in_page).min(len - done);
+            f(&self.pages[page], in_page, done..done + n);
+            done += n;
+        }
+    }
+}
+
+impl<P: SharedMem> RingMem for PagesMem<P> {
+    fn len(&self) -> usize {
+        self.pages.len() * PAGE
+    }
+    fn load_u32_acquire(&self, off: usize) -> u32 {
+        self.pages[off / PAGE].load_u32_acquire(off % PAGE)
+    }
+    fn store_u32_release(&self, off: usize, val: u32) {
+        self.pages[off / PAGE].store_u32_release(off % PAGE, val)
+    }
+    fn read(&self, off: usize, buf: &mut [u8]) {
+        self.split(off, buf.len(), |p, o, r| p.read(o, &mut buf[r]));
+    }
+    fn write(&self, off: usize, data: &[u8]) {
+        self.split(off, data.len(), |p, o, r| p.write(o, &data[r]));
+    }
+    fn fence(&self) {
+        if let Some(p) = self.pages.first() {
+            p.fence();
+        }
+    }
+}
+
+/// Disk work derived from one request.
+enum Step {
+    Read { lba: u64 },
+    Write { lba: u64, then_flush: bool },
+    Flush,
+    Discard { lba: u64, blocks: u64 },
+}
+
+struct Work<B> {
+    req: Request,
+    segs: Vec<Segment>,
+    step: Step,
+    buf: Option<B>,
+    /// Flush/barrier: submit only when nothing else of this ring is in flight.
+    exclusive: bool,
+}
+
+struct RingCtx<P: SharedMem, B> {
+    ring: BackRing<PagesMem<P>>,
+    ring_maps: Vec<Mapping>,
+    port: EvtchnPort,
+    queue: u16,
+    persistent: bool,
+    pgrants: BTreeMap<u32, (Mapping, u64)>,
+    tick: u64,
+    deferred: VecDeque<Work<B>>,
+    in_flight: usize,
+    dead: bool,
+}
+
+struct Vbd<P: SharedMem, B> {
+    id: u32,
+    be: String,
+    fe: String,
+    fe_dom: DomId,
+    fsm: BackendFsm,
+    rings: Vec<RingCtx<P, B>>,
+    rejects: RejectLog,
+    grant_errors: RejectLog,
+    /// The toolstack removed our directory: write nothing more there.
+    gone: bool,
+}
+
+/// Counters for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests taken from rings.
+    pub requests: u64,
+    /// Requests refused by validation.
+    pub rejected: u64,
+    /// Requests the disk failed or refused.
+    pub errors: u64,
+    /// Grant map hypercall batches.
+    pub grant_maps: u64,
+    /// Segments served from an already mapped persistent grant.
+    pub persistent_hits: u64,
+}
+
+/// The block backend.
+pub struct Blkback<P: SharedMem, D: BlockDevice> {
+    cfg: BackendConfig,
+    disk: D,
+    info: DiskInfo,
+    alloc: fn(usize) -> Option<D::Buffer>,
+    vbds: Vec<Vbd<P, D::Buffer>>,
+    /// Disk token → (vbd id, ring index).
+    tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
+    next_id: u32,
+    /// Counters.
+    pub stats: Stats,
+}
+
+/// The token prefix of our xenstore watches.
+pub const WATCH_PREFIX: &str = "vbd";
+
+impl<P: SharedMem, D: BlockDevice> Blkback<P, D>
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]>,
+{
+    /// Serves `disk`; `alloc` makes a zeroed disk buffer of a given length.
+    pub fn new(disk: D, cfg: BackendConfig, alloc: fn(usize) -> Option<D::Buffer>) -> Self {
+        let bs = disk.block_size().max(512);
+        let f = disk.features();
+        let info = DiskInfo {
+            sectors: disk.capacity().saturating_mul(u64::from(bs)) / 512,
+            sector_size: 512,
+            physical_sector_size: bs,
+            readonly: false,
+            removable: false,
+            cdrom: false,
+            flush: true,
+            barrier: true,
+            discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
+        };
+        Self { cfg, disk, info, alloc, vbds: Vec::new(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+    }
+
+    /// What we tell frontends about the disk.
+    pub fn disk_info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    /// The disk (for shutdown).
+    pub fn disk_mut(&mut self) -> &mut D {
+        &mut self.disk
+    }
+
+    /// Starts watching for vbds assigned to us.
+    pub fn start<M: SharedMem, N: Notifier>(&mut self, xs: &mut XsClient<M, N>) -> Result<(), XsError> {
+        xs.watch("backend/vbd", "vbd-list")
+    }
+
+    /// Event channels of all connected rings (to wait on when idle).
+    pub fn ports(&self) -> Vec<EvtchnPort> {
+        self.vbds.iter().flat_map(|v| v.rings.iter().filter(|r| !r.dead).map(|r| r.port)).collect()
+    }
+
+    /// Number of vbds known.
+    pub fn vbd_count(&self) -> usize {
+        self.vbds.len()
+    }
+
+    /// Handles a watch event whose token starts with [`WATCH_PREFIX`].
+    pub fn on_watch<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        xs: &mut XsClient<M, N>,
+        g: &mut G,
+        e: &mut E,
+        token: &str,
+    ) {
+        if token == "vbd-list" {
+            self.scan(xs, g, e);
+        } else if let Some(be) = token.strip_prefix("vbd-fe:") {
+            let Some(i) = self.find(be) else { return };
+            let fe_state = format!("{}/state", self.vbds[i].fe);
+            let ev = match xs.read_string(&fe_state) {
+                Ok(s) => match XenbusState::parse(s.trim()) {
+                    Some(st) => Event::FrontendStateChanged(st),
+                    None => Event::FrontendStateInvalid,
+                },
+                Err(XsError::Xs(_)) => Event::FrontendGone,
+                Err(err) => {
+                    warn!("vbd {be}: reading {fe_state}: {err:?}");
+                    return;
+                }
+            };
+            self.feed(xs, g, e, i, ev);
+        } else if let Some(be) = token.strip_prefix("vbd-online:") {
+            let Some(i) = self.find(be) else { return };
+            match xs.read_string(&format!("{be}/online")) {
+                Ok(s) if s.trim() == "0" => self.feed(xs, g, e, i, Event::Disconnect),
+                Ok(_) => {}
+                Err(_) => self.feed(xs, g, e, i, Event::FrontendGone),
+            }
+        }
+    }
+
+    fn find(&self, be: &str) -> Option<usize> {
+        self.vbds.iter().position(|v| v.be == be)
+    }
+
+    /// Looks for new and vanished vbd directories.
+    fn scan<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(&mut self, xs: &mut XsClient<M, N>, g: &mut G, e: &mut E) {
+        let mut present = Vec::new();
+        let doms = xs.directory("backend/vbd").unwrap_or_default();
+        for dom in doms.iter().take(256) {
+            let devs = xs.directory(&format!("backend/vbd/{dom}")).unwrap_or_default();
+            for dev in devs.iter().take(64) {
+                present.push(format!("backend/vbd/{dom}/{dev}"));
+            }
+        }
+        // Vanished: the toolstack removed the directory (domain destroyed).
+        let gone: Vec<String> = self.vbds.iter().filter(|v| !present.contains(&v.be)).map(|v| v.be.clone()).collect();
+        for be in gone {
+            if let Some(i) = self.find(&be) {
+                self.vbds[i].gone = true;
+                self.feed(xs, g, e, i, Event::FrontendGone);
+            }
+        }
+        for be in present {
+            if self.find(&be).is_none() {
+                self.add(xs, g, e, &be);
+            }
+        }
+    }
+
+    fn add<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(&mut self, xs: &mut XsClient<M, N>, g: &mut G, e: &mut E, be: &str) {
+        let fe = match xs.read_string(&format!("{be}/frontend")) {
+            Ok(s) => s,
+            Err(_) => return, // not fully written yet; the next event retries
+        };
+        let fe_dom = match xs.read_string(&format!("{be}/frontend-id")).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
+            Some(d) => DomId(d),
+            None => return,
+        };
+        let params = xs.read_string(&format!("{be}/params")).unwrap_or_default();
+        let id = self.next_id;
+        self.next_id += 1;
+        info!("vbd {be}: new device for domain {fe_dom} (frontend {fe}, params {params:?})");
+        self.vbds.push(Vbd {
+            id,
+            be: String::from(be),
+            fe: fe.clone(),
+            fe_dom,
+            fsm: BackendFsm::new(self.cfg),
+            rings: Vec::new(),
+            rejects: RejectLog::default(),
+            grant_errors: RejectLog::default(),
+            gone: false,
+        });
+        let i = self.vbds.len() - 1;
+        for (path, token) in [(format!("{fe}/state"), format!("vbd-fe:{be}")), (format!("{be}/online"), format!("vbd-online:{be}"))] {
+            if let Err(err) = xs.watch(&path, &token) {
+                warn!("vbd {be}: cannot watch {path}: {err:?}");
+            }
+        }
+        // What dom0's block hotplug script would write: the device is open.
+        let _ = xs.write(&format!("{be}/physical-device"), "fd:0");
+        self.feed(xs, g, e, i, Event::Probe);
+        let info = self.info;
+        self.feed(xs, g, e, i, Event::HotplugDone(info));
+    }
+
+    /// Steps vbd `i`'s state machine with `first` and carries out the effects.
+    fn feed<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        xs: &mut XsClient<M, N>,
+        g: &mut G,
+        e: &mut E,
+        i: usize,
+        first: Event,
+    ) {
+        let mut events = VecDeque::from([first]);
+        // Bounded: each event yields a handful of effects, at most one follow-up event.
+        for _ in 0..16 {
+            let Some(ev) = events.pop_front() else { break };
+            if i >= self.vbds.len() {
+                return;
+            }
+            let effects = self.vbds[i].fsm.step(ev);
+            for eff in effects {
+                let be = self.vbds[i].be.clone();
+                let gone = self.vbds[i].gone;
+                match eff {
+                    Effect::Write { .. } | Effect::SwitchState(_) | Effect::WriteError(_) if gone => {}
+                    Effect::Write { key, value } => {
+                        if let Err(err) = xs.write(&format!("{be}/{key}"), value.as_bytes()) {
+                            warn!("vbd {be}: writing {key}: {err:?}");
+                        }
+                    }
+                    Effect::SwitchState(s) => {
+                        if let Err(err) = xs.write(&format!("{be}/state"), s.to_node().as_bytes()) {
+                            warn!("vbd {be}: writing state: {err:?}");
+                        }
+                    }
+                    Effect::ReadFrontendKeys => {
+                        let fe = self.vbds[i].fe.clone();
+                        let keys = FrontendKeys::read(&self.cfg, |k| xs.read_string(&format!("{fe}/{k}")).ok());
+                        events.push_back(Event::FrontendKeys(keys));
+                    }
+                    Effect::MapRings(params) => {
+                        if let Err(why) = self.connect(g, e, i, &params) {
+                            warn!("vbd {be}: {why}");
+                            events.push_back(Event::RingMapFailed("cannot map rings or bind event channels"));
+                        }
+                    }
+                    Effect::UnmapAll => self.disconnect(g, e, i),
+                    Effect::WriteError(msg) => {
+                        warn!("vbd {be}: {msg}");
+                        let _ = xs.write(&format!("{be}/error"), msg.as_bytes());
+                    }
+                    Effect::Remove => {
+                        let v = &self.vbds[i];
+                        let _ = xs.unwatch(&format!("{}/state", v.fe), &format!("vbd-fe:{be}"));
+                        let _ = xs.unwatch(&format!("{be}/online"), &format!("vbd-online:{be}"));
+                        info!("vbd {be}: removed");
+                        self.disconnect(g, e, i);
+                        self.vbds.remove(i);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn connect<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E, i: usize, p: &ConnectParams) -> Result<(), String> {
+        let nq = self.disk.queue_count().max(1);
+        let v = &mut self.vbds[i];
+        for (qi, q) in p.queues.iter().enumerate() {
+            let reqs: Vec<MapRequest> = q.ring_refs.iter().map(|r| MapRequest { dom: v.fe_dom, gref: GrantRef(r.0), readonly: false }).collect();
+            let results = g.map_batch(&reqs);
+            let mut maps = Vec::new();
+            let mut failed = None;
+            for r in results {
+                match r {
+                    Ok(m) => maps.push(m),
+                    Err(err) => failed = Some(err),
+                }
+            }
+            if let Some(err) = failed {
+                let _ = g.unmap_batch(&maps);
+                return Err(format!("mapping ring {qi}: {err:?}"));
+            }
+            let pages = maps.iter().map(|m| g.page(m)).collect();
+            let ring = match BackRing::attach(PagesMem::new(pages), p.abi, p.ring_page_order) {
+                Ok(r) => r,
+                Err(err) => {
+                    let _ = g.unmap_batch(&maps);
+                    return Err(format!("ring {qi}: {err:?}"));
+                }
+            };
+            let port = match e.bind_interdomain(v.fe_dom, EvtchnPort(q.evtchn.0)) {
+                Ok(pt) => pt,
+                Err(err) => {
+                    let _ = g.unmap_batch(&maps);
+                    return Err(format!("binding event channel {} of ring {qi}: {err}", q.evtchn.0));
+                }
+            };
+            v.rings.push(RingCtx {
+                ring,
+                ring_maps: maps,
+                port,
+                queue: (qi as u16) % nq,
+                persistent: p.persistent,
+                pgrants: BTreeMap::new(),
+                tick: 0,
+                deferred: VecDeque::new(),
+                in_flight: 0,
+                dead: false,
+            });
+        }
+        info!(
+            "vbd {}: connected to domain {}: {} queue(s), ring order {}, {} ABI, persistent grants {}",
+            v.be,
+            v.fe_dom,
+            p.queues.len(),
+            p.ring_page_order,
+            if p.abi == Abi::X86_64 { "x86_64" } else { "x86_32" },
+            if p.persistent { "on" } else { "off" }
+        );
+        Ok(())
+    }
+
+    /// Waits (bounded) for the disk to finish this vbd's I/O, then releases
+    /// every grant mapping and event channel of its rings.
+    fn disconnect<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E, i: usize) {
+        let id = self.vbds[i].id;
+        let deadline = e.now().saturating_add(DRAIN_NS);
+        // Bounded by the deadline: the disk times out commands itself too.
+        while self.tokens.values().any(|(v, _, _)| *v == id) && e.now() < deadline {
+            self.poll_disk(g, e);
+        }
+        let leftover = self.tokens.values().filter(|(v, _, _)| *v == id).count();
+        if leftover > 0 {
+            warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", self.vbds[i].be);
+            self.tokens.retain(|_, (v, _, _)| *v != id);
+        }
+        let v = &mut self.vbds[i];
+        let mut released = 0;
+        for r in v.rings.drain(..) {
+            let pg: Vec<Mapping> = r.pgrants.values().map(|(m, _)| *m).collect();
+            released += pg.len() + r.ring_maps.len();
+            for res in g.unmap_batch(&pg).into_iter().chain(g.unmap_batch(&r.ring_maps)) {
+                if let Err(err) = res {
+                    warn!("vbd {}: unmap failed: {err:?}", v.be);
+                }
+            }
+            let _ = e.close(r.port);
+        }
+        if released > 0 {
+            info!("vbd {}: disconnected, {released} grant mapping(s) released", v.be);
+        }
+    }
+
+    /// One round of work: disk completions, then every ring. Returns whether
+    /// anything happened (poll again at once) — `false` means idle.
+    pub fn poll<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E) -> bool {
+        let mut busy = self.poll_disk(g, e);
+        for vi in 0..self.vbds.len() {
+            for ri in 0..self.vbds[vi].rings.len() {
+                if e.take_pending(self.vbds[vi].rings[ri].port) {
+                    busy = true;
+                }
+                busy |= self.poll_ring(g, e, vi, ri);
+            }
+        }
+        busy || !self.tokens.is_empty()
+    }
+
+    fn poll_disk<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E) -> bool {
+        let mut any = false;
+        let now = e.now();
+        for q in 0..self.disk.queue_count().max(1) {
+            // Bounded: a queue holds at most its depth of completions.
+            for _ in 0..1024 {
+                let Some(c) = self.disk.poll(q, now) else { break };
+                any = true;
+                let Some((vid, ri, mut work)) = self.tokens.remove(&c.token.0) else { continue };
+                let Some(vi) = self.vbds.iter().position(|v| v.id == vid) else { continue };
+                let mut status = if c.result.is_ok() { Status::Okay } else { Status::Error };
+                if let Err(err) = c.result {
+                    self.stats.errors += 1;
+                    warn!("vbd {}: disk error {err:?} for request {}", self.vbds[vi].be, work.req.id());
+                }
+                match c.request {
+                    BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
+                    _ => {}
+                }
+                self.vbds[vi].rings[ri].in_flight -= 1;
+                if status == Status::Okay {
+                    match work.step {
+                        Step::Read { .. } => {
+                            if self.copy_to_guest(g, vi, ri, &work).is_err() {
+                                status = Status::Error;
+                            }
+                        }
+                        Step::Write { then_flush: true, .. } => {
+                            // The data is written: now the flush part.
+                            work.step = Step::Flush;
+                            work.buf = None;
+                            self.vbds[vi].rings[ri].deferred.push_front(work);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                self.respond(e, vi, ri, &work.req, status);
+            }
+        }
+        any
+    }
+
+    fn respond<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize, req: &Request, status: Status) {
+        let r = &mut self.vbds[vi].rings[ri];
+        if r.ring.push_response(&req.response(status)).is_err() {
+            r.dead = true;
+            return;
+        }
+        if r.ring.publish_responses() {
+            let _ = e.send(r.port);
+        }
+    }
+
+    fn poll_ring<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E, vi: usize, ri: usize) -> bool {
+        let mut busy = self.submit_deferred(e, vi, ri);
+        let r = &mut self.vbds[vi].rings[ri];
+        if r.dead || !r.deferred.is_empty() {
+            return busy;
+        }
+        let mut raws = Vec::new();
+        match r.ring.poll_requests(RING_BUDGET, |raw| raws.push(raw)) {
+            Ok(_) => {}
+            Err(err) => {
+                r.dead = true;
+                warn!("vbd {}: ring {ri} broken ({}); no longer served", self.vbds[vi].be, err.as_str());
+                return busy;
+            }
+        }
+        if raws.is_empty() {
+            // Going idle: arm req_event; a request that slipped in is taken now.
+            if matches!(r.ring.final_check_for_requests(), Ok(true)) {
+                return true;
+            }
+            return busy;
+        }
+        busy = true;
+        for raw in raws {
+            self.stats.requests += 1;
+            let req = match request::parse(&raw, &self.info) {
+                Ok(req) => req,
+                Err(rej) => {
+                    self.stats.rejected += 1;
+                    let v = &mut self.vbds[vi];
+                    if v.rejects.note() {
+                        warn!("vbd {}: refused a request from domain {}: {} (further refusals not logged)", v.be, v.fe_dom, rej.reason.as_str());
+                    }
+                    let r = &mut v.rings[ri];
+                    if r.ring.push_response(&rej.response()).is_err() {
+                        r.dead = true;
+                    }
+                    continue;
+                }
+            };
+            match self.prepare(g, vi, ri, req) {
+                Ok(Some(w)) => self.vbds[vi].rings[ri].deferred.push_back(w),
+                Ok(None) => self.respond_later(vi, ri, &req, Status::Okay),
+                Err(()) => self.respond_later(vi, ri, &req, Status::Error),
+            }
+        }
+        let r = &mut self.vbds[vi].rings[ri];
+        if r.ring.publish_responses() {
+            let _ = e.send(r.port);
+        }
+        self.submit_deferred(e, vi, ri);
+        busy
+    }
+
+    fn respond_later(&mut self, vi: usize, ri: usize, req: &Request, status: Status) {
+        let r = &mut self.vbds[vi].rings[ri];
+        if r.ring.push_response(&req.response(status)).is_err() {
+            r.dead = true;
+        }
+    }
+
+    /// Turns a validated request into disk work (`None`: nothing to do).
+    fn prepare<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, req: Request) -> Result<Option<Work<D::Buffer>>, ()> {
+        let bs = u64::from(self.disk.block_size().max(512));
+        let lba_of = |sector: u64| -> Result<u64, ()> {
+            let byte = sector.checked_mul(512).ok_or(())?;
+            if byte % bs != 0 {
+                return Err(());
+            }
+            Ok(byte / bs)
+        };
+        let (segs, step, exclusive, write) = match req {
+            Request::Read { sector, segments, .. } => (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false),
+            Request::Write { sector, segments, .. } => {
+                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: false }, false, true)
+            }
+            Request::Flush { sector, segments, .. } | Request::WriteBarrier { sector, segments, .. } => {
+                if segments.as_slice().is_empty() {
+                    (Vec::new(), Step::Flush, true, false)
+                } else {
+                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: true }, true, true)
+                }
+            }
+            Request::Discard { sector, nr_sectors, .. } => {
+                let blocks = nr_sectors.checked_mul(512).ok_or(())? / bs;
+                if blocks == 0 {
+                    return Ok(None);
+                }
+                (Vec::new(), Step::Discard { lba: lba_of(sector)?, blocks }, false, false)
+            }
+            Request::Indirect(ind) => {
+                let segs = self.indirect_segments(g, vi, ri, &ind)?;
+                match ind.op {
+                    DataOp::Read => (segs, Step::Read { lba: lba_of(ind.sector)? }, false, false),
+                    DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, then_flush: false }, false, true),
+                }
+            }
+        };
+        let len: usize = segs.iter().map(|s| s.len()).sum();
+        let mut buf = None;
+        if len > 0 {
+            if len as u64 % bs != 0 {
+                return Err(());
+            }
+            let mut b = (self.alloc)(len).ok_or(())?;
+            if write {
+                self.copy_from_guest(g, vi, ri, &segs, b.as_mut())?;
+            }
+            buf = Some(b);
+        }
+        Ok(Some(Work { req, segs, step, buf, exclusive }))
+    }
+
+    /// Copies the indirect pages once and parses their segments.
+    fn indirect_segments<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, ind: &request::IndirectRequest) -> Result<Vec<Segment>, ()> {
+        let grefs: Vec<GrantRef> = ind.pages().iter().map(|r| GrantRef(r.0)).collect();
+        let maps = self.map_grants(g, vi, ri, &grefs, true)?;
+        let mut copies: Vec<Vec<u8>> = Vec::with_capacity(maps.len());
+        for (m, _) in &maps {
+            let mut page = alloc::vec![0u8; PAGE];
+            g.page(m).read(0, &mut page);
+            copies.push(page);
+        }
+        self.release_transient(g, &maps);
+        let refs: Vec<&[u8]> = copies.iter().map(|p| p.as_slice()).collect();
+        match request::parse_indirect_segments(ind, &refs, &self.info) {
+            Ok(s) => Ok(s),
+            Err(rej) => {
+                let v = &mut self.vbds[vi];
+                if v.rejects.note() {
+                    warn!("vbd {}: refused an indirect request: {}", v.be, rej.reason.as_str());
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// Maps `grefs` (persistent cache first, the rest in one batch).
+    /// Returns each mapping and whether it is transient (unmap after use).
+    fn map_grants<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, grefs: &[GrantRef], readonly: bool) -> Result<Vec<(Mapping, bool)>, ()> {
+        let v = &mut self.vbds[vi];
+        let fe_dom = v.fe_dom;
+        let r = &mut v.rings[ri];
+        r.tick += 1;
+        let tick = r.tick;
+        let mut out: Vec<Option<(Mapping, bool)>> = alloc::vec![None; grefs.len()];
+        let mut missing = Vec::new();
+        for (k, gr) in grefs.iter().enumerate() {
+            if r.persistent {
+                if let Some((m, last)) = r.pgrants.get_mut(&gr.0) {
+                    *last = tick;
+                    out[k] = Some((*m, false));
+                    self.stats.persistent_hits += 1;
+                    continue;
+                }
+            }
+            missing.push(k);
+        }
+        if !missing.is_empty() {
+            // Persistent grants are granted read-write by blkfront.
+            let ro = readonly && !r.persistent;
+            let reqs: Vec<MapRequest> = missing.iter().map(|&k| MapRequest { dom: fe_dom, gref: grefs[k], readonly: ro }).collect();
+            let res = g.map_batch(&reqs);
+            self.stats.grant_maps += 1;
+            let mut failed = false;
+            for (&k, res) in missing.iter().zip(res) {
+                match res {
+                    Ok(m) => {
+                        let keep = r.persistent && !r.pgrants.contains_key(&grefs[k].0);
+                        if keep {
+                            r.pgrants.insert(grefs[k].0, (m, tick));
+                        }
+                        out[k] = Some((m, !keep));
+                    }
+                    Err(err) => {
+                        failed = true;
+                        if v.grant_errors.note() {
+                            warn!("vbd {}: cannot map grant {} of domain {}: {err:?} (further grant errors not logged)", v.be, grefs[k].0, fe_dom);
+                        }
+                    }
+                }
+            }
+            // Past the bound: release the least recently used mappings.
+            if r.pgrants.len() > MAX_PERSISTENT_PER_RING {
+                let mut ages: Vec<(u64, u32)> = r.pgrants.iter().filter(|(_, (_, t))| *t != tick).map(|(k, (_, t))| (*t, *k)).collect();
+                ages.sort_unstable();
+                let excess = r.pgrants.len() - MAX_PERSISTENT_PER_RING;
+                let victims: Vec<Mapping> = ages.iter().take(excess).filter_map(|(_, k)| r.pgrants.remove(k).map(|(m, _)| m)).collect();
+                let _ = g.unmap_batch(&victims);
+            }
+            if failed {
+                let done: Vec<(Mapping, bool)> = out.into_iter().flatten().collect();
+                self.release_transient(g, &done);
+                return Err(());
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn release_transient<G: GrantOps<Page = P>>(&mut self, g: &mut G, maps: &[(Mapping, bool)]) {
+        let t: Vec<Mapping> = maps.iter().filter(|(_, tr)| *tr).map(|(m, _)| *m).collect();
+        if !t.is_empty() {
+            let _ = g.unmap_batch(&t);
+        }
+    }
+
+    fn copy_from_guest<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, segs: &[Segment], buf: &mut [u8]) -> Result<(), ()> {
+        let grefs: Vec<GrantRef> = segs.iter().map(|s| GrantRef(s.gref().0)).collect();
+        let maps = self.map_grants(g, vi, ri, &grefs, true)?;
+        let mut off = 0;
+        for (s, (m, _)) in segs.iter().zip(&maps) {
+            g.page(m).read(s.offset(), &mut buf[off..off + s.len()]);
+            off += s.len();
+        }
+        self.release_transient(g, &maps);
+        Ok(())
+    }
+
+    fn copy_to_guest<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, work: &Work<D::Buffer>) -> Result<(), ()> {
+        let Some(buf) = work.buf.as_ref() else { return Ok(()) };
+        let grefs: Vec<GrantRef> = work.segs.iter().map(|s| GrantRef(s.gref().0)).collect();
+        let maps = self.map_grants(g, vi, ri, &grefs, false)?;
+        let data = buf.as_ref();
+        let mut off = 0;
+        for (s, (m, _)) in work.segs.iter().zip(&maps) {
+            g.page(m).write(s.offset(), &data[off..off + s.len()]);
+            off += s.len();
+        }
+        self.release_transient(g, &maps);
+        Ok(())
+    }
+
+    /// Submits deferred work in order while the disk takes it.
+    fn submit_deferred<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize) -> bool {
+        let mut any = false;
+        let vid = self.vbds[vi].id;
+        // Bounded by the deferred queue length.
+        for _ in 0..RING_BUDGET * 2 {
+            let r = &mut self.vbds[vi].rings[ri];
+            let Some(w) = r.deferred.front() else { break };
+            if w.exclusive && r.in_flight > 0 {
+                break; // flush/barrier: wait for everything before it
+            }
+            let mut w = r.deferred.pop_front().expect("front exists");
+            let queue = r.queue;
+            let breq = match w.step {
+                Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
+                Step::Write { lba, .. } => BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua: false },
+                Step::Flush => BlockRequest::Flush,
+                Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
+            };
+            match self.disk.submit(queue, breq) {
+                Ok(tok) => {
+                    any = true;
+                    self.vbds[vi].rings[ri].in_flight += 1;
+                    self.tokens.insert(tok.0, (vid, ri, w));
+                }
+                Err((drivers::Error::QueueFull, back)) => {
+                    if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {
+                        w.buf = Some(buffer);
+                    }
+                    self.vbds[vi].rings[ri].deferred.push_front(w);
+                    break;
+                }
+                Err((err, _)) => {
+                    self.stats.errors += 1;
+                    warn!("vbd {}: disk refused request {}: {err:?}", self.vbds[vi].be, w.req.id());
+                    self.respond(e, vi, ri, &w.req, Status::Error);
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+}
