@@ -1,0 +1,94 @@
+# Shared helpers for /init and the mode scripts (busybox sh).
+# Every line the host parses starts with "LAB-": keep them on one line each.
+
+lab_t0=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 0)
+
+# Seconds since the kernel started, with one decimal.
+lab_uptime() { cut -d' ' -f1 /proc/uptime; }
+
+# lab_step NAME TEXT...   a progress line; the host prints it with its own clock.
+lab_step() { n=$1; shift; echo "LAB-STEP $n $(lab_uptime) $*"; }
+lab_info() { echo "LAB-INFO $*"; }
+lab_pass() { n=$1; shift; echo "LAB-TEST $n PASS $*"; }
+lab_fail() { n=$1; shift; echo "LAB-TEST $n FAIL $*"; }
+lab_done() { echo "LAB-DONE $(lab_uptime)"; }
+
+# Elapsed seconds (one decimal) since the uptime value $1.
+lab_since() { awk -v a="$1" -v b="$(lab_uptime)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# run_timeout SECONDS CMD...   busybox timeout, status 124-ish on expiry.
+run_timeout() { s=$1; shift; timeout "$s" "$@"; }
+
+# The guest's xl config: Ferrite's, or, when the run carries the Linux peer
+# (lab.sh run MODE linux-peer), the same settings pointing at the peer kernel.
+lab_guest_cfg() {
+    if [ -d /lab/peer ]; then
+        sed -e 's|^kernel *=.*|kernel = "/lab/peer/vmlinux"|' \
+            -e 's|^memory *=.*|memory = 160|' /ferrite/configs/ferrite.cfg >/lab/peer/peer.cfg
+        echo 'ramdisk = "/lab/peer/initrd.gz"' >>/lab/peer/peer.cfg
+        echo 'extra = "console=hvc0 lab.role=peer loglevel=7"' >>/lab/peer/peer.cfg
+        echo /lab/peer/peer.cfg
+    else
+        echo /ferrite/configs/ferrite.cfg
+    fi
+}
+
+# Print a file's last lines as LAB-INFO lines (so the host shows them).
+lab_show() { tail -n "${2:-20}" "$1" 2>/dev/null | sed "s/^/LAB-INFO ${3:-}  | /"; }
+
+GUEST_LOG=/var/log/xen/console/guest-ferrite.log
+
+# lab_create CFG: xl create with a timeout; prints the domid or returns 1.
+lab_create() {
+    # stdout carries the domid back to the caller: progress goes to stderr (the console).
+    t_create=$(lab_uptime)
+    lab_step xl-create "xl create $1" >&2
+    if ! timeout 90 xl create "$1" >/tmp/xl-create.log 2>&1; then
+        lab_info "xl create failed:"
+        lab_show /tmp/xl-create.log 20 >&2
+        return 1
+    fi
+    lab_step xl-created "xl create returned after $(lab_since "$t_create") s" >&2
+    xl domid ferrite
+}
+
+# lab_wait_ready DOMID SECONDS: wait for data/ferrite/state = ready; sets READY_AFTER.
+lab_wait_ready() {
+    t_ready=$(lab_uptime)
+    end=$(awk -v a="$t_ready" -v s="$2" 'BEGIN { print a + s }')
+    state=""
+    while :; do
+        state=$(xenstore-read "/local/domain/$1/data/ferrite/state" 2>/dev/null)
+        [ "$state" = ready ] && break
+        awk -v a="$(lab_uptime)" -v e="$end" 'BEGIN { exit !(a > e) }' && break
+        xl list ferrite >/dev/null 2>&1 || { state="<domain is gone>"; break; }
+        sleep 0.2
+    done
+    READY_AFTER=$(lab_since "$t_ready")
+    READY_STATE=${state:-<absent>}
+    [ "$state" = ready ]
+}
+
+# lab_wait_console TEXT SECONDS: wait until the guest's console log holds TEXT.
+lab_wait_console() {
+    i=0
+    while [ $i -lt $(($2 * 5)) ]; do
+        grep -qF "$1" "$GUEST_LOG" 2>/dev/null && return 0
+        sleep 0.2; i=$((i + 1))
+    done
+    return 1
+}
+
+# lab_shutdown SECONDS: xl shutdown -w with a timeout; destroy on failure.
+lab_shutdown() {
+    t_shut=$(lab_uptime)
+    timeout "$1" xl shutdown -w ferrite >/tmp/xl-shutdown.log 2>&1
+    SHUTDOWN_RC=$?
+    SHUTDOWN_AFTER=$(lab_since "$t_shut")
+    if xl list ferrite >/dev/null 2>&1; then
+        SHUTDOWN_GONE=no
+        xl destroy ferrite >/dev/null 2>&1
+    else
+        SHUTDOWN_GONE=yes
+    fi
+}

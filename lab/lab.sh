@@ -1,0 +1,380 @@
+#!/usr/bin/env bash
+# Ferrite's Xen lab: Xen 4.17 + a Debian dom0 under QEMU TCG.
+#
+#   lab/lab.sh build                      fetch Debian packages, build the dom0 initramfs
+#                                         (cached in .lab-cache/; fast when nothing changed)
+#   lab/lab.sh host-tools                 only install QEMU, gcc, binutils if missing
+#   lab/lab.sh run MODE IMAGE [EXTRA_DIR] boot Xen + dom0 once and run MODE inside dom0
+#        MODE   test  all lab tests (LAB-TEST lines), or  main  (create, show, shut down),
+#               or any lab/modes/MODE.sh / EXTRA_DIR/MODE.sh
+#        IMAGE  the Ferrite PV ELF, or the word "linux-peer" for a Linux guest that
+#               plays Ferrite's part (to check the lab itself)
+#        EXTRA_DIR  copied to /extra in dom0
+#
+# Environment: LAB_TIMEOUT (seconds, default 300) caps a run; LAB_CACHE moves the cache;
+# LAB_DOM0_MEM (MiB) and LAB_XEN_ARGS change Xen's command line, LAB_DOM0_ARGS
+# (default loglevel=6) dom0's.  See lab/README.md.
+set -euo pipefail
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$LAB_DIR")
+CACHE=${LAB_CACHE:-$REPO/.lab-cache}
+LOGS=$CACHE/logs
+XENVER=4.17
+DOM0_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-pciback xen-netback nvme"
+PEER_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc"
+XEN_PACKAGES="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
+  libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
+  libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6"
+# Programs whose shared libraries go into the initramfs (paths inside the package tree).
+XEN_PROGRAMS="usr/lib/xen-$XENVER/bin/xl usr/lib/xen-$XENVER/bin/xenstored usr/lib/xen-$XENVER/bin/xenconsoled
+  usr/lib/xen-$XENVER/bin/xen-init-dom0 usr/lib/xen-$XENVER/bin/libxl-save-helper
+  usr/lib/xen-$XENVER/bin/xenconsole usr/bin/xenstore bin/bash"
+# Sonames the host cannot map to a package with dpkg -S (a fresh machine may lack them).
+declare -A SONAME_PKG=(
+  [libc.so.6]=libc6 [libm.so.6]=libc6 [liblzma.so.5]=liblzma5 [libuuid.so.1]=libuuid1
+  [libz.so.1]=zlib1g [libzstd.so.1]=libzstd1 [libbz2.so.1.0]=libbz2-1.0 [libtinfo.so.6]=libtinfo6
+  [libxendevicemodel.so.1]=libxendevicemodel1 [libxentoolcore.so.1]=libxentoolcore1
+  [libyajl.so.2]=libyajl2 [libgcc_s.so.1]=libgcc-s1 [libnl-3.so.200]=libnl-3-200
+  [libnl-route-3.so.200]=libnl-route-3-200 [libgnutls.so.30]=libgnutls30
+)
+
+T_START=$(date +%s.%N)
+elapsed() { awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%6.1f", b - a }'; }
+say() { echo "[lab $(elapsed)s] $*"; }
+die() { echo "[lab $(elapsed)s] ERROR: $*" >&2; exit 1; }
+
+# step LOGNAME TEXT CMD...: run CMD with its output in logs/LOGNAME.log; show the tail on failure.
+step() {
+    local log=$LOGS/$1.log text=$2 t0
+    shift 2
+    t0=$(date +%s.%N)
+    echo "[lab $(elapsed)s] $text ..."
+    if ! "$@" >>"$log" 2>&1; then
+        echo "[lab $(elapsed)s] FAILED: $text; last lines of $log:" >&2
+        tail -n 25 "$log" >&2
+        exit 1
+    fi
+    echo "[lab $(elapsed)s]   done in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+}
+
+inputs_hash() {
+    # Everything the base initramfs is made from; the run-time parts are hashed apart.
+    (cd "$LAB_DIR" && cat lab.sh lib/*.py dom0/* tools/labtool.c) | sha256sum | cut -d' ' -f1
+}
+
+# ------------------------------------------------------------------ build steps
+ensure_host_tools() {
+    local need=()
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+    command -v objdump >/dev/null || need+=(binutils)
+    command -v gcc >/dev/null || need+=(gcc)
+    [ -e /usr/include/xen/gntalloc.h ] || need+=(linux-libc-dev)
+    [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+    command -v python3 >/dev/null || need+=(python3)
+    if [ ${#need[@]} -gt 0 ]; then
+        ensure_apt_lists
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
+    fi
+    command -v qemu-system-x86_64
+}
+
+ensure_apt_lists() {
+    if [ ! -e "$CACHE/.apt-updated" ] || ! apt-cache show "xen-utils-$XENVER" >/dev/null 2>&1; then
+        apt-get update
+        touch "$CACHE/.apt-updated"
+    fi
+}
+
+pick_kernel() {
+    # The newest Debian 6.1 generic kernel (not -cloud, not -rt).
+    apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n 1
+}
+
+download() {
+    # download PKG...: apt-get download what is not in debs/ yet (any version counts).
+    mkdir -p "$CACHE/debs"
+    local missing=() p
+    for p in "$@"; do
+        compgen -G "$CACHE/debs/${p}_*.deb" >/dev/null || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "downloading: ${missing[*]}"
+    # Stale package lists name versions the archive has dropped: update once and retry.
+    (cd "$CACHE/debs" && apt-get download "${missing[@]}") || {
+        echo "apt-get download failed; refreshing package lists and retrying"
+        apt-get update && touch "$CACHE/.apt-updated"
+        (cd "$CACHE/debs" && apt-get download "${missing[@]}")
+    }
+}
+
+extract_all() {
+    # The tree depends only on the set of .debs: keep it when that set is unchanged.
+    local d sum
+    sum=$(ls -l "$CACHE"/debs/*.deb | sha256sum | cut -d' ' -f1)
+    if [ -e "$CACHE/root/.debs-sum" ] && [ "$(cat "$CACHE/root/.debs-sum")" = "$sum" ]; then
+        echo "package tree is current"
+        return 0
+    fi
+    rm -rf "$CACHE/root" && mkdir -p "$CACHE/root"
+    for d in "$CACHE"/debs/*.deb; do
+        echo "extract $(basename "$d")"
+        dpkg-deb -x "$d" "$CACHE/root"
+    done
+    echo "$sum" >"$CACHE/root/.debs-sum"
+}
+
+resolve_libs() {
+    # Download the packages of any soname the programs need that the tree lacks; repeat.
+    local round out so pkg pkgs
+    for round in 1 2 3 4 5; do
+        out=$(python3 "$LAB_DIR/lib/elfdeps.py" "$CACHE/root" $XEN_PROGRAMS)
+        echo "$out" >"$CACHE/libs.txt"
+        pkgs=()
+        for so in $(echo "$out" | awk '$1 == "missing" {print $2}'); do
+            pkg=${SONAME_PKG[$so]:-}
+            if [ -z "$pkg" ]; then
+                pkg=$(dpkg -S "/$so" 2>/dev/null | head -n 1 | cut -d: -f1 || true)
+            fi
+            [ -n "$pkg" ] || { echo "no package known for $so"; return 1; }
+            echo "round $round: $so -> $pkg"
+            pkgs+=("$pkg")
+        done
+        if [ ${#pkgs[@]} -eq 0 ]; then
+            ls -l "$CACHE"/debs/*.deb | sha256sum | cut -d' ' -f1 >"$CACHE/root/.debs-sum"
+            echo "all libraries resolved:"; cat "$CACHE/libs.txt"; return 0
+        fi
+        download "${pkgs[@]}"
+        for pkg in "${pkgs[@]}"; do dpkg-deb -x "$(ls "$CACHE"/debs/"${pkg}"_*.deb | head -n 1)" "$CACHE/root"; done
+    done
+    echo "libraries still missing after 5 rounds"; return 1
+}
+
+# copy_rel SRC_ROOT DST_ROOT RELPATH: copy one file (symlinks followed) keeping its path.
+copy_rel() {
+    mkdir -p "$2/$(dirname "$3")"
+    cp -L "$1/$3" "$2/$3"
+}
+
+install_busybox() {
+    local dst=$1 a
+    mkdir -p "$dst/bin" "$dst/sbin" "$dst/usr/bin" "$dst/usr/sbin"
+    cp "$CACHE/root/bin/busybox" "$dst/bin/busybox"
+    for a in $("$CACHE/root/bin/busybox" --list-full); do
+        [ -e "$dst/$a" ] || ln -s /bin/busybox "$dst/$a"
+    done
+}
+
+install_libs() {
+    # install_libs DST: the resolved libraries plus the dynamic loader.
+    local dst=$1 l
+    for l in $(awk '$1 == "lib" {print $2}' "$CACHE/libs.txt"); do copy_rel "$CACHE/root" "$dst" "$l"; done
+    copy_rel "$CACHE/root" "$dst" lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+    # glibc dlopen()s libgcc_s for pthread_cancel (xl aborts without it).
+    copy_rel "$CACHE/root" "$dst" lib/x86_64-linux-gnu/libgcc_s.so.1
+    mkdir -p "$dst/lib64"
+    ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$dst/lib64/ld-linux-x86-64.so.2"
+}
+
+install_modules() {
+    # install_modules DST LISTNAME MODULE...: the modules and their dependencies, in load order.
+    local dst=$1 list=$2 m
+    shift 2
+    local mdir=$CACHE/root/lib/modules/$KVER
+    python3 "$LAB_DIR/lib/kmods.py" "$mdir" "$@" >"$dst/etc/lab/$list"
+    for m in $(cat "$dst/etc/lab/$list"); do copy_rel "$mdir" "$dst/lib/modules/$KVER" "$m"; done
+    echo "$list: $(tr '\n' ' ' <"$dst/etc/lab/$list")"
+}
+
+common_tree() {
+    local dst=$1
+    rm -rf "$dst" && mkdir -p "$dst"/{proc,sys,dev,run,tmp,etc/lab,lab,var/log,var/lib,root}
+    ln -s /run "$dst/var/run"
+    install_busybox "$dst"
+    install_libs "$dst"
+    cp "$LAB_DIR/dom0/init" "$dst/init"
+    cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$dst/lab/"
+    chmod +x "$dst/init" "$dst/lab/peer.sh"
+    echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
+    echo "root:x:0:" >"$dst/etc/group"
+    # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
+    cp -a "$CACHE/root/usr/bin/xenstore"* "$dst/usr/bin/"
+    mkdir -p "$dst/usr/local/bin"
+    cp "$CACHE/labtool" "$dst/usr/local/bin/labtool"
+}
+
+build_dom0_tree() {
+    local dst=$CACHE/dom0-tree p
+    common_tree "$dst"
+    for p in $XEN_PROGRAMS; do copy_rel "$CACHE/root" "$dst" "$p"; done
+    cp -a "$CACHE/root/usr/lib/xen-$XENVER/bin/." "$dst/usr/lib/xen-$XENVER/bin/" 2>/dev/null || true
+    # Only the tools that run here need their libraries; drop the rest to keep the image small.
+    local wanted
+    wanted=" $(echo $XEN_PROGRAMS) "
+    (cd "$dst/usr/lib/xen-$XENVER/bin" && for f in *; do
+        case $wanted in *"/bin/$f "*) ;; *) rm -f "$f" ;; esac
+    done)
+    cp -a "$CACHE/root/etc/xen" "$dst/etc/xen"
+    # Data files libxl reads at run time.
+    [ -d "$CACHE/root/usr/lib/xen-$XENVER/boot" ] && cp -a "$CACHE/root/usr/lib/xen-$XENVER/boot" "$dst/usr/lib/xen-$XENVER/"
+    [ -d "$CACHE/root/usr/share/xen-$XENVER" ] && mkdir -p "$dst/usr/share" && cp -a "$CACHE/root/usr/share/xen-$XENVER" "$dst/usr/share/"
+    ln -sf /bin/bash "$dst/usr/bin/bash" 2>/dev/null || true
+    install_modules "$dst" modules $DOM0_MODULES
+    du -sh "$dst"
+}
+
+build_peer_tree() {
+    local dst=$CACHE/peer-tree
+    common_tree "$dst"
+    rm -f "$dst/bin/bash"
+    install_modules "$dst" modules-peer $PEER_MODULES
+    du -sh "$dst"
+}
+
+extract_vmlinux() {
+    # Uncompressed kernel for Linux guests (xl create ~3 s instead of ~17 s with bzImage).
+    python3 "$LAB_DIR/lib/vmlinux.py" "$CACHE/vmlinuz" "$CACHE/vmlinux"
+}
+
+build_labtool() {
+    gcc -static -O2 -Wall -o "$CACHE/labtool.new" "$LAB_DIR/tools/labtool.c"
+    mv "$CACHE/labtool.new" "$CACHE/labtool"
+}
+
+cmd_build() {
+    mkdir -p "$CACHE" "$LOGS"
+    local want
+    want=$(inputs_hash)
+    if [ -e "$CACHE/stamp" ] && [ "$(cat "$CACHE/stamp")" = "$want" ] \
+        && [ -e "$CACHE/xen" ] && [ -e "$CACHE/dom0-initrd.cpio.gz" ] && command -v qemu-system-x86_64 >/dev/null; then
+        say "lab is up to date ($CACHE, stamp ${want:0:12})"
+        return 0
+    fi
+    say "building the Xen lab in $CACHE (logs: $LOGS/)"
+    rm -f "$CACHE/stamp" "$LOGS"/*.log
+    step host-tools "host tools (qemu-system-x86, gcc, binutils)" ensure_host_tools
+    step apt "apt package lists" ensure_apt_lists
+    KPKG=$(pick_kernel)
+    [ -n "$KPKG" ] || die "no linux-image-6.1.0-*-amd64 package in apt's lists"
+    KVER=${KPKG#linux-image-}
+    say "dom0 kernel: $KPKG"
+    # A kernel package from an older build must not linger next to the new one.
+    find "$CACHE/debs" -name 'linux-image-*.deb' ! -name "${KPKG}_*" -delete 2>/dev/null || true
+    step download "download Debian packages (Xen $XENVER, $KPKG, busybox)" download $XEN_PACKAGES "$KPKG"
+    step extract "extract packages" extract_all
+    step libs "resolve shared libraries of the Xen tools" resolve_libs
+    step labtool "build labtool (gcc -static)" build_labtool
+    step dom0-tree "assemble the dom0 initramfs tree" build_dom0_tree
+    step dom0-cpio "pack dom0 initramfs (cpio newc + gzip)" \
+        python3 "$LAB_DIR/lib/mkcpio.py" "$CACHE/dom0-tree" "$CACHE/dom0-initrd.cpio.gz" --gzip
+    step peer-tree "assemble the Linux peer guest's initramfs tree" build_peer_tree
+    step peer-cpio "pack peer initramfs" \
+        python3 "$LAB_DIR/lib/mkcpio.py" "$CACHE/peer-tree" "$CACHE/peer-initrd.cpio.gz" --gzip
+    step kernel "hypervisor and kernels" install_boot_files
+    echo "$want" >"$CACHE/stamp"
+    echo "$KVER" >"$CACHE/kernel-version"
+    say "lab built: $(du -sh "$CACHE/dom0-initrd.cpio.gz" | cut -f1) dom0 initramfs; logs in $LOGS/"
+}
+
+install_boot_files() {
+    # Xen's .gz is an ELF32 multiboot image once decompressed: QEMU's -kernel loads it.
+    zcat "$CACHE/root/boot/xen-$XENVER-amd64.gz" >"$CACHE/xen"
+    cp "$CACHE/root/boot/vmlinuz-$KVER" "$CACHE/vmlinuz"
+    extract_vmlinux
+    ls -la "$CACHE/xen" "$CACHE/vmlinuz" "$CACHE/vmlinux"
+}
+
+# ------------------------------------------------------------------ run
+# LAB_DOM0_MEM (MiB, default 1536) and LAB_XEN_ARGS (appended) adjust it.
+DOM0_MEM=${LAB_DOM0_MEM:-1536}
+XEN_CMDLINE="console=com1 com1=115200 dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=2 loglvl=all guest_loglvl=all iommu=1,verbose noreboot smap=0 console_timestamps=boot ${LAB_XEN_ARGS:-}"
+# No commas allowed here: QEMU splits -initrd modules at commas.
+DOM0_CMDLINE="console=hvc0 earlyprintk=xen ${LAB_DOM0_ARGS:-loglevel=6}"
+
+cmd_run() {
+    [ $# -ge 2 ] || die "usage: lab.sh run MODE IMAGE [EXTRA_DIR]"
+    local mode=$1 image=$2 extra=${3:-}
+    local modescript=""
+    if [ -n "$extra" ] && [ -e "$extra/$mode.sh" ]; then modescript=$extra/$mode.sh
+    elif [ -e "$LAB_DIR/modes/$mode.sh" ]; then modescript=$LAB_DIR/modes/$mode.sh
+    else die "unknown MODE '$mode' (lab/modes/: $(cd "$LAB_DIR/modes" && ls | sed 's/\.sh$//' | tr '\n' ' '))"; fi
+    if [ "$image" != linux-peer ]; then
+        [ -f "$image" ] || die "IMAGE '$image' does not exist (build Ferrite first, or pass linux-peer)"
+    fi
+    [ -z "$extra" ] || [ -d "$extra" ] || die "EXTRA_DIR '$extra' is not a directory"
+
+    # One QEMU at a time: refuse while a previous lab run's QEMU is alive.
+    local pidf pid
+    for pidf in "$CACHE"/runs/*/qemu.pid; do
+        [ -e "$pidf" ] || continue
+        pid=$(cat "$pidf")
+        if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q qemu-system; then
+            die "a lab QEMU is still running (pid $pid, $(dirname "$pidf")); stop it with: kill $pid"
+        fi
+    done
+    cmd_build
+    # cmd_build is a no-op unless lab/ changed (labtool.c and dom0/ are in the stamp).
+    local run old
+    # Keep the last 20 run directories.
+    for old in $(ls -d "$CACHE"/runs/*/ 2>/dev/null | sort | head -n -19); do rm -rf "$old"; done
+    run=$CACHE/runs/$(date +%Y%m%d-%H%M%S)-$mode
+    mkdir -p "$run/tree/ferrite/configs" "$run/tree/lab" "$run/tree/usr/local/bin"
+    say "run directory: $run"
+    if [ "$image" = linux-peer ]; then
+        mkdir -p "$run/tree/lab/peer"
+        cp "$CACHE/vmlinux" "$run/tree/lab/peer/vmlinux"
+        cp "$CACHE/peer-initrd.cpio.gz" "$run/tree/lab/peer/initrd.gz"
+        say "IMAGE: Linux peer guest (stand-in for Ferrite)"
+    else
+        cp "$image" "$run/tree/ferrite/ferrite"
+        say "IMAGE: $image ($(stat -c %s "$image") bytes)"
+    fi
+    cp "$REPO"/configs/* "$run/tree/ferrite/configs/" 2>/dev/null || true
+    cp "$modescript" "$run/tree/lab/mode.sh"
+    chmod +x "$run/tree/lab/mode.sh"
+    cp "$CACHE/labtool" "$run/tree/usr/local/bin/labtool"
+    if [ -n "$extra" ]; then mkdir -p "$run/tree/extra" && cp -a "$extra/." "$run/tree/extra/"; fi
+    python3 "$LAB_DIR/lib/mkcpio.py" "$run/tree" "$run/run.cpio"
+    # Linux reads concatenated archives, but an uncompressed one must start on a
+    # 4-byte boundary: pad the gzip member with NULs (the unpacker skips them).
+    cat "$CACHE/dom0-initrd.cpio.gz" >"$run/initrd"
+    head -c $(( (4 - $(stat -c %s "$run/initrd") % 4) % 4 )) /dev/zero >>"$run/initrd"
+    cat "$run/run.cpio" >>"$run/initrd"
+    rm -rf "$run/tree" "$run/run.cpio"
+    truncate -s 64M "$run/nvme.img"
+
+    local timeout=${LAB_TIMEOUT:-300}
+    say "booting Xen + dom0 under QEMU TCG (mode $mode, timeout ${timeout}s); serial log: $run/serial.log"
+    local rc=0
+    # A mode script names the tests it must report in a "# LAB-EXPECT: ..." line.
+    local expect
+    expect=$(sed -n 's/^# LAB-EXPECT: *//p' "$modescript" | head -n 1)
+    python3 "$LAB_DIR/lib/monitor.py" --timeout "$timeout" --expect "$expect" --serial "$run/serial.log" --pidfile "$run/qemu.pid" -- \
+        qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 3G \
+        -device intel-iommu,intremap=on,caching-mode=on \
+        -display none -vga none -nic none -no-reboot -monitor none \
+        -serial "file:$run/serial.log" \
+        -kernel "$CACHE/xen" -append "$XEN_CMDLINE" \
+        -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
+        -drive "file=$run/nvme.img,if=none,id=nv0,format=raw" \
+        -device nvme,drive=nv0,serial=ferrite-nvme0,addr=0x4 &
+    # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.
+    local mon=$!
+    trap 'kill -TERM '"$mon"' 2>/dev/null' TERM HUP INT
+    while :; do
+        rc=0
+        wait "$mon" || rc=$?
+        kill -0 "$mon" 2>/dev/null || break
+    done
+    trap - TERM HUP INT
+    rm -f "$run/initrd"
+    say "serial log: $run/serial.log"
+    return $rc
+}
+
+case ${1:-} in
+    build) shift; cmd_build "$@" ;;
+    host-tools) mkdir -p "$CACHE"; ensure_host_tools ;;
+    run) shift; cmd_run "$@" ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

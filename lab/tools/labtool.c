@@ -1,0 +1,399 @@
+/*
+ * labtool: the dom0 side (and a Linux stand-in for the guest side) of the Ferrite
+ * lab's grant-table and event-channel tests.
+ *
+ *   labtool dom0 DOMID     run the grant-map, evtchn and grant-to-dom0 tests against
+ *                          the guest DOMID; prints one "LAB-TEST <name> PASS|FAIL ..."
+ *                          line per test and exits 0 only if all passed.
+ *   labtool peer           play Ferrite's part of the protocol from inside a Linux PV
+ *                          guest (used to develop the lab before Ferrite exists).
+ *
+ * Protocol keys live under /local/domain/<domid>/data/ferrite/test/ (see lab/README.md).
+ * Ioctl numbers and structures come from the kernel's uapi headers
+ * <xen/gntalloc.h>, <xen/gntdev.h> and <xen/evtchn.h> (linux-libc-dev).
+ * Build: gcc -static -O2 -Wall -o labtool labtool.c
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+/* The uapi headers use these Xen public types without defining them
+ * (xen/include/public/xen.h: domid_t is uint16_t; grant_table.h: grant_ref_t is uint32_t). */
+typedef uint16_t domid_t;
+typedef uint32_t grant_ref_t;
+#include <xen/evtchn.h>
+#include <xen/gntalloc.h>
+#include <xen/gntdev.h>
+
+#define PAGE 4096
+
+static uint8_t pattern_dom0(unsigned i) { return (uint8_t)(((i * 131) + 17 + (i >> 8)) & 0xff); }
+static uint8_t pattern_guest(unsigned i) { return (uint8_t)(((i * 29) + 5) & 0xff); }
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void result(const char *name, int pass, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    printf("LAB-TEST %s %s %s\n", name, pass ? "PASS" : "FAIL", detail);
+    fflush(stdout);
+}
+
+static void info(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("labtool: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+}
+
+/* Key prefix: absolute for dom0, relative (to the guest's home) for the peer. */
+static char prefix[128];
+
+/* Read a xenstore key below prefix; returns 0 and fills buf, or -1 if absent. */
+static int xs_read(const char *key, char *buf, size_t len)
+{
+    char cmd[320];
+    snprintf(cmd, sizeof cmd, "xenstore-read '%s%s' 2>/dev/null", prefix, key);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(buf, 1, len - 1, p);
+    buf[n] = 0;
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = 0;
+    return pclose(p) == 0 ? 0 : -1;
+}
+
+static int xs_write(const char *key, const char *val)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "xenstore-write '%s%s' '%s'", prefix, key, val);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Poll key until it exists (any value) or the deadline passes. */
+static int xs_wait(const char *key, char *buf, size_t len, double seconds)
+{
+    double end = now() + seconds;
+    do {
+        if (xs_read(key, buf, len) == 0)
+            return 0;
+        usleep(100 * 1000);
+    } while (now() < end);
+    return -1;
+}
+
+/* Wait for one event on an evtchn fd; returns the port or -1 on timeout/error. */
+static int evtchn_wait(int fd, double seconds)
+{
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    double end = now() + seconds;
+    for (;;) {
+        int ms = (int)((end - now()) * 1000);
+        if (ms <= 0)
+            return -1;
+        int r = poll(&pfd, 1, ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        uint32_t port;
+        if (read(fd, &port, sizeof port) != sizeof port)
+            return -1;
+        /* Writing the port back unmasks it (evtchn device semantics). */
+        if (write(fd, &port, sizeof port) != sizeof port)
+            return -1;
+        return (int)port;
+    }
+}
+
+/* Find the first mismatch of a page against a pattern; -1 if it matches. */
+static long first_mismatch(const uint8_t *p, uint8_t (*pat)(unsigned), unsigned from)
+{
+    for (unsigned i = from; i < PAGE; i++)
+        if (p[i] != pat(i))
+            return i;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- dom0 side */
+
+static int grant_to_dom0(int domid)
+{
+    char val[64];
+    if (xs_read("our-gref", val, sizeof val) != 0) {
+        result("grant-to-dom0", 0, "%sour-gref is absent", prefix);
+        return 0;
+    }
+    char *end;
+    unsigned long ref = strtoul(val, &end, 10);
+    if (!*val || *end) {
+        result("grant-to-dom0", 0, "%sour-gref = '%s', expected a decimal grant reference", prefix, val);
+        return 0;
+    }
+    int fd = open("/dev/xen/gntdev", O_RDWR);
+    if (fd < 0) {
+        result("grant-to-dom0", 0, "open /dev/xen/gntdev: %s", strerror(errno));
+        return 0;
+    }
+    struct ioctl_gntdev_map_grant_ref map;
+    memset(&map, 0, sizeof map);
+    map.count = 1;
+    map.refs[0].domid = (uint32_t)domid;
+    map.refs[0].ref = (uint32_t)ref;
+    if (ioctl(fd, IOCTL_GNTDEV_MAP_GRANT_REF, &map) != 0) {
+        result("grant-to-dom0", 0, "IOCTL_GNTDEV_MAP_GRANT_REF dom %d ref %lu: %s", domid, ref, strerror(errno));
+        close(fd);
+        return 0;
+    }
+    uint8_t *p = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, (off_t)map.index);
+    int ok = 0;
+    if (p == MAP_FAILED) {
+        result("grant-to-dom0", 0, "mmap of dom %d ref %lu failed: %s (a grant the guest did not make, or made for another domain, fails here)",
+               domid, ref, strerror(errno));
+    } else {
+        long bad = first_mismatch(p, pattern_guest, 0);
+        if (bad < 0) {
+            ok = 1;
+            result("grant-to-dom0", 1, "ref %lu: 4096 bytes match ((i*29)+5)&0xff", ref);
+        } else {
+            result("grant-to-dom0", 0, "ref %lu: byte %ld is 0x%02x, expected 0x%02x (first bytes %02x %02x %02x %02x)",
+                   ref, bad, p[bad], pattern_guest(bad), p[0], p[1], p[2], p[3]);
+        }
+        munmap(p, PAGE);
+    }
+    struct ioctl_gntdev_unmap_grant_ref unmap = { .index = map.index, .count = 1 };
+    ioctl(fd, IOCTL_GNTDEV_UNMAP_GRANT_REF, &unmap);
+    close(fd);
+    return ok;
+}
+
+static int run_dom0(int domid)
+{
+    int pass = 1;
+    snprintf(prefix, sizeof prefix, "/local/domain/%d/data/ferrite/test/", domid);
+
+    /* Test 4 is independent: the guest published our-gref before it said ready. */
+    pass &= grant_to_dom0(domid);
+
+    /* Step 1: a writable page for the guest, filled with the dom0 pattern. */
+    int ga = open("/dev/xen/gntalloc", O_RDWR);
+    if (ga < 0) {
+        result("grant-map", 0, "open /dev/xen/gntalloc: %s", strerror(errno));
+        result("evtchn", 0, "not run: grant-map setup failed");
+        return 0;
+    }
+    struct ioctl_gntalloc_alloc_gref alloc;
+    memset(&alloc, 0, sizeof alloc);
+    alloc.domid = (uint16_t)domid;
+    alloc.flags = GNTALLOC_FLAG_WRITABLE;
+    alloc.count = 1;
+    if (ioctl(ga, IOCTL_GNTALLOC_ALLOC_GREF, &alloc) != 0) {
+        result("grant-map", 0, "IOCTL_GNTALLOC_ALLOC_GREF for dom %d: %s", domid, strerror(errno));
+        result("evtchn", 0, "not run: grant-map setup failed");
+        return 0;
+    }
+    volatile uint8_t *page = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, ga, (off_t)alloc.index);
+    if (page == MAP_FAILED) {
+        result("grant-map", 0, "mmap of gntalloc page: %s", strerror(errno));
+        result("evtchn", 0, "not run: grant-map setup failed");
+        return 0;
+    }
+    for (unsigned i = 0; i < PAGE; i++)
+        page[i] = pattern_dom0(i);
+    uint32_t gref = alloc.gref_ids[0];
+
+    int ev = open("/dev/xen/evtchn", O_RDWR);
+    if (ev < 0) {
+        result("grant-map", 0, "open /dev/xen/evtchn: %s", strerror(errno));
+        result("evtchn", 0, "open /dev/xen/evtchn: %s", strerror(errno));
+        return 0;
+    }
+    struct ioctl_evtchn_bind_unbound_port bind = { .remote_domain = (unsigned)domid };
+    int port = ioctl(ev, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &bind);
+    if (port < 0) {
+        result("grant-map", 0, "IOCTL_EVTCHN_BIND_UNBOUND_PORT remote %d: %s", domid, strerror(errno));
+        result("evtchn", 0, "IOCTL_EVTCHN_BIND_UNBOUND_PORT remote %d: %s", domid, strerror(errno));
+        return 0;
+    }
+    char num[32];
+    snprintf(num, sizeof num, "%u", gref);
+    xs_write("gref", num);
+    snprintf(num, sizeof num, "%d", port);
+    xs_write("port", num);
+    xs_write("request", "go");
+    info("dom %d: gref %u port %d, request=go written", domid, gref, port);
+    double t0 = now();
+
+    /* Step 3: Ferrite's event, then the page contents and its verdict. */
+    int got = evtchn_wait(ev, 30.0);
+    double t_event = now() - t0;
+    char grant_val[256] = "";
+    if (xs_wait("grant", grant_val, sizeof grant_val, got >= 0 ? 5.0 : 1.0) != 0)
+        strcpy(grant_val, "<absent>");
+    int bytes_ok = memcmp((const void *)page, "ferrite!", 8) == 0;
+    long bad = first_mismatch((const uint8_t *)page, pattern_dom0, 8);
+    if (strcmp(grant_val, "ok") == 0 && bytes_ok && bad < 0) {
+        result("grant-map", 1, "gref %u: guest wrote grant=ok and 'ferrite!' at offset 0, rest of page intact", gref);
+    } else {
+        char head[40];
+        int n = 0;
+        for (int i = 0; i < 8; i++)
+            n += snprintf(head + n, sizeof head - n, "%02x", page[i]);
+        pass = 0;
+        result("grant-map", 0, "gref %u: grant='%s' (expected 'ok'); page[0..8]=%s (expected 6665727269746521 'ferrite!')%s%s",
+               gref, grant_val, head, bad >= 0 ? "; bytes 8.. changed at " : "", bad >= 0 ? (snprintf(num, sizeof num, "%ld", bad), num) : "");
+    }
+
+    if (got < 0) {
+        char ev_val[256] = "<absent>";
+        xs_read("evtchn", ev_val, sizeof ev_val);
+        result("evtchn", 0, "no event from dom %d on port %d within 30 s (evtchn='%s')", domid, port, ev_val);
+        return 0;
+    }
+    if (got != port) {
+        result("evtchn", 0, "event arrived on port %d, expected %d", got, port);
+        return 0;
+    }
+    struct ioctl_evtchn_notify notify = { .port = (unsigned)port };
+    if (ioctl(ev, IOCTL_EVTCHN_NOTIFY, &notify) != 0) {
+        result("evtchn", 0, "IOCTL_EVTCHN_NOTIFY port %d: %s", port, strerror(errno));
+        return 0;
+    }
+    char ev_val[256];
+    double end = now() + 25.0;
+    do {
+        if (xs_read("evtchn", ev_val, sizeof ev_val) != 0)
+            strcpy(ev_val, "<absent>");
+        if (strcmp(ev_val, "ok") == 0 || strncmp(ev_val, "fail", 4) == 0)
+            break;
+        usleep(100 * 1000);
+    } while (now() < end);
+    if (strcmp(ev_val, "ok") == 0) {
+        result("evtchn", 1, "port %d: event from guest after %.1f s, guest saw ours (evtchn=ok)", port, t_event);
+    } else {
+        pass = 0;
+        result("evtchn", 0, "port %d: got guest's event after %.1f s and notified back, but evtchn='%s' (expected 'ok')",
+               port, t_event, ev_val);
+    }
+    /* The gntalloc page stays granted until the fd closes, which is at exit. */
+    return pass;
+}
+
+/* ------------------------------------------- guest side (Linux stand-in) */
+
+static int run_peer(void)
+{
+    char val[256];
+    strcpy(prefix, "data/ferrite/test/");
+
+    /* Our page for dom0 (test 4) before we say ready. */
+    int ga = open("/dev/xen/gntalloc", O_RDWR);
+    struct ioctl_gntalloc_alloc_gref alloc;
+    memset(&alloc, 0, sizeof alloc);
+    alloc.domid = 0;
+    alloc.count = 1;
+    info("peer: start");
+    if (ga < 0 || ioctl(ga, IOCTL_GNTALLOC_ALLOC_GREF, &alloc) != 0) {
+        info("peer: gntalloc failed: %s", strerror(errno));
+        return 1;
+    }
+    uint8_t *own = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, ga, (off_t)alloc.index);
+    if (own == MAP_FAILED)
+        return 1;
+    info("peer: own page gref %u mapped at %p", alloc.gref_ids[0], (void *)own);
+    for (unsigned i = 0; i < PAGE; i++)
+        own[i] = pattern_guest(i);
+    snprintf(val, sizeof val, "%u", alloc.gref_ids[0]);
+    xs_write("our-gref", val);
+    prefix[0] = 0;
+    xs_write("data/ferrite/state", "ready");
+    strcpy(prefix, "data/ferrite/test/");
+    printf("ferrite: ready\n");
+    fflush(stdout);
+
+    if (xs_wait("request", val, sizeof val, 120.0) != 0 || strcmp(val, "go") != 0) {
+        info("peer: no request=go");
+        return 1;
+    }
+    info("peer: request=go");
+    char gref_s[32], port_s[32];
+    xs_read("gref", gref_s, sizeof gref_s);
+    xs_read("port", port_s, sizeof port_s);
+
+    int gd = open("/dev/xen/gntdev", O_RDWR);
+    struct ioctl_gntdev_map_grant_ref map;
+    memset(&map, 0, sizeof map);
+    map.count = 1;
+    map.refs[0].domid = 0;
+    map.refs[0].ref = (uint32_t)strtoul(gref_s, NULL, 10);
+    const char *verdict = "ok";
+    char why[128];
+    if (gd < 0 || ioctl(gd, IOCTL_GNTDEV_MAP_GRANT_REF, &map) != 0) {
+        snprintf(why, sizeof why, "fail: map: %s", strerror(errno));
+        verdict = why;
+    } else {
+        uint8_t *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, gd, (off_t)map.index);
+        if (p == MAP_FAILED) {
+            snprintf(why, sizeof why, "fail: mmap: %s", strerror(errno));
+            verdict = why;
+        } else {
+            long bad = first_mismatch(p, pattern_dom0, 0);
+            if (bad >= 0) {
+                snprintf(why, sizeof why, "fail: byte %ld is %u", bad, p[bad]);
+                verdict = why;
+            } else {
+                memcpy(p, "ferrite!", 8);
+            }
+            munmap(p, PAGE);
+        }
+        struct ioctl_gntdev_unmap_grant_ref unmap = { .index = map.index, .count = 1 };
+        ioctl(gd, IOCTL_GNTDEV_UNMAP_GRANT_REF, &unmap);
+    }
+    xs_write("grant", verdict);
+
+    int ev = open("/dev/xen/evtchn", O_RDWR);
+    struct ioctl_evtchn_bind_interdomain bi = { .remote_domain = 0, .remote_port = (unsigned)atoi(port_s) };
+    int lport = ev < 0 ? -1 : ioctl(ev, IOCTL_EVTCHN_BIND_INTERDOMAIN, &bi);
+    if (lport < 0) {
+        snprintf(why, sizeof why, "fail: bind_interdomain: %s", strerror(errno));
+        xs_write("evtchn", why);
+        return 1;
+    }
+    struct ioctl_evtchn_notify notify = { .port = (unsigned)lport };
+    ioctl(ev, IOCTL_EVTCHN_NOTIFY, &notify);
+    xs_write("evtchn", evtchn_wait(ev, 20.0) == lport ? "ok" : "fail: no event from dom0 within 20 s");
+    pause(); /* keep the grant alive until we are shut down */
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "dom0") == 0)
+        return run_dom0(atoi(argv[2])) ? 0 : 1;
+    if (argc == 2 && strcmp(argv[1], "peer") == 0)
+        return run_peer();
+    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer\n");
+    return 2;
+}
