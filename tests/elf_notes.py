@@ -25,6 +25,34 @@ def notes(data):
             pos = dpos + ((descsz + 3) & ~3)
 
 
+def symbol(data, name):
+    """Value of symbol `name` from .symtab, or None."""
+    (e_shoff,) = struct.unpack_from("<Q", data, 0x28)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
+    secs = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    for sh in secs:
+        if sh[1] != 2:  # SHT_SYMTAB
+            continue
+        strtab = secs[sh[6]]
+        for off in range(sh[4], sh[4] + sh[5], 24):
+            st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", data, off)
+            start = strtab[4] + st_name
+            if data[start : data.index(b"\0", start)] == name:
+                return st_value
+    return None
+
+
+def load_end(data):
+    (e_phoff,) = struct.unpack_from("<Q", data, 0x20)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 0x36)
+    end = 0
+    for i in range(e_phnum):
+        p_type, _f, _off, vaddr, _pa, _fsz, memsz = struct.unpack_from("<IIQQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type == 1:
+            end = max(end, vaddr + memsz)
+    return end
+
+
 def main(path):
     data = open(path, "rb").read()
     problems = []
@@ -49,6 +77,11 @@ def main(path):
             problems.append(f"note {t} ({what}) missing or not an 8-byte address in the image: {d!r}")
     if 2 in xen and len(xen[2]) == 8 and struct.unpack("<Q", xen[2])[0] % 4096:
         problems.append("HYPERCALL_PAGE is not page aligned")
+    image_end = symbol(data, b"__image_end")
+    if image_end is None:
+        problems.append("no __image_end symbol")
+    elif load_end(data) > image_end:
+        problems.append(f"loaded data ends at {load_end(data):#x}, past __image_end {image_end:#x}: the heap would overwrite it")
     for p in problems:
         print(f"{path}: {p}")
     if not problems:

@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+mod bench;
 mod disk;
 mod disktest;
 mod pci_nvme;

@@ -84,9 +84,11 @@ pub fn run(b: PvhBoot) -> ! {
     }
     check("pci-scan", fns.first().map(|f| f.vendor == 0x8086).unwrap_or(false), &mut failures);
 
-    match fns.iter().find(|f| f.class == 0x010802) {
-        Some(f) => check("nvme", nvme_test(f.bdf), &mut failures),
-        None => info!("no NVMe controller on bus 0: NVMe tests skipped"),
+    let bench = b.cmdline.split_whitespace().find_map(|w| w.strip_prefix("bench=")).and_then(|s| s.parse::<u64>().ok());
+    match (fns.iter().find(|f| f.class == 0x010802), bench) {
+        (Some(f), Some(secs)) => check("nvme-bench", nvme_bench(f.bdf, secs), &mut failures),
+        (Some(f), None) => check("nvme", nvme_test(f.bdf), &mut failures),
+        (None, _) => info!("no NVMe controller on bus 0: NVMe tests skipped"),
     }
 
     if failures == 0 {
@@ -97,32 +99,31 @@ pub fn run(b: PvhBoot) -> ! {
     hal::crash();
 }
 
-/// Brings up the NVMe controller at `bdf` with several queues and runs the
-/// disk self-test on it.
-fn nvme_test(bdf: (u8, u8, u8)) -> bool {
+/// Brings up the NVMe controller at `bdf` (identity DMA, PVH).
+fn nvme_up(bdf: (u8, u8, u8), io_queues: u16, depth: u16) -> Option<Nvme<domain::hal::dev::Mmio, HalDma, HalClock>> {
     let mut pci = PortPci::new(bdf.0, bdf.1, bdf.2);
     let bar = match pci.bar(0) {
         Some(b) if b.kind != BarKind::Io => b,
         other => {
             error!("nvme: BAR0 unusable: {other:?}");
-            return false;
+            return None;
         }
     };
     if bar.base + bar.size > 0x1_0000_0000 {
         error!("nvme: BAR0 at {:#x} is above the 4 GiB identity map", bar.base);
-        return false;
+        return None;
     }
     pci.enable_memory_and_bus_master();
     info!("nvme at {:02x}:{:02x}.{}: BAR0 {:#x} ({} KiB)", bdf.0, bdf.1, bdf.2, bar.base, bar.size / 1024);
     let regs = domain::hal::dev::mmio_identity(bar.base, bar.size as usize);
     let dma = HalDma::new(Translation::Identity);
     info!("nvme: DMA strategy: {}", dma.describe());
-    let config = Config { io_queues: 4, queue_depth: 64, ..Config::default() };
-    let mut nvme = match Nvme::init(regs, dma, HalClock, config) {
+    let config = Config { io_queues, queue_depth: depth, ..Config::default() };
+    let nvme = match Nvme::init(regs, dma, HalClock, config) {
         Ok(n) => n,
         Err(e) => {
             error!("nvme: bring-up failed: {e:?}");
-            return false;
+            return None;
         }
     };
     let i = nvme.info().clone();
@@ -140,6 +141,13 @@ fn nvme_test(bdf: (u8, u8, u8)) -> bool {
         i.dsm,
         i.write_zeroes
     );
+    Some(nvme)
+}
+
+/// Brings up the NVMe controller at `bdf` with several queues and runs the
+/// disk self-test on it.
+fn nvme_test(bdf: (u8, u8, u8)) -> bool {
+    let Some(mut nvme) = nvme_up(bdf, 4, 64) else { return false };
     let ok = match crate::disktest::run(&mut nvme, 16 * 1024, 512) {
         Ok(r) => {
             info!("nvme disk test passed: {} bytes written and verified", r.bytes_written);
@@ -161,4 +169,26 @@ fn nvme_test(bdf: (u8, u8, u8)) -> bool {
 
 fn ascii(b: &[u8]) -> &str {
     core::str::from_utf8(b).unwrap_or("?").trim()
+}
+
+/// 4 KiB random reads at QD1 and QD32 for `secs` seconds each (after 1 s of
+/// warm-up), printed as `BENCH` lines for the comparison script.
+fn nvme_bench(bdf: (u8, u8, u8), secs: u64) -> bool {
+    let Some(mut nvme) = nvme_up(bdf, 1, 64) else { return false };
+    for qd in [1usize, 32] {
+        match crate::bench::randread(&mut nvme, qd, 1_000_000_000, secs * 1_000_000_000, 0x5EED + qd as u64) {
+            Ok(r) => domain::hal::console::print(format_args!(
+                "BENCH ferrite randread-4k qd={qd} ios={} secs={:.1} iops={:.0} mean_lat_us={:.1}\n",
+                r.ios,
+                r.secs,
+                r.iops(),
+                r.mean_lat_us
+            )),
+            Err(e) => {
+                error!("bench qd={qd}: {e:?}");
+                return false;
+            }
+        }
+    }
+    nvme.shutdown().is_ok()
 }

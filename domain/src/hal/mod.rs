@@ -67,6 +67,8 @@ pub struct PvBoot {
 
 /// What a PVH boot hands to the application.
 pub struct PvhBoot {
+    /// The kernel command line (QEMU `-append`).
+    pub cmdline: alloc::string::String,
     /// First byte above the heap: free RAM from here to `ram_top`.
     pub free_start: u64,
     pub ram_top: u64,
@@ -167,7 +169,20 @@ extern "C" fn ferrite_pvh_start(info_paddr: u64) -> ! {
     unsafe { HEAP.lock().init(heap_start as *mut u8, PVH_HEAP_BYTES as usize) };
     let tsc_per_us = pvh::calibrate_tsc();
     time::set_tsc_rate(tsc_per_us);
-    let boot = Boot::Pvh(PvhBoot { free_start: heap_start + PVH_HEAP_BYTES, ram_top, heap_bytes: PVH_HEAP_BYTES, tsc_per_us });
+    let mut cmdline = alloc::string::String::new();
+    if info.cmdline_paddr != 0 && info.cmdline_paddr < 0x1_0000_0000 {
+        // Bounded copy of the NUL-terminated string (identity-mapped).
+        for i in 0..1024u64 {
+            // SAFETY: low memory is identity-mapped; the loader placed the
+            // string there; we stop at NUL or 1 KiB.
+            let b = unsafe { core::ptr::read_volatile((info.cmdline_paddr + i) as *const u8) };
+            if b == 0 {
+                break;
+            }
+            cmdline.push(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' });
+        }
+    }
+    let boot = Boot::Pvh(PvhBoot { cmdline, free_start: heap_start + PVH_HEAP_BYTES, ram_top, heap_bytes: PVH_HEAP_BYTES, tsc_per_us });
     // SAFETY: the image crate defines `ferrite_main` with this signature.
     unsafe { ferrite_main(boot) }
 }
