@@ -32,7 +32,7 @@ use domain::gnttab::{GrantOps, MapRequest, Mapping};
 use domain::shmem::SharedMem;
 use domain::types::{DomId, EvtchnPort, GrantRef};
 use domain::wait::{Nanos, Notifier};
-use domain::xenstore::{XsClient, XsError};
+use domain::xenstore::{XsClient, XsErrno, XsError};
 use drivers::block::{BlockDevice, BlockRequest};
 use log::{info, warn};
 
@@ -154,6 +154,12 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     info: DiskInfo,
     alloc: fn(usize) -> Option<D::Buffer>,
     vbds: Vec<Vbd<P, D::Buffer>>,
+    /// Backend directories whose vbd we removed while the directory stayed
+    /// (the frontend vanished, or a detach waiting for the toolstack's
+    /// cleanup): not probed again until the toolstack re-creates them
+    /// (`state` back to Initialising) or removes them. Bounded by the
+    /// directories `scan` looks at.
+    retired: Vec<String>,
     /// Disk token → (vbd id, ring index).
     tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
     next_id: u32,
@@ -183,7 +189,7 @@ where
             barrier: true,
             discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
         };
-        Self { cfg, disk, info, alloc, vbds: Vec::new(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
     }
 
     /// What we tell frontends about the disk.
@@ -253,9 +259,19 @@ where
     /// Looks for new and vanished vbd directories.
     fn scan<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(&mut self, xs: &mut XsClient<M, N>, g: &mut G, e: &mut E) {
         let mut present = Vec::new();
-        let doms = xs.directory("backend/vbd").unwrap_or_default();
+        // Only ENOENT means absent: on any other error (a timeout, EIO) we
+        // cannot tell, and must not take every vbd for removed.
+        let list = |xs: &mut XsClient<M, N>, path: &str| match xs.directory(path) {
+            Ok(d) => Ok(d),
+            Err(XsError::Xs(XsErrno::NoEnt)) => Ok(Vec::new()),
+            Err(err) => {
+                warn!("listing {path}: {err:?}; vbd scan skipped");
+                Err(err)
+            }
+        };
+        let Ok(doms) = list(xs, "backend/vbd") else { return };
         for dom in doms.iter().take(256) {
-            let devs = xs.directory(&format!("backend/vbd/{dom}")).unwrap_or_default();
+            let Ok(devs) = list(xs, &format!("backend/vbd/{dom}")) else { return };
             for dev in devs.iter().take(64) {
                 present.push(format!("backend/vbd/{dom}/{dev}"));
             }
@@ -268,7 +284,18 @@ where
                 self.feed(xs, g, e, i, Event::FrontendGone);
             }
         }
+        // Forget retired directories the toolstack removed; one it
+        // re-created for a new device starts over at Initialising.
+        self.retired.retain(|be| present.contains(be));
         for be in present {
+            if let Some(k) = self.retired.iter().position(|r| *r == be) {
+                match xs.read_string(&format!("{be}/state")) {
+                    Ok(s) if XenbusState::parse(s.trim()) == Some(XenbusState::Initialising) => {
+                        self.retired.swap_remove(k);
+                    }
+                    _ => continue,
+                }
+            }
             if self.find(&be).is_none() {
                 self.add(xs, g, e, &be);
             }
@@ -284,6 +311,9 @@ where
             Some(d) => DomId(d),
             None => return,
         };
+        if xs.read(&format!("{be}/state")).is_err() {
+            return; // not fully written yet (our writes need `state`); the next event retries
+        }
         let params = xs.read_string(&format!("{be}/params")).unwrap_or_default();
         let id = self.next_id;
         self.next_id += 1;
@@ -306,7 +336,11 @@ where
             }
         }
         // What dom0's block hotplug script would write: the device is open.
-        let _ = xs.write(&format!("{be}/physical-device"), "fd:0");
+        match write_existing(xs, be, "physical-device", "fd:0") {
+            Ok(true) => {}
+            Ok(false) => self.vbds[i].gone = true,
+            Err(err) => warn!("vbd {be}: writing physical-device: {err:?}"),
+        }
         self.feed(xs, g, e, i, Event::Probe);
         let info = self.info;
         self.feed(xs, g, e, i, Event::HotplugDone(info));
@@ -334,16 +368,16 @@ where
                 let gone = self.vbds[i].gone;
                 match eff {
                     Effect::Write { .. } | Effect::SwitchState(_) | Effect::WriteError(_) if gone => {}
-                    Effect::Write { key, value } => {
-                        if let Err(err) = xs.write(&format!("{be}/{key}"), value.as_bytes()) {
-                            warn!("vbd {be}: writing {key}: {err:?}");
-                        }
-                    }
-                    Effect::SwitchState(s) => {
-                        if let Err(err) = xs.write(&format!("{be}/state"), s.to_node().as_bytes()) {
-                            warn!("vbd {be}: writing state: {err:?}");
-                        }
-                    }
+                    Effect::Write { key, value } => match write_existing(xs, &be, key, &value) {
+                        Ok(true) => {}
+                        Ok(false) => self.vbds[i].gone = true,
+                        Err(err) => warn!("vbd {be}: writing {key}: {err:?}"),
+                    },
+                    Effect::SwitchState(s) => match write_existing(xs, &be, "state", &s.to_node()) {
+                        Ok(true) => {}
+                        Ok(false) => self.vbds[i].gone = true,
+                        Err(err) => warn!("vbd {be}: writing state: {err:?}"),
+                    },
                     Effect::ReadFrontendKeys => {
                         let fe = self.vbds[i].fe.clone();
                         let keys = FrontendKeys::read(&self.cfg, |k| xs.read_string(&format!("{fe}/{k}")).ok());
@@ -352,13 +386,18 @@ where
                     Effect::MapRings(params) => {
                         if let Err(why) = self.connect(g, e, i, &params) {
                             warn!("vbd {be}: {why}");
+                            // FSM contract: the rest of this batch (disk
+                            // details, Connected) must not be carried out.
                             events.push_back(Event::RingMapFailed("cannot map rings or bind event channels"));
+                            break;
                         }
                     }
                     Effect::UnmapAll => self.disconnect(g, e, i),
                     Effect::WriteError(msg) => {
                         warn!("vbd {be}: {msg}");
-                        let _ = xs.write(&format!("{be}/error"), msg.as_bytes());
+                        if let Ok(false) = write_existing(xs, &be, "error", &msg) {
+                            self.vbds[i].gone = true;
+                        }
                     }
                     Effect::Remove => {
                         let v = &self.vbds[i];
@@ -366,7 +405,12 @@ where
                         let _ = xs.unwatch(&format!("{be}/online"), &format!("vbd-online:{be}"));
                         info!("vbd {be}: removed");
                         self.disconnect(g, e, i);
-                        self.vbds.remove(i);
+                        let v = self.vbds.remove(i);
+                        if !v.gone {
+                            // Our directory is still there: do not probe it
+                            // again on the next scan.
+                            self.retired.push(v.be);
+                        }
                         return;
                     }
                 }
@@ -806,4 +850,18 @@ where
         }
         any
     }
+}
+
+/// Writes `value` at `{be}/{key}` only if our directory still exists, in a
+/// transaction that first reads `{be}/state` (Linux `xenbus_switch_state`
+/// does the same): a write must never re-create a directory the toolstack
+/// removed. `Ok(false)`: the directory is gone, nothing written.
+fn write_existing<M: SharedMem, N: Notifier>(xs: &mut XsClient<M, N>, be: &str, key: &str, value: &str) -> Result<bool, XsError> {
+    let state = format!("{be}/state");
+    let path = format!("{be}/{key}");
+    xs.transaction(4, |tx| match tx.read(&state) {
+        Ok(_) => tx.write(&path, value.as_bytes()).map(|()| true),
+        Err(XsError::Xs(XsErrno::NoEnt)) => Ok(false),
+        Err(err) => Err(err),
+    })
 }
