@@ -126,6 +126,29 @@ test_pvh() {
     if "$ROOT/tests/pvh-nvme.sh" "$IMAGE" "$LOGS/pvh-nvme.log"; then record pvh-nvme OK; else record pvh-nvme FAIL; fi
 }
 
+# cargo-fuzz targets, a short run each (libFuzzer needs nightly flags:
+# RUSTC_BOOTSTRAP lets the stable toolchain accept them).
+FUZZ_TARGETS="storage-backend:parse_request pv-iommu-client:decode"
+FUZZ_SECS=${FERRITE_FUZZ_SECS:-20}
+test_fuzz() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        say "installing cargo-fuzz (once); log: $LOGS/cargo-fuzz-install.log"
+        cargo install cargo-fuzz --locked >"$LOGS/cargo-fuzz-install.log" 2>&1 || { record fuzz-setup FAIL "cargo install cargo-fuzz failed; see $LOGS/cargo-fuzz-install.log"; return; }
+    fi
+    local t crate target log
+    for t in $FUZZ_TARGETS; do
+        crate=${t%%:*} target=${t#*:} log=$LOGS/fuzz-$target.log
+        say "fuzzing $crate/$target for ${FUZZ_SECS} s; log: $log"
+        if (cd "$ROOT/$crate" && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECS") >"$log" 2>&1; then
+            record "fuzz:$target" OK
+            say "  $(grep -E '^Done [0-9]+ runs' "$log" | tail -n1)"
+        else
+            record "fuzz:$target" FAIL "see $log"
+            tail -n 15 "$log"
+        fi
+    done
+}
+
 test_lab() {
     say "lab tests (one Xen boot under QEMU TCG)"
     if ! "$ROOT/lab/lab.sh" build; then
@@ -146,6 +169,7 @@ test_lab() {
 run_tests() {
     test_host
     test_image && test_pvh
+    test_fuzz
     if [ "${FERRITE_SKIP_LAB:-0}" = 1 ]; then say "FERRITE_SKIP_LAB=1: lab tests skipped"; else test_lab; fi
     for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done
     say "done; logs in $LOGS"
