@@ -13,6 +13,7 @@ extern crate alloc;
 mod bench;
 mod disk;
 mod disktest;
+mod dma_probe;
 mod pci_nvme;
 mod pv;
 mod pvh;

@@ -85,13 +85,13 @@ fn try_setup<N: Notifier>(
     }
     let regs = pv_map_bar(mm, bar.base, bar.size).map_err(|e| format!("mapping BAR0 {:#x}: {e:?}", bar.base))?;
     info!("nvme {addr}: BAR0 machine address {:#x} ({} KiB) mapped uncached", bar.base, bar.size / 1024);
-    let feats = hal::xen_features().unwrap_or(0);
+    let (kind, why) = crate::dma_probe::probe();
+    let _ = xs.write("data/ferrite/dma", kind);
+    info!("nvme: DMA strategy {kind}: {why}");
+    if kind != "machine-frames" {
+        return Err(format!("DMA strategy {kind} is not implemented for NVMe yet"));
+    }
     let dma = HalDma::new(Translation::PvMachineFrames(mm));
-    info!(
-        "nvme: DMA strategy: {} (XENFEAT_auto_translated_physmap {}, no PV-IOMMU probed yet)",
-        dma.describe(),
-        if feats & (1 << 2) != 0 { "set" } else { "clear: PV" }
-    );
     let config = Config { io_queues: 2, queue_depth: 64, ..Config::default() };
     let mut nvme = Nvme::init(regs, dma, HalClock, config).map_err(|e| format!("bring-up: {e:?}"))?;
     let i = nvme.info().clone();

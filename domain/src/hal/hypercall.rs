@@ -19,6 +19,18 @@ pub mod nr {
     pub const SCHED_OP: usize = 29;
     pub const EVENT_CHANNEL_OP: usize = 32;
     pub const PHYSDEV_OP: usize = 33;
+    /// PV-IOMMU (`__HYPERVISOR_iommu_op`, from the PV-IOMMU series).
+    pub const IOMMU_OP: usize = 43;
+}
+
+/// `iommu_op(subop, arg)`: the PV-IOMMU hypercall, `arg` being the
+/// sub-op's argument structure as bytes (in and out). Returns Xen's result.
+/// A hypervisor without the interface answers -ENOSYS.
+pub fn iommu_op(subop: u32, arg: &mut [u8]) -> i64 {
+    let ptr = if arg.is_empty() { 0 } else { arg.as_mut_ptr() as u64 };
+    // SAFETY: `arg` is a live buffer of the size of the sub-op's structure
+    // (the client sizes it from the ABI); Xen reads and writes only it.
+    unsafe { hypercall2(nr::IOMMU_OP, subop as u64, ptr) }
 }
 
 extern "C" {
