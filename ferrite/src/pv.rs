@@ -57,7 +57,8 @@ pub fn run(b: PvBoot) -> ! {
         b.heap_bytes / 1024,
         b.mm.lock().free_pages()
     );
-    let mut xs = XsClient::new(b.xs_page, b.xs_notifier, XS_TIMEOUT_NS);
+    // Room for bursts: the toolstack writes a dozen nodes per device.
+    let mut xs = XsClient::new(b.xs_page, b.xs_notifier, XS_TIMEOUT_NS).with_event_capacity(512);
     let mut events = b.events;
     let mut grants = match XenGrants::new(b.mm) {
         Ok(g) => g,
@@ -126,6 +127,7 @@ impl Driver {
     /// event channels (xenstore and every ring) for up to a second.
     fn main_loop(&mut self) -> ! {
         let mut errors = 0u32;
+        let mut dropped = 0u64;
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
@@ -145,12 +147,20 @@ impl Driver {
                     }
                 }
             }
+            if self.xs.dropped_events() != dropped {
+                dropped = self.xs.dropped_events();
+                warn!("xenstore watch events were dropped ({dropped} so far): rescanning devices");
+                self.blk.request_rescan();
+            }
             let busy = self.blk.poll(&mut self.grants, &mut self.events);
             if !busy {
                 let mut ports = self.blk.ports();
                 ports.push(self.store_port);
-                let _ = self.events.wait_any(&ports, hal::time::now() + 1_000_000_000);
+                let woke = self.events.wait_any(&ports, hal::time::now() + 250_000_000).unwrap_or(false);
                 self.events.take_pending(self.store_port);
+                if !woke {
+                    self.blk.maintenance(&mut self.xs, &mut self.grants, &mut self.events);
+                }
             }
         }
     }

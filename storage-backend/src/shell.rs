@@ -160,6 +160,9 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     /// (`state` back to Initialising) or removes them. Bounded by the
     /// directories `scan` looks at.
     retired: Vec<String>,
+    /// A vbd directory was seen incomplete, or watch events were lost:
+    /// look again at the next [`Blkback::maintenance`].
+    rescan: bool,
     /// Disk token → (vbd id, ring index).
     tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
     next_id: u32,
@@ -189,7 +192,7 @@ where
             barrier: true,
             discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
         };
-        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
     }
 
     /// What we tell frontends about the disk.
@@ -210,6 +213,28 @@ where
     /// Event channels of all connected rings (to wait on when idle).
     pub fn ports(&self) -> Vec<EvtchnPort> {
         self.vbds.iter().flat_map(|v| v.rings.iter().filter(|r| !r.dead).map(|r| r.port)).collect()
+    }
+
+    /// Asks for a rescan of `backend/vbd` at the next maintenance (call it
+    /// when the xenstore client dropped watch events).
+    pub fn request_rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    /// Periodic work for the main loop's idle wake-ups: rescans the vbd
+    /// directories if an earlier look found one incomplete or events were
+    /// lost. Returns whether it rescanned.
+    pub fn maintenance<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        xs: &mut XsClient<M, N>,
+        g: &mut G,
+        e: &mut E,
+    ) -> bool {
+        if !core::mem::replace(&mut self.rescan, false) {
+            return false;
+        }
+        self.scan(xs, g, e);
+        true
     }
 
     /// Number of vbds known.
@@ -305,14 +330,21 @@ where
     fn add<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(&mut self, xs: &mut XsClient<M, N>, g: &mut G, e: &mut E, be: &str) {
         let fe = match xs.read_string(&format!("{be}/frontend")) {
             Ok(s) => s,
-            Err(_) => return, // not fully written yet; the next event retries
+            Err(_) => {
+                self.rescan = true; // not fully written yet: look again later
+                return;
+            }
         };
         let fe_dom = match xs.read_string(&format!("{be}/frontend-id")).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
             Some(d) => DomId(d),
-            None => return,
+            None => {
+                self.rescan = true;
+                return;
+            }
         };
         if xs.read(&format!("{be}/state")).is_err() {
-            return; // not fully written yet (our writes need `state`); the next event retries
+            self.rescan = true; // not fully written yet (our writes need `state`)
+            return;
         }
         let params = xs.read_string(&format!("{be}/params")).unwrap_or_default();
         let id = self.next_id;

@@ -1506,3 +1506,39 @@ fn transient_xenstore_errors_do_not_tear_down_devices() {
         w.write_read_back(1, 0, 1200, 9);
     }
 }
+
+/// Watch events can be lost (queue overflow) or arrive while the toolstack
+/// is still writing the directory: `maintenance` finds the vbd anyway.
+#[test]
+fn vbd_found_by_maintenance_after_lost_or_early_events() {
+    let mut w = world(ram(1), BackendConfig::default(), &[5]);
+    let (be, fe, dom) = (w.fronts[0].be_dir(), w.fronts[0].fe_dir(), w.fronts[0].dom.0);
+    w.xsd.external_write(&be, b"");
+    w.xsd.external_set_perms(&be, &[Perm::new(PermKind::None, BE.0), Perm::new(PermKind::Read, dom)]);
+    w.xsd.external_write(&fe, b"");
+    w.xsd.external_set_perms(&fe, &[Perm::new(PermKind::None, dom), Perm::new(PermKind::Read, BE.0)]);
+    for (k, v) in [("backend", be.clone()), ("backend-id", BE.0.to_string()), ("state", "1".into())] {
+        w.xsd.external_write(&format!("{fe}/{k}"), v.as_bytes());
+    }
+    // The backend sees the events while `frontend` is not written yet.
+    w.xsd.external_write(&format!("{be}/frontend-id"), dom.to_string().as_bytes());
+    assert!(w.pump());
+    assert_eq!(w.be_state(0), None, "incomplete directory: nothing written yet");
+    // The rest arrives, but its watch events are lost.
+    for (k, v) in [("frontend", fe.clone()), ("params", "ram0".into()), ("online", "1".into()), ("state", "1".into())] {
+        w.xsd.external_write(&format!("{be}/{k}"), v.as_bytes());
+    }
+    while w.xs.poll_watch().expect("client").is_some() {}
+    assert!(w.pump());
+    assert_eq!(w.be_state(0).as_deref(), Some("1"), "events were lost: not handled yet");
+    assert!(w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e), "the early look asked for a rescan");
+    assert!(w.pump());
+    assert_eq!(w.be_state(0).as_deref(), Some("2"), "found by the rescan, InitWait");
+    assert!(!w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e), "no rescan needed any more");
+    // A later loss reported by the main loop (dropped events) also rescans.
+    w.blk.request_rescan();
+    assert!(w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e));
+    assert!(w.pump());
+    w.connect(0, Opts::default());
+    w.write_read_back(0, 0, 64, 7);
+}
