@@ -14,6 +14,7 @@ mod bench;
 mod disk;
 mod disktest;
 mod dma_probe;
+mod iommu_test;
 mod pci_nvme;
 mod pv;
 mod pvh;

@@ -85,10 +85,16 @@ pub fn run(b: PvhBoot) -> ! {
     check("pci-scan", fns.first().map(|f| f.vendor == 0x8086).unwrap_or(false), &mut failures);
 
     let bench = b.cmdline.split_whitespace().find_map(|w| w.strip_prefix("bench=")).and_then(|s| s.parse::<u64>().ok());
-    match (fns.iter().find(|f| f.class == 0x010802), bench) {
-        (Some(f), Some(secs)) => check("nvme-bench", nvme_bench(f.bdf, secs), &mut failures),
-        (Some(f), None) => check("nvme", nvme_test(f.bdf), &mut failures),
-        (None, _) => info!("no NVMe controller on bus 0: NVMe tests skipped"),
+    let nvme = fns.iter().find(|f| f.class == 0x010802);
+    if b.cmdline.split_whitespace().any(|w| w == "iommu") {
+        // VT-d self-test (tests/pvh-iommu.sh): NVMe I/O through IOMMU contexts.
+        failures += crate::iommu_test::run(&b, nvme.map(|f| f.bdf));
+    } else {
+        match (nvme, bench) {
+            (Some(f), Some(secs)) => check("nvme-bench", nvme_bench(f.bdf, secs), &mut failures),
+            (Some(f), None) => check("nvme", nvme_test(f.bdf), &mut failures),
+            (None, _) => info!("no NVMe controller on bus 0: NVMe tests skipped"),
+        }
     }
 
     if failures == 0 {

@@ -11,6 +11,9 @@
 //! * [`hw`]: the [`hw::Hardware`] contract and [`hw::SoftVtd`], a software
 //!   VT-d that translates DMAs by walking the tables in model memory.
 //! * [`mem`]: memory and page-allocation traits, with a host model.
+//! * [`mmio`]: [`hw::Hardware`] for a real unit over a register-access
+//!   trait (the volatile accesses stay in the HAL).
+//! * [`acpi`]: RSDP/RSDT/XSDT walk and the DMAR table (units, RMRRs).
 //!
 //! Time is passed in ([`types::Instant`]); nothing here blocks or spins.
 #![cfg_attr(not(test), no_std)]
@@ -19,9 +22,11 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod hw;
 pub mod iommu;
 pub mod mem;
+pub mod mmio;
 pub mod pagetable;
 pub mod qi;
 pub mod types;

@@ -6,6 +6,8 @@
 //!   decoder ([`abi::decode`]) that never panics on hostile bytes.
 //! * [`client`] issues typed calls over a [`client::Transport`] and maps Xen
 //!   errno values to [`error::Error`].
+//! * [`dma`]: `drivers::hal::DmaMapper` on a context (IOVAs from [`iova`],
+//!   batched maps of contiguous runs, one unmap per buffer).
 //!
 //! No unsafe code here: the hypercall itself lives in the runtime's HAL,
 //! which implements [`client::Transport`].
@@ -17,7 +19,9 @@ extern crate alloc;
 
 pub mod abi;
 pub mod client;
+pub mod dma;
 pub mod error;
+pub mod iova;
 pub mod types;
 
 pub use client::{Client, Transport};

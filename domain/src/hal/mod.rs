@@ -14,6 +14,7 @@ pub mod page;
 pub mod pv;
 pub mod pvh;
 pub mod time;
+pub mod vtd;
 
 use crate::types::Mfn;
 use crate::xen_abi::{HvmMemmapEntry, HvmStartInfo, StartInfo, HVM_START_MAGIC, MEMMAP_RAM};
