@@ -95,19 +95,7 @@ fn try_setup<N: Notifier>(
     let config = Config { io_queues: 2, queue_depth: 64, ..Config::default() };
     let mut nvme = Nvme::init(regs, dma, HalClock, config).map_err(|e| format!("bring-up: {e:?}"))?;
     let i = nvme.info().clone();
-    info!(
-        "nvme: {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, DSM {}, write-zeroes {}, up in {} ms",
-        core::str::from_utf8(&i.model).unwrap_or("?").trim(),
-        i.version.major(),
-        i.version.minor(),
-        i.blocks,
-        i.block_size,
-        i.io_queues,
-        i.queue_depth,
-        i.dsm,
-        i.write_zeroes,
-        (hal::time::now() - t0) / 1_000_000
-    );
+    info!("nvme: {i}, up in {} ms", (hal::time::now() - t0) / 1_000_000);
     let r = disktest::run(&mut nvme, 16 * 1024, test_requests)?;
     let verdict = format!("pass: {} I/O queues, {} KiB written, flushed, read back and verified", i.io_queues, r.bytes_written / 1024);
     info!("nvme self-test {verdict}");

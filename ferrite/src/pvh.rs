@@ -132,21 +132,7 @@ fn nvme_up(bdf: (u8, u8, u8), io_queues: u16, depth: u16) -> Option<Nvme<domain:
             return None;
         }
     };
-    let i = nvme.info().clone();
-    info!(
-        "nvme: {} {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, VWC {}, DSM {}, write-zeroes {}",
-        ascii(&i.model),
-        ascii(&i.serial),
-        i.version.major(),
-        i.version.minor(),
-        i.blocks,
-        i.block_size,
-        i.io_queues,
-        i.queue_depth,
-        i.volatile_write_cache,
-        i.dsm,
-        i.write_zeroes
-    );
+    info!("nvme: {}", nvme.info());
     Some(nvme)
 }
 
@@ -173,9 +159,6 @@ fn nvme_test(bdf: (u8, u8, u8)) -> bool {
     ok
 }
 
-fn ascii(b: &[u8]) -> &str {
-    core::str::from_utf8(b).unwrap_or("?").trim()
-}
 
 /// 4 KiB random reads at QD1 and QD32 for `secs` seconds each (after 1 s of
 /// warm-up), printed as `BENCH` lines for the comparison script.

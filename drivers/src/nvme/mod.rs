@@ -85,6 +85,31 @@ pub struct Info {
     pub sgl: bool,
 }
 
+fn ascii_field(b: &[u8]) -> &str {
+    core::str::from_utf8(b).unwrap_or("?").trim_matches(|c: char| c == ' ' || c == '\0')
+}
+
+/// One line for logs: model, serial, version, geometry, queues, features.
+impl core::fmt::Display for Info {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, VWC {}, DSM {}, write-zeroes {}",
+            ascii_field(&self.model),
+            ascii_field(&self.serial),
+            self.version.major(),
+            self.version.minor(),
+            self.blocks,
+            self.block_size,
+            self.io_queues,
+            self.queue_depth,
+            self.volatile_write_cache,
+            self.dsm,
+            self.write_zeroes
+        )
+    }
+}
+
 /// Counters for diagnostics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
