@@ -15,6 +15,10 @@ use alloc::vec::Vec;
 pub trait SharedMem {
     /// Size of the window in bytes.
     fn len(&self) -> usize;
+    /// Whether the window is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Reads a little-endian `u32` with acquire ordering: later reads of the
     /// window are not performed before it (used for producer indices).
     fn load_u32_acquire(&self, off: usize) -> u32;
@@ -69,25 +73,32 @@ impl SharedMem for VecShared {
     }
 }
 
-/// A shared window can be used through an `Arc` (tests hand one side to a
-/// ring under test and keep the other to play the peer).
-impl<T: SharedMem + ?Sized> SharedMem for alloc::sync::Arc<T> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn load_u32_acquire(&self, off: usize) -> u32 {
-        (**self).load_u32_acquire(off)
-    }
-    fn store_u32_release(&self, off: usize, val: u32) {
-        (**self).store_u32_release(off, val)
-    }
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        (**self).read(off, buf)
-    }
-    fn write(&self, off: usize, data: &[u8]) {
-        (**self).write(off, data)
-    }
-    fn fence(&self) {
-        (**self).fence()
-    }
+/// Forwards every access through a pointer-like wrapper, so a window can be
+/// used through `&`, `Rc` or `Arc` (tests hand one side to a ring under test
+/// and keep the other to play the peer).
+macro_rules! forward_shared_mem {
+    ($($ty:ty),*) => {$(
+        impl<T: SharedMem + ?Sized> SharedMem for $ty {
+            fn len(&self) -> usize {
+                (**self).len()
+            }
+            fn load_u32_acquire(&self, off: usize) -> u32 {
+                (**self).load_u32_acquire(off)
+            }
+            fn store_u32_release(&self, off: usize, val: u32) {
+                (**self).store_u32_release(off, val)
+            }
+            fn read(&self, off: usize, buf: &mut [u8]) {
+                (**self).read(off, buf)
+            }
+            fn write(&self, off: usize, data: &[u8]) {
+                (**self).write(off, data)
+            }
+            fn fence(&self) {
+                (**self).fence()
+            }
+        }
+    )*};
 }
+forward_shared_mem!(&T, alloc::rc::Rc<T>, alloc::sync::Arc<T>);
+

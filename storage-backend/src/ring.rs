@@ -41,93 +41,12 @@ pub const RING_HEADER: usize = 64;
 /// pages).
 pub const MAX_RING_PAGE_ORDER: u8 = 4;
 
-/// A window of memory shared with the frontend, addressed by byte offset.
-///
-/// Same shape as `domain::shmem::SharedMem`, so the shell can bridge the two
-/// with a one-line impl. Out-of-range offsets are a caller bug (implementations
-/// may panic); every offset this crate passes is derived from the ring
-/// geometry checked at [`BackRing::attach`].
-pub trait RingMem {
-    /// Size of the window in bytes.
-    fn len(&self) -> usize;
-    /// Whether the window is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Loads a little-endian `u32`; later reads are not performed before it.
-    fn load_u32_acquire(&self, off: usize) -> u32;
-    /// Stores a `u32`; earlier writes are visible before it.
-    fn store_u32_release(&self, off: usize, val: u32);
-    /// Copies `buf.len()` bytes out of the window starting at `off`.
-    fn read(&self, off: usize, buf: &mut [u8]);
-    /// Copies `data` into the window starting at `off`.
-    fn write(&self, off: usize, data: &[u8]);
-    /// Full barrier: orders an earlier store before a later load.
-    fn fence(&self);
-}
-
-impl<T: RingMem + ?Sized> RingMem for &T {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn load_u32_acquire(&self, off: usize) -> u32 {
-        (**self).load_u32_acquire(off)
-    }
-    fn store_u32_release(&self, off: usize, val: u32) {
-        (**self).store_u32_release(off, val)
-    }
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        (**self).read(off, buf)
-    }
-    fn write(&self, off: usize, data: &[u8]) {
-        (**self).write(off, data)
-    }
-    fn fence(&self) {
-        (**self).fence()
-    }
-}
-
-impl<T: RingMem + ?Sized> RingMem for alloc::rc::Rc<T> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn load_u32_acquire(&self, off: usize) -> u32 {
-        (**self).load_u32_acquire(off)
-    }
-    fn store_u32_release(&self, off: usize, val: u32) {
-        (**self).store_u32_release(off, val)
-    }
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        (**self).read(off, buf)
-    }
-    fn write(&self, off: usize, data: &[u8]) {
-        (**self).write(off, data)
-    }
-    fn fence(&self) {
-        (**self).fence()
-    }
-}
-
-impl<T: RingMem + ?Sized> RingMem for alloc::sync::Arc<T> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn load_u32_acquire(&self, off: usize) -> u32 {
-        (**self).load_u32_acquire(off)
-    }
-    fn store_u32_release(&self, off: usize, val: u32) {
-        (**self).store_u32_release(off, val)
-    }
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        (**self).read(off, buf)
-    }
-    fn write(&self, off: usize, data: &[u8]) {
-        (**self).write(off, data)
-    }
-    fn fence(&self) {
-        (**self).fence()
-    }
-}
+/// A window of memory shared with the frontend, addressed by byte offset:
+/// the runtime's [`SharedMem`](domain::shmem::SharedMem) (mapped grant pages
+/// on Xen, a buffer in tests). Out-of-range offsets are a caller bug
+/// (implementations may panic); every offset this crate passes is derived
+/// from the ring geometry checked at [`BackRing::attach`].
+pub use domain::shmem::SharedMem as RingMem;
 
 /// A heap buffer standing in for mapped ring pages in host tests.
 ///

@@ -31,7 +31,7 @@ use storage_backend::abi::{
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
     BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, MAX_REQUEST_SIZE,
 };
-use storage_backend::ring::{ring_size, RingMem, REQ_EVENT, REQ_PROD, RING_HEADER, RSP_EVENT, RSP_PROD};
+use storage_backend::ring::{ring_size, REQ_EVENT, REQ_PROD, RING_HEADER, RSP_EVENT, RSP_PROD};
 use storage_backend::shell::{Blkback, PagesMem, MAX_PERSISTENT_PER_RING, WATCH_PREFIX};
 use storage_backend::xenbus::BackendConfig;
 
