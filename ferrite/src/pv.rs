@@ -22,6 +22,8 @@ type Xs = XsClient<MappedPage, PortNotifier>;
 
 /// Size of the RAM disk served when no NVMe controller is passed through.
 const RAMDISK_BYTES: u64 = 4 << 20;
+/// How often the backend's periodic work runs (and the longest idle sleep).
+const MAINTENANCE_NS: u64 = 250_000_000;
 /// Per-request xenstore deadline.
 const XS_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long the lab's event-channel check waits for dom0's reply.
@@ -128,6 +130,7 @@ impl Driver {
     fn main_loop(&mut self) -> ! {
         let mut errors = 0u32;
         let mut dropped = 0u64;
+        let mut next_maintenance = 0u64;
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
@@ -156,11 +159,12 @@ impl Driver {
             if !busy {
                 let mut ports = self.blk.ports();
                 ports.push(self.store_port);
-                let woke = self.events.wait_any(&ports, hal::time::now() + 250_000_000).unwrap_or(false);
+                let _ = self.events.wait_any(&ports, hal::time::now() + MAINTENANCE_NS);
                 self.events.take_pending(self.store_port);
-                if !woke {
-                    self.blk.maintenance(&mut self.xs, &mut self.grants, &mut self.events);
-                }
+            }
+            if hal::time::now() >= next_maintenance {
+                next_maintenance = hal::time::now() + MAINTENANCE_NS;
+                self.blk.maintenance(&mut self.xs, &mut self.grants, &mut self.events);
             }
         }
     }

@@ -41,6 +41,8 @@ const PAGE: usize = 4096;
 pub const RING_BUDGET: usize = 32;
 /// Persistent grants kept mapped per ring (Linux blkback's default).
 pub const MAX_PERSISTENT_PER_RING: usize = 1056;
+/// How long a closed device's directory stays before we remove it.
+pub const RM_DELAY_NS: Nanos = 2_000_000_000;
 /// How long a disconnect waits for the disk to finish in-flight I/O.
 const DRAIN_NS: Nanos = 30_000_000_000;
 
@@ -163,6 +165,8 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     /// A vbd directory was seen incomplete, or watch events were lost:
     /// look again at the next [`Blkback::maintenance`].
     rescan: bool,
+    /// Backend directories to remove, and when.
+    pending_rm: Vec<(String, Nanos)>,
     /// Disk token → (vbd id, ring index).
     tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
     next_id: u32,
@@ -192,7 +196,7 @@ where
             barrier: true,
             discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
         };
-        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
     }
 
     /// What we tell frontends about the disk.
@@ -221,15 +225,25 @@ where
         self.rescan = true;
     }
 
-    /// Periodic work for the main loop's idle wake-ups: rescans the vbd
-    /// directories if an earlier look found one incomplete or events were
-    /// lost. Returns whether it rescanned.
+    /// Periodic work (call every few hundred milliseconds): removes the
+    /// directories of closed devices whose delay has passed, and rescans
+    /// the vbd directories if an earlier look found one incomplete or watch
+    /// events were lost. Returns whether it rescanned.
     pub fn maintenance<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         xs: &mut XsClient<M, N>,
         g: &mut G,
         e: &mut E,
     ) -> bool {
+        let now = e.now();
+        let due: Vec<String> = self.pending_rm.iter().filter(|(_, t)| *t <= now).map(|(be, _)| be.clone()).collect();
+        self.pending_rm.retain(|(_, t)| *t > now);
+        for be in due {
+            match xs.rm(&be) {
+                Ok(()) | Err(XsError::Xs(_)) => info!("vbd {be}: backend directory removed"),
+                Err(err) => warn!("vbd {be}: cannot remove the backend directory: {err:?}"),
+            }
+        }
         if !core::mem::replace(&mut self.rescan, false) {
             return false;
         }
@@ -435,14 +449,22 @@ where
                         let v = &self.vbds[i];
                         let _ = xs.unwatch(&format!("{}/state", v.fe), &format!("vbd-fe:{be}"));
                         let _ = xs.unwatch(&format!("{be}/online"), &format!("vbd-online:{be}"));
-                        info!("vbd {be}: removed");
                         self.disconnect(g, e, i);
                         let v = self.vbds.remove(i);
-                        if !v.gone {
-                            // Our directory is still there: do not probe it
-                            // again on the next scan.
-                            self.retired.push(v.be);
+                        if v.gone {
+                            info!("vbd {be}: removed");
+                            return;
                         }
+                        // A driver domain removes its own backend directory
+                        // once the device is closed (xl devd does it for a
+                        // Linux one); libxl waits for that before it calls a
+                        // detach or a domain destruction done. It first
+                        // waits to read state 6, so the directory goes a
+                        // little later (see `maintenance`).
+                        info!("vbd {be}: closed; backend directory removed in {} ms", RM_DELAY_NS / 1_000_000);
+                        self.pending_rm.push((be, e.now().saturating_add(RM_DELAY_NS)));
+                        // Until then (and if removing fails): not probed again.
+                        self.retired.push(v.be);
                         return;
                     }
                 }

@@ -1409,11 +1409,11 @@ fn frontend_directory_removed() {
     assert!(w.pump());
     assert_eq!(w.blk.vbd_count(), 1);
     assert_eq!(w.be_state(0).as_deref(), Some("6"));
-    // Then the toolstack cleans up the backend directory: nothing comes back.
+    // We remove our own (closed) directory after the delay; and once the
+    // toolstack also cleans up, nothing comes back.
     let be = w.fronts[0].be_dir();
-    w.xsd.external_rm(&be);
+    remove_after_delay(&mut w, &be);
     assert!(w.pump());
-    assert_eq!(w.value(&be), None);
     assert_eq!(w.value(&format!("{be}/state")), None);
     w.write_read_back(1, 0, 800, 5);
 }
@@ -1456,7 +1456,19 @@ fn backend_directory_removed_alone() {
     // The frontend noticing and closing changes nothing either.
     w.fe_state(0, 5);
     w.fe_state(0, 6);
-    assert_eq!(w.value(&be), None);
+    assert_eq!(w.value(&be), None, "a gone directory is not re-created");
+}
+
+/// A closed device's backend directory stays until `RM_DELAY_NS` has passed
+/// (libxl must read state 6 first), then `maintenance` removes it.
+fn remove_after_delay<D: BlockDevice<Buffer = Vec<u8>>>(w: &mut World<D>, be: &str) {
+    w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+    assert_eq!(w.value(&format!("{be}/state")).as_deref(), Some("6"), "kept, Closed, until libxl has seen it");
+    let later = w.e.now() + storage_backend::shell::RM_DELAY_NS + 1;
+    let _ = w.e.wait_any(&[], later);
+    w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+    assert!(w.pump());
+    assert_eq!(w.value(be), None, "backend directory removed by the backend");
 }
 
 #[test]
@@ -1473,12 +1485,12 @@ fn toolstack_detach_online_zero() {
     assert_eq!(w.be_state(0).as_deref(), Some("6"), "Closed, not probed again");
     assert_eq!(w.fronts[0].end_all(), []);
     assert_eq!(w.blk.vbd_count(), 1, "the detached vbd is gone");
-    // libxl sees Closed and removes the directories.
+    // libxl saw Closed; the driver domain removes its backend directory
+    // (libxl waits for that), then libxl removes the frontend's.
+    remove_after_delay(&mut w, &be);
     let fe = w.fronts[0].fe_dir();
-    w.xsd.external_rm(&be);
     w.xsd.external_rm(&fe);
     assert!(w.pump());
-    assert_eq!(w.value(&be), None);
     // A new device on the same path later is served again.
     w.attach(0);
     w.connect(0, Opts::default());
