@@ -24,6 +24,8 @@ use crate::ring::{BackRing, RingMem};
 use crate::xenbus::{BackendConfig, BackendFsm, ConnectParams, Effect, Event, FrontendKeys, XenbusState};
 use crate::DiskInfo;
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::Rc;
+use core::cell::Cell;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -41,6 +43,10 @@ const PAGE: usize = 4096;
 pub const RING_BUDGET: usize = 32;
 /// Persistent grants kept mapped per ring (Linux blkback's default).
 pub const MAX_PERSISTENT_PER_RING: usize = 1056;
+/// Disk buffers all rings together may hold. A ring takes no new requests
+/// while less than one largest request (256 segments) is left.
+pub const MAX_BUFFER_BYTES: usize = 4 << 20;
+const MAX_REQUEST_BYTES: usize = 256 * PAGE;
 /// How long a closed device's directory stays before we remove it.
 pub const RM_DELAY_NS: Nanos = 2_000_000_000;
 /// How long a disconnect waits for the disk to finish in-flight I/O.
@@ -106,6 +112,37 @@ struct Work<B> {
     buf: Option<B>,
     /// Flush/barrier: submit only when nothing else of this ring is in flight.
     exclusive: bool,
+    /// The buffer's share of the memory budget, given back on drop.
+    _charge: Charge,
+}
+
+/// Bytes of disk buffers held by requests; bounded by [`MAX_BUFFER_BYTES`]
+/// so that guests cannot size our heap.
+#[derive(Clone, Default)]
+struct Budget(Rc<Cell<usize>>);
+
+/// One request's buffer bytes, returned to the budget when dropped (the
+/// request answered, failed, or dropped at disconnect).
+struct Charge {
+    budget: Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    fn used(&self) -> usize {
+        self.0.get()
+    }
+    fn charge(&self, bytes: usize) -> Charge {
+        self.0.set(self.0.get() + bytes);
+        Charge { budget: self.clone(), bytes }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let b = &self.budget.0;
+        b.set(b.get().saturating_sub(self.bytes));
+    }
 }
 
 struct RingCtx<P: SharedMem, B> {
@@ -167,6 +204,8 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     rescan: bool,
     /// Backend directories to remove, and when.
     pending_rm: Vec<(String, Nanos)>,
+    /// Disk buffer memory in use.
+    budget: Budget,
     /// Disk token → (vbd id, ring index).
     tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
     next_id: u32,
@@ -196,7 +235,7 @@ where
             barrier: true,
             discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
         };
-        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), budget: Budget::default(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
     }
 
     /// What we tell frontends about the disk.
@@ -249,6 +288,11 @@ where
         }
         self.scan(xs, g, e);
         true
+    }
+
+    /// Bytes of disk buffers currently held by requests.
+    pub fn buffer_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     /// Number of vbds known.
@@ -631,29 +675,30 @@ where
     }
 
     fn poll_ring<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E, vi: usize, ri: usize) -> bool {
-        let mut busy = self.submit_deferred(e, vi, ri);
+        let busy = self.submit_deferred(e, vi, ri);
         let r = &mut self.vbds[vi].rings[ri];
         if r.dead || !r.deferred.is_empty() {
             return busy;
         }
-        let mut raws = Vec::new();
-        match r.ring.poll_requests(RING_BUDGET, |raw| raws.push(raw)) {
-            Ok(_) => {}
-            Err(err) => {
+        // Take requests one at a time (up to the per-poll budget), each
+        // only while the buffer budget can hold the largest request: the
+        // frontend's requests wait in its ring, nothing is refused.
+        let mut taken = 0;
+        let mut out_of_buffers = false;
+        while taken < RING_BUDGET {
+            if self.budget.used() + MAX_REQUEST_BYTES > MAX_BUFFER_BYTES {
+                out_of_buffers = true;
+                break;
+            }
+            let r = &mut self.vbds[vi].rings[ri];
+            let mut raw = None;
+            if let Err(err) = r.ring.poll_requests(1, |x| raw = Some(x)) {
                 r.dead = true;
                 warn!("vbd {}: ring {ri} broken ({}); no longer served", self.vbds[vi].be, err.as_str());
-                return busy;
+                break;
             }
-        }
-        if raws.is_empty() {
-            // Going idle: arm req_event; a request that slipped in is taken now.
-            if matches!(r.ring.final_check_for_requests(), Ok(true)) {
-                return true;
-            }
-            return busy;
-        }
-        busy = true;
-        for raw in raws {
+            let Some(raw) = raw else { break };
+            taken += 1;
             self.stats.requests += 1;
             let req = match request::parse(&raw, &self.info) {
                 Ok(req) => req,
@@ -677,11 +722,16 @@ where
             }
         }
         let r = &mut self.vbds[vi].rings[ri];
+        if taken == 0 && !out_of_buffers && !r.dead {
+            // Going idle: arm req_event; a request that slipped in is taken
+            // at the next poll.
+            return matches!(r.ring.final_check_for_requests(), Ok(true)) || busy;
+        }
         if r.ring.publish_responses() {
             let _ = e.send(r.port);
         }
         self.submit_deferred(e, vi, ri);
-        busy
+        busy || taken > 0 || out_of_buffers
     }
 
     fn respond_later(&mut self, vi: usize, ri: usize, req: &Request, status: Status) {
@@ -740,7 +790,8 @@ where
             }
             buf = Some(b);
         }
-        Ok(Some(Work { req, segs, step, buf, exclusive }))
+        let _charge = self.budget.charge(len);
+        Ok(Some(Work { req, segs, step, buf, exclusive, _charge }))
     }
 
     /// Copies the indirect pages once and parses their segments.

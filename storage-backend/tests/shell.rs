@@ -1554,3 +1554,30 @@ fn vbd_found_by_maintenance_after_lost_or_early_events() {
     w.connect(0, Opts::default());
     w.write_read_back(0, 0, 64, 7);
 }
+
+/// A frontend filling its ring with the largest requests cannot make the
+/// backend hold more disk buffers than `MAX_BUFFER_BYTES`: the rest waits in
+/// the ring and is served as buffers come back; nothing is refused.
+#[test]
+fn buffer_memory_is_bounded_whatever_the_frontend_asks() {
+    use storage_backend::shell::MAX_BUFFER_BYTES;
+    let mut w = world(ram(1), BackendConfig::default(), &[5]);
+    w.attach(0);
+    w.connect(0, Opts::default());
+    let n = 12; // 12 MiB of reads, three times the budget
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (req, id, _) = w.fronts[0].indirect(BLKIF_OP_READ, 0, 256, 0);
+        w.fronts[0].push(0, &req);
+        ids.push(id);
+    }
+    w.fronts[0].publish(0);
+    assert!(w.blk.poll(&mut w.g, &mut w.e), "work to do");
+    let held = w.blk.buffer_bytes();
+    assert!(held > 0 && held <= MAX_BUFFER_BYTES, "one poll took {held} bytes of buffers (budget {MAX_BUFFER_BYTES})");
+    let rsp = w.collect(0, 0, n);
+    for id in ids {
+        assert!(rsp.contains(&okay(id, BLKIF_OP_READ)), "request {id:#x} answered OKAY: {rsp:?}");
+    }
+    assert_eq!(w.blk.buffer_bytes(), 0, "every buffer returned");
+}
