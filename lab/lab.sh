@@ -11,7 +11,7 @@
 #               plays Ferrite's part (to check the lab itself)
 #        EXTRA_DIR  copied to /extra in dom0
 #
-# Environment: LAB_TIMEOUT (seconds, default 300) caps a run; LAB_CACHE moves the cache;
+# Environment: LAB_TIMEOUT (seconds, default 900) caps a run; LAB_CACHE moves the cache;
 # LAB_DOM0_MEM (MiB) and LAB_XEN_ARGS change Xen's command line, LAB_DOM0_ARGS
 # (default loglevel=6) dom0's.  See lab/README.md.
 set -euo pipefail
@@ -23,13 +23,17 @@ LOGS=$CACHE/logs
 XENVER=4.17
 DOM0_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-pciback xen-netback nvme"
 PEER_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc"
+# The Linux test guest (configs/guest-linux.cfg): blkfront, ext4 and crc32c (ext4's
+# metadata checksums ask the crypto API for it; no modprobe in the guest to load it).
+GUEST_MODULES="xen-blkfront crc32c_generic ext4"
 XEN_PACKAGES="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
-  libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6"
+  libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6
+  e2fsprogs"
 # Programs whose shared libraries go into the initramfs (paths inside the package tree).
 XEN_PROGRAMS="usr/lib/xen-$XENVER/bin/xl usr/lib/xen-$XENVER/bin/xenstored usr/lib/xen-$XENVER/bin/xenconsoled
   usr/lib/xen-$XENVER/bin/xen-init-dom0 usr/lib/xen-$XENVER/bin/libxl-save-helper
-  usr/lib/xen-$XENVER/bin/xenconsole usr/bin/xenstore bin/bash"
+  usr/lib/xen-$XENVER/bin/xenconsole usr/bin/xenstore bin/bash sbin/mke2fs"
 # Sonames the host cannot map to a package with dpkg -S (a fresh machine may lack them).
 declare -A SONAME_PKG=(
   [libc.so.6]=libc6 [libm.so.6]=libc6 [liblzma.so.5]=liblzma5 [libuuid.so.1]=libuuid1
@@ -37,6 +41,8 @@ declare -A SONAME_PKG=(
   [libxendevicemodel.so.1]=libxendevicemodel1 [libxentoolcore.so.1]=libxentoolcore1
   [libyajl.so.2]=libyajl2 [libgcc_s.so.1]=libgcc-s1 [libnl-3.so.200]=libnl-3-200
   [libnl-route-3.so.200]=libnl-route-3-200 [libgnutls.so.30]=libgnutls30
+  [libext2fs.so.2]=libext2fs2 [libe2p.so.2]=libext2fs2 [libcom_err.so.2]=libcom-err2
+  [libblkid.so.1]=libblkid1
 )
 
 T_START=$(date +%s.%N)
@@ -72,6 +78,9 @@ ensure_host_tools() {
     [ -e /usr/include/xen/gntalloc.h ] || need+=(linux-libc-dev)
     [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
     command -v python3 >/dev/null || need+=(python3)
+    command -v make >/dev/null || need+=(make)
+    command -v strip >/dev/null || need+=(binutils)
+    [ -e /usr/lib/x86_64-linux-gnu/libz.a ] || need+=(zlib1g-dev)
     if [ ${#need[@]} -gt 0 ]; then
         ensure_apt_lists
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
@@ -153,6 +162,8 @@ resolve_libs() {
 # copy_rel SRC_ROOT DST_ROOT RELPATH: copy one file (symlinks followed) keeping its path.
 copy_rel() {
     mkdir -p "$2/$(dirname "$3")"
+    # The tree may hold a busybox applet link of that name (mke2fs): never write through it.
+    rm -f "$2/$3"
     cp -L "$1/$3" "$2/$3"
 }
 
@@ -193,8 +204,8 @@ common_tree() {
     install_busybox "$dst"
     install_libs "$dst"
     cp "$LAB_DIR/dom0/init" "$dst/init"
-    cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$dst/lab/"
-    chmod +x "$dst/init" "$dst/lab/peer.sh"
+    cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" "$dst/lab/"
+    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
     echo "root:x:0:" >"$dst/etc/group"
     # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
@@ -231,6 +242,45 @@ build_peer_tree() {
     du -sh "$dst"
 }
 
+build_guest_tree() {
+    # The Linux test guest: busybox, mke2fs (+ libs), static fio, blkfront + ext4.
+    local dst=$CACHE/guest-tree
+    common_tree "$dst"
+    rm -f "$dst/bin/bash" "$dst/usr/local/bin/labtool" "$dst"/usr/bin/xenstore*
+    copy_rel "$CACHE/root" "$dst" sbin/mke2fs
+    ln -sf mke2fs "$dst/sbin/mkfs.ext4"
+    cp "$CACHE/root/etc/mke2fs.conf" "$dst/etc/mke2fs.conf"
+    cp "$CACHE/fio/fio" "$dst/usr/local/bin/fio"
+    install_modules "$dst" modules-guest $GUEST_MODULES
+    du -sh "$dst"
+}
+
+build_fio() {
+    # A static fio from Debian's fio source package, linked with libaio.a from
+    # libaio-dev (downloaded, not installed).  Cached: built once per cache.
+    local d=$CACHE/fio src
+    if [ -x "$d/fio" ] && "$d/fio" --version >/dev/null 2>&1; then echo "fio is cached: $("$d/fio" --version)"; return 0; fi
+    rm -rf "$d" && mkdir -p "$d/apt/lists/partial" "$d/src"
+    # apt-get source needs a deb-src entry: a private list, so the host's apt setup is untouched.
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" >"$d/apt/sources.list"
+    local apto=(-o Dir::Etc::SourceList="$d/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists="$d/apt/lists")
+    apt-get "${apto[@]}" update
+    (cd "$d/src" && apt-get "${apto[@]}" source --download-only fio && apt-get download libaio-dev)
+    dpkg-deb -x "$d"/src/libaio-dev_*.deb "$d/aio"
+    tar -C "$d/src" -xzf "$d"/src/fio_*.orig.tar.gz
+    src=$(ls -d "$d"/src/fio-*/ | head -n 1)
+    (cd "$src" && ./configure --build-static --disable-native --extra-cflags="-I$d/aio/usr/include" \
+        --disable-numa --disable-rdma --disable-gfapi --disable-http --disable-rados --disable-rbd \
+        --disable-pmem --disable-libnfs --disable-xnvme --disable-libzbc --disable-dfs --disable-tcmalloc --disable-lex)
+    grep -q '^CONFIG_LIBAIO=y' "$src/config-host.mak" || { echo "fio configure did not find libaio"; return 1; }
+    echo "LDFLAGS+= -L$d/aio/usr/lib/x86_64-linux-gnu" >>"$src/config-host.mak"
+    make -C "$src" -j"$(nproc)" fio
+    strip -o "$d/fio" "$src/fio"
+    file "$d/fio" 2>/dev/null || true
+    "$d/fio" --version
+    rm -rf "$d/src" "$d/aio" "$d/apt"
+}
+
 extract_vmlinux() {
     # Uncompressed kernel for Linux guests (xl create ~3 s instead of ~17 s with bzImage).
     python3 "$LAB_DIR/lib/vmlinux.py" "$CACHE/vmlinuz" "$CACHE/vmlinux"
@@ -246,7 +296,7 @@ cmd_build() {
     local want
     want=$(inputs_hash)
     if [ -e "$CACHE/stamp" ] && [ "$(cat "$CACHE/stamp")" = "$want" ] \
-        && [ -e "$CACHE/xen" ] && [ -e "$CACHE/dom0-initrd.cpio.gz" ] && command -v qemu-system-x86_64 >/dev/null; then
+        && [ -e "$CACHE/xen" ] && [ -e "$CACHE/dom0-initrd.cpio.gz" ] && [ -e "$CACHE/guest-initrd.cpio.gz" ] && command -v qemu-system-x86_64 >/dev/null; then
         say "lab is up to date ($CACHE, stamp ${want:0:12})"
         return 0
     fi
@@ -270,6 +320,10 @@ cmd_build() {
     step peer-tree "assemble the Linux peer guest's initramfs tree" build_peer_tree
     step peer-cpio "pack peer initramfs" \
         python3 "$LAB_DIR/lib/mkcpio.py" "$CACHE/peer-tree" "$CACHE/peer-initrd.cpio.gz" --gzip
+    step fio "static fio for the test guest (once; cached in $CACHE/fio)" build_fio
+    step guest-tree "assemble the Linux test guest's initramfs tree" build_guest_tree
+    step guest-cpio "pack guest initramfs" \
+        python3 "$LAB_DIR/lib/mkcpio.py" "$CACHE/guest-tree" "$CACHE/guest-initrd.cpio.gz" --gzip
     step kernel "hypervisor and kernels" install_boot_files
     echo "$want" >"$CACHE/stamp"
     echo "$KVER" >"$CACHE/kernel-version"
@@ -320,9 +374,11 @@ cmd_run() {
     run=$CACHE/runs/$(date +%Y%m%d-%H%M%S)-$mode
     mkdir -p "$run/tree/ferrite/configs" "$run/tree/lab" "$run/tree/usr/local/bin"
     say "run directory: $run"
+    # Linux guests (the test guest, the peer) share one uncompressed kernel.
+    cp "$CACHE/vmlinux" "$run/tree/lab/vmlinux"
+    cp "$CACHE/guest-initrd.cpio.gz" "$run/tree/lab/guest-initrd.gz"
     if [ "$image" = linux-peer ]; then
         mkdir -p "$run/tree/lab/peer"
-        cp "$CACHE/vmlinux" "$run/tree/lab/peer/vmlinux"
         cp "$CACHE/peer-initrd.cpio.gz" "$run/tree/lab/peer/initrd.gz"
         say "IMAGE: Linux peer guest (stand-in for Ferrite)"
     else
@@ -343,14 +399,14 @@ cmd_run() {
     rm -rf "$run/tree" "$run/run.cpio"
     truncate -s 64M "$run/nvme.img"
 
-    local timeout=${LAB_TIMEOUT:-300}
+    local timeout=${LAB_TIMEOUT:-900}
     say "booting Xen + dom0 under QEMU TCG (mode $mode, timeout ${timeout}s); serial log: $run/serial.log"
     local rc=0
     # A mode script names the tests it must report in a "# LAB-EXPECT: ..." line.
     local expect
     expect=$(sed -n 's/^# LAB-EXPECT: *//p' "$modescript" | head -n 1)
     python3 "$LAB_DIR/lib/monitor.py" --timeout "$timeout" --expect "$expect" --serial "$run/serial.log" --pidfile "$run/qemu.pid" -- \
-        qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 3G \
+        qemu-system-x86_64 -machine q35 -accel "${LAB_QEMU_ACCEL:-tcg}" -cpu "${LAB_QEMU_CPU:-max}" -smp "${LAB_QEMU_SMP:-2}" -m 3G \
         -device intel-iommu,intremap=on,caching-mode=on \
         -display none -vga none -nic none -no-reboot -monitor none \
         -serial "file:$run/serial.log" \

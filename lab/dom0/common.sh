@@ -11,6 +11,8 @@ lab_step() { n=$1; shift; echo "LAB-STEP $n $(lab_uptime) $*"; }
 lab_info() { echo "LAB-INFO $*"; }
 lab_pass() { n=$1; shift; echo "LAB-TEST $n PASS $*"; }
 lab_fail() { n=$1; shift; echo "LAB-TEST $n FAIL $*"; }
+# A test that does not apply to this run (e.g. NVMe tests with the Linux peer): not a failure.
+lab_skip() { n=$1; shift; echo "LAB-TEST $n SKIP $*"; }
 lab_done() { echo "LAB-DONE $(lab_uptime)"; }
 
 # Elapsed seconds (one decimal) since the uptime value $1.
@@ -23,7 +25,7 @@ run_timeout() { s=$1; shift; timeout "$s" "$@"; }
 # (lab.sh run MODE linux-peer), the same settings pointing at the peer kernel.
 lab_guest_cfg() {
     if [ -d /lab/peer ]; then
-        sed -e 's|^kernel *=.*|kernel = "/lab/peer/vmlinux"|' \
+        sed -e 's|^kernel *=.*|kernel = "/lab/vmlinux"|' \
             -e 's|^memory *=.*|memory = 160|' /ferrite/configs/ferrite.cfg >/lab/peer/peer.cfg
         echo 'ramdisk = "/lab/peer/initrd.gz"' >>/lab/peer/peer.cfg
         echo 'extra = "console=hvc0 lab.role=peer loglevel=7"' >>/lab/peer/peer.cfg
@@ -38,12 +40,13 @@ lab_show() { tail -n "${2:-20}" "$1" 2>/dev/null | sed "s/^/LAB-INFO ${3:-}  | /
 
 GUEST_LOG=/var/log/xen/console/guest-ferrite.log
 
-# lab_create CFG: xl create with a timeout; prints the domid or returns 1.
+# lab_create CFG [KEY=VALUE...]: xl create with a timeout (the extra arguments are
+# xl config lines, e.g. 'pci=["0000:00:04.0"]'); prints the domid or returns 1.
 lab_create() {
     # stdout carries the domid back to the caller: progress goes to stderr (the console).
     t_create=$(lab_uptime)
-    lab_step xl-create "xl create $1" >&2
-    if ! timeout 90 xl create "$1" >/tmp/xl-create.log 2>&1; then
+    lab_step xl-create "xl create $*" >&2
+    if ! timeout 90 xl create "$@" >/tmp/xl-create.log 2>&1; then
         lab_info "xl create failed:"
         lab_show /tmp/xl-create.log 20 >&2
         return 1
@@ -85,6 +88,11 @@ lab_shutdown() {
     timeout "$1" xl shutdown -w ferrite >/tmp/xl-shutdown.log 2>&1
     SHUTDOWN_RC=$?
     SHUTDOWN_AFTER=$(lab_since "$t_shut")
+    # With a PCI device, libxl tears the device down after the domain died:
+    # the domain can stay listed a few seconds after `xl shutdown -w` returns.
+    i=0
+    while [ $i -lt 30 ] && xl list ferrite >/dev/null 2>&1; do sleep 0.5; i=$((i + 1)); done
+    SHUTDOWN_GONE_AFTER=$(lab_since "$t_shut")
     if xl list ferrite >/dev/null 2>&1; then
         SHUTDOWN_GONE=no
         xl destroy ferrite >/dev/null 2>&1

@@ -6,7 +6,7 @@ usage: monitor.py --timeout S --serial FILE --pidfile FILE -- QEMU-COMMAND...
 Marker lines written by dom0 (lab/dom0/common.sh):
   LAB-STEP <name> <dom0-uptime> <text>   progress
   LAB-INFO <text>                        shown as is
-  LAB-TEST <name> PASS|FAIL <detail>     a result
+  LAB-TEST <name> PASS|FAIL|SKIP <detail> a result (SKIP: does not apply to this run)
   LAB-DONE <dom0-uptime>                 the mode script finished
 Exit status: 0 if LAB-DONE came and no test failed; 1 otherwise (timeout,
 crash, FAIL).  QEMU is killed at the timeout, or shortly after LAB-DONE if it
@@ -27,6 +27,9 @@ MILESTONES = [
     (re.compile(r"\(XEN\) (\[[^]]*\] )?\*\*\* Building a PV Dom0"), "Xen builds dom0"),
     (re.compile(r"\(XEN\) (\[[^]]*\] )?Freed \d+kB init memory"), "Xen starts dom0's kernel"),
 ]
+# Userspace crashes in dom0 (the shell reports them on the console): counted and
+# reported, because they make any test result after them suspect.
+CRASH = re.compile(r"Segmentation fault|malloc\(\)|general protection fault|segfault at")
 FATAL = [
     re.compile(r"Panic on CPU"), re.compile(r"Kernel panic - not syncing"),
     re.compile(r"\(XEN\) (\[[^]]*\] )?Domain 0 crashed"),
@@ -73,6 +76,7 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     say("QEMU started (pid %d)" % qemu.pid)
     tests, done, fatal, last_step = [], None, None, t0
+    crashes = 0
     seen_milestones = set()
     pos, partial = 0, b""
     end_by = t0 + a.timeout
@@ -95,6 +99,8 @@ def main():
                     say("FATAL: " + fatal)
                 m = MARK.search(line)
                 if not m:
+                    if CRASH.search(line):
+                        crashes += 1
                     continue
                 mark = m.group(1)
                 now = time.monotonic()
@@ -145,11 +151,13 @@ def main():
         if name not in reported:
             tests.append((name, "FAIL", "no LAB-TEST line for this test"))
             print("LAB-TEST %s FAIL no LAB-TEST line for this test (the run ended first)" % name)
-    failed = [t for t in tests if t[1] != "PASS"]
+    failed = [t for t in tests if t[1] not in ("PASS", "SKIP")]
     for name, verdict, detail in tests:
         print("  %-14s %s  %s" % (name, verdict, detail))
     if not tests:
         print("  (no LAB-TEST lines)")
+    if crashes:
+        print("  WARNING: %d process crash line(s) on dom0's console (Segmentation fault etc.): results may be unreliable" % crashes)
     ok = done is not None and not failed and fatal is None
     if done is None:
         print("  LAB-DONE never came: %s" % ("fatal error: " + fatal if fatal else "timeout or crash"))

@@ -1,23 +1,51 @@
 #!/bin/sh
 # MODE test: one Xen boot, every lab test; one LAB-TEST line each.
-# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 shutdown
+# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme blk-features blk-fs blk-attach blk-destroy shutdown
+#
+# Ferrite gets the emulated NVMe (0000:00:04.0) passed through; the Linux test
+# guest (configs/guest-linux.cfg, script lab/dom0/guest.sh) runs on a disk that
+# Ferrite serves.  With the Linux peer (IMAGE=linux-peer) the NVMe and blk-*
+# tests report SKIP: the peer has no NVMe driver or block backend.
 . /lab/common.sh
-ALL="ready console grant-map evtchn grant-to-dom0 shutdown"
+ALL="ready console grant-map evtchn grant-to-dom0 nvme blk-features blk-fs blk-attach blk-destroy shutdown"
+BLK="blk-features blk-fs blk-attach blk-destroy"
+PCI=0000:00:04.0
+GCFG=/ferrite/configs/guest-linux.cfg
+GNAME=guest
+GLOG=/var/log/xen/console/guest-$GNAME.log
 failed=0
 
 skip_rest() { # skip_rest WHY TEST...
     why=$1; shift
     for n in "$@"; do lab_fail "$n" "not run: $why"; done
 }
+peer=no
+[ -d /lab/peer ] && peer=yes
+
+# EXTRA_DIR/no-pci: no passthrough; Ferrite serves its RAM disk (to tell NVMe
+# problems from blkback ones).  The nvme test then reports SKIP.
+nopci=no
+[ -e /extra/no-pci ] && nopci=yes
 
 cfg=$(lab_guest_cfg)
-domid=$(lab_create "$cfg") || { skip_rest "xl create $cfg failed" $ALL; exit 1; }
+if [ $peer = no ] && [ $nopci = no ]; then
+    # pciback takes the controller from dom0's nvme driver; Ferrite gets it with pci=[...].
+    if xl pci-assignable-add $PCI >/tmp/pci.log 2>&1; then
+        lab_info "xl pci-assignable-add $PCI: ok ($(xl pci-assignable-list 2>/dev/null | tr '\n' ' '))"
+    else
+        lab_info "xl pci-assignable-add $PCI failed: $(tr '\n' ' ' </tmp/pci.log)"
+    fi
+    domid=$(lab_create "$cfg" "pci=['$PCI']") || { skip_rest "xl create $cfg pci=['$PCI'] failed" $ALL; exit 1; }
+else
+    domid=$(lab_create "$cfg") || { skip_rest "xl create $cfg failed" $ALL; exit 1; }
+fi
 lab_info "guest domid $domid"
+FDOM=$domid
 
 # ready
 # Ferrite must be ready within 30 s; the Linux stand-in boots slower under TCG.
 ready_limit=30
-[ -d /lab/peer ] && ready_limit=120
+[ $peer = yes ] && ready_limit=120
 if lab_wait_ready "$domid" $ready_limit; then
     lab_pass ready "/local/domain/$domid/data/ferrite/state = ready $READY_AFTER s after xl create returned"
 else
@@ -48,16 +76,258 @@ else
 fi
 lab_step grant-evtchn "grant and event-channel tests done"
 
+# nvme: Ferrite's verdict of its NVMe self-test (2 MiB over 2 queues, flushed, read back).
+if [ $peer = yes ]; then
+    lab_skip nvme "the Linux peer does not drive the NVMe"
+elif [ $nopci = yes ]; then
+    lab_skip nvme "no-pci run: Ferrite serves its RAM disk"
+else
+    v=$(xenstore-read "/local/domain/$FDOM/data/ferrite/nvme" 2>/dev/null) || v="<absent>"
+    case $v in
+        pass*) lab_pass nvme "data/ferrite/nvme = '$v'" ;;
+        *) failed=1; lab_fail nvme "data/ferrite/nvme = '$v' (expected 'pass: ...')"
+           grep -iE 'nvme|pci' "$GUEST_LOG" | tail -n 15 | sed 's/^/LAB-INFO console | /' ;;
+    esac
+fi
+
+# ------------------------------------------------------------------ blk-* tests
+# The test guest's console log grows across its domains (same name): each check
+# reads only what came after a recorded offset.
+# Offsets are line counts: busybox `tail -c +N` crashed ("Segmentation fault",
+# "malloc(): invalid size") when polled on these logs in dom0.
+glog_size() { if [ -e "$GLOG" ]; then wc -l <"$GLOG"; else echo 0; fi; }
+glog_from() { [ -e "$GLOG" ] && sed -n "$(($1 + 1)),\$p" "$GLOG" | tr -d '\r'; }
+flog_size() { wc -l <"$GUEST_LOG"; }
+flog_from() { sed -n "$(($1 + 1)),\$p" "$GUEST_LOG"; }
+# glog_wait OFFSET PATTERN SECONDS: wait for an extended regexp after OFFSET; sets GLINE.
+glog_wait() {
+    GLINE="" gw_end=$(awk -v a="$(lab_uptime)" -v s="$3" 'BEGIN { print a + s }')
+    while :; do
+        GLINE=$(glog_from "$1" | grep -E "$2" | head -n 1)
+        [ -n "$GLINE" ] && return 0
+        awk -v a="$(lab_uptime)" -v e="$gw_end" 'BEGIN { exit !(a > e) }' && return 1
+        sleep 0.5
+    done
+}
+# gres OFFSET NAME: the detail of "GUEST-RESULT NAME PASS|FAIL detail" after OFFSET.
+gres() { glog_from "$1" | sed -n "s/^.*GUEST-RESULT $2 //p" | head -n 1; }
+gdomid() { xl domid $GNAME 2>/dev/null; }
+fdom_ok() { [ "$(xenstore-read /local/domain/$FDOM/data/ferrite/state 2>/dev/null)" = ready ]; }
+# evidence WHY: what the lead needs when a blk test fails.
+evidence() {
+    lab_info "---- evidence ($1) ----"
+    g=$(timeout 10 xl domid $GNAME 2>/dev/null)
+    lab_info "test guest console ($GLOG), last lines:"
+    lab_show "$GLOG" 30 guest
+    lab_info "Ferrite console ($GUEST_LOG): warnings/errors (first 25), then the last lines:"
+    grep -E "WARN|ERROR|error|refused|broken|disconnected" "$GUEST_LOG" | head -n 25 | sed 's/^/LAB-INFO ferrite-warn | /'
+    lab_show "$GUEST_LOG" 20 ferrite
+    lab_info "xenstore backend (Ferrite, domain $FDOM):"
+    timeout 10 xenstore-ls -fp "/local/domain/$FDOM/backend" 2>&1 | head -n 60 | sed 's/^/LAB-INFO xs-be | /'
+    if [ -n "$g" ]; then
+        lab_info "xenstore frontend (guest, domain $g):"
+        timeout 10 xenstore-ls -fp "/local/domain/$g/device/vbd" 2>&1 | head -n 40 | sed 's/^/LAB-INFO xs-fe | /'
+    fi
+    lab_show /tmp/xl-guest.log 10 xl
+    lab_info "Xen (xl dmesg), last lines:"
+    timeout 10 xl dmesg 2>/dev/null | tail -n 15 | sed 's/^/LAB-INFO xen | /'
+    dom0_crashes
+}
+# Processes in dom0 that died of a signal (the kernel logs "segfault at"/"traps:").
+dom0_crashes() {
+    dmesg >/tmp/dom0-dmesg.txt 2>&1
+    n=$(grep -cE 'segfault at|traps:|general protection' /tmp/dom0-dmesg.txt)
+    [ "$n" -gt 0 ] || return 0
+    lab_info "dom0: $n process crash(es) in dmesg; last ones:"
+    grep -E 'segfault at|traps:|general protection' /tmp/dom0-dmesg.txt | tail -n 8 | sed 's/^/LAB-INFO dom0-crash | /'
+}
+# CPU time per domain (a polling driver domain shows here).
+xl_times() { timeout 10 xl list 2>/dev/null | sed "s/^/LAB-INFO xl-list | /"; }
+# gcreate PHASE: create the test guest in PHASE; sets GDOM (empty on failure).
+gcreate() {
+    t_gc=$(lab_uptime)
+    lab_step guest-create "xl create $GCFG (lab.phase=$1)"
+    extra=$(sed -n 's/^extra *= *"\(.*\)"/\1/p' $GCFG | sed "s/lab\.phase=[a-z]*/lab.phase=$1/")
+    GDOM=""
+    if timeout 90 xl create $GCFG "extra=\"$extra\"" >/tmp/xl-guest.log 2>&1; then
+        GDOM=$(gdomid)
+        lab_step guest-created "test guest domain $GDOM created in $(lab_since "$t_gc") s"
+    else
+        lab_info "xl create $GCFG failed after $(lab_since "$t_gc") s:"
+        lab_show /tmp/xl-guest.log 15 xl
+    fi
+}
+gdestroy() { xl destroy $GNAME >/dev/null 2>&1; }
+
+if [ $peer = yes ]; then
+    for n in $BLK; do lab_skip "$n" "the Linux peer has no block backend"; done
+elif ! xl list ferrite >/dev/null 2>&1; then
+    failed=1; skip_rest "Ferrite is gone" $BLK
+else
+    # --- first guest: features, new filesystem
+    off=$(glog_size)
+    gcreate fs
+    if [ -z "$GDOM" ]; then
+        failed=1; evidence "xl create of the test guest failed"; skip_rest "xl create of the test guest failed" $BLK
+        gdestroy
+    elif ! glog_wait "$off" "GUEST-DONE" 150; then
+        failed=1; evidence "guest did not finish its fs phase in 150 s"
+        skip_rest "the test guest did not finish its first phase within 150 s" $BLK
+        gdestroy
+    else
+        lab_step guest-fs "test guest finished its first phase"
+        dom0_crashes
+        xl_times
+        glog_from "$off" | grep -E "GUEST-(INFO|FEATURES|RESULT)" | sed 's/^.*GUEST-/LAB-INFO guest | /'
+        # blk-features: Linux blkfront's view, plus what it wrote in xenstore.
+        fe=/local/domain/$GDOM/device/vbd/51712
+        be=/local/domain/$FDOM/backend/vbd/$GDOM/51712
+        feat=$(glog_from "$off" | sed -n 's/^.*GUEST-FEATURES //p' | head -n 1)
+        dm=$(glog_from "$off" | grep -E 'blkfront: xvda: ' | head -n 1 | sed 's/^.*blkfront: //')
+        nq_fe=$(xenstore-read $fe/multi-queue-num-queues 2>/dev/null || echo 1)
+        order=$(xenstore-read $fe/ring-page-order 2>/dev/null || xenstore-read $fe/queue-0/ring-page-order 2>/dev/null || echo 0)
+        fe_pers=$(xenstore-read $fe/feature-persistent 2>/dev/null || echo absent)
+        mq=$(echo "$feat" | sed -n 's/.*mq=\([0-9]*\).*/\1/p')
+        maxseg=$(echo "$feat" | sed -n 's/.*max_segments=\([0-9]*\).*/\1/p')
+        vcpus=$(sed -n 's/^vcpus *= *\([0-9]*\).*/\1/p' $GCFG)
+        want_q=$vcpus; [ "$want_q" -gt 4 ] && want_q=4
+        why=""
+        echo "$dm" | grep -q 'persistent grants: enabled' || why="$why persistent grants not enabled;"
+        echo "$dm" | grep -q 'indirect descriptors: enabled' || why="$why indirect descriptors not enabled;"
+        echo "$dm" | grep -q 'flush diskcache: enabled' || why="$why flush not enabled;"
+        [ "${mq:-0}" = "$want_q" ] || why="$why $mq blk-mq queues (expected $want_q = vcpus capped by multi-queue-max-queues 4);"
+        [ "${maxseg:-0}" -gt 11 ] || why="$why max_segments=$maxseg (11 = no indirect);"
+        summary="dmesg '$dm'; sysfs $feat; xenstore fe: multi-queue-num-queues=$nq_fe ring-page-order=$order feature-persistent=$fe_pers"
+        if [ -z "$why" ]; then
+            lab_pass blk-features "$summary"
+        else
+            failed=1; lab_fail blk-features "$why $summary"
+        fi
+        lab_info "xenstore backend $be:"
+        xenstore-ls -fp "$be" 2>&1 | head -n 40 | sed 's/^/LAB-INFO xs-be | /'
+        lab_info "xenstore frontend $fe:"
+        xenstore-ls -fp "$fe" 2>&1 | head -n 40 | sed 's/^/LAB-INFO xs-fe | /'
+        fs_new=$(gres "$off" fs-new)
+        lab_info "fs-new: ${fs_new:-<no result>}"
+
+        # --- blk-attach: xvdb at run time, then away again
+        off=$(glog_size)
+        t0=$(lab_uptime)
+        why=""
+        if ! timeout 60 xl block-attach $GNAME 'backend=ferrite, vdev=xvdb, format=raw, target=nvme' >/tmp/xl-attach.log 2>&1; then
+            why="xl block-attach failed after $(lab_since "$t0") s: $(tr '\n' ' ' </tmp/xl-attach.log);"
+        fi
+        t_att=$(lab_since "$t0")
+        if [ -z "$why" ] && glog_wait "$off" "GUEST-EVENT xvdb present" 30; then
+            t_seen=$(lab_since "$t0"); present=$(echo "$GLINE" | sed 's/^.*GUEST-EVENT //')
+            off=$(glog_size); t1=$(lab_uptime)
+            if ! timeout 60 xl block-detach $GNAME xvdb >/tmp/xl-detach.log 2>&1; then
+                why="xl block-detach failed after $(lab_since "$t1") s: $(tr '\n' ' ' </tmp/xl-detach.log);"
+            fi
+            t_det=$(lab_since "$t1")
+            if [ -z "$why" ] && glog_wait "$off" "GUEST-EVENT xvdb absent" 30; then
+                t_gone=$(lab_since "$t1")
+            else
+                why="$why xvdb still present in the guest 30 s after xl block-detach returned;"
+            fi
+            case $present in *first-MiB-equals-xvda=yes*) ;; *) why="$why xvdb's first MiB differs from xvda's ($present);" ;; esac
+        elif [ -z "$why" ]; then
+            why="xl block-attach returned after $t_att s but /sys/block/xvdb did not appear within 30 s;"
+        fi
+        if [ -z "$why" ]; then
+            lab_pass blk-attach "xl block-attach returned in $t_att s, guest saw xvdb after $t_seen s ($present); xl block-detach returned in $t_det s, xvdb gone after $t_gone s"
+        else
+            failed=1; lab_fail blk-attach "$why"
+            evidence blk-attach
+            xl block-detach -f $GNAME xvdb >/dev/null 2>&1
+        fi
+
+        # --- blk-fs, second half: xl reboot; the new domain checks the sums
+        off=$(glog_size)
+        t0=$(lab_uptime)
+        timeout 60 xl reboot $GNAME >/tmp/xl-reboot.log 2>&1 || lab_info "xl reboot: $(tr '\n' ' ' </tmp/xl-reboot.log)"
+        if glog_wait "$off" "GUEST-DONE" 150; then
+            fs_verify=$(gres "$off" fs-verify)
+            [ -n "$fs_verify" ] || fs_verify="FAIL no fs-verify result: $(glog_from "$off" | grep -E 'GUEST-RESULT' | head -n 1 | sed 's/^.*GUEST-RESULT //')"
+        else
+            fs_verify="FAIL the rebooted guest did not finish within 150 s"
+        fi
+        t_rb=$(lab_since "$t0")
+        case "$fs_new|$fs_verify" in
+            PASS*"|"PASS*) lab_pass blk-fs "first boot: ${fs_new#PASS }; xl reboot (domain $GDOM -> $(gdomid)), ${t_rb} s later: ${fs_verify#PASS }" ;;
+            *) failed=1; lab_fail blk-fs "first boot: ${fs_new:-<no result>}; after xl reboot: $fs_verify"; evidence blk-fs ;;
+        esac
+
+        # --- blk-destroy: destroy a guest in the middle of its I/O, then a new guest on the disk
+        gdestroy
+        sleep 1
+        off=$(glog_size); foff=$(flog_size)
+        gcreate load
+        why=""; detail=""
+        if [ -z "$GDOM" ]; then
+            why="xl create (load guest) failed;"
+        elif ! glog_wait "$off" "GUEST-LOAD running" 120; then
+            why="the load guest did not start its I/O within 120 s;"
+        else
+            tool=$(echo "$GLINE" | sed 's/^.*GUEST-LOAD running //')
+            sleep 6
+            last=$(glog_from "$off" | grep 'GUEST-LOAD stat' | tail -n 1 | sed 's/^.*GUEST-LOAD stat //')
+            t0=$(lab_uptime)
+            xl destroy $GNAME >/tmp/xl-destroy.log 2>&1 || why="xl destroy failed: $(tr '\n' ' ' </tmp/xl-destroy.log);"
+            t_d=$(lab_since "$t0")
+            LOADDOM=$GDOM
+            detail="$tool; last counters before destroy: $last; xl destroy took $t_d s"
+            # Ferrite must see the vbd go: its console says so, its backend dir goes.
+            i=0
+            while [ $i -lt 150 ] && ! flog_from "$foff" | grep -q "vbd .*: disconnected"; do sleep 0.2; i=$((i + 1)); done
+            disc=$(flog_from "$foff" | grep -E "vbd .*(disconnected|removed)" | tr '\n' ' ' | sed 's/  */ /g')
+            [ -n "$disc" ] || why="$why Ferrite's console shows no 'vbd ...: disconnected' within 30 s of xl destroy;"
+            i=0
+            while [ $i -lt 50 ] && xenstore-read "/local/domain/$FDOM/backend/vbd/$LOADDOM/51712/state" >/dev/null 2>&1; do sleep 0.2; i=$((i + 1)); done
+            left=$(xenstore-read "/local/domain/$FDOM/backend/vbd/$LOADDOM/51712/state" 2>/dev/null) && \
+                lab_info "backend dir of the destroyed domain still there 10 s later (state $left)"
+            fdom_ok || why="$why Ferrite's data/ferrite/state is '$(xenstore-read /local/domain/$FDOM/data/ferrite/state 2>/dev/null)' after the destroy;"
+            xl list ferrite >/dev/null 2>&1 || why="$why Ferrite is gone;"
+            detail="$detail; Ferrite: $disc"
+        fi
+        if [ -z "$why" ]; then
+            off=$(glog_size)
+            gcreate fresh
+            if [ -z "$GDOM" ]; then
+                why="xl create of the guest after the destroy failed;"
+            elif glog_wait "$off" "GUEST-DONE" 150; then
+                r=$(gres "$off" fs-fresh)
+                case $r in PASS*) detail="$detail; new guest (domain $GDOM): ${r#PASS }" ;; *) why="new guest (domain $GDOM): ${r:-no fs-fresh result};" ;; esac
+            else
+                why="the new guest did not finish within 150 s;"
+            fi
+            fdom_ok || why="$why Ferrite's state is not ready after the new guest;"
+        fi
+        if [ -z "$why" ]; then
+            lab_pass blk-destroy "$detail"
+        else
+            failed=1; lab_fail blk-destroy "$why $detail"; evidence blk-destroy
+        fi
+        # The guest goes before Ferrite does.
+        t0=$(lab_uptime)
+        timeout 60 xl shutdown -w $GNAME >/dev/null 2>&1 || gdestroy
+        lab_info "test guest shut down in $(lab_since "$t0") s"
+        gdestroy
+    fi
+fi
+lab_step blk "block tests done"
+[ $peer = yes ] || { dom0_crashes; xl_times; }
+
 # shutdown
 lab_shutdown 60
 if [ $SHUTDOWN_RC -eq 0 ] && [ $SHUTDOWN_GONE = yes ] && lab_wait_console "ferrite: poweroff" 2; then
-    lab_pass shutdown "xl shutdown -w returned after $SHUTDOWN_AFTER s, domain gone, console has 'ferrite: poweroff'"
+    lab_pass shutdown "xl shutdown -w returned after $SHUTDOWN_AFTER s, domain gone after $SHUTDOWN_GONE_AFTER s, console has 'ferrite: poweroff'"
 else
     failed=1
     has=no; grep -qF "ferrite: poweroff" "$GUEST_LOG" 2>/dev/null && has=yes
     why="returned status $SHUTDOWN_RC"
     case $SHUTDOWN_RC in 124|143) why="did not return within 60 s" ;; esac
-    lab_fail shutdown "xl shutdown -w $why after $SHUTDOWN_AFTER s; domain gone: $SHUTDOWN_GONE; console line containing 'ferrite: poweroff': $has (expected: status 0, gone, yes)"
+    lab_fail shutdown "xl shutdown -w $why after $SHUTDOWN_AFTER s; domain gone: $SHUTDOWN_GONE (15 s later); console line containing 'ferrite: poweroff': $has (expected: status 0, gone, yes)"
     lab_show /tmp/xl-shutdown.log 5 xl
 fi
 lab_step shutdown "guest shut down"
