@@ -92,7 +92,9 @@ fn try_setup<N: Notifier>(
         return Err(format!("DMA strategy {kind} is not implemented for NVMe yet"));
     }
     let dma = HalDma::new(Translation::PvMachineFrames(mm));
-    let config = Config { io_queues: 2, queue_depth: 64, ..Config::default() };
+    // 512 KiB per command (capped by the controller's MDTS): fewer splits of
+    // large guest requests.
+    let config = Config { io_queues: 2, queue_depth: 64, max_transfer: 512 * 1024, ..Config::default() };
     let mut nvme = Nvme::init(regs, dma, HalClock, config).map_err(|e| format!("bring-up: {e:?}"))?;
     let i = nvme.info().clone();
     info!("nvme: {i}, up in {} ms", (hal::time::now() - t0) / 1_000_000);

@@ -112,8 +112,37 @@ struct Work<B> {
     buf: Option<B>,
     /// Flush/barrier: submit only when nothing else of this ring is in flight.
     exclusive: bool,
+    /// Part of a request split for the disk: answered when all parts are done.
+    group: Option<u64>,
     /// The buffer's share of the memory budget, given back on drop.
     _charge: Charge,
+}
+
+/// A request split into parts.
+struct Group {
+    vbd: u32,
+    remaining: usize,
+    failed: bool,
+}
+
+/// Splits `segs` into runs of at most `max` bytes (each segment is at most
+/// one page, `max` at least one page).
+fn split_segments(segs: Vec<Segment>, max: usize) -> Vec<Vec<Segment>> {
+    let mut parts: Vec<Vec<Segment>> = Vec::new();
+    let mut cur: Vec<Segment> = Vec::new();
+    let mut cur_len = 0;
+    for s in segs {
+        if cur_len + s.len() > max && !cur.is_empty() {
+            parts.push(core::mem::take(&mut cur));
+            cur_len = 0;
+        }
+        cur_len += s.len();
+        cur.push(s);
+    }
+    if !cur.is_empty() || parts.is_empty() {
+        parts.push(cur);
+    }
+    parts
 }
 
 /// Bytes of disk buffers held by requests; bounded by [`MAX_BUFFER_BYTES`]
@@ -169,6 +198,9 @@ struct Vbd<P: SharedMem, B> {
     grant_errors: RejectLog,
     /// The toolstack removed our directory: write nothing more there.
     gone: bool,
+    /// The frontend's state node has been read at least once: only then does
+    /// its absence mean the frontend is gone (not "not written yet").
+    fe_seen: bool,
 }
 
 /// Counters for logs and tests.
@@ -206,6 +238,9 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     pending_rm: Vec<(String, Nanos)>,
     /// Disk buffer memory in use.
     budget: Budget,
+    /// Split requests still in progress.
+    groups: BTreeMap<u64, Group>,
+    next_group: u64,
     /// Disk token → (vbd id, ring index).
     tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
     next_id: u32,
@@ -235,7 +270,7 @@ where
             barrier: true,
             discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
         };
-        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), budget: Budget::default(), tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), budget: Budget::default(), groups: BTreeMap::new(), next_group: 1, tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
     }
 
     /// What we tell frontends about the disk.
@@ -314,10 +349,15 @@ where
             let Some(i) = self.find(be) else { return };
             let fe_state = format!("{}/state", self.vbds[i].fe);
             let ev = match xs.read_string(&fe_state) {
-                Ok(s) => match XenbusState::parse(s.trim()) {
-                    Some(st) => Event::FrontendStateChanged(st),
-                    None => Event::FrontendStateInvalid,
-                },
+                Ok(s) => {
+                    self.vbds[i].fe_seen = true;
+                    match XenbusState::parse(s.trim()) {
+                        Some(st) => Event::FrontendStateChanged(st),
+                        None => Event::FrontendStateInvalid,
+                    }
+                }
+                // Not written yet: the toolstack is still creating it.
+                Err(XsError::Xs(_)) if !self.vbds[i].fe_seen => return,
                 Err(XsError::Xs(_)) => Event::FrontendGone,
                 Err(err) => {
                     warn!("vbd {be}: reading {fe_state}: {err:?}");
@@ -400,8 +440,17 @@ where
                 return;
             }
         };
-        if xs.read(&format!("{be}/state")).is_err() {
-            self.rescan = true; // not fully written yet (our writes need `state`)
+        // A device being torn down (online 0, or Closing/Closed) is not
+        // adopted again: libxl is waiting for it to go away.
+        let online = xs.read_string(&format!("{be}/online")).unwrap_or_default();
+        let state = xs.read_string(&format!("{be}/state")).unwrap_or_default();
+        if online.trim() == "0" || matches!(state.trim(), "5" | "6") {
+            return;
+        }
+        if xs.read(&format!("{be}/state")).is_err() || xs.read(&format!("{fe}/state")).is_err() {
+            // Not fully written yet (our writes need our `state`; the
+            // frontend's must exist before its absence can mean anything).
+            self.rescan = true;
             return;
         }
         let params = xs.read_string(&format!("{be}/params")).unwrap_or_default();
@@ -418,6 +467,7 @@ where
             rejects: RejectLog::default(),
             grant_errors: RejectLog::default(),
             gone: false,
+            fe_seen: false,
         });
         let i = self.vbds.len() - 1;
         for (path, token) in [(format!("{fe}/state"), format!("vbd-fe:{be}")), (format!("{be}/online"), format!("vbd-online:{be}"))] {
@@ -588,6 +638,7 @@ where
             warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", self.vbds[i].be);
             self.tokens.retain(|_, (v, _, _)| *v != id);
         }
+        self.groups.retain(|_, gr| gr.vbd != id);
         let v = &mut self.vbds[i];
         let mut released = 0;
         for r in v.rings.drain(..) {
@@ -657,10 +708,27 @@ where
                         _ => {}
                     }
                 }
-                self.respond(e, vi, ri, &work.req, status);
+                self.finish(e, vi, ri, &work, status);
             }
         }
         any
+    }
+
+    /// Answers a finished piece of work; a part of a split request answers
+    /// only when it is the last part (ERROR if any part failed).
+    fn finish<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize, work: &Work<D::Buffer>, status: Status) {
+        let Some(gid) = work.group else {
+            self.respond(e, vi, ri, &work.req, status);
+            return;
+        };
+        let Some(gr) = self.groups.get_mut(&gid) else { return };
+        gr.failed |= status != Status::Okay;
+        gr.remaining -= 1;
+        if gr.remaining == 0 {
+            let failed = gr.failed;
+            self.groups.remove(&gid);
+            self.respond(e, vi, ri, &work.req, if failed { Status::Error } else { Status::Okay });
+        }
     }
 
     fn respond<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize, req: &Request, status: Status) {
@@ -716,8 +784,8 @@ where
                 }
             };
             match self.prepare(g, vi, ri, req) {
-                Ok(Some(w)) => self.vbds[vi].rings[ri].deferred.push_back(w),
-                Ok(None) => self.respond_later(vi, ri, &req, Status::Okay),
+                Ok(works) if works.is_empty() => self.respond_later(vi, ri, &req, Status::Okay),
+                Ok(works) => self.vbds[vi].rings[ri].deferred.extend(works),
                 Err(()) => self.respond_later(vi, ri, &req, Status::Error),
             }
         }
@@ -742,7 +810,7 @@ where
     }
 
     /// Turns a validated request into disk work (`None`: nothing to do).
-    fn prepare<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, req: Request) -> Result<Option<Work<D::Buffer>>, ()> {
+    fn prepare<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, req: Request) -> Result<Vec<Work<D::Buffer>>, ()> {
         let bs = u64::from(self.disk.block_size().max(512));
         let lba_of = |sector: u64| -> Result<u64, ()> {
             let byte = sector.checked_mul(512).ok_or(())?;
@@ -766,7 +834,7 @@ where
             Request::Discard { sector, nr_sectors, .. } => {
                 let blocks = nr_sectors.checked_mul(512).ok_or(())? / bs;
                 if blocks == 0 {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 (Vec::new(), Step::Discard { lba: lba_of(sector)?, blocks }, false, false)
             }
@@ -778,20 +846,57 @@ where
                 }
             }
         };
-        let len: usize = segs.iter().map(|s| s.len()).sum();
-        let mut buf = None;
-        if len > 0 {
-            if len as u64 % bs != 0 {
+        // The disk takes at most `max_transfer` bytes per command: split a
+        // larger read or write (indirect requests reach 1 MiB) into parts
+        // answered together. A write-then-flush is at most 11 segments.
+        let max = self.disk.max_transfer().max(PAGE);
+        let parts: Vec<Vec<Segment>> = match step {
+            Step::Read { .. } | Step::Write { then_flush: false, .. } => split_segments(segs, max),
+            _ => alloc::vec![segs],
+        };
+        let group = if parts.len() > 1 {
+            let gid = self.next_group;
+            self.next_group += 1;
+            self.groups.insert(gid, Group { vbd: self.vbds[vi].id, remaining: parts.len(), failed: false });
+            Some(gid)
+        } else {
+            None
+        };
+        let mut works = Vec::with_capacity(parts.len());
+        let mut offset = 0u64;
+        for part in parts {
+            let len: usize = part.iter().map(|s| s.len()).sum();
+            let mut buf = None;
+            let step = match step {
+                Step::Read { lba } => Step::Read { lba: lba + offset / bs },
+                Step::Write { lba, then_flush } => Step::Write { lba: lba + offset / bs, then_flush },
+                Step::Flush => Step::Flush,
+                Step::Discard { lba, blocks } => Step::Discard { lba, blocks },
+            };
+            let made = (|| {
+                if len > 0 {
+                    if len as u64 % bs != 0 || offset % bs != 0 {
+                        return Err(());
+                    }
+                    let mut b = (self.alloc)(len).ok_or(())?;
+                    if write {
+                        self.copy_from_guest(g, vi, ri, &part, b.as_mut())?;
+                    }
+                    buf = Some(b);
+                }
+                Ok(())
+            })();
+            if made.is_err() {
+                if let Some(gid) = group {
+                    self.groups.remove(&gid);
+                }
                 return Err(());
             }
-            let mut b = (self.alloc)(len).ok_or(())?;
-            if write {
-                self.copy_from_guest(g, vi, ri, &segs, b.as_mut())?;
-            }
-            buf = Some(b);
+            offset += len as u64;
+            let _charge = self.budget.charge(len);
+            works.push(Work { req, segs: part, step, buf, exclusive, group, _charge });
         }
-        let _charge = self.budget.charge(len);
-        Ok(Some(Work { req, segs, step, buf, exclusive, _charge }))
+        Ok(works)
     }
 
     /// Copies the indirect pages once and parses their segments.
@@ -948,7 +1053,7 @@ where
                 Err((err, _)) => {
                     self.stats.errors += 1;
                     warn!("vbd {}: disk refused request {}: {err:?}", self.vbds[vi].be, w.req.id());
-                    self.respond(e, vi, ri, &w.req, Status::Error);
+                    self.finish(e, vi, ri, &w, Status::Error);
                     any = true;
                 }
             }

@@ -1581,3 +1581,151 @@ fn buffer_memory_is_bounded_whatever_the_frontend_asks() {
     }
     assert_eq!(w.blk.buffer_bytes(), 0, "every buffer returned");
 }
+
+/// libxl's `block-detach` of a device served by a driver domain: it writes
+/// `online = 0` and `state = 5` into our directory, waits for state 6, then
+/// waits for the driver domain to remove the directory, then removes the
+/// frontend's. The device must not be probed again at any point.
+#[test]
+fn libxl_block_detach_sequence() {
+    let mut w = connected_with_io();
+    let (be, fe) = (w.fronts[0].be_dir(), w.fronts[0].fe_dir());
+    w.xsd.external_write(&format!("{be}/online"), b"0");
+    w.xsd.external_write(&format!("{be}/state"), b"5");
+    assert!(w.pump());
+    assert_eq!(w.be_state(0).as_deref(), Some("5"));
+    w.fe_state(0, 5);
+    w.fe_state(0, 6);
+    assert_eq!(w.be_state(0).as_deref(), Some("6"), "Closed for libxl");
+    assert_eq!(w.fronts[0].end_all(), [], "everything unmapped");
+    for _ in 0..3 {
+        w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+        assert!(w.pump());
+    }
+    assert_eq!(w.blk.vbd_count(), 1, "not probed again while Closed");
+    remove_after_delay(&mut w, &be);
+    assert_eq!(w.blk.vbd_count(), 1);
+    w.xsd.external_rm(&fe);
+    assert!(w.pump());
+    w.blk.request_rescan();
+    w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+    assert!(w.pump());
+    assert_eq!(w.blk.vbd_count(), 1, "nothing comes back");
+    assert_eq!(w.value(&be), None);
+    // block-attach of the same vdev again works.
+    w.attach(0);
+    w.connect(0, Opts::default());
+    w.write_read_back(0, 0, 100, 9);
+}
+
+/// The toolstack may write our directory before the frontend's: the device
+/// waits (it is neither served nor treated as gone), then connects.
+#[test]
+fn backend_written_before_frontend() {
+    let mut w = world(ram(1), BackendConfig::default(), &[5]);
+    let (be, fe, dom) = (w.fronts[0].be_dir(), w.fronts[0].fe_dir(), w.fronts[0].dom.0);
+    w.xsd.external_write(&be, b"");
+    w.xsd.external_set_perms(&be, &[Perm::new(PermKind::None, BE.0), Perm::new(PermKind::Read, dom)]);
+    for (k, v) in [("frontend", fe.clone()), ("frontend-id", dom.to_string()), ("params", "ram0".into()), ("online", "1".into()), ("state", "1".into())] {
+        w.xsd.external_write(&format!("{be}/{k}"), v.as_bytes());
+    }
+    assert!(w.pump());
+    for _ in 0..3 {
+        w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+        let later = w.e.now() + storage_backend::shell::RM_DELAY_NS + 1;
+        let _ = w.e.wait_any(&[], later);
+        assert!(w.pump());
+    }
+    assert_eq!(w.be_state(0).as_deref(), Some("1"), "waiting for the frontend, directory intact");
+    w.xsd.external_write(&fe, b"");
+    w.xsd.external_set_perms(&fe, &[Perm::new(PermKind::None, dom), Perm::new(PermKind::Read, BE.0)]);
+    for (k, v) in [("backend", be.clone()), ("backend-id", BE.0.to_string()), ("state", "1".into())] {
+        w.xsd.external_write(&format!("{fe}/{k}"), v.as_bytes());
+    }
+    assert!(w.pump());
+    w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+    assert!(w.pump());
+    assert_eq!(w.be_state(0).as_deref(), Some("2"), "probed once the frontend exists");
+    w.connect(0, Opts::default());
+    w.write_read_back(0, 0, 100, 11);
+}
+
+/// A disk that, like the NVMe driver, refuses buffers above its transfer
+/// limit (16 KiB here).
+struct LimitDisk {
+    inner: RamDisk<Vec<u8>>,
+    largest: usize,
+}
+
+impl BlockDevice for LimitDisk {
+    type Buffer = Vec<u8>;
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn queue_count(&self) -> u16 {
+        self.inner.queue_count()
+    }
+    fn max_transfer(&self) -> usize {
+        16 * 1024
+    }
+    fn features(&self) -> Features {
+        self.inner.features()
+    }
+    fn submit(&mut self, queue: u16, request: BlockRequest<Vec<u8>>) -> Result<Token, (drivers::Error, BlockRequest<Vec<u8>>)> {
+        let len = request.buffer().map(|b| b.len()).unwrap_or(0);
+        if len > self.max_transfer() {
+            return Err((drivers::Error::BadBuffer, request));
+        }
+        self.largest = self.largest.max(len);
+        self.inner.submit(queue, request)
+    }
+    fn poll(&mut self, queue: u16, now: u64) -> Option<BlockCompletion<Vec<u8>>> {
+        self.inner.poll(queue, now)
+    }
+}
+
+/// Requests above the disk's transfer limit are split into parts and
+/// answered once, OKAY, with the data where it belongs.
+#[test]
+fn large_requests_are_split_for_the_disk() {
+    let mut w = world(LimitDisk { inner: ram(1), largest: 0 }, BackendConfig::default(), &[5]);
+    w.attach(0);
+    w.connect(0, Opts { protocol: Some(Abi::X86_64), ..Opts::default() });
+    let (wreq, wid, wpages) = w.fronts[0].indirect(BLKIF_OP_WRITE, 64, 40, 21);
+    assert_eq!(w.io(0, 0, &[wreq]), [okay(wid, BLKIF_OP_WRITE)], "one answer for the split write");
+    let written: Vec<u8> = wpages.iter().flat_map(|p| p.page.snapshot()).collect();
+    assert_eq!(&w.blk.disk_mut().inner.contents()[64 * SECT..64 * SECT + 40 * PAGE], &written[..]);
+    let (rreq, rid, rpages) = w.fronts[0].indirect(BLKIF_OP_READ, 64, 40, 0);
+    assert_eq!(w.io(0, 0, &[rreq]), [okay(rid, BLKIF_OP_READ)]);
+    let read: Vec<u8> = rpages.iter().flat_map(|p| p.page.snapshot()).collect();
+    assert!(read == written, "the split read returns the split write");
+    assert_eq!(w.blk.disk_mut().largest, 16 * 1024, "no command above the limit");
+    assert_eq!(w.blk.buffer_bytes(), 0);
+}
+
+/// A directory found with online = 0 or in Closing/Closed (a device being
+/// torn down, e.g. left over by a crashed backend) is not adopted.
+#[test]
+fn devices_being_torn_down_are_not_adopted() {
+    for (online, state) in [("0", "1"), ("1", "5"), ("1", "6")] {
+        let mut w = world(ram(1), BackendConfig::default(), &[5]);
+        let (be, fe, dom) = (w.fronts[0].be_dir(), w.fronts[0].fe_dir(), w.fronts[0].dom.0);
+        w.xsd.external_write(&fe, b"");
+        w.xsd.external_set_perms(&fe, &[Perm::new(PermKind::None, dom), Perm::new(PermKind::Read, BE.0)]);
+        w.xsd.external_write(&format!("{fe}/state"), b"1");
+        w.xsd.external_write(&be, b"");
+        w.xsd.external_set_perms(&be, &[Perm::new(PermKind::None, BE.0), Perm::new(PermKind::Read, dom)]);
+        for (k, v) in [("frontend", fe.clone()), ("frontend-id", dom.to_string()), ("online", online.into()), ("state", state.into())] {
+            w.xsd.external_write(&format!("{be}/{k}"), v.as_bytes());
+        }
+        assert!(w.pump());
+        w.blk.request_rescan();
+        w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
+        assert!(w.pump());
+        assert_eq!(w.blk.vbd_count(), 0, "online {online}, state {state}: not adopted");
+        assert_eq!(w.be_state(0).as_deref(), Some(state), "nothing written");
+    }
+}
