@@ -406,7 +406,7 @@ cmd_run() {
     local expect
     expect=$(sed -n 's/^# LAB-EXPECT: *//p' "$modescript" | head -n 1)
     python3 "$LAB_DIR/lib/monitor.py" --timeout "$timeout" --expect "$expect" --serial "$run/serial.log" --pidfile "$run/qemu.pid" -- \
-        qemu-system-x86_64 -machine q35 -accel "${LAB_QEMU_ACCEL:-tcg}" -cpu "${LAB_QEMU_CPU:-max}" -smp "${LAB_QEMU_SMP:-2}" -m 3G \
+        qemu-system-x86_64 -machine q35 -accel "${LAB_QEMU_ACCEL:-tcg}" -cpu "${LAB_QEMU_CPU:-qemu64}" -smp "${LAB_QEMU_SMP:-2}" -m 3G \
         -device intel-iommu,intremap=on,caching-mode=on \
         -display none -vga none -nic none -no-reboot -monitor none \
         -serial "file:$run/serial.log" \

@@ -1,13 +1,13 @@
 #!/bin/sh
 # MODE test: one Xen boot, every lab test; one LAB-TEST line each.
-# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme blk-features blk-fs blk-attach blk-destroy shutdown
+# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy shutdown
 #
 # Ferrite gets the emulated NVMe (0000:00:04.0) passed through; the Linux test
 # guest (configs/guest-linux.cfg, script lab/dom0/guest.sh) runs on a disk that
 # Ferrite serves.  With the Linux peer (IMAGE=linux-peer) the NVMe and blk-*
 # tests report SKIP: the peer has no NVMe driver or block backend.
 . /lab/common.sh
-ALL="ready console grant-map evtchn grant-to-dom0 nvme blk-features blk-fs blk-attach blk-destroy shutdown"
+ALL="ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy shutdown"
 BLK="blk-features blk-fs blk-attach blk-destroy"
 PCI=0000:00:04.0
 GCFG=/ferrite/configs/guest-linux.cfg
@@ -87,6 +87,26 @@ else
         pass*) lab_pass nvme "data/ferrite/nvme = '$v'" ;;
         *) failed=1; lab_fail nvme "data/ferrite/nvme = '$v' (expected 'pass: ...')"
            grep -iE 'nvme|pci' "$GUEST_LOG" | tail -n 15 | sed 's/^/LAB-INFO console | /' ;;
+    esac
+fi
+
+# dma-fallback: on stock Xen (no PV-IOMMU) Ferrite must say which DMA strategy
+# it fell back to, in xenstore and on its console, with the reason.
+if [ $peer = yes ]; then
+    lab_skip dma-fallback "the Linux peer does not drive the NVMe"
+elif [ $nopci = yes ]; then
+    lab_skip dma-fallback "no-pci run: no device, no DMA strategy"
+else
+    v=$(xenstore-read "/local/domain/$FDOM/data/ferrite/dma" 2>/dev/null) || v="<absent>"
+    line=$(grep -F "DMA strategy" "$GUEST_LOG" | tail -n 1)
+    case "$v" in
+        machine-frames)
+            if echo "$line" | grep -q "no PV-IOMMU interface (ENOSYS)"; then
+                lab_pass dma-fallback "data/ferrite/dma = '$v'; console: ${line#*ferrite: }"
+            else
+                failed=1; lab_fail dma-fallback "data/ferrite/dma = '$v' but the console gives no ENOSYS reason: '$line'"
+            fi ;;
+        *) failed=1; lab_fail dma-fallback "data/ferrite/dma = '$v' (expected 'machine-frames' on stock Xen 4.17); console: '$line'" ;;
     esac
 fi
 
