@@ -698,3 +698,30 @@ fn vanished_device_detected() {
     assert!(r.nvme.is_failed());
     assert_eq!(r.nvme.dma().live_mappings(), 0);
 }
+
+#[test]
+fn sgl_when_the_controller_supports_it() {
+    // Contiguous (one Data Block) and scattered, offset buffers (a Last
+    // Segment list of Data Blocks); the fake checks every descriptor.
+    for (scatter, offset) in [(false, 0usize), (true, 0x200)] {
+        let fc = FakeNvmeConfig { sgl: true, ..Default::default() };
+        let mut r = rig_with(fc, cfg_fast(), |d| {
+            d.scatter = scatter;
+            d.map_offset = offset;
+        });
+        assert!(r.nvme.info().sgl);
+        roundtrip_through_trait(&mut r.nvme);
+        let data = pattern(64 * 1024, 3);
+        assert_eq!(run(&mut r.nvme, 0, BlockRequest::Write { lba: 40, buffer: data.clone(), fua: false }).result, Ok(()));
+        let c = run(&mut r.nvme, 0, BlockRequest::Read { lba: 40, buffer: vec![0; data.len()] });
+        assert_eq!(c.request.into_buffer().unwrap(), data);
+        assert!(r.ctrl.sgl_commands() >= 2, "data went through SGLs (scatter {scatter})");
+        assert_eq!(r.nvme.dma().live_mappings(), 0);
+    }
+    // Without controller support, or turned off, PRPs are used.
+    for (fc_sgl, use_sgl) in [(false, true), (true, false)] {
+        let mut r = rig_with(FakeNvmeConfig { sgl: fc_sgl, ..Default::default() }, Config { use_sgl, ..cfg_fast() }, |_| {});
+        roundtrip_through_trait(&mut r.nvme);
+        assert_eq!(r.ctrl.sgl_commands(), 0);
+    }
+}

@@ -519,7 +519,8 @@ fn msi_and_status_test(core: &RefCell<Core>, pci: &mut PortPci, bar: u64, size: 
     let iova_b = IovaAllocator::new(0x100_0000, 0x110_0000, reserved);
     let dma = IommuDma::new(Client::new(Local(core)), HalDma::new(Translation::Identity), ctx, iova_b);
     let before = irq::msi_count();
-    let cfg = Config { io_queues: 1, queue_depth: 16, io_timeout_ns: 10_000_000_000, abort_timeout_ns: 3_000_000_000, ..Config::default() };
+    // PRPs here: the fault-status step puts a PRP list at an unmapped IOVA.
+    let cfg = Config { io_queues: 1, queue_depth: 16, io_timeout_ns: 10_000_000_000, abort_timeout_ns: 3_000_000_000, use_sgl: false, ..Config::default() };
     // Bring-up runs admin commands (identify, features, queue creation);
     // each completion on the admin queue raises MSI-X vector 0.
     let up = irq::with_interrupts(|| {

@@ -14,7 +14,7 @@ use super::dma::Memory;
 use crate::hal::{RegisterIo, PAGE_SIZE};
 use crate::nvme::prp;
 use crate::nvme::regs::{offset, Aqa, Cap, Cc, Csts};
-use crate::nvme::spec::{admin, cns, feature, nvm, rw, Cqe, DsmRange, Oncs, Sqe};
+use crate::nvme::spec::{admin, cns, feature, nvm, rw, Cqe, DsmRange, Oncs, SglDescriptor, Sqe};
 
 /// Controller shape.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +34,8 @@ pub struct FakeNvmeConfig {
     pub max_io_queues: u16,
     /// CSTS reads before RDY follows CC.EN.
     pub ready_delay_reads: u32,
+    /// Advertise SGL support (Identify Controller SGLS = 01b).
+    pub sgl: bool,
 }
 
 impl Default for FakeNvmeConfig {
@@ -49,6 +51,7 @@ impl Default for FakeNvmeConfig {
             blocks: 4096,
             max_io_queues: 4,
             ready_delay_reads: 3,
+            sgl: false,
         }
     }
 }
@@ -95,6 +98,8 @@ struct Cq {
 #[derive(Debug)]
 struct Inner {
     cfg: FakeNvmeConfig,
+    /// Commands whose data was described by an SGL.
+    sgl_commands: core::cell::Cell<u64>,
     mem: Memory,
     cc: Cc,
     csts: Csts,
@@ -125,6 +130,7 @@ impl FakeNvme {
     pub fn new(mem: Memory, cfg: FakeNvmeConfig) -> Self {
         FakeNvme(Rc::new(RefCell::new(Inner {
             cfg,
+            sgl_commands: core::cell::Cell::new(0),
             mem,
             cc: Cc(0),
             csts: Csts(0),
@@ -185,6 +191,10 @@ impl FakeNvme {
         self.0.borrow().log.clone()
     }
     /// CC.EN 1 → 0 transitions.
+    /// Data commands that used an SGL instead of PRPs.
+    pub fn sgl_commands(&self) -> u64 {
+        self.0.borrow().sgl_commands.get()
+    }
     pub fn resets(&self) -> u32 {
         self.0.borrow().resets
     }
@@ -380,7 +390,10 @@ impl Inner {
 
     /// Chunks of guest memory a command's PRPs describe for `len` bytes.
     fn prp_chunks(&self, sqe: &Sqe, len: usize) -> Vec<(u64, usize)> {
-        assert_eq!(sqe.psdt(), 0, "fake supports PRPs only");
+        if sqe.psdt() == 1 {
+            return self.sgl_chunks(sqe, len);
+        }
+        assert_eq!(sqe.psdt(), 0, "fake supports PRPs and SGLs (PSDT 01b) only");
         let mem = self.mem.borrow();
         prp::walk(sqe.prp1, sqe.prp2, len, PAGE_SIZE, |addr, n| {
             let mut raw = vec![0u8; n * 8];
@@ -388,6 +401,30 @@ impl Inner {
             Some(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
         })
         .unwrap_or_else(|| panic!("malformed PRP in {sqe:?}"))
+    }
+
+    /// Chunks an SGL describes: one Data Block, or a Last Segment of Data
+    /// Blocks. Anything else, or a length mismatch, is a driver bug.
+    fn sgl_chunks(&self, sqe: &Sqe, len: usize) -> Vec<(u64, usize)> {
+        assert!(self.cfg.sgl, "SGL used but not advertised");
+        self.sgl_commands.set(self.sgl_commands.get() + 1);
+        let d = sqe.sgl1();
+        let blocks = match d.kind {
+            SglDescriptor::DATA_BLOCK => vec![d],
+            SglDescriptor::LAST_SEGMENT => {
+                assert!(d.length as usize % SglDescriptor::SIZE == 0 && d.length > 0, "bad segment length in {d:?}");
+                let mut raw = vec![0u8; d.length as usize];
+                self.mem.borrow().read(d.address, &mut raw);
+                raw.chunks(SglDescriptor::SIZE)
+                    .map(|c| SglDescriptor::from_bytes(c.try_into().expect("16 bytes")))
+                    .inspect(|b| assert_eq!(b.kind, SglDescriptor::DATA_BLOCK, "nested segments are not used"))
+                    .collect()
+            }
+            other => panic!("unexpected SGL descriptor type {other:#x}"),
+        };
+        let total: usize = blocks.iter().map(|b| b.length as usize).sum();
+        assert_eq!(total, len, "SGL describes {total} bytes for a {len}-byte transfer");
+        blocks.iter().map(|b| (b.address, b.length as usize)).collect()
     }
 
     fn dma_out(&self, sqe: &Sqe, data: &[u8]) {
@@ -428,6 +465,7 @@ impl Inner {
                         page[516..520].copy_from_slice(&1u32.to_le_bytes());
                         page[520..522].copy_from_slice(&self.cfg.oncs.to_le_bytes());
                         page[525] = u8::from(self.cfg.vwc);
+                        page[536..540].copy_from_slice(&u32::from(self.cfg.sgl).to_le_bytes());
                     }
                     cns::NAMESPACE => {
                         if sqe.nsid != 1 {

@@ -25,7 +25,7 @@ use crate::error::{Error, Wait};
 use crate::hal::{Clock, DmaBuffer, DmaDirection, DmaMapper, DmaRegion, Mapping, Nanos, RegisterIo, PAGE_SIZE};
 use queue::QueuePair;
 use regs::{offset, Aqa, Cap, Cc, Csts, Version};
-use spec::{cns, Cqe, DsmRange, IdentifyController, IdentifyNamespace, Sqe};
+use spec::{cns, Cqe, DsmRange, IdentifyController, IdentifyNamespace, SglDescriptor, Sqe};
 
 /// Driver settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct Config {
     /// After an Abort, the command has this long to come back before the
     /// controller is reset.
     pub abort_timeout_ns: u64,
+    /// Describe data with SGLs when the controller supports them (Identify
+    /// Controller SGLS); PRPs otherwise.
+    pub use_sgl: bool,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             admin_timeout_ns: 5_000_000_000,
             io_timeout_ns: 30_000_000_000,
             abort_timeout_ns: 5_000_000_000,
+            use_sgl: true,
         }
     }
 }
@@ -94,7 +98,7 @@ impl core::fmt::Display for Info {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "{} {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, VWC {}, DSM {}, write-zeroes {}",
+            "{} {} NVMe {}.{}, {} blocks of {} bytes, {} I/O queue(s) of depth {}, VWC {}, DSM {}, write-zeroes {}, SGL {}",
             ascii_field(&self.model),
             ascii_field(&self.serial),
             self.version.major(),
@@ -105,7 +109,8 @@ impl core::fmt::Display for Info {
             self.queue_depth,
             self.volatile_write_cache,
             self.dsm,
-            self.write_zeroes
+            self.write_zeroes,
+            self.sgl
         )
     }
 }
@@ -573,7 +578,12 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 };
                 let buffer = request.buffer_mut().ok_or(Error::BadBuffer)?;
                 let mapping = self.dma.map(buffer, dir)?;
-                match self.build_prp(&mapping, sqe) {
+                let built = if self.info.sgl && self.config.use_sgl {
+                    self.build_sgl(&mapping, sqe)
+                } else {
+                    self.build_prp(&mapping, sqe)
+                };
+                match built {
                     Ok((sqe, pages)) => Ok((sqe, Some(mapping), pages)),
                     Err(e) => {
                         let buffer = request.buffer_mut().ok_or(Error::BadBuffer)?;
@@ -581,6 +591,41 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                         Err(e)
                     }
                 }
+            }
+        }
+    }
+
+    /// One Data Block descriptor for a contiguous buffer; otherwise a Last
+    /// Segment descriptor pointing to a pool page of Data Block descriptors
+    /// (up to 256, one page: more than any transfer we allow).
+    fn build_sgl(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+        let segs = mapping.segments();
+        let block = |bus: u64, len: usize| -> Result<SglDescriptor, Error> {
+            // SGLS 10b asks dword alignment; our buffers are block-aligned.
+            if bus % 4 != 0 || len == 0 || len % 4 != 0 {
+                return Err(Error::BadBuffer);
+            }
+            Ok(SglDescriptor::data_block(bus, u32::try_from(len).map_err(|_| Error::BadBuffer)?))
+        };
+        match segs {
+            [] => Err(Error::BadBuffer),
+            [one] => {
+                sqe.set_sgl(block(one.bus.0, one.len)?);
+                Ok((sqe, Vec::new()))
+            }
+            many if many.len() > PAGE_SIZE / SglDescriptor::SIZE => Err(Error::BadBuffer),
+            many => {
+                let mut bytes = Vec::with_capacity(many.len() * SglDescriptor::SIZE);
+                for s in many {
+                    bytes.extend_from_slice(&block(s.bus.0, s.len)?.to_bytes());
+                }
+                let page = self.take_page()?;
+                if let Err(e) = self.dma.write(&page, 0, &bytes) {
+                    self.page_pool.push(page);
+                    return Err(e.into());
+                }
+                sqe.set_sgl(SglDescriptor::last_segment(page.bus().0, many.len()));
+                Ok((sqe, alloc::vec![page]))
             }
         }
     }

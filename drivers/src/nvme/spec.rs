@@ -94,6 +94,52 @@ const _: () = assert!(core::mem::offset_of!(Sqe, prp2) == 32);
 const _: () = assert!(core::mem::offset_of!(Sqe, cdw10) == 40);
 const _: () = assert!(core::mem::offset_of!(Sqe, cdw15) == 60);
 
+/// An SGL descriptor (NVMe base spec, "Scatter Gather List (SGL)"):
+///
+/// | bytes | field                                        |
+/// |-------|----------------------------------------------|
+/// | 0..8  | address                                      |
+/// | 8..12 | length in bytes                              |
+/// | 12..15| reserved                                     |
+/// | 15    | identifier: type in bits 7:4, subtype 3:0    |
+///
+/// Types used: 0h Data Block, 2h Segment, 3h Last Segment (subtype 0h:
+/// the address is a memory address).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SglDescriptor {
+    pub address: u64,
+    pub length: u32,
+    pub kind: u8,
+}
+
+impl SglDescriptor {
+    pub const SIZE: usize = 16;
+    pub const DATA_BLOCK: u8 = 0x0;
+    pub const SEGMENT: u8 = 0x2;
+    pub const LAST_SEGMENT: u8 = 0x3;
+
+    pub fn data_block(address: u64, length: u32) -> Self {
+        SglDescriptor { address, length, kind: Self::DATA_BLOCK }
+    }
+    pub fn last_segment(address: u64, descriptors: usize) -> Self {
+        SglDescriptor { address, length: (descriptors * Self::SIZE) as u32, kind: Self::LAST_SEGMENT }
+    }
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&self.address.to_le_bytes());
+        b[8..12].copy_from_slice(&self.length.to_le_bytes());
+        b[15] = self.kind << 4;
+        b
+    }
+    pub fn from_bytes(b: &[u8; 16]) -> Self {
+        SglDescriptor {
+            address: u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8])),
+            length: u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])),
+            kind: b[15] >> 4,
+        }
+    }
+}
+
 impl Sqe {
     pub const SIZE: usize = 64;
 
@@ -109,6 +155,21 @@ impl Sqe {
     }
     pub fn psdt(&self) -> u8 {
         ((self.cdw0 >> 14) & 0x3) as u8
+    }
+    /// PSDT 01b: the data pointer holds SGL descriptor 1 (NVMe base spec,
+    /// "Common Command Format": PRP or SGL for Data Transfer).
+    pub fn set_sgl(&mut self, sgl1: SglDescriptor) {
+        self.cdw0 = (self.cdw0 & !(0x3 << 14)) | (0b01 << 14);
+        let b = sgl1.to_bytes();
+        self.prp1 = u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
+        self.prp2 = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    }
+    /// SGL descriptor 1 of a command with PSDT 01b.
+    pub fn sgl1(&self) -> SglDescriptor {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&self.prp1.to_le_bytes());
+        b[8..16].copy_from_slice(&self.prp2.to_le_bytes());
+        SglDescriptor::from_bytes(&b)
     }
     pub fn cid(&self) -> u16 {
         (self.cdw0 >> 16) as u16
@@ -630,6 +691,15 @@ mod tests {
         assert!(ic.oncs.dsm() && ic.oncs.write_zeroes());
         assert!(ic.volatile_write_cache());
         assert!(!ic.sgl_supported());
+        // SGL descriptor golden bytes: Data Block and Last Segment.
+        let d = SglDescriptor::data_block(0x1122_3344_5566_7000, 0x2000);
+        assert_eq!(d.to_bytes(), [0x00, 0x70, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00, 0x20, 0, 0, 0, 0, 0, 0x00]);
+        let l = SglDescriptor::last_segment(0x9000, 3);
+        assert_eq!(l.to_bytes(), [0x00, 0x90, 0, 0, 0, 0, 0, 0, 48, 0, 0, 0, 0, 0, 0, 0x30]);
+        assert_eq!(SglDescriptor::from_bytes(&l.to_bytes()), l);
+        let mut sqe = Sqe::read(1, 0, 8);
+        sqe.set_sgl(d);
+        assert_eq!((sqe.psdt(), sqe.sgl1()), (1, d));
         assert_eq!(ic.nn, 1);
 
         let mut n = [0u8; 4096];
