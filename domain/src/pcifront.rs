@@ -65,6 +65,12 @@ const _: () = assert!(layout::SHAREDINFO_SIZE == 572);
 pub const XEN_PCIF_ACTIVE: u32 = 1 << 0;
 pub const OP_CONF_READ: u32 = 0;
 pub const OP_CONF_WRITE: u32 = 1;
+pub const OP_ENABLE_MSI: u32 = 2;
+pub const OP_DISABLE_MSI: u32 = 3;
+pub const OP_ENABLE_MSIX: u32 = 4;
+pub const OP_DISABLE_MSIX: u32 = 5;
+/// `SH_INFO_MAX_VEC`: MSI-X entries the shared page can carry.
+pub const MAX_MSIX_ENTRIES: usize = 128;
 /// `XEN_PCI_MAGIC`.
 pub const MAGIC: &str = "7";
 
@@ -270,6 +276,44 @@ impl<M: SharedMem, N: Notifier> PciChannel<M, N> {
         self.op(op).map(|_| ())
     }
 
+    fn addr_op(cmd: u32, a: PciAddr) -> XenPciOp {
+        XenPciOp { cmd, domain: a.domain, bus: a.bus as u32, devfn: a.devfn as u32, ..Default::default() }
+    }
+
+    /// Enables MSI; returns the pirq the backend bound (`value`).
+    pub fn enable_msi(&mut self, a: PciAddr) -> Result<u32, PciError> {
+        self.op(Self::addr_op(OP_ENABLE_MSI, a)).map(|o| o.value)
+    }
+
+    /// Disables MSI.
+    pub fn disable_msi(&mut self, a: PciAddr) -> Result<(), PciError> {
+        self.op(Self::addr_op(OP_DISABLE_MSI, a)).map(|_| ())
+    }
+
+    /// Enables MSI-X for the table `entries`; returns the vector (pirq) the
+    /// backend wrote for each, in order. At most [`MAX_MSIX_ENTRIES`].
+    pub fn enable_msix(&mut self, a: PciAddr, entries: &[u16]) -> Result<alloc::vec::Vec<u16>, PciError> {
+        if entries.is_empty() || entries.len() > MAX_MSIX_ENTRIES {
+            return Err(PciError::Invalid);
+        }
+        // msix_entries[i] = { u16 vector (out), u16 entry (in) } after the op header.
+        let mut table = alloc::vec![0u8; entries.len() * 4];
+        for (i, e) in entries.iter().enumerate() {
+            table[i * 4 + 2..i * 4 + 4].copy_from_slice(&e.to_le_bytes());
+        }
+        self.mem.write(layout::OP + size_of::<XenPciOp>(), &table);
+        let op = XenPciOp { info: entries.len() as u32, ..Self::addr_op(OP_ENABLE_MSIX, a) };
+        self.op(op)?;
+        // Copy the table back once and read the vectors from the copy.
+        self.mem.read(layout::OP + size_of::<XenPciOp>(), &mut table);
+        Ok(table.chunks_exact(4).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    }
+
+    /// Disables MSI-X.
+    pub fn disable_msix(&mut self, a: PciAddr) -> Result<(), PciError> {
+        self.op(Self::addr_op(OP_DISABLE_MSIX, a)).map(|_| ())
+    }
+
     /// The device at `a` as a [`drivers::pci::PciDevice`].
     pub fn device(&mut self, a: PciAddr) -> PcifrontDevice<'_, M, N> {
         PcifrontDevice { chan: self, addr: a, errors: 0 }
@@ -351,6 +395,8 @@ mod tests {
         now: Nanos,
         silent: bool,
         ops: u32,
+        msi: bool,
+        msix: usize,
     }
 
     impl Notifier for FakeBackend {
@@ -368,6 +414,28 @@ mod tests {
                 op.err = -1; // XEN_PCI_ERR_dev_not_found
             } else if off + size > 256 {
                 op.err = -2;
+            } else if op.cmd == OP_ENABLE_MSI {
+                self.msi = true;
+                op.value = 55; // the pirq
+            } else if op.cmd == OP_DISABLE_MSI {
+                op.err = if self.msi { 0 } else { -5 }; // XEN_PCI_ERR_op_failed
+                self.msi = false;
+            } else if op.cmd == OP_ENABLE_MSIX {
+                let n = op.info as usize;
+                if n == 0 || n > MAX_MSIX_ENTRIES {
+                    op.err = -2;
+                } else {
+                    let mut t = vec![0u8; n * 4];
+                    self.page.read(layout::OP + 36, &mut t);
+                    for c in t.chunks_exact_mut(4) {
+                        let entry = u16::from_le_bytes([c[2], c[3]]);
+                        c[0..2].copy_from_slice(&(100 + entry).to_le_bytes());
+                    }
+                    self.page.write(layout::OP + 36, &t);
+                    self.msix = n;
+                }
+            } else if op.cmd == OP_DISABLE_MSIX {
+                self.msix = 0;
             } else if op.cmd == OP_CONF_READ {
                 let mut v = [0u8; 4];
                 v[..size].copy_from_slice(&self.cfg[off..off + size]);
@@ -396,7 +464,7 @@ mod tests {
         let mut cfg = [0u8; 256];
         cfg[0..4].copy_from_slice(&0x0010_1b36u32.to_le_bytes());
         cfg[8..12].copy_from_slice(&0x0108_0202u32.to_le_bytes());
-        let be = FakeBackend { page: page.clone(), dev: nvme_dev(), cfg, now: 0, silent, ops: 0 };
+        let be = FakeBackend { page: page.clone(), dev: nvme_dev(), cfg, now: 0, silent, ops: 0, msi: false, msix: 0 };
         (PciChannel::new(page.clone(), be, 1_000_000), page)
     }
 
@@ -446,6 +514,24 @@ mod tests {
         assert_eq!(silent.conf_read(nvme_dev(), 0, 4), Err(PciError::Timeout));
         assert_ne!(page.load_u32_acquire(layout::FLAGS) & XEN_PCIF_ACTIVE, 0);
         assert_eq!(silent.conf_read(nvme_dev(), 0, 4), Err(PciError::Timeout), "stuck backend: no new op");
+    }
+
+    #[test]
+    fn msi_and_msix_enable_disable() {
+        let (mut ch, page) = channel(false);
+        assert_eq!(ch.enable_msi(nvme_dev()), Ok(55));
+        assert_eq!(ch.disable_msi(nvme_dev()), Ok(()));
+        assert_eq!(ch.disable_msi(nvme_dev()), Err(PciError::Backend(-5)), "backend errors come back typed");
+        assert_eq!(ch.enable_msix(nvme_dev(), &[0, 3, 7]), Ok(vec![100, 103, 107]));
+        // Golden bytes of the request as it sat in the shared page.
+        let mut raw = [0u8; 12];
+        page.read(layout::OP + 36, &mut raw);
+        assert_eq!(raw, [100, 0, 0, 0, 103, 0, 3, 0, 107, 0, 7, 0]);
+        assert_eq!(ch.disable_msix(nvme_dev()), Ok(()));
+        assert_eq!(ch.enable_msix(nvme_dev(), &[]), Err(PciError::Invalid));
+        assert_eq!(ch.enable_msix(nvme_dev(), &[0; MAX_MSIX_ENTRIES + 1]), Err(PciError::Invalid));
+        let other = PciAddr { domain: 0, bus: 2, devfn: 0 };
+        assert_eq!(ch.enable_msi(other), Err(PciError::Backend(-1)));
     }
 
     #[test]
