@@ -179,58 +179,43 @@ impl<T: Transport> Client<T> {
         nr: u32,
         flags: MapFlags,
     ) -> Result<(), PartialError> {
-        let mut m = MapPages::new(ctx, gfn, dfn, flags.bits(), PAGE_SIZE_4K, nr);
-        let mut issues = 0u64;
-        loop {
-            let mut b = m.to_bytes();
-            let ret = self.transport.iommu_op(subop::MAP_PAGES, &mut b);
-            let out = MapPages::from_bytes(&b);
-            let done = out.mapped;
-            if done > nr || done < m.mapped {
-                return Err(PartialError {
-                    error: Error::Protocol,
-                    done: m.mapped,
-                });
-            }
-            let progressed = done > m.mapped;
-            m.mapped = done;
-            match ret {
-                0.. if done == nr => return Ok(()),
-                r if r >= 0 || r == -errno::ERESTART => {
-                    issues += 1;
-                    if !progressed || issues > max_issues(nr) {
-                        return Err(PartialError {
-                            error: Error::Protocol,
-                            done,
-                        });
-                    }
-                }
-                r => {
-                    return Err(PartialError {
-                        error: Error::from_errno(r),
-                        done,
-                    })
-                }
-            }
-        }
+        let m = MapPages::new(ctx, gfn, dfn, flags.bits(), PAGE_SIZE_4K, nr);
+        self.restartable(nr, |t, done| {
+            let mut b = MapPages { mapped: done, ..m }.to_bytes();
+            let ret = t.iommu_op(subop::MAP_PAGES, &mut b);
+            (ret, MapPages::from_bytes(&b).mapped)
+        })
     }
 
     /// `unmap_pages` of `nr` 4K pages from `dfn..`; restarts as [`Client::map_pages`].
     pub fn unmap_pages(&mut self, ctx: CtxNo, dfn: Dfn, nr: u32) -> Result<(), PartialError> {
-        let mut u = UnmapPages::new(ctx, dfn, PAGE_SIZE_4K, nr);
+        let u = UnmapPages::new(ctx, dfn, PAGE_SIZE_4K, nr);
+        self.restartable(nr, |t, done| {
+            let mut b = UnmapPages { unmapped: done, ..u }.to_bytes();
+            let ret = t.iommu_op(subop::UNMAP_PAGES, &mut b);
+            (ret, UnmapPages::from_bytes(&b).unmapped)
+        })
+    }
+
+    /// Issues a restartable page operation until all `nr` pages are done.
+    /// `call(transport, done_so_far)` issues it once, resuming after
+    /// `done_so_far` pages, and returns Xen's result and the progress it
+    /// reported. Re-issues after a restart (`-ERESTART` from a transport
+    /// without continuations, or success with pages left) while progress is
+    /// made; progress that goes backwards or past `nr` is a protocol error.
+    fn restartable(&mut self, nr: u32, mut call: impl FnMut(&mut T, u32) -> (i64, u32)) -> Result<(), PartialError> {
+        let mut so_far = 0u32;
         let mut issues = 0u64;
         loop {
-            let mut b = u.to_bytes();
-            let ret = self.transport.iommu_op(subop::UNMAP_PAGES, &mut b);
-            let done = UnmapPages::from_bytes(&b).unmapped;
-            if done > nr || done < u.unmapped {
+            let (ret, done) = call(&mut self.transport, so_far);
+            if done > nr || done < so_far {
                 return Err(PartialError {
                     error: Error::Protocol,
-                    done: u.unmapped,
+                    done: so_far,
                 });
             }
-            let progressed = done > u.unmapped;
-            u.unmapped = done;
+            let progressed = done > so_far;
+            so_far = done;
             match ret {
                 0.. if done == nr => return Ok(()),
                 r if r >= 0 || r == -errno::ERESTART => {
