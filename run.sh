@@ -9,10 +9,12 @@
 #   ./run.sh test     every test: host cargo tests, image checks, the PVH boot
 #                     test under plain QEMU, and the lab end-to-end tests.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
+#   ./run.sh bench    Ferrite vs a Linux driver domain (xen-blkback) vs raw
+#                     NVMe: fio from Linux guests, interleaved, in one lab boot;
+#                     table, summary JSON and plot in results/bench/<time>/.
+#                     --quick: a short smoke run; see bench/dd.sh for options.
 #   ./run.sh bench nvme   NVMe benchmark: Ferrite's polled driver vs Linux's
 #                     nvme driver + fio on the same emulated device (ratios).
-#                     (The driver-domain comparison of `./run.sh bench` is
-#                     not built yet.)
 #
 # Logs go to results/logs/; each step says where.
 set -uo pipefail
@@ -186,10 +188,8 @@ case "${1:-main}" in
         shift
         case "${1:-}" in
             nvme) shift; exec "$ROOT/bench/nvme.sh" "$@" ;;
-            *) echo "./run.sh bench nvme [--secs N] [--rounds R]: Ferrite's NVMe driver vs Linux's (fio), same emulated device." >&2
-               echo "The driver-domain comparison (ferrite vs linux-dd vs raw in the lab) is not built yet." >&2
-               exit 2 ;;
+            *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
-    -h|--help|help) sed -n '2,15p' "$0" ;;
+    -h|--help|help) sed -n '2,18p' "$0" ;;
     *) echo "usage: ./run.sh [main|test|bench]" >&2; exit 2 ;;
 esac

@@ -26,6 +26,9 @@ PEER_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc"
 # The Linux test guest (configs/guest-linux.cfg): blkfront, ext4 and crc32c (ext4's
 # metadata checksums ask the crypto API for it; no modprobe in the guest to load it).
 GUEST_MODULES="xen-blkfront crc32c_generic ext4"
+# The Linux driver domain of the benchmark (lab.role=dd, same initramfs as the test
+# guest): pcifront for the passed-through NVMe, the nvme driver, xen-blkback.
+DD_MODULES="xenfs xen-pcifront nvme xen-blkback"
 XEN_PACKAGES="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
   libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6
@@ -204,8 +207,9 @@ common_tree() {
     install_busybox "$dst"
     install_libs "$dst"
     cp "$LAB_DIR/dom0/init" "$dst/init"
-    cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" "$dst/lab/"
-    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh"
+    cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" \
+        "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$dst/lab/"
+    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
     echo "root:x:0:" >"$dst/etc/group"
     # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
@@ -243,15 +247,18 @@ build_peer_tree() {
 }
 
 build_guest_tree() {
-    # The Linux test guest: busybox, mke2fs (+ libs), static fio, blkfront + ext4.
+    # The Linux test guest: busybox, mke2fs (+ libs), static fio, blkfront + ext4,
+    # the xenstore tools (benchmark commands); also the benchmark's Linux driver
+    # domain (lab.role=dd: pcifront, nvme, blkback).
     local dst=$CACHE/guest-tree
     common_tree "$dst"
-    rm -f "$dst/bin/bash" "$dst/usr/local/bin/labtool" "$dst"/usr/bin/xenstore*
+    rm -f "$dst/bin/bash" "$dst/usr/local/bin/labtool"
     copy_rel "$CACHE/root" "$dst" sbin/mke2fs
     ln -sf mke2fs "$dst/sbin/mkfs.ext4"
     cp "$CACHE/root/etc/mke2fs.conf" "$dst/etc/mke2fs.conf"
     cp "$CACHE/fio/fio" "$dst/usr/local/bin/fio"
     install_modules "$dst" modules-guest $GUEST_MODULES
+    install_modules "$dst" modules-dd $DD_MODULES
     du -sh "$dst"
 }
 
@@ -397,7 +404,19 @@ cmd_run() {
     head -c $(( (4 - $(stat -c %s "$run/initrd") % 4) % 4 )) /dev/zero >>"$run/initrd"
     cat "$run/run.cpio" >>"$run/initrd"
     rm -rf "$run/tree" "$run/run.cpio"
-    truncate -s 64M "$run/nvme.img"
+    # NVMe controllers: one 64 MiB by default; a "# LAB-QEMU-NVME: SIZE SIZE ..." line
+    # in the mode script asks for one controller per SIZE, at PCI 00:04.0, 00:05.0, ...
+    # with serials ferrite-nvme0, ferrite-nvme1, ... and images nvme.img, nvme1.img, ...
+    local sizes nvme_args=() i=0 img sz
+    sizes=$(sed -n 's/^# LAB-QEMU-NVME: *//p' "$modescript" | head -n 1)
+    for sz in ${sizes:-64M}; do
+        img=$run/nvme.img; [ $i -gt 0 ] && img=$run/nvme$i.img
+        truncate -s "$sz" "$img"
+        nvme_args+=(-drive "file=$img,if=none,id=nv$i,format=raw"
+                    -device "nvme,drive=nv$i,serial=ferrite-nvme$i,addr=0x$((4 + i))")
+        i=$((i + 1))
+    done
+    echo "$run" >"$CACHE/last-run"
 
     local timeout=${LAB_TIMEOUT:-900}
     say "booting Xen + dom0 under QEMU TCG (mode $mode, timeout ${timeout}s); serial log: $run/serial.log"
@@ -412,8 +431,7 @@ cmd_run() {
         -serial "file:$run/serial.log" \
         -kernel "$CACHE/xen" -append "$XEN_CMDLINE" \
         -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
-        -drive "file=$run/nvme.img,if=none,id=nv0,format=raw" \
-        -device nvme,drive=nv0,serial=ferrite-nvme0,addr=0x4 &
+        "${nvme_args[@]}" &
     # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.
     local mon=$!
     trap 'kill -TERM '"$mon"' 2>/dev/null' TERM HUP INT
@@ -424,6 +442,8 @@ cmd_run() {
     done
     trap - TERM HUP INT
     rm -f "$run/initrd"
+    # Disk images above 64 MiB (benchmark disks) are not kept: runs/ would fill the disk.
+    find "$run" -maxdepth 1 -name 'nvme*.img' -size +65536k -delete
     say "serial log: $run/serial.log"
     return $rc
 }

@@ -9,6 +9,7 @@
 #   fresh  always the mkfs path ("fs-fresh"; after a destroyed guest)
 #   load   fio (or a dd loop without fio) on raw xvda until the domain dies
 #   idle   nothing
+#   bench  the benchmark agent on xvda (lab/dom0/bench-agent.sh; never returns)
 # After its phase every guest reports "GUEST-DONE <phase>" and then watches for
 # xvdb (xl block-attach/-detach from dom0), reporting GUEST-EVENT lines.
 # Output lines for dom0 (read from /var/log/xen/console/guest-<name>.log):
@@ -162,6 +163,7 @@ case $phase in
         fi ;;
     fresh) new_fs fs-fresh ;;
     load) load ;;
+    bench) exec /lab/bench-agent.sh /dev/xvda ;;
     idle) ;;
     *) say "INFO unknown phase $phase" ;;
 esac
