@@ -3,6 +3,7 @@
 //! fakes in `crate::fake`, which enforce the rules written here.
 
 use alloc::vec::Vec;
+use core::ptr::NonNull;
 
 use crate::error::DmaError;
 
@@ -169,4 +170,19 @@ pub trait DmaMapper {
     fn write(&mut self, region: &DmaRegion, offset: usize, data: &[u8]) -> Result<(), DmaError>;
     fn map(&mut self, buffer: &mut Self::Buffer, direction: DmaDirection) -> Result<Mapping, DmaError>;
     fn unmap(&mut self, mapping: Mapping, buffer: &mut Self::Buffer) -> Result<(), DmaError>;
+}
+
+/// CPU access to driver regions by pointer, for drivers that read and write
+/// their queues in place (virtio-drivers' `Hal::dma_alloc` returns a
+/// pointer). Drivers here use [`DmaMapper::read`]/[`DmaMapper::write`]
+/// instead; nothing in this crate dereferences the pointer.
+///
+/// Contract (relied on by unsafe consumers, who must say so in their own
+/// `unsafe` contracts): the pointer is the first byte of `region`'s memory,
+/// valid for reads and writes of `region.len()` bytes and page aligned
+/// until [`DmaMapper::free`], and the implementation hands out no Rust
+/// reference to that memory meanwhile. `None` for a region that is not
+/// (or no longer) this mapper's.
+pub trait DmaCpuAccess: DmaMapper {
+    fn region_ptr(&self, region: &DmaRegion) -> Option<NonNull<u8>>;
 }

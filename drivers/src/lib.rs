@@ -9,6 +9,8 @@
 //! - [`pci`]: the [`pci::PciDevice`] contract (config space, BARs, enables).
 //! - [`block`]: the [`block::BlockDevice`] contract the blkback serves, and
 //!   [`block::RamDisk`].
+//! - [`bounce`]: [`bounce::BounceDma`], a `DmaMapper` that copies buffers
+//!   through a bounded pool of DMA-safe pages.
 //! - [`nvme`]: the polled NVMe driver (registers, queue entries, PRPs, queue
 //!   pairs, bring-up, split-phase I/O, timeout → abort → reset).
 //! - `fake` (tests or feature `fakes`): host fakes that enforce the contracts.
@@ -18,6 +20,7 @@
 extern crate alloc;
 
 pub mod block;
+pub mod bounce;
 pub mod error;
 pub mod hal;
 pub mod nvme;

@@ -78,6 +78,10 @@ impl PhysMem for Pool {
     fn write_u64(&mut self, pa: u64, v: u64) {
         assert!(self.0.write_u64(pa, v), "IOMMU core wrote outside its pool: {pa:#x}");
     }
+    fn write_back(&mut self, pa: u64, len: u64) {
+        // CLFLUSH; MmioVtd calls this only when ECAP.C = 0.
+        self.0.write_back(pa, len)
+    }
 }
 
 impl PageAlloc for Pool {

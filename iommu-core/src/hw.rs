@@ -26,6 +26,9 @@ use crate::vtd::{
 pub const DESC_SIZE: u64 = 16;
 /// Descriptors per 4 KiB queue page.
 pub const DESCS_PER_PAGE: u32 = 256;
+/// Bytes per CPU cache line: the unit of [`Hardware::flush_cache`] (CLFLUSH
+/// works on 64-byte lines on every x86-64 CPU).
+pub const CACHE_LINE: u64 = 64;
 
 /// Operations the core needs from a VT-d remapping unit.
 ///
@@ -43,6 +46,8 @@ pub const DESCS_PER_PAGE: u32 = 256;
 /// | `queue_head` | IQH_REG 0x80 >> 4 |
 /// | `abort_device_tlb` | FSTS_REG 0x34: clear ITE (bit 6, RW1C) and disable ATS in the device's config space |
 /// | `take_fault` | FRCD registers at CAP.FRO·16 (bits 33:24), CAP.NFR+1 (bits 47:40) of them; clear F (bit 127) after reading; FSTS PPF/PFO |
+/// | `coherent` | ECAP_REG 0x10: C bit 0 (page-walk coherency) |
+/// | `flush_cache` | no register: CLFLUSH of every 64-byte line ([`PhysMem::write_back`]), fenced; only when ECAP.C = 0 |
 pub trait Hardware {
     /// Address width used for every context (from CAP.SAGAW, §10.4.2).
     fn addr_width(&self) -> AddrWidth;
@@ -65,6 +70,18 @@ pub trait Hardware {
     fn abort_device_tlb(&mut self, mem: &mut dyn PhysMem, sid: Sid);
     /// Pops the oldest fault record (FRCD registers, §10.4.14).
     fn take_fault(&mut self) -> Option<FaultRecord>;
+    /// ECAP.C (§10.4.3, bit 0): the unit snoops CPU caches when it reads
+    /// root, context and second-level paging entries. When false it reads
+    /// memory only, so software must write every entry it changes (and
+    /// every new table page) back from the CPU caches before an invalidation
+    /// or a parent entry publishes it. (Invalidation-queue descriptors are
+    /// not covered by ECAP.C and need no flush.)
+    fn coherent(&self) -> bool;
+    /// Writes the CPU cache lines covering `[pa, pa + len)` back to memory
+    /// so a non-coherent unit reads what was written. Acts only when
+    /// [`Hardware::coherent`] is false; the core calls it after each table
+    /// write in that case.
+    fn flush_cache(&mut self, mem: &mut dyn PhysMem, pa: u64, len: u64);
 }
 
 /// Invalidation activity seen by the model.
@@ -103,9 +120,23 @@ struct PendingDevTlb {
 }
 
 /// Software VT-d unit for host tests.
+///
+/// Non-coherent mode ([`SoftVtd::set_coherent`]`(false)`, ECAP.C = 0): the
+/// unit reads root, context and paging entries from its own view of memory,
+/// which holds only the 64-byte lines last written back by
+/// [`Hardware::flush_cache`] (a snapshot taken at the flush). A line never
+/// flushed is unreadable to the unit (the walk faults with an access
+/// error); a line changed but not flushed again stays stale. So a core that
+/// forgets a flush gets a fault or a stale translation, as on hardware.
 pub struct SoftVtd {
     aw: AddrWidth,
     cm: bool,
+    coherent: bool,
+    /// Non-coherent mode: line address -> the words the unit sees.
+    view: BTreeMap<u64, [u64; 8]>,
+    /// Test hook: ignore flush requests (a core that skips them).
+    lose_flushes: bool,
+    flushed_lines: u64,
     nd: u32,
     root: Option<Mfn>,
     queue: Option<(Mfn, u32)>,
@@ -136,6 +167,10 @@ impl SoftVtd {
         SoftVtd {
             aw,
             cm: false,
+            coherent: true,
+            view: BTreeMap::new(),
+            lose_flushes: false,
+            flushed_lines: 0,
             nd: 1 << 16,
             root: None,
             queue: None,
@@ -167,6 +202,37 @@ impl SoftVtd {
     /// must invalidate after creating mappings (as under an emulated IOMMU).
     pub fn set_caching_mode(&mut self, on: bool) {
         self.cm = on;
+    }
+
+    /// Sets ECAP.C. With `false` the unit sees table writes only once they
+    /// are flushed (see the type's documentation). Set before use.
+    pub fn set_coherent(&mut self, on: bool) {
+        self.coherent = on;
+    }
+
+    /// Test hook: while `on`, flush requests are dropped, as if the core
+    /// had skipped them.
+    pub fn lose_flushes(&mut self, on: bool) {
+        self.lose_flushes = on;
+    }
+
+    /// Cache lines written back so far (requests dropped by
+    /// [`SoftVtd::lose_flushes`] not counted).
+    pub fn flushed_lines(&self) -> u64 {
+        self.flushed_lines
+    }
+
+    /// A root/context/paging word as the unit reads it: from memory when
+    /// coherent, else from the flushed lines only.
+    fn table_read(&self, mem: &dyn PhysMem, pa: u64) -> Option<u64> {
+        if self.coherent {
+            return mem.read_u64(pa);
+        }
+        if !pa.is_multiple_of(8) {
+            return None;
+        }
+        let line = self.view.get(&(pa & !(CACHE_LINE - 1)))?;
+        line.get(((pa % CACHE_LINE) / 8) as usize).copied()
     }
 
     /// True when a malformed descriptor stopped the queue.
@@ -308,11 +374,11 @@ impl SoftVtd {
         let bus = (sid >> 8) as u64;
         let devfn = (sid & 0xff) as u64;
         let r = RootEntry {
-            lo: mem
-                .read_u64(root.addr() + bus * 16)
+            lo: self
+                .table_read(mem, root.addr() + bus * 16)
                 .ok_or(FaultReason::RootAccess)?,
-            hi: mem
-                .read_u64(root.addr() + bus * 16 + 8)
+            hi: self
+                .table_read(mem, root.addr() + bus * 16 + 8)
                 .ok_or(FaultReason::RootAccess)?,
         };
         if !r.present() {
@@ -323,8 +389,10 @@ impl SoftVtd {
         }
         let at = r.ctp().addr() + devfn * 16;
         let c = ContextEntry {
-            lo: mem.read_u64(at).ok_or(FaultReason::ContextAccess)?,
-            hi: mem.read_u64(at + 8).ok_or(FaultReason::ContextAccess)?,
+            lo: self.table_read(mem, at).ok_or(FaultReason::ContextAccess)?,
+            hi: self
+                .table_read(mem, at + 8)
+                .ok_or(FaultReason::ContextAccess)?,
         };
         if !c.present() {
             return Err(FaultReason::ContextNotPresent);
@@ -350,7 +418,7 @@ impl SoftVtd {
         loop {
             let idx = (dfn >> (9 * (level as u32 - 1))) & 511;
             let pte = SlPte(
-                mem.read_u64(table.addr() + idx * 8)
+                self.table_read(mem, table.addr() + idx * 8)
                     .ok_or(FaultReason::PagingAccess)?,
             );
             if !pte.present() {
@@ -527,6 +595,43 @@ impl Hardware for SoftVtd {
     fn take_fault(&mut self) -> Option<FaultRecord> {
         self.faults.pop_front()
     }
+
+    fn coherent(&self) -> bool {
+        self.coherent
+    }
+
+    /// Snapshots each line into the unit's view (non-coherent mode); a line
+    /// whose memory is not backed any more leaves the view.
+    fn flush_cache(&mut self, mem: &mut dyn PhysMem, pa: u64, len: u64) {
+        if self.lose_flushes {
+            return;
+        }
+        let mut line = pa & !(CACHE_LINE - 1);
+        let end = pa.saturating_add(len.max(1));
+        // Bounded: one step per line of the range.
+        while line < end {
+            self.flushed_lines += 1;
+            if !self.coherent {
+                let mut words = [0u64; 8];
+                let mut backed = true;
+                for (i, w) in words.iter_mut().enumerate() {
+                    match mem.read_u64(line + 8 * i as u64) {
+                        Some(v) => *w = v,
+                        None => backed = false,
+                    }
+                }
+                if backed {
+                    self.view.insert(line, words);
+                } else {
+                    self.view.remove(&line);
+                }
+            }
+            match line.checked_add(CACHE_LINE) {
+                Some(next) => line = next,
+                None => break,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -605,6 +710,54 @@ mod tests {
         });
         assert!(hw.dma(&mem, DEV, 0x7000, false).is_err());
         assert!(hw.take_fault().is_none());
+    }
+
+    #[test]
+    fn non_coherent_unit_sees_only_flushed_lines() {
+        let mut mem = VecMemory::new(Mfn(0x200), 8);
+        let root = mem.alloc_zeroed().unwrap();
+        let ct = mem.alloc_zeroed().unwrap();
+        let t = SlTable::new(&mut mem, AddrWidth::Aw39).unwrap();
+        t.map(&mut mem, crate::types::Dfn(5), Mfn(0x99), Perm::RO, false)
+            .unwrap();
+        let r = RootEntry::new(ct);
+        mem.write_u64(root.addr(), r.lo);
+        let c = ContextEntry::new(t.root(), AddrWidth::Aw39, 3, TranslationType::Untranslated);
+        mem.write_u64(ct.addr() + 8 * 16, c.lo);
+        mem.write_u64(ct.addr() + 8 * 16 + 8, c.hi);
+        let mut hw = SoftVtd::new(AddrWidth::Aw39);
+        hw.set_coherent(false);
+        assert!(!hw.coherent());
+        hw.set_root_table(&mut mem, root);
+        // Nothing written back: the unit cannot even read the root entry.
+        assert_eq!(hw.dma(&mem, DEV, 0x5abc, false), Err(FaultReason::RootAccess));
+        // Root and context written back, the paging structures not yet.
+        hw.flush_cache(&mut mem, root.addr(), 4096);
+        hw.flush_cache(&mut mem, ct.addr() + 8 * 16, 16);
+        assert_eq!(hw.flushed_lines(), 64 + 1);
+        assert_eq!(hw.dma(&mem, DEV, 0x5abc, false), Err(FaultReason::PagingAccess));
+        // Every frame written back: translation works.
+        for f in 0x202..0x208 {
+            hw.flush_cache(&mut mem, Mfn(f).addr(), 4096);
+        }
+        assert_eq!(hw.dma(&mem, DEV, 0x5abc, false), Ok(0x99abc));
+        // Unmapped in memory but not written back, caches dropped: the unit
+        // still walks to the stale entry.
+        t.unmap(&mut mem, crate::types::Dfn(5)).unwrap();
+        hw.set_root_table(&mut mem, root);
+        assert_eq!(hw.dma(&mem, DEV, 0x5abc, false), Ok(0x99abc));
+        // A dropped flush changes nothing; a real one publishes the unmap.
+        // dfn 5: index 0 at levels 3 and 2, index 5 in the leaf table.
+        let l2 = SlPte(mem.read_u64(t.root().addr()).unwrap()).frame();
+        let leaf = SlPte(mem.read_u64(l2.addr()).unwrap()).frame();
+        hw.lose_flushes(true);
+        hw.flush_cache(&mut mem, leaf.addr() + 5 * 8, 8);
+        hw.set_root_table(&mut mem, root);
+        assert_eq!(hw.dma(&mem, DEV, 0x5abc, false), Ok(0x99abc));
+        hw.lose_flushes(false);
+        hw.flush_cache(&mut mem, leaf.addr() + 5 * 8, 8);
+        hw.set_root_table(&mut mem, root);
+        assert_eq!(hw.dma(&mem, DEV, 0x5abc, false), Err(FaultReason::Read));
     }
 
     #[test]

@@ -306,6 +306,54 @@ fn aligned_chunks(mut first: u64, count: u64, out: &mut Vec<(u64, u8)>) {
     }
 }
 
+/// Table memory as the core writes it: root, context and second-level
+/// entries, and new table pages. On a unit without page-walk coherency
+/// (ECAP.C = 0) the unit does not snoop CPU caches, so each entry written
+/// and each freshly zeroed table page is written back at once
+/// ([`Hardware::flush_cache`]) — before the parent entry or the
+/// invalidation that publishes it. On a coherent unit nothing is added.
+struct Tables<'a, M, H> {
+    mem: &'a mut M,
+    hw: &'a mut H,
+}
+
+/// Bytes per table page.
+const TABLE_PAGE: u64 = 4096;
+
+impl<M: PhysMem, H: Hardware> Tables<'_, M, H> {
+    fn flush(&mut self, pa: u64, len: u64) {
+        if !self.hw.coherent() {
+            self.hw.flush_cache(self.mem, pa, len);
+        }
+    }
+}
+
+impl<M: PhysMem, H: Hardware> PhysMem for Tables<'_, M, H> {
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        self.mem.read_u64(pa)
+    }
+    fn write_u64(&mut self, pa: u64, v: u64) {
+        self.mem.write_u64(pa, v);
+        self.flush(pa, 8);
+    }
+    fn write_back(&mut self, pa: u64, len: u64) {
+        self.mem.write_back(pa, len)
+    }
+}
+
+impl<M: Memory, H: Hardware> PageAlloc for Tables<'_, M, H> {
+    fn alloc_zeroed(&mut self) -> Option<Mfn> {
+        let m = self.mem.alloc_zeroed()?;
+        // The zeroes too: a reused frame may still hold an old table in
+        // memory, which is all a non-coherent unit would read.
+        self.flush(m.addr(), TABLE_PAGE);
+        Some(m)
+    }
+    fn free_page(&mut self, mfn: Mfn) {
+        self.mem.free_page(mfn)
+    }
+}
+
 /// Page allocation charged to a budget.
 struct Budgeted<'a, M> {
     mem: &'a mut M,
@@ -319,6 +367,9 @@ impl<M: PhysMem> PhysMem for Budgeted<'_, M> {
     }
     fn write_u64(&mut self, pa: u64, v: u64) {
         self.mem.write_u64(pa, v)
+    }
+    fn write_back(&mut self, pa: u64, len: u64) {
+        self.mem.write_back(pa, len)
     }
 }
 
@@ -376,8 +427,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     /// queue, and enables translation.
     pub fn new(cfg: Config, mut mem: M, mut hw: H, plat: P) -> Result<Self, MgmtError> {
         let aw = hw.addr_width();
-        let root = mem.alloc_zeroed().ok_or(MgmtError::NoMemory)?;
-        let quarantine = SlTable::new(&mut mem, aw).map_err(|_| MgmtError::NoMemory)?;
+        let mut t = Tables {
+            mem: &mut mem,
+            hw: &mut hw,
+        };
+        let root = t.alloc_zeroed().ok_or(MgmtError::NoMemory)?;
+        let quarantine = SlTable::new(&mut t, aw).map_err(|_| MgmtError::NoMemory)?;
         let queue = InvQueue::new(&mut mem, &mut hw).ok_or(MgmtError::NoMemory)?;
         hw.set_root_table(&mut mem, root);
         let mut dids = BTreeSet::new();
@@ -484,11 +539,23 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
 
     /// Rewrites a device's context entry: clear P, write the high half,
     /// then the low half with P. A DMA in between faults (fail closed).
+    /// Each write is flushed on a non-coherent unit (the entry's 16 bytes
+    /// share one cache line, so the unit never sees the new high half with
+    /// a stale present low half).
     fn write_context_entry(&mut self, sid: Sid, e: ContextEntry) {
         if let Some(at) = self.context_slot(sid) {
-            self.mem.write_u64(at, 0);
-            self.mem.write_u64(at + 8, e.hi);
-            self.mem.write_u64(at, e.lo);
+            let mut t = self.tables();
+            t.write_u64(at, 0);
+            t.write_u64(at + 8, e.hi);
+            t.write_u64(at, e.lo);
+        }
+    }
+
+    /// Table memory with the flushes a non-coherent unit needs.
+    fn tables(&mut self) -> Tables<'_, M, H> {
+        Tables {
+            mem: &mut self.mem,
+            hw: &mut self.hw,
         }
     }
 
@@ -501,12 +568,13 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         }
         let sid = Sid::from(dev);
         if !self.ctx_tables.contains_key(&sid.bus()) {
-            let t = self.mem.alloc_zeroed().ok_or(MgmtError::NoMemory)?;
-            self.ctx_tables.insert(sid.bus(), t);
-            let r = RootEntry::new(t);
+            let ct = self.tables().alloc_zeroed().ok_or(MgmtError::NoMemory)?;
+            self.ctx_tables.insert(sid.bus(), ct);
+            let r = RootEntry::new(ct);
             let at = self.root.addr() + sid.bus() as u64 * 16;
-            self.mem.write_u64(at + 8, r.hi);
-            self.mem.write_u64(at, r.lo);
+            let mut t = self.tables();
+            t.write_u64(at + 8, r.hi);
+            t.write_u64(at, r.lo);
         }
         let e = ContextEntry::new(
             self.quarantine.root(),
@@ -550,7 +618,8 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             return Err(MgmtError::Busy);
         }
         let did = self.alloc_did().ok_or(MgmtError::NoMemory)?;
-        let table = match SlTable::new(&mut self.mem, self.aw) {
+        let aw = self.aw;
+        let table = match SlTable::new(&mut self.tables(), aw) {
             Ok(t) => t,
             Err(_) => {
                 self.dids.remove(&did);
@@ -561,7 +630,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             if in_msi(mfn.0) {
                 continue;
             }
-            match table.map(&mut self.mem, Dfn(mfn.0), mfn, Perm::RW, false) {
+            match table.map(&mut self.tables(), Dfn(mfn.0), mfn, Perm::RW, false) {
                 Ok(()) | Err(PtError::InUse) | Err(PtError::OutOfRange) => {}
                 Err(_) => {
                     // No device was ever attached: nothing cached, free at once.
@@ -636,8 +705,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         }
         let domain = self.domains.get_mut(&dom).ok_or(MgmtError::Invalid)?;
         for ctx in domain.contexts.values() {
-            let mut b = Budgeted {
+            let mut t = Tables {
                 mem: &mut self.mem,
+                hw: &mut self.hw,
+            };
+            let mut b = Budgeted {
+                mem: &mut t,
                 left: if ctx.kind == CtxKind::Default {
                     u64::MAX
                 } else {
@@ -997,8 +1070,9 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             }
             if let Some(at) = self.context_slot(sid) {
                 // Not present: untranslated and translated requests fault.
-                self.mem.write_u64(at, 0);
-                self.mem.write_u64(at + 8, 0);
+                let mut t = self.tables();
+                t.write_u64(at, 0);
+                t.write_u64(at + 8, 0);
             }
         }
         self.hw.abort_device_tlb(&mut self.mem, sid);
@@ -1177,8 +1251,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             Vec::new()
         };
         let did = self.alloc_did().ok_or(Error::NoSpc)?;
-        let mut b = Budgeted {
+        let mut t = Tables {
             mem: &mut self.mem,
+            hw: &mut self.hw,
+        };
+        let mut b = Budgeted {
+            mem: &mut t,
             left: limit.saturating_sub(used),
             used: 0,
         };
@@ -1384,8 +1462,13 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         }
         let d = self.domain(dom)?;
         let left = d.arena_limit.saturating_sub(d.arena_used);
-        let mut b = Budgeted {
+        let caching_mode = self.hw.caching_mode();
+        let mut t = Tables {
             mem: &mut self.mem,
+            hw: &mut self.hw,
+        };
+        let mut b = Budgeted {
+            mem: &mut t,
             left,
             used: 0,
         };
@@ -1440,7 +1523,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                     break;
                 }
             }
-            if self.hw.caching_mode() {
+            if caching_mode {
                 f.page(did, dfn);
             }
             m.mapped = i + 1;
@@ -1491,7 +1574,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 result = Err(Error::AddrNotAvail);
                 break;
             }
-            match table.unmap(&mut self.mem, Dfn(dfn)) {
+            match table.unmap(&mut self.tables(), Dfn(dfn)) {
                 Ok(leaf) => {
                     if leaf.holds_ref {
                         f.release.guest.push(leaf.mfn);

@@ -18,6 +18,10 @@ pub trait PhysMem {
     /// Writes the 8-byte-aligned word at `pa`. Writing unbacked memory is a
     /// bug in the core (it only writes pages it allocated): panics on host.
     fn write_u64(&mut self, pa: u64, v: u64);
+    /// Writes the CPU cache lines covering `[pa, pa + len)` back to memory
+    /// (CLFLUSH on x86), for a VT-d unit that does not snoop (ECAP.C = 0).
+    /// Called through [`crate::hw::Hardware::flush_cache`] only.
+    fn write_back(&mut self, pa: u64, len: u64);
 
     /// Writes a 4-byte-aligned dword (read-modify-write of its word).
     fn write_u32(&mut self, pa: u64, v: u32) {
@@ -107,6 +111,10 @@ impl PhysMem for VecMemory {
         let f = self.frames[i].as_mut().expect("write to a free frame");
         f[w] = v;
     }
+
+    /// Nothing to do: the host model has no cache between the core and the
+    /// unit; `SoftVtd` models non-coherence itself.
+    fn write_back(&mut self, _pa: u64, _len: u64) {}
 }
 
 impl PageAlloc for VecMemory {

@@ -367,6 +367,18 @@ impl<R: RegisterAccess> Hardware for MmioVtd<R> {
         }
         None
     }
+
+    fn coherent(&self) -> bool {
+        self.caps.coherent()
+    }
+
+    /// CLFLUSH through the memory owner ([`PhysMem::write_back`]), only on a
+    /// unit that does not snoop (ECAP.C = 0); a coherent unit needs nothing.
+    fn flush_cache(&mut self, mem: &mut dyn PhysMem, pa: u64, len: u64) {
+        if !self.caps.coherent() {
+            mem.write_back(pa, len);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +499,36 @@ mod tests {
         let mut u = MmioVtd::probe(f, tick).unwrap();
         u.set_root_table(&mut mem, Mfn(1));
         assert_eq!(u.error(), Some(HwError::Handshake { bit: gcmd::SRTP, set: true }));
+    }
+
+    /// Memory that records write-back requests.
+    #[derive(Default)]
+    struct Flushes(Vec<(u64, u64)>);
+
+    impl PhysMem for Flushes {
+        fn read_u64(&self, _pa: u64) -> Option<u64> {
+            Some(0)
+        }
+        fn write_u64(&mut self, _pa: u64, _v: u64) {}
+        fn write_back(&mut self, pa: u64, len: u64) {
+            self.0.push((pa, len));
+        }
+    }
+
+    #[test]
+    fn cache_flush_follows_ecap_c() {
+        // QEMU's ECAP has C = 0: flushes go to the memory owner (CLFLUSH).
+        let mut u = MmioVtd::probe(Fake::unit(CAP, ECAP), tick).unwrap();
+        assert!(!u.coherent() && !u.caps().coherent());
+        let mut m = Flushes::default();
+        u.flush_cache(&mut m, 0x1234_5008, 8);
+        assert_eq!(m.0, [(0x1234_5008, 8)]);
+        // C = 1: the unit snoops; nothing to write back.
+        let mut u = MmioVtd::probe(Fake::unit(CAP, ECAP | 1), tick).unwrap();
+        assert!(u.coherent());
+        let mut m = Flushes::default();
+        u.flush_cache(&mut m, 0x1234_5008, 8);
+        assert!(m.0.is_empty());
     }
 
     #[test]

@@ -16,8 +16,11 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
+use core::ptr::NonNull;
 
-use drivers::hal::{BusAddr, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, PAGE_SIZE};
+use drivers::hal::{
+    BusAddr, DmaCpuAccess, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, PAGE_SIZE,
+};
 use drivers::DmaError;
 
 use crate::client::{Client, MapFlags, Transport};
@@ -350,6 +353,18 @@ impl<T: Transport, D: DmaMapper> DmaMapper for IommuDma<T, D> {
     }
 }
 
+/// The CPU sees a region where the inner mapper put it; only the device
+/// address is an IOVA.
+impl<T: Transport, D: DmaCpuAccess> DmaCpuAccess for IommuDma<T, D> {
+    fn region_ptr(&self, region: &DmaRegion) -> Option<NonNull<u8>> {
+        let r = self.regions.get(&region.id())?;
+        if region.bus() != BusAddr(r.dfn * PS) {
+            return None;
+        }
+        self.inner.region_ptr(&r.inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +469,21 @@ mod tests {
         let m = d.map(&mut buf, DmaDirection::ToDevice).unwrap();
         assert!(ctx.borrow().map.values().all(|&(_, f)| f == MapFlags::READ.bits()));
         d.unmap(m, &mut buf).unwrap();
+    }
+
+    #[test]
+    fn region_cpu_pointer_is_the_inner_one() {
+        let (mut d, _) = rig(0x8_0000);
+        let r = d.alloc_zeroed(1).unwrap();
+        let (_, gfn) = d.region_frames(&r).unwrap();
+        let p = d.region_ptr(&r).unwrap();
+        // The inner fake placed the region at guest frame `gfn`.
+        let mem = d.inner().memory();
+        assert_eq!(mem.borrow().cpu_ptr(gfn * PS), Some(p));
+        let forged = DmaRegion::new(r.id(), BusAddr(gfn * PS), 1);
+        assert_eq!(d.region_ptr(&forged), None, "the IOVA must match");
+        d.free(r);
+        assert_eq!(d.region_ptr(&DmaRegion::new(1, BusAddr(0x8_0000 * PS), 1)), None);
     }
 
     #[test]

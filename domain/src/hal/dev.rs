@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{compiler_fence, fence, Ordering};
-use drivers::hal::{BusAddr, Clock, DmaBuffer, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, Nanos, RegisterIo, PAGE_SIZE};
+use drivers::hal::{BusAddr, Clock, DmaBuffer, DmaCpuAccess, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, Nanos, RegisterIo, PAGE_SIZE};
 use drivers::pci::PciDevice;
 use drivers::DmaError;
 
@@ -245,6 +245,15 @@ impl DmaMapper for HalDma {
         }
         fence(Ordering::Acquire);
         Ok(())
+    }
+}
+
+/// Regions are page-aligned heap allocations owned by the mapper until
+/// `free`; no reference to them is kept (read/write copy by pointer).
+impl DmaCpuAccess for HalDma {
+    fn region_ptr(&self, r: &DmaRegion) -> Option<NonNull<u8>> {
+        let (p, layout) = self.regions.get(&r.id())?;
+        (r.len() <= layout.size()).then_some(*p)
     }
 }
 

@@ -121,6 +121,40 @@ impl PhysPool {
     }
 }
 
+impl PhysPool {
+    /// Writes the cache lines covering `[pa, pa + len)` back to memory, for
+    /// a VT-d unit without page-walk coherency (ECAP.C = 0), which reads
+    /// the tables from memory without snooping: CLFLUSH on every 64-byte
+    /// line, between two full fences. Lines outside the allocated pool
+    /// frames are skipped (the core only flushes tables it wrote).
+    pub fn write_back(&self, pa: u64, len: u64) {
+        const LINE: u64 = 64;
+        let Some(end) = pa.checked_add(len.max(1)) else { return };
+        // Earlier stores (the entries just written) are globally visible
+        // before the flushes; CLFLUSH is ordered after older stores to the
+        // same line anyway, the fence also covers the compiler.
+        fence(Ordering::SeqCst);
+        let mut line = pa & !(LINE - 1);
+        // Bounded by len / 64 + 1 steps.
+        while line < end {
+            let owned = self.slot(line).is_some_and(|i| self.used[i]);
+            if owned {
+                // SAFETY: `line` lies in an allocated pool frame, which is
+                // identity-mapped RAM (new's contract); CLFLUSH only writes
+                // the line back and invalidates it, it changes no data.
+                unsafe { core::arch::asm!("clflush [{}]", in(reg) line, options(nostack, preserves_flags)) };
+            }
+            match line.checked_add(LINE) {
+                Some(next) => line = next,
+                None => break,
+            }
+        }
+        // The write-backs complete before the register write (or
+        // invalidation descriptor) that makes the unit look.
+        fence(Ordering::SeqCst);
+    }
+}
+
 /// Lowest address [`read_firmware`] refuses: the q35 PCI/MMCONFIG holes
 /// and the local APIC lie above it.
 pub const FIRMWARE_READ_LIMIT: u64 = 0x8000_0000;

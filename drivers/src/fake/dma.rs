@@ -2,20 +2,44 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
+use core::ptr::NonNull;
 
 use crate::error::DmaError;
-use crate::hal::{BusAddr, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, PAGE_SIZE};
+use crate::hal::{
+    BusAddr, DmaCpuAccess, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, PAGE_SIZE,
+};
 
 const PS: u64 = PAGE_SIZE as u64;
 
-/// Device-visible memory: pages by bus page number. Addresses start above
-/// 4 GiB so truncation to 32 bits is caught, and allocations are separated
-/// by never-mapped guard pages.
+/// Device-visible memory: allocations by first bus page number. Addresses
+/// start above 4 GiB so truncation to 32 bits is caught, and allocations
+/// are separated by never-mapped guard pages.
+///
+/// Each allocation is one contiguous, page-aligned run of `Cell<u8>`
+/// pages: the fake device
+/// reads and writes it through [`FakeMemory::read`]/[`FakeMemory::write`]
+/// while a driver may hold a CPU pointer into it ([`FakeMemory::cpu_ptr`],
+/// for pointer-based drivers such as virtio-drivers); interior mutability
+/// keeps both views valid, and the run never moves until released.
 #[derive(Debug)]
 pub struct FakeMemory {
-    pages: BTreeMap<u64, Vec<u8>>,
+    runs: BTreeMap<u64, Vec<Page>>,
     next_pfn: u64,
+}
+
+/// One page of fake memory, aligned like a real one (CPU pointers into a
+/// run are page aligned, as virtio-drivers' `Hal` requires).
+#[derive(Debug)]
+#[repr(C, align(4096))]
+struct Page([Cell<u8>; PAGE_SIZE]);
+
+const _: () = assert!(core::mem::size_of::<Page>() == PAGE_SIZE);
+
+impl Page {
+    fn filled(fill: u8) -> Page {
+        Page(core::array::from_fn(|_| Cell::new(fill)))
+    }
 }
 
 /// Memory shared by the fake mapper and the fake device.
@@ -23,28 +47,37 @@ pub type Memory = Rc<RefCell<FakeMemory>>;
 
 impl FakeMemory {
     pub fn new_shared() -> Memory {
-        Rc::new(RefCell::new(FakeMemory { pages: BTreeMap::new(), next_pfn: 0x10_0000 }))
+        Rc::new(RefCell::new(FakeMemory { runs: BTreeMap::new(), next_pfn: 0x10_0000 }))
     }
 
     fn alloc(&mut self, pages: usize, fill: u8) -> u64 {
         let base = self.next_pfn;
-        for p in 0..pages as u64 {
-            self.pages.insert(base + p, vec![fill; PAGE_SIZE]);
-        }
+        self.runs.insert(base, (0..pages).map(|_| Page::filled(fill)).collect());
         self.next_pfn += pages as u64 + 1; // guard page
         base
     }
 
     fn release(&mut self, pfn: u64, pages: usize) {
-        for p in 0..pages as u64 {
-            self.pages.remove(&(pfn + p)).expect("fake memory: releasing unmapped page");
-        }
+        let run = self.runs.remove(&pfn).expect("fake memory: releasing unmapped page");
+        assert_eq!(run.len(), pages, "fake memory: releasing part of an allocation");
+    }
+
+    /// Bus page `pfn`.
+    fn page(&self, pfn: u64) -> Option<&[Cell<u8>; PAGE_SIZE]> {
+        let (&base, run) = self.runs.range(..=pfn).next_back()?;
+        run.get(usize::try_from(pfn - base).ok()?).map(|p| &p.0)
     }
 
     /// True if every byte of `[addr, addr + len)` is mapped.
     pub fn is_mapped(&self, addr: u64, len: usize) -> bool {
         let last = addr + len.max(1) as u64 - 1;
-        (addr / PS..=last / PS).all(|p| self.pages.contains_key(&p))
+        (addr / PS..=last / PS).all(|p| self.page(p).is_some())
+    }
+
+    /// CPU pointer to the byte at bus address `addr`, valid until its
+    /// allocation is released.
+    pub fn cpu_ptr(&self, addr: u64) -> Option<NonNull<u8>> {
+        NonNull::new(self.page(addr / PS)?[(addr % PS) as usize].as_ptr())
     }
 
     /// Device read. Panics on an unmapped address: the driver handed the
@@ -53,10 +86,12 @@ impl FakeMemory {
         let mut done = 0;
         while done < out.len() {
             let a = addr + done as u64;
-            let page = self.pages.get(&(a / PS)).unwrap_or_else(|| panic!("DMA read from unmapped bus address {a:#x}"));
+            let page = self.page(a / PS).unwrap_or_else(|| panic!("DMA read from unmapped bus address {a:#x}"));
             let off = (a % PS) as usize;
             let n = (PAGE_SIZE - off).min(out.len() - done);
-            out[done..done + n].copy_from_slice(&page[off..off + n]);
+            for (o, c) in out[done..done + n].iter_mut().zip(&page[off..off + n]) {
+                *o = c.get();
+            }
             done += n;
         }
     }
@@ -66,11 +101,12 @@ impl FakeMemory {
         let mut done = 0;
         while done < data.len() {
             let a = addr + done as u64;
-            let page =
-                self.pages.get_mut(&(a / PS)).unwrap_or_else(|| panic!("DMA write to unmapped bus address {a:#x}"));
+            let page = self.page(a / PS).unwrap_or_else(|| panic!("DMA write to unmapped bus address {a:#x}"));
             let off = (a % PS) as usize;
             let n = (PAGE_SIZE - off).min(data.len() - done);
-            page[off..off + n].copy_from_slice(&data[done..done + n]);
+            for (c, d) in page[off..off + n].iter().zip(&data[done..done + n]) {
+                c.set(*d);
+            }
             done += n;
         }
     }
@@ -248,6 +284,16 @@ impl DmaMapper for FakeDma {
     }
 }
 
+impl DmaCpuAccess for FakeDma {
+    fn region_ptr(&self, region: &DmaRegion) -> Option<NonNull<u8>> {
+        let &(pfn, _) = self.regions.get(&region.id())?;
+        if BusAddr(pfn * PS) != region.bus() {
+            return None;
+        }
+        self.mem.borrow().cpu_ptr(pfn * PS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +366,26 @@ mod tests {
         dma.free(r);
         let mut b = [0u8; 4];
         let _ = dma.read(&forged, 0, &mut b);
+    }
+
+    #[test]
+    fn region_cpu_pointer_sees_the_device_view() {
+        let (mem, mut dma) = setup();
+        let r = dma.alloc_zeroed(2).unwrap();
+        let p = dma.region_ptr(&r).unwrap();
+        let bus = r.bus().0;
+        assert_eq!(p.as_ptr() as usize % PAGE_SIZE, 0, "page aligned");
+        // The pointer and the device address name the same bytes, across
+        // the page boundary (the allocation is one contiguous run).
+        assert_eq!(mem.borrow().cpu_ptr(r.bus().0 + PS + 3), NonNull::new(p.as_ptr().wrapping_add(PAGE_SIZE + 3)));
+        mem.borrow_mut().write(r.bus().0 + PS - 1, &[0x5a, 0xa5]);
+        let mut b = [0u8; 2];
+        dma.read(&r, PAGE_SIZE - 1, &mut b).unwrap();
+        assert_eq!(b, [0x5a, 0xa5]);
+        let forged = DmaRegion::new(r.id(), BusAddr(r.bus().0 + PS), 1);
+        assert_eq!(dma.region_ptr(&forged), None);
+        dma.free(r);
+        assert_eq!(mem.borrow().cpu_ptr(bus), None, "gone with the region");
     }
 
     #[test]

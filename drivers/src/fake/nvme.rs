@@ -412,7 +412,7 @@ impl Inner {
         let blocks = match d.kind {
             SglDescriptor::DATA_BLOCK => vec![d],
             SglDescriptor::LAST_SEGMENT => {
-                assert!(d.length as usize % SglDescriptor::SIZE == 0 && d.length > 0, "bad segment length in {d:?}");
+                assert!((d.length as usize).is_multiple_of(SglDescriptor::SIZE) && d.length > 0, "bad segment length in {d:?}");
                 let mut raw = vec![0u8; d.length as usize];
                 self.mem.borrow().read(d.address, &mut raw);
                 raw.chunks(SglDescriptor::SIZE)

@@ -602,7 +602,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         let segs = mapping.segments();
         let block = |bus: u64, len: usize| -> Result<SglDescriptor, Error> {
             // SGLS 10b asks dword alignment; our buffers are block-aligned.
-            if bus % 4 != 0 || len == 0 || len % 4 != 0 {
+            if !bus.is_multiple_of(4) || len == 0 || !len.is_multiple_of(4) {
                 return Err(Error::BadBuffer);
             }
             Ok(SglDescriptor::data_block(bus, u32::try_from(len).map_err(|_| Error::BadBuffer)?))

@@ -93,7 +93,14 @@ pub type Hv = Iommu<VecMemory, SoftVtd, FakePlatform>;
 /// A hypervisor with the hardware domain, one guest owning DEV_A/B/C, and
 /// DEV_Q in quarantine.
 pub fn setup(aw: AddrWidth) -> Hv {
+    setup_unit(aw, true)
+}
+
+/// As [`setup`], on a unit with ECAP.C = `coherent` (false: the unit sees
+/// table writes only once the core flushes them).
+pub fn setup_unit(aw: AddrWidth, coherent: bool) -> Hv {
     let mut hw = SoftVtd::new(aw);
+    hw.set_coherent(coherent);
     hw.add_ats_device(Sid::from(DEV_B), false);
     hw.add_ats_device(Sid::from(DEV_C), true);
     let mut hv = Iommu::new(
