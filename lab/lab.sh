@@ -411,7 +411,8 @@ cmd_run() {
     sizes=$(sed -n 's/^# LAB-QEMU-NVME: *//p' "$modescript" | head -n 1)
     for sz in ${sizes:-64M}; do
         img=$run/nvme.img; [ $i -gt 0 ] && img=$run/nvme$i.img
-        truncate -s "$sz" "$img"
+        # Allocated up front: first writes then cost the same on every image.
+        fallocate -l "$sz" "$img" 2>/dev/null || truncate -s "$sz" "$img"
         nvme_args+=(-drive "file=$img,if=none,id=nv$i,format=raw"
                     -device "nvme,drive=nv$i,serial=ferrite-nvme$i,addr=0x$((4 + i))")
         i=$((i + 1))

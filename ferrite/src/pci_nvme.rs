@@ -29,8 +29,9 @@ pub fn setup<N: Notifier>(
     grants: &mut impl GrantOps,
     mm: &'static spin::Mutex<PvMm>,
     test_requests: usize,
+    use_sgl: bool,
 ) -> (Option<PvNvme>, String) {
-    match try_setup(xs, events, grants, mm, test_requests) {
+    match try_setup(xs, events, grants, mm, test_requests, use_sgl) {
         Ok((n, v)) => (Some(n), v),
         Err(e) => {
             warn!("nvme: {e}");
@@ -45,6 +46,7 @@ fn try_setup<N: Notifier>(
     grants: &mut impl GrantOps,
     mm: &'static spin::Mutex<PvMm>,
     test_requests: usize,
+    use_sgl: bool,
 ) -> Result<(PvNvme, String), String> {
     let t0 = hal::time::now();
     let pfn = mm.lock().alloc_frame().map_err(|e| format!("no frame for pcifront: {e:?}"))?;
@@ -94,7 +96,7 @@ fn try_setup<N: Notifier>(
     let dma = HalDma::new(Translation::PvMachineFrames(mm));
     // 512 KiB per command (capped by the controller's MDTS): fewer splits of
     // large guest requests.
-    let config = Config { io_queues: 2, queue_depth: 64, max_transfer: 512 * 1024, ..Config::default() };
+    let config = Config { io_queues: 2, queue_depth: 64, max_transfer: 512 * 1024, use_sgl, ..Config::default() };
     let mut nvme = Nvme::init(regs, dma, HalClock, config).map_err(|e| format!("bring-up: {e:?}"))?;
     let i = nvme.info().clone();
     info!("nvme: {i}, up in {} ms", (hal::time::now() - t0) / 1_000_000);

@@ -24,6 +24,8 @@ type Xs = XsClient<MappedPage, PortNotifier>;
 const RAMDISK_BYTES: u64 = 4 << 20;
 /// How often the backend's periodic work runs (and the longest idle sleep).
 const MAINTENANCE_NS: u64 = 250_000_000;
+/// How often I/O counters are logged (only while requests arrive).
+const STATS_NS: u64 = 5_000_000_000;
 /// Per-request xenstore deadline.
 const XS_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long the lab's event-channel check waits for dom0's reply.
@@ -78,10 +80,17 @@ pub fn run(b: PvBoot) -> ! {
     };
     info!("domain {domid}: xenstore connected, grant table and event channels ready");
 
+    // Options from the xl config's `extra=` (space-separated):
+    //   nvme.sgl=0   data pointers as PRP lists even if the controller does SGLs
+    let cmdline = String::from(si.cmdline());
+    if !cmdline.trim().is_empty() {
+        info!("command line: {cmdline}");
+    }
+    let use_sgl = !cmdline.split_whitespace().any(|w| w == "nvme.sgl=0");
     let mut nvme = None;
     match xs.directory("device/pci") {
         Ok(devs) if devs.iter().any(|x| x == "0") => {
-            let (n, verdict) = crate::pci_nvme::setup(&mut xs, &mut events, &mut grants, b.mm, 128);
+            let (n, verdict) = crate::pci_nvme::setup(&mut xs, &mut events, &mut grants, b.mm, 128, use_sgl);
             if let Err(e) = xs.write("data/ferrite/nvme", verdict.as_bytes()) {
                 warn!("cannot report the NVMe self-test: {e:?}");
             }
@@ -131,6 +140,15 @@ impl Driver {
         let mut errors = 0u32;
         let mut dropped = 0u64;
         let mut next_maintenance = 0u64;
+        // I/O counters, logged every STATS_NS while requests arrive.
+        let mut waits = 0u64;
+        let mut timeouts = 0u64;
+        // Requests found right after a wait that timed out: a frontend
+        // published them without an event reaching us (a lost wake-up).
+        let mut late = 0u64;
+        let mut after_timeout: Option<u64> = None;
+        let mut next_stats = 0u64;
+        let mut last = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
@@ -156,11 +174,40 @@ impl Driver {
                 self.blk.request_rescan();
             }
             let busy = self.blk.poll(&mut self.grants, &mut self.events);
+            if let Some(before) = after_timeout.take() {
+                if self.blk.stats.requests != before {
+                    late += 1;
+                }
+            }
             if !busy {
                 let mut ports = self.blk.ports();
                 ports.push(self.store_port);
-                let _ = self.events.wait_any(&ports, hal::time::now() + MAINTENANCE_NS);
+                waits += 1;
+                if let Ok(false) = self.events.wait_any(&ports, hal::time::now() + MAINTENANCE_NS) {
+                    timeouts += 1;
+                    after_timeout = Some(self.blk.stats.requests);
+                }
                 self.events.take_pending(self.store_port);
+            }
+            let now = hal::time::now();
+            if now >= next_stats {
+                next_stats = now + STATS_NS;
+                let s = &self.blk.stats;
+                let cur = (s.requests, s.grant_maps, s.persistent_hits, s.errors, waits, timeouts, late);
+                if cur.0 != last.0 {
+                    info!(
+                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests)",
+                        cur.0,
+                        cur.0 - last.0,
+                        cur.1 - last.1,
+                        cur.2 - last.2,
+                        cur.3 - last.3,
+                        cur.4 - last.4,
+                        cur.5 - last.5,
+                        cur.6 - last.6
+                    );
+                }
+                last = cur;
             }
             if hal::time::now() >= next_maintenance {
                 next_maintenance = hal::time::now() + MAINTENANCE_NS;

@@ -100,3 +100,68 @@ lab_shutdown() {
         SHUTDOWN_GONE=yes
     fi
 }
+
+# fio_brief FILE: one line of figures from fio's JSON output (first job), e.g.
+# "read 1234 IOPS 4.8 MiB/s mean 812 us"; directions without I/O are left out.
+fio_brief() {
+    awk '
+        /^ *"(read|write|trim|sync)" : \{/ { d = $1; gsub(/"/, "", d); lat = 0; next }
+        d != "read" && d != "write" { next }
+        /^ *"bw" : / && !(d in bw) { v = $3; sub(/,/, "", v); bw[d] = v }
+        /^ *"iops" : / && !(d in iops) { v = $3; sub(/,/, "", v); iops[d] = v }
+        /^ *"total_ios" : / && !(d in ios) { v = $3; sub(/,/, "", v); ios[d] = v }
+        /^ *"lat_ns" : \{/ { lat = 1; next }
+        lat && /^ *"mean" : / && !(d in mean) { v = $3; sub(/,/, "", v); mean[d] = v; lat = 0 }
+        END {
+            n = split("read write", ds, " ")
+            for (i = 1; i <= n; i++) {
+                x = ds[i]
+                if (ios[x] + 0 > 0)
+                    printf "%s%s %.0f IOPS %.1f MiB/s mean %.0f us", sep, x, iops[x], bw[x] / 1024, mean[x] / 1000
+                if (ios[x] + 0 > 0) sep = "; "
+            }
+            if (sep == "") printf "no I/O completed"
+            printf "\n"
+        }' "$1"
+}
+
+# agent_run DOMAIN SEQ TAG SECONDS OUTFILE FIO-OPTIONS...: have the bench agent
+# (lab/dom0/bench-agent.sh) in DOMAIN run fio once as job SEQ; its JSON goes to
+# OUTFILE. Sets AGENT_RC (fio's status, or nodomain/nostart/timeout) and
+# AGENT_SECS; returns 0 only if fio ran and exited 0.
+agent_run() {
+    _dom=$1 _seq=$2 _tag=$3 _secs=$4 _out=$5
+    shift 5
+    _log=/var/log/xen/console/guest-$_dom.log
+    AGENT_RC=nodomain AGENT_SECS=0
+    _id=$(xl domid "$_dom" 2>/dev/null) || return 1
+    [ -n "$_id" ] || return 1
+    AGENT_RC=nostart
+    # Resend until the agent starts (a write between its read and its watch is missed).
+    _n=0
+    while :; do
+        xenstore-write "/local/domain/$_id/data/bench/cmd" "$_seq $_tag $*"
+        _w=0
+        while [ $_w -lt 25 ]; do
+            grep -aqF "BENCH-BEGIN $_seq " "$_log" 2>/dev/null && break 2
+            sleep 0.2; _w=$((_w + 1))
+        done
+        _n=$((_n + 1))
+        [ $_n -ge 6 ] && return 1
+    done
+    AGENT_RC=timeout
+    _w=0
+    until grep -aqF "BENCH-END $_seq " "$_log" 2>/dev/null; do
+        _w=$((_w + 1)); [ $_w -gt $((_secs * 5)) ] && return 1
+        sleep 0.2
+    done
+    tr -d '\r' <"$_log" | awk -v s="$_seq" '
+        $1 == "BENCH-BEGIN" && $2 == s { on = 1; next }
+        $1 == "BENCH-END" && $2 == s { on = 0 }
+        on && substr($0, 1, 8) == "BENCH-J " { print substr($0, 9) }' >"$_out"
+    _end=$(tr -d '\r' <"$_log" | grep -a "^BENCH-END $_seq " | head -n 1)
+    AGENT_RC=$(echo "$_end" | sed -n 's/.* rc=\([0-9]*\).*/\1/p')
+    AGENT_SECS=$(echo "$_end" | sed -n 's/.* secs=\([0-9.]*\).*/\1/p')
+    AGENT_RC=${AGENT_RC:-?} AGENT_SECS=${AGENT_SECS:-0}
+    [ "$AGENT_RC" = 0 ]
+}

@@ -10,6 +10,7 @@
 #   load   fio (or a dd loop without fio) on raw xvda until the domain dies
 #   idle   nothing
 #   bench  the benchmark agent on xvda (lab/dom0/bench-agent.sh; never returns)
+#   fsbench  fs, then the benchmark agent (./run.sh's short fio run)
 # After its phase every guest reports "GUEST-DONE <phase>" and then watches for
 # xvdb (xl block-attach/-detach from dom0), reporting GUEST-EVENT lines.
 # Output lines for dom0 (read from /var/log/xen/console/guest-<name>.log):
@@ -67,6 +68,7 @@ if ! wait_for /sys/block/xvda 60; then
     say "RESULT xvda FAIL /sys/block/xvda did not appear within 60 s"
     dmesg | grep -iE 'blkfront|xen|vbd' | tail -n 20 | sed 's/^/GUEST-INFO dmesg: /'
     say "DONE $phase"
+[ "$phase" = fsbench ] && exec /lab/bench-agent.sh /dev/xvda
     while :; do sleep 3600; done
 fi
 say "INFO xvda appeared $(awk -v a="$t" -v b="$(up)" 'BEGIN{printf "%.1f", b-a}') s after blkfront was loaded"
@@ -153,7 +155,7 @@ load() {
 }
 
 case $phase in
-    fs)
+    fs|fsbench)
         mkdir -p /mnt
         if mount -t ext4 /dev/xvda /mnt 2>/dev/null && [ -f /mnt/lab/SUMS ]; then
             verify_fs
@@ -168,6 +170,7 @@ case $phase in
     *) say "INFO unknown phase $phase" ;;
 esac
 say "DONE $phase"
+[ "$phase" = fsbench ] && exec /lab/bench-agent.sh /dev/xvda
 
 # Watch for xvdb (xl block-attach / block-detach from dom0).
 had=no

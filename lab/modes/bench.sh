@@ -10,12 +10,12 @@
 #   linux-dd  guest-l (Linux PV) on a disk xen-blkback serves in linux-dd
 #   raw       fio inside linux-dd on its /dev/nvme0n1
 # Settings come from /extra/bench.conf (ROUNDS, RUNTIME, RAMP, SIZE, JOBS,
-# MEMPROBE, FERRITE_MEMS, DD_MEMS). Per run: results/raw/r<round>-<job>-<setup>.json
+# MEMPROBE, FERRITE_MEMS, DD_MEMS, SETUPS, FERRITE_EXTRA). Per run: results/raw/r<round>-<job>-<setup>.json
 # (fio's JSON), runs.tsv, setup.tsv (readiness times), memprobe.tsv, xl-list.txt.
 # LAB-QEMU-NVME: 1G 1G 64M
 # LAB-EXPECT: bench-ferrite bench-linux-dd bench-raw bench-results
 . /lab/common.sh
-ROUNDS=3 RUNTIME=10 RAMP=2 SIZE=512M MEMPROBE=0 FERRITE_MEMS="" DD_MEMS=""
+ROUNDS=3 RUNTIME=10 RAMP=2 SIZE=512M MEMPROBE=0 FERRITE_MEMS="" DD_MEMS="" SETUPS="ferrite linux-dd raw" FERRITE_EXTRA=""
 JOBS="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 seqread-128k-qd8 seqwrite-128k-qd8 randrw70-4k-qd16"
 [ -r /extra/bench.conf ] && . /extra/bench.conf
 PCI_F=0000:00:04.0
@@ -81,7 +81,11 @@ wait_connected() {
 # start_ferrite MEM: Ferrite with PCI_F; sets READY_S (xl create -> ready).
 start_ferrite() {
     t0=$(lab_uptime)
-    timeout 90 xl create /ferrite/configs/ferrite.cfg "pci=['$PCI_F']" "memory=$1" >/tmp/xl-ferrite.log 2>&1 || return 1
+    mem=$1
+    set --
+    [ -n "$FERRITE_EXTRA" ] && set -- "extra=\"$FERRITE_EXTRA\""
+    timeout 90 xl create /ferrite/configs/ferrite.cfg "pci=['$PCI_F']" "memory=$mem" "$@" >/tmp/xl-ferrite.log 2>&1 || return 1
+    CREATE_S=$(lab_since "$t0")
     domid=$(xl domid ferrite) || return 1
     wait_key "/local/domain/$domid/data/ferrite/state" ready 30 || return 1
     READY_S=$(lab_since "$t0")
@@ -91,6 +95,7 @@ start_ferrite() {
 start_dd() {
     t0=$(lab_uptime)
     timeout 90 xl create $DDCFG "pci=['$PCI_L']" "memory=$1" >/tmp/xl-linux-dd.log 2>&1 || return 1
+    CREATE_S=$(lab_since "$t0")
     domid=$(xl domid linux-dd) || return 1
     wait_key "/local/domain/$domid/data/dd/state" ready 180 || return 1
     READY_S=$(lab_since "$t0")
@@ -115,43 +120,16 @@ run_job() {
     esac
     SEQ=$((SEQ + 1))
     out=r$3-$2-$1.json
-    log=$CON/guest-$dom.log
-    id=$(xl domid $dom 2>/dev/null)
-    if [ -z "$id" ]; then
-        printf '%s\t%s\t%s\t%s\tnodomain\t0\t-\n' "$3" "$2" "$1" $SEQ >>$R/runs.tsv
-        lab_info "bench r$3 $2 $1: domain $dom is not running"
-        return 1
-    fi
-    cmd="$SEQ $2 $(job_opts "$2")"
-    # Resend until the agent starts (a write between its read and its watch is missed).
-    n=0
-    while :; do
-        xenstore-write /local/domain/$id/data/bench/cmd "$cmd"
-        wait_log "$log" "BENCH-BEGIN $SEQ " 5 && break
-        n=$((n + 1))
-        if [ $n -ge 6 ]; then
-            printf '%s\t%s\t%s\t%s\tnostart\t0\t-\n' "$3" "$2" "$1" $SEQ >>$R/runs.tsv
-            lab_info "bench r$3 $2 $1: the agent in $dom did not start the job within 30 s"
-            return 1
-        fi
-    done
-    if ! wait_log "$log" "BENCH-END $SEQ " $((RUNTIME + RAMP + 90)); then
-        printf '%s\t%s\t%s\t%s\ttimeout\t0\t-\n' "$3" "$2" "$1" $SEQ >>$R/runs.tsv
-        lab_info "bench r$3 $2 $1: no end within $((RUNTIME + RAMP + 90)) s"
-        return 1
-    fi
-    tr -d '\r' <"$log" | awk -v s="$SEQ" '
-        $1 == "BENCH-BEGIN" && $2 == s { on = 1; next }
-        $1 == "BENCH-END" && $2 == s { on = 0 }
-        on && substr($0, 1, 8) == "BENCH-J " { print substr($0, 9) }' >$R/raw/$out
-    end=$(tr -d '\r' <"$log" | grep -a "^BENCH-END $SEQ " | head -n 1)
-    rc=$(echo "$end" | sed -n 's/.* rc=\([0-9]*\).*/\1/p')
-    secs=$(echo "$end" | sed -n 's/.* secs=\([0-9.]*\).*/\1/p')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$3" "$2" "$1" $SEQ "${rc:-?}" "${secs:-0}" "$out" >>$R/runs.tsv
-    # A rough progress figure: the first "iops" of the JSON (reads, or writes for write jobs).
-    iops=$(grep -aE '"iops" : [1-9]' $R/raw/$out | head -n 1 | sed 's/.*: \([0-9]*\).*/\1/')
-    lab_info "bench r$3 $2 $1: rc=${rc:-?} ${secs:-?} s, ~${iops:-?} IOPS"
-    [ "${rc:-1}" = 0 ]
+    if agent_run $dom $SEQ "$2" $((RUNTIME + RAMP + 90)) $R/raw/$out $(job_opts "$2"); then ok=0; else ok=1; fi
+    [ -s $R/raw/$out ] || out=-
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$3" "$2" "$1" $SEQ "$AGENT_RC" "$AGENT_SECS" "$out" >>$R/runs.tsv
+    case $AGENT_RC in
+        nodomain) lab_info "bench r$3 $2 $1: domain $dom is not running" ;;
+        nostart) lab_info "bench r$3 $2 $1: the agent in $dom did not start the job within 30 s" ;;
+        timeout) lab_info "bench r$3 $2 $1: no end within $((RUNTIME + RAMP + 90)) s" ;;
+        *) lab_info "bench r$3 $2 $1: rc=$AGENT_RC ${AGENT_SECS} s: $(fio_brief $R/raw/$out)" ;;
+    esac
+    return $ok
 }
 
 # ---------------------------------------------------------------- set-ups
@@ -159,10 +137,13 @@ for p in $PCI_F $PCI_L; do
     xl pci-assignable-add $p >/tmp/pci.log 2>&1 || lab_info "xl pci-assignable-add $p: $(tr '\n' ' ' </tmp/pci.log)"
 done
 
+want() { case " $SETUPS " in *" $1 "*) return 0 ;; esac; return 1; }
 FERRITE_OK=no
 lab_step bench-ferrite "starting Ferrite (driver domain, NVMe $PCI_F)"
-if start_ferrite 32; then
-    printf 'ferrite\tready\t%s\n' "$READY_S" >>$R/setup.tsv
+if ! want ferrite; then
+    lab_skip bench-ferrite "not among the set-ups ($SETUPS)"
+elif start_ferrite 32; then
+    printf 'ferrite\txl-create\t%s\nferrite\tready\t%s\n' "$CREATE_S" "$READY_S" >>$R/setup.tsv
     lab_info "Ferrite ready ${READY_S} s after xl create"
     if attach_guest ferrite guest-f nvme; then
         printf 'ferrite\tguest-connected\t%s\n' "$CONNECT_S" >>$R/setup.tsv
@@ -180,11 +161,15 @@ fi
 
 DD_OK=no
 lab_step bench-linux-dd "starting the Linux driver domain (xen-blkback, NVMe $PCI_L)"
-if start_dd 256; then
-    printf 'linux-dd\tready\t%s\n' "$READY_S" >>$R/setup.tsv
+if ! want linux-dd && ! want raw; then
+    lab_skip bench-linux-dd "not among the set-ups ($SETUPS)"
+elif start_dd 256; then
+    printf 'linux-dd\txl-create\t%s\nlinux-dd\tready\t%s\n' "$CREATE_S" "$READY_S" >>$R/setup.tsv
     lab_info "linux-dd ready ${READY_S} s after xl create"
     grep -a "DD-INFO" "$CON/guest-linux-dd.log" | tr -d '\r' | sed 's/^/LAB-INFO linux-dd | /'
-    if attach_guest linux-dd guest-l /dev/nvme0n1; then
+    if ! want linux-dd; then
+        lab_skip bench-linux-dd "linux-dd ready ${READY_S} s after xl create; no guest (set-ups: $SETUPS)"
+    elif attach_guest linux-dd guest-l /dev/nvme0n1; then
         printf 'linux-dd\tguest-connected\t%s\n' "$CONNECT_S" >>$R/setup.tsv
         DD_OK=yes
         lab_pass bench-linux-dd "linux-dd ready ${READY_S} s after xl create; guest-l's disk Connected ${CONNECT_S} s after its xl create"
@@ -199,7 +184,7 @@ else
     lab_show "$CON/guest-linux-dd.log" 25 linux-dd
 fi
 RAW_OK=no
-if xl domid linux-dd >/dev/null 2>&1 && wait_log "$CON/guest-linux-dd.log" "BENCH-AGENT ready" 5; then
+if want raw && xl domid linux-dd >/dev/null 2>&1 && wait_log "$CON/guest-linux-dd.log" "BENCH-AGENT ready" 5; then
     RAW_OK=yes
 fi
 xl list >$R/xl-list.txt 2>&1
@@ -218,8 +203,9 @@ while [ $r -le $ROUNDS ]; do
     done
     r=$((r + 1))
 done
-[ $RAW_OK = yes ] && lab_pass bench-raw "fio inside linux-dd on its /dev/nvme0n1" \
-    || lab_fail bench-raw "no agent in linux-dd: the raw set-up was not measured"
+if [ $RAW_OK = yes ]; then lab_pass bench-raw "fio inside linux-dd on its /dev/nvme0n1"
+elif want raw; then lab_fail bench-raw "no agent in linux-dd: the raw set-up was not measured"
+else lab_skip bench-raw "not among the set-ups ($SETUPS)"; fi
 lab_info "Ferrite's console, last lines:"
 lab_show "$GUEST_LOG" 6 ferrite
 
