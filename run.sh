@@ -7,7 +7,8 @@
 #                     lab is built (Xen 4.17 + Debian dom0 under QEMU TCG,
 #                     cached in .lab-cache/) and Ferrite is started inside it.
 #   ./run.sh test     every test: host cargo tests, image checks, the PVH boot
-#                     test under plain QEMU, and the lab end-to-end tests.
+#                     test under plain QEMU, the lab end-to-end tests and
+#                     `bench --quick` as a smoke test.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
 #   ./run.sh bench    Ferrite vs a Linux driver domain (xen-blkback) vs raw
 #                     NVMe: fio from Linux guests, interleaved, in one lab boot;
@@ -21,7 +22,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$PWD
 TARGET=x86_64-unknown-none
-IMAGE=$ROOT/target/$TARGET/release/ferrite
+IMAGE=${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/ferrite
 LOGS=$ROOT/results/logs
 MAX_IMAGE_BYTES=$((2 * 1024 * 1024))
 mkdir -p "$LOGS"
@@ -170,11 +171,28 @@ test_lab() {
     fi
 }
 
+# The driver-domain benchmark's short variant: a smoke test that every set-up
+# (ferrite, linux-dd, raw) produced a result for every job.
+test_bench_quick() {
+    local out=$LOGS/bench-quick.log
+    say "bench --quick (Ferrite vs Linux driver domain vs raw, one short round); log: $out"
+    if "$ROOT/bench/dd.sh" --quick >"$out" 2>&1; then
+        record bench-quick OK
+        sed -n '/^job /,/^Targets/p' "$out" | grep -E 'ferrite/(linux-dd|raw)|^job' | head -n 14
+    else
+        record bench-quick FAIL "see $out"
+        grep -E 'LAB-TEST|CHECK|FAILED|Not measured' "$out" | tail -n 12
+    fi
+}
+
 run_tests() {
     test_host
     test_image && test_pvh
     test_fuzz
-    if [ "${FERRITE_SKIP_LAB:-0}" = 1 ]; then say "FERRITE_SKIP_LAB=1: lab tests skipped"; else test_lab; fi
+    if [ "${FERRITE_SKIP_LAB:-0}" = 1 ]; then say "FERRITE_SKIP_LAB=1: lab tests skipped"; else
+        test_lab
+        if [ "${FERRITE_SKIP_BENCH:-0}" = 1 ]; then say "FERRITE_SKIP_BENCH=1: bench --quick skipped"; else test_bench_quick; fi
+    fi
     for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done
     say "done; logs in $LOGS"
     echo "$PASSED passed, $FAILED failed"
@@ -190,6 +208,6 @@ case "${1:-main}" in
             nvme) shift; exec "$ROOT/bench/nvme.sh" "$@" ;;
             *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
-    -h|--help|help) sed -n '2,18p' "$0" ;;
+    -h|--help|help) sed -n '2,20p' "$0" ;;
     *) echo "usage: ./run.sh [main|test|bench]" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 # MODE main: what ./run.sh shows a user. Ferrite starts as the driver domain
 # with the NVMe controller passed through, then a Linux guest whose disk Ferrite
 # serves makes a filesystem on it, writes files, remounts and checks their
-# sha256, then runs two short fio jobs on the disk (figures printed); then
+# sha256, then runs three short fio jobs on the disk (figures printed); then
 # everything shuts down cleanly. Step timings throughout.
 # LAB-EXPECT: ready guest-disk guest-fio shutdown
 . /lab/common.sh
@@ -48,7 +48,7 @@ if timeout 90 xl create $GCFG "extra=\"$extra\"" >/tmp/xl-guest.log 2>&1; then
     esac
     lab_step guest-done "guest finished its filesystem check after $(lab_since "$t_g") s"
     # Short fio runs on the raw disk (after the filesystem check, which they overwrite).
-    lab_step guest-fio "fio in the guest on /dev/xvda (served by Ferrite): two 5 s jobs"
+    lab_step guest-fio "fio in the guest on /dev/xvda (served by Ferrite): three 5 s jobs"
     common="--direct=1 --ioengine=libaio --time_based --runtime=5 --ramp_time=1 --size=256M --randseed=20261122"
     figs="" fio_ok=yes n=0
     for job in "randread-4k-qd32 --rw=randread --bs=4k --iodepth=32" "randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32" "seqread-128k-qd8 --rw=read --bs=128k --iodepth=8"; do
