@@ -140,6 +140,7 @@ impl Driver {
         let mut errors = 0u32;
         let mut dropped = 0u64;
         let mut next_maintenance = 0u64;
+        let mut status = String::new();
         // I/O counters, logged every STATS_NS while requests arrive.
         let mut waits = 0u64;
         let mut timeouts = 0u64;
@@ -212,7 +213,30 @@ impl Driver {
             if hal::time::now() >= next_maintenance {
                 next_maintenance = hal::time::now() + MAINTENANCE_NS;
                 self.blk.maintenance(&mut self.xs, &mut self.grants, &mut self.events);
+                self.publish_status(&mut status);
             }
+        }
+    }
+
+    /// Writes `data/ferrite/status` when it changed: served devices, disk
+    /// buffer bytes held, pages of the mapping window in use (grant
+    /// mappings and BARs), heap bytes in use, requests so far. Operators
+    /// (and the lab's create/destroy cycles) read it to see that nothing
+    /// leaks once guests are gone.
+    fn publish_status(&mut self, last: &mut String) {
+        let s = format!(
+            "vbds={} buffers={} mapped-pages={} heap-used={} requests={}",
+            self.blk.vbd_count(),
+            self.blk.buffer_bytes(),
+            self.mm.lock().va_in_use(),
+            hal::heap_used(),
+            self.blk.stats.requests
+        );
+        if s != *last {
+            if let Err(e) = self.xs.write("data/ferrite/status", s.as_bytes()) {
+                warn!("cannot write data/ferrite/status: {e:?}");
+            }
+            *last = s;
         }
     }
 

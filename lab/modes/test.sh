@@ -1,14 +1,14 @@
 #!/bin/sh
 # MODE test: one Xen boot, every lab test; one LAB-TEST line each.
-# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy shutdown
+# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-cycles shutdown
 #
 # Ferrite gets the emulated NVMe (0000:00:04.0) passed through; the Linux test
 # guest (configs/guest-linux.cfg, script lab/dom0/guest.sh) runs on a disk that
 # Ferrite serves.  With the Linux peer (IMAGE=linux-peer) the NVMe and blk-*
 # tests report SKIP: the peer has no NVMe driver or block backend.
 . /lab/common.sh
-ALL="ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy shutdown"
-BLK="blk-features blk-fs blk-attach blk-destroy"
+ALL="ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-cycles shutdown"
+BLK="blk-features blk-fs blk-attach blk-destroy blk-cycles"
 PCI=0000:00:04.0
 GCFG=/ferrite/configs/guest-linux.cfg
 GNAME=guest
@@ -332,6 +332,58 @@ else
         t0=$(lab_uptime)
         timeout 60 xl shutdown -w $GNAME >/dev/null 2>&1 || gdestroy
         lab_info "test guest shut down in $(lab_since "$t0") s"
+        gdestroy
+
+        # --- blk-cycles: guests created and destroyed in the middle of their I/O,
+        # several times; Ferrite's status (data/ferrite/status) must come back to
+        # its baseline each time: no device, no buffer, no mapped page left, and
+        # the heap does not grow from cycle to cycle.
+        fstatus() { xenstore-read /local/domain/$FDOM/data/ferrite/status 2>/dev/null; }
+        fval() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+        # settled DOMID: Ferrite serves nothing and DOMID's backend directory is gone.
+        settled() {
+            i=0
+            while [ $i -lt 100 ]; do
+                st=$(fstatus)
+                if [ "$(fval "$st" vbds)" = 0 ] && [ "$(fval "$st" buffers)" = 0 ] && \
+                   ! xenstore-read "/local/domain/$FDOM/backend/vbd/$1/51712/state" >/dev/null 2>&1; then
+                    sleep 0.6   # one more status period
+                    return 0
+                fi
+                sleep 0.2; i=$((i + 1))
+            done
+            return 1
+        }
+        settled none
+        base=$(fstatus)
+        lab_info "Ferrite's status with no guest: $base"
+        why="" detail="" heap1=""
+        for c in 1 2 3; do
+            off=$(glog_size)
+            gcreate load
+            if [ -z "$GDOM" ]; then why="cycle $c: xl create failed;"; break; fi
+            d=$GDOM
+            if ! glog_wait "$off" "GUEST-LOAD running" 120; then why="cycle $c: the guest did not start its I/O within 120 s;"; gdestroy; break; fi
+            sleep 3
+            r0=$(fval "$(fstatus)" requests)
+            xl destroy $GNAME >/dev/null 2>&1
+            if ! settled "$d"; then why="cycle $c: Ferrite did not settle within 20 s of xl destroy: $(fstatus);"; break; fi
+            st=$(fstatus)
+            heap=$(fval "$st" heap-used)
+            [ -n "$heap1" ] || heap1=$heap
+            detail="$detail cycle $c (domain $d, $(( $(fval "$st" requests) - ${r0:-0} ))+ requests during the last 3 s): mapped-pages=$(fval "$st" mapped-pages) heap-used=$heap;"
+            if [ "$(fval "$st" mapped-pages)" != "$(fval "$base" mapped-pages)" ]; then
+                why="$why cycle $c: $(fval "$st" mapped-pages) pages mapped, $(fval "$base" mapped-pages) before any guest;"
+            fi
+        done
+        if [ -z "$why" ] && [ -n "$heap1" ] && [ $((heap - heap1)) -gt 65536 ]; then
+            why="heap grew by $((heap - heap1)) bytes from cycle 1 to cycle 3;"
+        fi
+        if [ -z "$why" ]; then
+            lab_pass blk-cycles "3 guests destroyed during fio, Ferrite back to its baseline each time (baseline: $base);$detail"
+        else
+            failed=1; lab_fail blk-cycles "$why baseline: $base;$detail"; evidence blk-cycles
+        fi
         gdestroy
     fi
 fi

@@ -26,6 +26,11 @@ use pv::PvMm;
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
+/// Bytes of the heap currently allocated.
+pub fn heap_used() -> usize {
+    HEAP.lock().used()
+}
+
 /// How we were booted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Platform {

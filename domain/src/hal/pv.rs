@@ -307,6 +307,12 @@ impl PvMm {
         self.dyn_free.push(va);
     }
 
+    /// Pages of the dynamic window in use (grant mappings, mapped BARs and
+    /// foreign frames): what a leak of mappings would make grow.
+    pub fn va_in_use(&self) -> u64 {
+        (self.dyn_next - DYN_BASE) / PAGE - self.dyn_free.len() as u64
+    }
+
     /// Maps machine frame `mfn` at a new dynamic address with `flags`.
     pub fn map_mfn(&mut self, mfn: Mfn, flags: u64) -> Result<u64, MmError> {
         let va = self.alloc_va()?;
