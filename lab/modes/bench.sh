@@ -78,13 +78,21 @@ wait_connected() {
     wait_key "/local/domain/$ddid/backend/vbd/$gid/51712/state" 4 "$3"
 }
 
+# xl_timed LOG ARGS...: xl -vvv ARGS with each output line stamped with dom0's
+# uptime (awk reads /proc/uptime itself: no process per line); status of xl.
+xl_timed() {
+    _log=$1; shift
+    { timeout 90 xl -vvv "$@"; echo "XL-STATUS $?"; } 2>&1 | awk '{ getline t < "/proc/uptime"; close("/proc/uptime"); split(t, u, " "); print u[1], $0 }' >"$_log"
+    grep -q ' XL-STATUS 0$' "$_log"
+}
+
 # start_ferrite MEM: Ferrite with PCI_F; sets READY_S (xl create -> ready).
 start_ferrite() {
     t0=$(lab_uptime)
     mem=$1
     set --
     [ -n "$FERRITE_EXTRA" ] && set -- "extra=\"$FERRITE_EXTRA\""
-    timeout 90 xl create /ferrite/configs/ferrite.cfg "pci=['$PCI_F']" "memory=$mem" "$@" >/tmp/xl-ferrite.log 2>&1 || return 1
+    xl_timed /tmp/xl-ferrite.log create /ferrite/configs/ferrite.cfg "pci=['$PCI_F']" "memory=$mem" "$@" || return 1
     CREATE_S=$(lab_since "$t0")
     domid=$(xl domid ferrite) || return 1
     wait_key "/local/domain/$domid/data/ferrite/state" ready 30 || return 1
@@ -94,7 +102,7 @@ start_ferrite() {
 # start_dd MEM: the Linux driver domain with PCI_L; sets READY_S.
 start_dd() {
     t0=$(lab_uptime)
-    timeout 90 xl create $DDCFG "pci=['$PCI_L']" "memory=$1" >/tmp/xl-linux-dd.log 2>&1 || return 1
+    xl_timed /tmp/xl-linux-dd.log create $DDCFG "pci=['$PCI_L']" "memory=$1" || return 1
     CREATE_S=$(lab_since "$t0")
     domid=$(xl domid linux-dd) || return 1
     wait_key "/local/domain/$domid/data/dd/state" ready 180 || return 1
@@ -254,6 +262,9 @@ fi
 stat -c '%s' /ferrite/ferrite >$R/ferrite-image-bytes 2>/dev/null
 stat -c '%s' /lab/guest-initrd.gz >$R/linux-initrd-bytes 2>/dev/null
 cp "$GUEST_LOG" $R/console-ferrite.log 2>/dev/null
+# xl -vvv create of each driver domain (the last one), lines stamped with dom0's uptime.
+cp /tmp/xl-ferrite.log $R/xl-create-ferrite.log 2>/dev/null
+cp /tmp/xl-linux-dd.log $R/xl-create-linux-dd.log 2>/dev/null
 for d in linux-dd guest-f guest-l; do
     tr -d '\r' <"$CON/guest-$d.log" 2>/dev/null | grep -av '^BENCH-J ' >$R/console-$d.log
 done
