@@ -103,6 +103,35 @@ pub struct CopyOp {
     pub len: u16,
 }
 
+/// Our own memory that `GNTTABOP_copy` can name as the local end of a copy
+/// ([`CopyEnd::Local`], `DOMID_SELF`), so that data moves between it and a
+/// foreign grant without mapping the grant.
+///
+/// Xen's copies bypass the CPU's view of the buffer, as a device's DMA
+/// does: after writing the buffer with the CPU, call
+/// [`sync_for_copy`](Self::sync_for_copy) before copies read it; after
+/// copies wrote it, call [`sync_for_cpu`](Self::sync_for_cpu) before the CPU
+/// reads it. On Xen both are compiler barriers; the host fake
+/// ([`fake::FrameBuf`]) keeps the two views apart, so a missing call fails
+/// a test.
+pub trait LocalFrames {
+    /// The frame holding byte `off` of the buffer and that byte's offset in
+    /// the frame (`< PAGE_SIZE`). `None` past the end, or when the memory
+    /// has no frame a copy can name (then the caller maps the grant instead).
+    fn local_frame(&self, off: usize) -> Option<(Pfn, u16)>;
+    /// CPU writes become visible to copies reading the frames.
+    fn sync_for_copy(&mut self) {}
+    /// Copies into the frames become visible to the CPU.
+    fn sync_for_cpu(&mut self) {}
+}
+
+/// A plain heap vector names no frame: grants are mapped for it.
+impl LocalFrames for Vec<u8> {
+    fn local_frame(&self, _off: usize) -> Option<(Pfn, u16)> {
+        None
+    }
+}
+
 /// Grant-table operations of one domain.
 pub trait GrantOps {
     /// Access to a mapped foreign page.
@@ -183,7 +212,18 @@ pub mod fake {
         next_addr: u64,
         /// Map hypercalls issued (one per batch).
         pub map_calls: u32,
+        /// Copy hypercalls issued (one per batch) and copy elements in them.
+        pub copy_calls: u32,
+        pub copy_ops: u64,
+        /// Next frame number for a [`FrameBuf`].
+        next_buf_pfn: u64,
     }
+
+    /// Frames of [`FrameBuf`]s start here, far above the pages tests grant.
+    const FRAME_BUF_PFN: u64 = 1 << 40;
+    /// What a [`FrameBuf`]'s frames hold before the CPU's bytes are synced
+    /// to them.
+    pub const FRAME_POISON: u8 = 0xdb;
 
     /// One domain's grant interface.
     pub struct FakeGrants {
@@ -195,7 +235,7 @@ pub mod fake {
     impl FakeGrants {
         /// Domains sharing one hub, each with `refs` grant references.
         pub fn domains(ids: &[DomId], refs: u32) -> Vec<FakeGrants> {
-            let hub = Rc::new(RefCell::new(Hub { next_addr: 0x4000_0000, next_handle: 1, ..Default::default() }));
+            let hub = Rc::new(RefCell::new(Hub { next_addr: 0x4000_0000, next_handle: 1, next_buf_pfn: FRAME_BUF_PFN, ..Default::default() }));
             ids.iter()
                 .map(|&me| FakeGrants { hub: hub.clone(), me, refs: RefAllocator::new(crate::xen_abi::gnttabop::NR_RESERVED_ENTRIES, refs) })
                 .collect()
@@ -208,8 +248,24 @@ pub mod fake {
         pub fn map_calls(&self) -> u32 {
             self.hub.borrow().map_calls
         }
+        /// Copy hypercalls so far (all domains).
+        pub fn copy_calls(&self) -> u32 {
+            self.hub.borrow().copy_calls
+        }
+        /// Copy elements so far (all domains).
+        pub fn copy_ops(&self) -> u64 {
+            self.hub.borrow().copy_ops
+        }
+        /// Allocates [`FrameBuf`]s among this domain's frames.
+        pub fn frame_alloc(&self) -> FrameAlloc {
+            FrameAlloc { hub: self.hub.clone(), me: self.me }
+        }
         fn resolve(&self, end: &CopyEnd, write: bool) -> Result<(Arc<VecShared>, usize), GrantError> {
             match *end {
+                // A freed FrameBuf's frames are gone, not fresh pages.
+                CopyEnd::Local { pfn, .. } if pfn.0 >= FRAME_BUF_PFN && !self.hub.borrow().pages.contains_key(&(self.me, pfn)) => {
+                    Err(GrantError::BadPage)
+                }
                 CopyEnd::Local { pfn, offset } => Ok((self.local_page(pfn), offset as usize)),
                 CopyEnd::Grant { dom, gref, offset } => {
                     let hub = self.hub.borrow();
@@ -288,6 +344,11 @@ pub mod fake {
                 .collect()
         }
         fn copy_batch(&mut self, ops: &[CopyOp]) -> Vec<Result<(), GrantError>> {
+            {
+                let mut hub = self.hub.borrow_mut();
+                hub.copy_calls += 1;
+                hub.copy_ops += ops.len() as u64;
+            }
             ops.iter()
                 .map(|op| {
                     let (src, so) = self.resolve(&op.src, false)?;
@@ -307,6 +368,96 @@ pub mod fake {
             let hub = self.hub.borrow();
             let pfn = hub.grants.get(&(m.dom, m.gref)).map(|e| e.pfn).unwrap_or(Pfn(u64::MAX));
             hub.pages.get(&(m.dom, pfn)).cloned().unwrap_or_else(|| Arc::new(VecShared::new(PAGE_SIZE)))
+        }
+    }
+
+    /// Hands out [`FrameBuf`]s among one fake domain's frames.
+    #[derive(Clone)]
+    pub struct FrameAlloc {
+        hub: Rc<RefCell<Hub>>,
+        me: DomId,
+    }
+
+    impl FrameAlloc {
+        /// A zeroed buffer of `len` bytes on fresh, contiguous frames
+        /// (which hold [`FRAME_POISON`] until the first `sync_for_copy`).
+        pub fn alloc(&self, len: usize) -> FrameBuf {
+            let pages = len.div_ceil(PAGE_SIZE).max(1);
+            let mut hub = self.hub.borrow_mut();
+            let first = hub.next_buf_pfn;
+            hub.next_buf_pfn += pages as u64;
+            for k in 0..pages as u64 {
+                let page = VecShared::new(PAGE_SIZE);
+                page.write(0, &[FRAME_POISON; PAGE_SIZE]);
+                hub.pages.insert((self.me, Pfn(first + k)), Arc::new(page));
+            }
+            FrameBuf { data: alloc::vec![0; len], first: Pfn(first), pages, hub: self.hub.clone(), me: self.me }
+        }
+    }
+
+    /// A disk buffer with the two views of memory shared with a copy
+    /// engine: the CPU's (`AsRef`/`AsMut`) and the frames grant copies
+    /// read and write. Only [`LocalFrames::sync_for_copy`] and
+    /// [`LocalFrames::sync_for_cpu`] move bytes between them, as
+    /// virtio-drivers' `FakeHal::share` does for DMA: a caller that forgets
+    /// one sees stale bytes or [`FRAME_POISON`]. Dropping it frees the frames.
+    pub struct FrameBuf {
+        data: Vec<u8>,
+        first: Pfn,
+        pages: usize,
+        hub: Rc<RefCell<Hub>>,
+        me: DomId,
+    }
+
+    impl FrameBuf {
+        /// Bytes in the buffer.
+        pub fn len(&self) -> usize {
+            self.data.len()
+        }
+        /// Whether the buffer is empty.
+        pub fn is_empty(&self) -> bool {
+            self.data.is_empty()
+        }
+        fn frames(&self) -> Vec<Arc<VecShared>> {
+            let hub = self.hub.borrow();
+            (0..self.pages as u64).filter_map(|k| hub.pages.get(&(self.me, Pfn(self.first.0 + k))).cloned()).collect()
+        }
+    }
+
+    impl AsRef<[u8]> for FrameBuf {
+        fn as_ref(&self) -> &[u8] {
+            &self.data
+        }
+    }
+    impl AsMut<[u8]> for FrameBuf {
+        fn as_mut(&mut self) -> &mut [u8] {
+            &mut self.data
+        }
+    }
+
+    impl LocalFrames for FrameBuf {
+        fn local_frame(&self, off: usize) -> Option<(Pfn, u16)> {
+            (off < self.data.len()).then(|| (Pfn(self.first.0 + (off / PAGE_SIZE) as u64), (off % PAGE_SIZE) as u16))
+        }
+        fn sync_for_copy(&mut self) {
+            for (page, chunk) in self.frames().iter().zip(self.data.chunks(PAGE_SIZE)) {
+                page.write(0, chunk);
+            }
+        }
+        fn sync_for_cpu(&mut self) {
+            let frames = self.frames();
+            for (page, chunk) in frames.iter().zip(self.data.chunks_mut(PAGE_SIZE)) {
+                page.read(0, chunk);
+            }
+        }
+    }
+
+    impl Drop for FrameBuf {
+        fn drop(&mut self) {
+            let mut hub = self.hub.borrow_mut();
+            for k in 0..self.pages as u64 {
+                hub.pages.remove(&(self.me, Pfn(self.first.0 + k)));
+            }
         }
     }
 }
@@ -377,6 +528,42 @@ mod tests {
         let mut buf = [0u8; 3];
         fe.local_page(Pfn(7)).read(0, &mut buf);
         assert_eq!(&buf, b"abc");
+    }
+
+    #[test]
+    fn frame_buf_views_meet_only_at_syncs() {
+        use super::fake::FRAME_POISON;
+        let (mut dom0, mut fe) = pair();
+        dom0.local_page(Pfn(1)).write(0, &[7u8; PAGE_SIZE]);
+        let r = dom0.grant_access(DomId(5), Pfn(1), false).unwrap();
+        let mut buf = fe.frame_alloc().alloc(2 * PAGE_SIZE);
+        assert_eq!(buf.local_frame(2 * PAGE_SIZE), None);
+        let (pfn, off) = buf.local_frame(PAGE_SIZE + 512).unwrap();
+        assert_eq!(off, 512);
+        let grant = CopyEnd::Grant { dom: DomId(0), gref: r, offset: 0 };
+        // Grant -> buffer: visible to the CPU only after sync_for_cpu.
+        let into = CopyOp { src: grant, dst: CopyEnd::Local { pfn, offset: off }, len: 100 };
+        assert_eq!(fe.copy_batch(&[into]), vec![Ok(())]);
+        assert_eq!(buf.as_ref()[PAGE_SIZE + 512], 0);
+        buf.sync_for_cpu();
+        assert_eq!(&buf.as_ref()[PAGE_SIZE + 512..PAGE_SIZE + 612], &[7u8; 100][..]);
+        assert_eq!(buf.as_ref()[PAGE_SIZE + 612], FRAME_POISON, "untouched frame bytes are poison");
+        // Buffer -> grant: the CPU's bytes reach the frames only after sync_for_copy.
+        buf.as_mut()[..4].copy_from_slice(b"abcd");
+        let (p0, _) = buf.local_frame(0).unwrap();
+        let out = CopyOp { src: CopyEnd::Local { pfn: p0, offset: 0 }, dst: grant, len: 4 };
+        assert_eq!(fe.copy_batch(&[out]), vec![Ok(())]);
+        let mut b4 = [0u8; 4];
+        dom0.local_page(Pfn(1)).read(0, &mut b4);
+        assert_eq!(b4, [FRAME_POISON; 4]);
+        buf.sync_for_copy();
+        assert_eq!(fe.copy_batch(&[out]), vec![Ok(())]);
+        dom0.local_page(Pfn(1)).read(0, &mut b4);
+        assert_eq!(&b4, b"abcd");
+        assert_eq!((fe.copy_calls(), fe.copy_ops()), (3, 3));
+        // Freed frames are not silently recreated.
+        drop(buf);
+        assert_eq!(fe.copy_batch(&[out]), vec![Err(GrantError::BadPage)]);
     }
 
     #[test]

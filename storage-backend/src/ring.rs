@@ -269,6 +269,12 @@ impl<M: RingMem> BackRing<M> {
         Ok(n)
     }
 
+    /// Requests the frontend has published and we have not consumed yet
+    /// (reads `req_prod` once; arms nothing). A broken ring is an error.
+    pub fn pending(&mut self) -> Result<u32, RingError> {
+        self.snapshot_prod().map(|(_, avail)| avail)
+    }
+
     /// Writes one response into the next response slot (not yet visible to
     /// the frontend: call [`publish_responses`](Self::publish_responses)).
     pub fn push_response(&mut self, rsp: &Response) -> Result<(), RingError> {
@@ -365,6 +371,25 @@ mod tests {
         m.store_u32_release(REQ_PROD, 1);
         assert_eq!(r.poll_requests(100, |_| ()).unwrap_err(), e);
         assert_eq!(r.final_check_for_requests().unwrap_err(), e);
+    }
+
+    #[test]
+    fn pending_counts_without_consuming_or_arming() {
+        let m = FakeRingMem::new_ring(0);
+        let mut r = BackRing::attach(&m, Abi::X86_64, 0).unwrap();
+        assert_eq!(r.pending(), Ok(0));
+        for i in 0..3 {
+            put_req(&m, 32, i, i as u64);
+        }
+        m.store_u32_release(REQ_PROD, 3);
+        let ev = m.load_u32_acquire(REQ_EVENT);
+        assert_eq!(r.pending(), Ok(3));
+        assert_eq!(r.pending(), Ok(3), "nothing consumed");
+        assert_eq!(m.load_u32_acquire(REQ_EVENT), ev, "req_event not armed");
+        assert_eq!(r.poll_requests(2, |_| ()).unwrap(), 2);
+        assert_eq!(r.pending(), Ok(1));
+        m.store_u32_release(REQ_PROD, 40);
+        assert!(matches!(r.pending(), Err(RingError::Broken { req_prod: 40, .. })));
     }
 
     #[test]

@@ -3,34 +3,49 @@
 //!
 //! One [`Blkback`] serves every vbd the toolstack assigns to this domain
 //! (`backend/vbd/<frontend-domid>/<devid>` under our home) from one
-//! [`BlockDevice`]. Per vbd it runs the [`BackendFsm`]; per ring it polls
-//! requests, validates copies, moves data between the frontend's granted
-//! pages and disk buffers, and answers.
+//! [`BlockDevice`]. Per vbd it runs the [`BackendFsm`]; each ring is a
+//! polling context of its own (its ring, deferred work, in-flight count,
+//! buffer holdings, counters) that polls requests, validates copies, moves
+//! data between the frontend's granted pages and disk buffers, and answers.
 //!
-//! Data path: granted pages are mapped (a batch per poll; kept mapped as
-//! persistent grants, least recently used released past a bound, when the
-//! frontend negotiated `feature-persistent`) and copied to or from a disk
-//! buffer. A write is answered only after the disk completed it. Flush and
-//! barrier wait until the ring has nothing else in flight, write their data
-//! (if any), then flush the disk.
+//! Scheduling: Ferrite has one vCPU, so contexts are cooperative. Each
+//! [`Blkback::poll`] gives every context one turn of at most
+//! [`RING_BUDGET`] requests, starting one context further each time
+//! (round-robin). Disk buffers are bounded by [`MAX_BUFFER_BYTES`] for all
+//! rings together; while several rings wait for buffers, each may hold at
+//! most an equal share, so a ring flooding the backend with large requests
+//! cannot keep the others waiting.
+//!
+//! Data path: when the frontend negotiated `feature-persistent`, granted
+//! pages are mapped and kept mapped (least recently used released past a
+//! bound) and copied to or from a disk buffer by the CPU. Otherwise data
+//! moves by batched `GNTTABOP_copy` between the guest's pages and the disk
+//! buffer's own frames ([`LocalFrames`]): one copy call for a request's
+//! data (per part on reads split for the disk), one more for an indirect
+//! request's segment pages; a buffer that names no frames falls back to
+//! map + unmap per batch. A write is answered only after the disk
+//! completed it. Flush and barrier wait until the ring has nothing else in
+//! flight, write their data (if any), then flush the disk.
 //!
 //! Everything the frontend writes is hostile: requests are copied once and
 //! validated by the core; grant failures answer `BLKIF_RSP_ERROR`; work per
-//! poll is bounded; each vbd logs its first refused request only.
+//! poll is bounded; each vbd logs its first refused request and its first
+//! grant failure only.
 
 use crate::abi::Abi;
 use crate::request::{self, DataOp, RejectLog, Request, Segment, Status};
 use crate::ring::{BackRing, RingMem};
 use crate::xenbus::{BackendConfig, BackendFsm, ConnectParams, Effect, Event, FrontendKeys, XenbusState};
 use crate::DiskInfo;
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
-use alloc::rc::Rc;
-use core::cell::Cell;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use domain::evtchn::EventOps;
-use domain::gnttab::{GrantOps, MapRequest, Mapping};
+use domain::gnttab::{CopyEnd, CopyOp, GrantOps, LocalFrames, MapRequest, Mapping};
 use domain::shmem::SharedMem;
 use domain::types::{DomId, EvtchnPort, GrantRef};
 use domain::wait::{Nanos, Notifier};
@@ -39,12 +54,13 @@ use drivers::block::{BlockDevice, BlockRequest};
 use log::{info, warn};
 
 const PAGE: usize = 4096;
-/// Requests taken from one ring per poll.
+/// Requests one ring context takes per turn (per [`Blkback::poll`]).
 pub const RING_BUDGET: usize = 32;
 /// Persistent grants kept mapped per ring (Linux blkback's default).
 pub const MAX_PERSISTENT_PER_RING: usize = 1056;
 /// Disk buffers all rings together may hold. A ring takes no new requests
-/// while less than one largest request (256 segments) is left.
+/// while less than one largest request (256 segments) is left, nor while it
+/// holds its share of this when other rings wait for buffers too.
 pub const MAX_BUFFER_BYTES: usize = 4 << 20;
 const MAX_REQUEST_BYTES: usize = 256 * PAGE;
 /// How long a closed device's directory stays before we remove it.
@@ -114,7 +130,7 @@ struct Work<B> {
     exclusive: bool,
     /// Part of a request split for the disk: answered when all parts are done.
     group: Option<u64>,
-    /// The buffer's share of the memory budget, given back on drop.
+    /// The buffer's share of the memory budgets, given back on drop.
     _charge: Charge,
 }
 
@@ -145,15 +161,50 @@ fn split_segments(segs: Vec<Segment>, max: usize) -> Vec<Vec<Segment>> {
     parts
 }
 
-/// Bytes of disk buffers held by requests; bounded by [`MAX_BUFFER_BYTES`]
-/// so that guests cannot size our heap.
+/// Copy elements moving the guest spans `(gref, offset in page, length)`,
+/// in order, to or from consecutive bytes of `buf` from its start. Each
+/// element stays within one page on both sides: a span is cut where the
+/// buffer crosses a frame (a span never crosses a guest page: the core
+/// checked `offset + len <= 4096`). `None` if the buffer names no frames.
+fn copy_ops<B: LocalFrames>(buf: &B, dom: DomId, spans: impl Iterator<Item = (GrantRef, usize, usize)>, to_guest: bool) -> Option<Vec<CopyOp>> {
+    let mut ops = Vec::new();
+    let mut at = 0usize;
+    for (gref, off, len) in spans {
+        let mut done = 0;
+        // Each round moves at least one byte (n > 0 below), so this ends
+        // after at most `len` rounds; in practice one or two.
+        while done < len {
+            let (pfn, in_frame) = buf.local_frame(at + done)?;
+            let n = (len - done).min(PAGE.saturating_sub(usize::from(in_frame))).min(PAGE.saturating_sub(off + done));
+            if n == 0 {
+                return None;
+            }
+            let guest = CopyEnd::Grant { dom, gref, offset: (off + done) as u16 };
+            let local = CopyEnd::Local { pfn, offset: in_frame };
+            let (src, dst) = if to_guest { (local, guest) } else { (guest, local) };
+            ops.push(CopyOp { src, dst, len: n as u16 });
+            done += n;
+        }
+        at += len;
+    }
+    Some(ops)
+}
+
+/// The guest spans of data segments.
+fn spans(segs: &[Segment]) -> impl Iterator<Item = (GrantRef, usize, usize)> + '_ {
+    segs.iter().map(|s| (GrantRef(s.gref().0), s.offset(), s.len()))
+}
+
+/// Bytes of disk buffers held; bounded by [`MAX_BUFFER_BYTES`] for all
+/// rings so that guests cannot size our heap, and counted per ring too.
 #[derive(Clone, Default)]
 struct Budget(Rc<Cell<usize>>);
 
-/// One request's buffer bytes, returned to the budget when dropped (the
-/// request answered, failed, or dropped at disconnect).
+/// One request's buffer bytes, charged to the global budget and to its
+/// ring's, returned to both when dropped (the request answered, failed,
+/// or dropped at disconnect).
 struct Charge {
-    budget: Budget,
+    budgets: [Budget; 2],
     bytes: usize,
 }
 
@@ -161,23 +212,44 @@ impl Budget {
     fn used(&self) -> usize {
         self.0.get()
     }
-    fn charge(&self, bytes: usize) -> Charge {
-        self.0.set(self.0.get() + bytes);
-        Charge { budget: self.clone(), bytes }
+}
+
+fn charge(global: &Budget, ring: &Budget, bytes: usize) -> Charge {
+    for b in [global, ring] {
+        b.0.set(b.0.get() + bytes);
     }
+    Charge { budgets: [global.clone(), ring.clone()], bytes }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        let b = &self.budget.0;
-        b.set(b.get().saturating_sub(self.bytes));
+        for b in &self.budgets {
+            b.0.set(b.0.get().saturating_sub(self.bytes));
+        }
     }
 }
 
+/// Counters of one ring's polling context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Turns the context had.
+    pub turns: u64,
+    /// Requests taken from the ring.
+    pub requests: u64,
+    /// Turns that ended with the per-turn budget used up.
+    pub budget_spent: u64,
+    /// Turns that left requests in the ring for lack of buffer budget.
+    pub buffer_waits: u64,
+}
+
+/// One ring's polling context: the ring and everything its requests hold.
 struct RingCtx<P: SharedMem, B> {
+    /// Position among its vbd's rings (the frontend's queue number).
+    index: usize,
     ring: BackRing<PagesMem<P>>,
     ring_maps: Vec<Mapping>,
     port: EvtchnPort,
+    /// Disk queue this ring submits to.
     queue: u16,
     persistent: bool,
     pgrants: BTreeMap<u32, (Mapping, u64)>,
@@ -185,6 +257,11 @@ struct RingCtx<P: SharedMem, B> {
     deferred: VecDeque<Work<B>>,
     in_flight: usize,
     dead: bool,
+    /// Buffer bytes this ring's requests hold.
+    held: Budget,
+    /// At its last turn it left requests in the ring for lack of buffers.
+    waiting: bool,
+    stats: RingStats,
 }
 
 struct Vbd<P: SharedMem, B> {
@@ -216,14 +293,49 @@ pub struct Stats {
     pub grant_maps: u64,
     /// Segments served from an already mapped persistent grant.
     pub persistent_hits: u64,
+    /// Grant copy hypercall batches (`GrantOps::copy_batch` calls).
+    pub grant_copies: u64,
+}
+
+/// What every ring context shares: the disk and the bookkeeping of work
+/// on it.
+struct Core<D: BlockDevice> {
+    disk: D,
+    info: DiskInfo,
+    alloc: Box<dyn FnMut(usize) -> Option<D::Buffer>>,
+    /// Disk buffer memory in use, all rings.
+    budget: Budget,
+    /// Split requests still in progress.
+    groups: BTreeMap<u64, Group>,
+    next_group: u64,
+    /// Disk token → (vbd id, ring index, work).
+    tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
+    /// Non-persistent rings move data by grant copy.
+    grant_copy: bool,
+}
+
+/// What a ring context borrows for one call: the shared disk side, the
+/// counters, and the grant and event operations.
+struct Turn<'a, D: BlockDevice, G, E> {
+    core: &'a mut Core<D>,
+    stats: &'a mut Stats,
+    g: &'a mut G,
+    e: &'a mut E,
+}
+
+/// The device a ring belongs to, as its data path sees it.
+struct DevRef<'a> {
+    id: u32,
+    be: &'a str,
+    fe_dom: DomId,
+    rejects: &'a mut RejectLog,
+    grant_errors: &'a mut RejectLog,
 }
 
 /// The block backend.
 pub struct Blkback<P: SharedMem, D: BlockDevice> {
     cfg: BackendConfig,
-    disk: D,
-    info: DiskInfo,
-    alloc: fn(usize) -> Option<D::Buffer>,
+    core: Core<D>,
     vbds: Vec<Vbd<P, D::Buffer>>,
     /// Backend directories whose vbd we removed while the directory stayed
     /// (the frontend vanished, or a detach waiting for the toolstack's
@@ -236,14 +348,9 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     rescan: bool,
     /// Backend directories to remove, and when.
     pending_rm: Vec<(String, Nanos)>,
-    /// Disk buffer memory in use.
-    budget: Budget,
-    /// Split requests still in progress.
-    groups: BTreeMap<u64, Group>,
-    next_group: u64,
-    /// Disk token → (vbd id, ring index).
-    tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
     next_id: u32,
+    /// Round-robin cursor: the ring context that goes first at the next poll.
+    next_turn: usize,
     /// Counters.
     pub stats: Stats,
 }
@@ -253,10 +360,12 @@ pub const WATCH_PREFIX: &str = "vbd";
 
 impl<P: SharedMem, D: BlockDevice> Blkback<P, D>
 where
-    D::Buffer: AsRef<[u8]> + AsMut<[u8]>,
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
 {
     /// Serves `disk`; `alloc` makes a zeroed disk buffer of a given length.
-    pub fn new(disk: D, cfg: BackendConfig, alloc: fn(usize) -> Option<D::Buffer>) -> Self {
+    /// Rings without persistent grants move data by grant copy (see
+    /// [`set_grant_copy`](Self::set_grant_copy)).
+    pub fn new(disk: D, cfg: BackendConfig, alloc: impl FnMut(usize) -> Option<D::Buffer> + 'static) -> Self {
         let bs = disk.block_size().max(512);
         let f = disk.features();
         let info = DiskInfo {
@@ -270,17 +379,40 @@ where
             barrier: true,
             discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
         };
-        Self { cfg, disk, info, alloc, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), budget: Budget::default(), groups: BTreeMap::new(), next_group: 1, tokens: BTreeMap::new(), next_id: 1, stats: Stats::default() }
+        let core = Core {
+            disk,
+            info,
+            alloc: Box::new(alloc),
+            budget: Budget::default(),
+            groups: BTreeMap::new(),
+            next_group: 1,
+            tokens: BTreeMap::new(),
+            grant_copy: true,
+        };
+        Self { cfg, core, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), next_id: 1, next_turn: 0, stats: Stats::default() }
+    }
+
+    /// Whether rings without persistent grants move data by grant copy
+    /// (the default) or by mapping each batch of grants and unmapping it
+    /// after use. Applies from the next request on.
+    pub fn set_grant_copy(&mut self, on: bool) {
+        self.core.grant_copy = on;
+    }
+
+    /// Counters of each connected ring's polling context: (backend
+    /// directory, ring index, counters).
+    pub fn ring_stats(&self) -> Vec<(&str, usize, RingStats)> {
+        self.vbds.iter().flat_map(|v| v.rings.iter().map(|r| (v.be.as_str(), r.index, r.stats))).collect()
     }
 
     /// What we tell frontends about the disk.
     pub fn disk_info(&self) -> &DiskInfo {
-        &self.info
+        &self.core.info
     }
 
     /// The disk (for shutdown).
     pub fn disk_mut(&mut self) -> &mut D {
-        &mut self.disk
+        &mut self.core.disk
     }
 
     /// Starts watching for vbds assigned to us.
@@ -327,7 +459,7 @@ where
 
     /// Bytes of disk buffers currently held by requests.
     pub fn buffer_bytes(&self) -> usize {
-        self.budget.used()
+        self.core.budget.used()
     }
 
     /// Number of vbds known.
@@ -482,7 +614,7 @@ where
             Err(err) => warn!("vbd {be}: writing physical-device: {err:?}"),
         }
         self.feed(xs, g, e, i, Event::Probe);
-        let info = self.info;
+        let info = self.core.info;
         self.feed(xs, g, e, i, Event::HotplugDone(info));
     }
 
@@ -567,7 +699,7 @@ where
     }
 
     fn connect<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E, i: usize, p: &ConnectParams) -> Result<(), String> {
-        let nq = self.disk.queue_count().max(1);
+        let nq = self.core.disk.queue_count().max(1);
         let v = &mut self.vbds[i];
         for (qi, q) in p.queues.iter().enumerate() {
             let reqs: Vec<MapRequest> = q.ring_refs.iter().map(|r| MapRequest { dom: v.fe_dom, gref: GrantRef(r.0), readonly: false }).collect();
@@ -600,6 +732,7 @@ where
                 }
             };
             v.rings.push(RingCtx {
+                index: qi,
                 ring,
                 ring_maps: maps,
                 port,
@@ -610,6 +743,9 @@ where
                 deferred: VecDeque::new(),
                 in_flight: 0,
                 dead: false,
+                held: Budget::default(),
+                waiting: false,
+                stats: RingStats::default(),
             });
         }
         info!(
@@ -619,7 +755,11 @@ where
             p.queues.len(),
             p.ring_page_order,
             if p.abi == Abi::X86_64 { "x86_64" } else { "x86_32" },
-            if p.persistent { "on" } else { "off" }
+            match (p.persistent, self.core.grant_copy) {
+                (true, _) => "on",
+                (false, true) => "off (data by grant copy)",
+                (false, false) => "off (data by map/unmap)",
+            }
         );
         Ok(())
     }
@@ -630,15 +770,15 @@ where
         let id = self.vbds[i].id;
         let deadline = e.now().saturating_add(DRAIN_NS);
         // Bounded by the deadline: the disk times out commands itself too.
-        while self.tokens.values().any(|(v, _, _)| *v == id) && e.now() < deadline {
+        while self.core.tokens.values().any(|(v, _, _)| *v == id) && e.now() < deadline {
             self.poll_disk(g, e);
         }
-        let leftover = self.tokens.values().filter(|(v, _, _)| *v == id).count();
+        let leftover = self.core.tokens.values().filter(|(v, _, _)| *v == id).count();
         if leftover > 0 {
             warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", self.vbds[i].be);
-            self.tokens.retain(|_, (v, _, _)| *v != id);
+            self.core.tokens.retain(|_, (v, _, _)| *v != id);
         }
-        self.groups.retain(|_, gr| gr.vbd != id);
+        self.core.groups.retain(|_, gr| gr.vbd != id);
         let v = &mut self.vbds[i];
         let mut released = 0;
         for r in v.rings.drain(..) {
@@ -656,162 +796,176 @@ where
         }
     }
 
-    /// One round of work: disk completions, then every ring. Returns whether
-    /// anything happened (poll again at once) — `false` means idle.
+
+    /// One round of work: disk completions, then one turn for every ring
+    /// context, round-robin. Returns whether anything happened (poll again
+    /// at once) — `false` means idle.
     pub fn poll<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E) -> bool {
         let mut busy = self.poll_disk(g, e);
-        for vi in 0..self.vbds.len() {
-            for ri in 0..self.vbds[vi].rings.len() {
-                if e.take_pending(self.vbds[vi].rings[ri].port) {
-                    busy = true;
-                }
-                busy |= self.poll_ring(g, e, vi, ri);
-            }
+        let ctxs: Vec<(usize, usize)> = self.vbds.iter().enumerate().flat_map(|(vi, v)| (0..v.rings.len()).map(move |ri| (vi, ri))).collect();
+        if ctxs.is_empty() {
+            return busy || !self.core.tokens.is_empty();
         }
-        busy || !self.tokens.is_empty()
+        // While several rings wait for buffers, each may hold an equal
+        // share (never less than one largest request); a ring alone may
+        // use the whole budget.
+        let waiting = self.vbds.iter().flat_map(|v| &v.rings).filter(|r| r.waiting && !r.dead).count();
+        let share = (MAX_BUFFER_BYTES / waiting.max(1)).max(MAX_REQUEST_BYTES);
+        // A different context goes first each time: none is always served
+        // after the others have taken what was free.
+        let start = self.next_turn % ctxs.len();
+        self.next_turn = start + 1;
+        for k in 0..ctxs.len() {
+            let (vi, ri) = ctxs[(start + k) % ctxs.len()];
+            if e.take_pending(self.vbds[vi].rings[ri].port) {
+                busy = true;
+            }
+            busy |= self.with_ring(vi, ri, g, e, |r, t, d| r.turn(t, d, share));
+        }
+        busy || !self.core.tokens.is_empty()
+    }
+
+    /// Runs `f` on ring `ri` of vbd `vi` with what its data path borrows.
+    fn with_ring<G: GrantOps<Page = P>, E: EventOps, R>(
+        &mut self,
+        vi: usize,
+        ri: usize,
+        g: &mut G,
+        e: &mut E,
+        f: impl FnOnce(&mut RingCtx<P, D::Buffer>, &mut Turn<'_, D, G, E>, &mut DevRef<'_>) -> R,
+    ) -> R {
+        let v = &mut self.vbds[vi];
+        let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, rejects: &mut v.rejects, grant_errors: &mut v.grant_errors };
+        let mut t = Turn { core: &mut self.core, stats: &mut self.stats, g, e };
+        f(&mut v.rings[ri], &mut t, &mut d)
     }
 
     fn poll_disk<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E) -> bool {
         let mut any = false;
         let now = e.now();
-        for q in 0..self.disk.queue_count().max(1) {
+        for q in 0..self.core.disk.queue_count().max(1) {
             // Bounded: a queue holds at most its depth of completions.
             for _ in 0..1024 {
-                let Some(c) = self.disk.poll(q, now) else { break };
+                let Some(c) = self.core.disk.poll(q, now) else { break };
                 any = true;
-                let Some((vid, ri, mut work)) = self.tokens.remove(&c.token.0) else { continue };
+                let Some((vid, ri, mut work)) = self.core.tokens.remove(&c.token.0) else { continue };
                 let Some(vi) = self.vbds.iter().position(|v| v.id == vid) else { continue };
-                let mut status = if c.result.is_ok() { Status::Okay } else { Status::Error };
-                if let Err(err) = c.result {
-                    self.stats.errors += 1;
-                    warn!("vbd {}: disk error {err:?} for request {}", self.vbds[vi].be, work.req.id());
+                if ri >= self.vbds[vi].rings.len() {
+                    continue;
                 }
                 match c.request {
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
                     _ => {}
                 }
-                self.vbds[vi].rings[ri].in_flight -= 1;
-                if status == Status::Okay {
-                    match work.step {
-                        Step::Read { .. } => {
-                            if self.copy_to_guest(g, vi, ri, &work).is_err() {
-                                status = Status::Error;
-                            }
-                        }
-                        Step::Write { then_flush: true, .. } => {
-                            // The data is written: now the flush part.
-                            work.step = Step::Flush;
-                            work.buf = None;
-                            self.vbds[vi].rings[ri].deferred.push_front(work);
-                            continue;
-                        }
-                        _ => {}
-                    }
-                }
-                self.finish(e, vi, ri, &work, status);
+                let result = c.result;
+                self.with_ring(vi, ri, g, e, |r, t, d| r.complete(t, d, work, result));
             }
         }
         any
     }
+}
 
-    /// Answers a finished piece of work; a part of a split request answers
-    /// only when it is the last part (ERROR if any part failed).
-    fn finish<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize, work: &Work<D::Buffer>, status: Status) {
-        let Some(gid) = work.group else {
-            self.respond(e, vi, ri, &work.req, status);
-            return;
-        };
-        let Some(gr) = self.groups.get_mut(&gid) else { return };
-        gr.failed |= status != Status::Okay;
-        gr.remaining -= 1;
-        if gr.remaining == 0 {
-            let failed = gr.failed;
-            self.groups.remove(&gid);
-            self.respond(e, vi, ri, &work.req, if failed { Status::Error } else { Status::Okay });
-        }
-    }
-
-    fn respond<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize, req: &Request, status: Status) {
-        let r = &mut self.vbds[vi].rings[ri];
-        if r.ring.push_response(&req.response(status)).is_err() {
-            r.dead = true;
-            return;
-        }
-        if r.ring.publish_responses() {
-            let _ = e.send(r.port);
-        }
-    }
-
-    fn poll_ring<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E, vi: usize, ri: usize) -> bool {
-        let busy = self.submit_deferred(e, vi, ri);
-        let r = &mut self.vbds[vi].rings[ri];
-        if r.dead || !r.deferred.is_empty() {
+impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
+    /// One turn: submit deferred work, then take up to [`RING_BUDGET`]
+    /// requests while the buffer budgets allow. `share`: the most buffer
+    /// bytes this ring may hold before it lets others go first.
+    fn turn<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(&mut self, t: &mut Turn<'_, D, G, E>, d: &mut DevRef<'_>, share: usize) -> bool {
+        self.stats.turns += 1;
+        let busy = self.submit_deferred(t, d);
+        if self.dead || !self.deferred.is_empty() {
             return busy;
         }
-        // Take requests one at a time (up to the per-poll budget), each
-        // only while the buffer budget can hold the largest request: the
-        // frontend's requests wait in its ring, nothing is refused.
+        // Take requests one at a time (up to the per-turn budget), each
+        // only while the buffer budget can hold the largest request and
+        // this ring is within its share: the frontend's requests wait in
+        // its ring, nothing is refused.
         let mut taken = 0;
         let mut out_of_buffers = false;
         while taken < RING_BUDGET {
-            if self.budget.used() + MAX_REQUEST_BYTES > MAX_BUFFER_BYTES {
+            if t.core.budget.used() + MAX_REQUEST_BYTES > MAX_BUFFER_BYTES || self.held.used() >= share {
                 out_of_buffers = true;
                 break;
             }
-            let r = &mut self.vbds[vi].rings[ri];
             let mut raw = None;
-            if let Err(err) = r.ring.poll_requests(1, |x| raw = Some(x)) {
-                r.dead = true;
-                warn!("vbd {}: ring {ri} broken ({}); no longer served", self.vbds[vi].be, err.as_str());
+            if let Err(err) = self.ring.poll_requests(1, |x| raw = Some(x)) {
+                self.dead = true;
+                warn!("vbd {}: ring {} broken ({}); no longer served", d.be, self.index, err.as_str());
                 break;
             }
             let Some(raw) = raw else { break };
             taken += 1;
+            t.stats.requests += 1;
             self.stats.requests += 1;
-            let req = match request::parse(&raw, &self.info) {
+            let req = match request::parse(&raw, &t.core.info) {
                 Ok(req) => req,
                 Err(rej) => {
-                    self.stats.rejected += 1;
-                    let v = &mut self.vbds[vi];
-                    if v.rejects.note() {
-                        warn!("vbd {}: refused a request from domain {}: {} (further refusals not logged)", v.be, v.fe_dom, rej.reason.as_str());
+                    t.stats.rejected += 1;
+                    if d.rejects.note() {
+                        warn!("vbd {}: refused a request from domain {}: {} (further refusals not logged)", d.be, d.fe_dom, rej.reason.as_str());
                     }
-                    let r = &mut v.rings[ri];
-                    if r.ring.push_response(&rej.response()).is_err() {
-                        r.dead = true;
+                    if self.ring.push_response(&rej.response()).is_err() {
+                        self.dead = true;
                     }
                     continue;
                 }
             };
-            match self.prepare(g, vi, ri, req) {
-                Ok(works) if works.is_empty() => self.respond_later(vi, ri, &req, Status::Okay),
-                Ok(works) => self.vbds[vi].rings[ri].deferred.extend(works),
-                Err(()) => self.respond_later(vi, ri, &req, Status::Error),
+            match self.prepare(t, d, req) {
+                Ok(works) if works.is_empty() => self.push_answer(&req, Status::Okay),
+                Ok(works) => self.deferred.extend(works),
+                Err(()) => self.push_answer(&req, Status::Error),
             }
         }
-        let r = &mut self.vbds[vi].rings[ri];
-        if taken == 0 && !out_of_buffers && !r.dead {
+        if taken == RING_BUDGET {
+            self.stats.budget_spent += 1;
+        }
+        // Waiting only if the frontend has requests we left in the ring.
+        self.waiting = out_of_buffers && !self.dead && self.ring.pending().is_ok_and(|n| n > 0);
+        if self.waiting {
+            self.stats.buffer_waits += 1;
+        }
+        if taken == 0 && !out_of_buffers && !self.dead {
             // Going idle: arm req_event; a request that slipped in is taken
             // at the next poll.
-            return matches!(r.ring.final_check_for_requests(), Ok(true)) || busy;
+            return matches!(self.ring.final_check_for_requests(), Ok(true)) || busy;
         }
-        if r.ring.publish_responses() {
-            let _ = e.send(r.port);
+        if self.ring.publish_responses() {
+            let _ = t.e.send(self.port);
         }
-        self.submit_deferred(e, vi, ri);
+        self.submit_deferred(t, d);
         busy || taken > 0 || out_of_buffers
     }
 
-    fn respond_later(&mut self, vi: usize, ri: usize, req: &Request, status: Status) {
-        let r = &mut self.vbds[vi].rings[ri];
-        if r.ring.push_response(&req.response(status)).is_err() {
-            r.dead = true;
+    /// Pushes an answer; it is published with the turn's batch.
+    fn push_answer(&mut self, req: &Request, status: Status) {
+        if self.ring.push_response(&req.response(status)).is_err() {
+            self.dead = true;
         }
     }
 
-    /// Turns a validated request into disk work (`None`: nothing to do).
-    fn prepare<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, req: Request) -> Result<Vec<Work<D::Buffer>>, ()> {
-        let bs = u64::from(self.disk.block_size().max(512));
+    /// Pushes and publishes an answer, notifying the frontend if it asked.
+    fn respond<E: EventOps>(&mut self, e: &mut E, req: &Request, status: Status) {
+        if self.ring.push_response(&req.response(status)).is_err() {
+            self.dead = true;
+            return;
+        }
+        if self.ring.publish_responses() {
+            let _ = e.send(self.port);
+        }
+    }
+
+    /// Whether this ring moves data by grant copy.
+    fn copies<D: BlockDevice, G, E>(&self, t: &Turn<'_, D, G, E>) -> bool {
+        !self.persistent && t.core.grant_copy
+    }
+
+    /// Turns a validated request into disk work (empty: nothing to do).
+    fn prepare<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        req: Request,
+    ) -> Result<Vec<Work<B>>, ()> {
+        let bs = u64::from(t.core.disk.block_size().max(512));
         let lba_of = |sector: u64| -> Result<u64, ()> {
             let byte = sector.checked_mul(512).ok_or(())?;
             if byte % bs != 0 {
@@ -839,7 +993,7 @@ where
                 (Vec::new(), Step::Discard { lba: lba_of(sector)?, blocks }, false, false)
             }
             Request::Indirect(ind) => {
-                let segs = self.indirect_segments(g, vi, ri, &ind)?;
+                let segs = self.indirect_segments(t, d, &ind)?;
                 match ind.op {
                     DataOp::Read => (segs, Step::Read { lba: lba_of(ind.sector)? }, false, false),
                     DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, then_flush: false }, false, true),
@@ -849,96 +1003,196 @@ where
         // The disk takes at most `max_transfer` bytes per command: split a
         // larger read or write (indirect requests reach 1 MiB) into parts
         // answered together. A write-then-flush is at most 11 segments.
-        let max = self.disk.max_transfer().max(PAGE);
+        let max = t.core.disk.max_transfer().max(PAGE);
         let parts: Vec<Vec<Segment>> = match step {
             Step::Read { .. } | Step::Write { then_flush: false, .. } => split_segments(segs, max),
             _ => alloc::vec![segs],
         };
-        let group = if parts.len() > 1 {
-            let gid = self.next_group;
-            self.next_group += 1;
-            self.groups.insert(gid, Group { vbd: self.vbds[vi].id, remaining: parts.len(), failed: false });
-            Some(gid)
-        } else {
-            None
-        };
-        let mut works = Vec::with_capacity(parts.len());
+        // Each part: its segments, its disk step and its buffer.
+        let mut built: Vec<(Vec<Segment>, Step, usize, Option<B>)> = Vec::with_capacity(parts.len());
         let mut offset = 0u64;
         for part in parts {
             let len: usize = part.iter().map(|s| s.len()).sum();
-            let mut buf = None;
             let step = match step {
                 Step::Read { lba } => Step::Read { lba: lba + offset / bs },
                 Step::Write { lba, then_flush } => Step::Write { lba: lba + offset / bs, then_flush },
                 Step::Flush => Step::Flush,
                 Step::Discard { lba, blocks } => Step::Discard { lba, blocks },
             };
-            let made = (|| {
-                if len > 0 {
-                    if len as u64 % bs != 0 || offset % bs != 0 {
-                        return Err(());
-                    }
-                    let mut b = (self.alloc)(len).ok_or(())?;
-                    if write {
-                        self.copy_from_guest(g, vi, ri, &part, b.as_mut())?;
-                    }
-                    buf = Some(b);
+            let mut buf = None;
+            if len > 0 {
+                if !(len as u64).is_multiple_of(bs) || !offset.is_multiple_of(bs) {
+                    return Err(());
                 }
-                Ok(())
-            })();
-            if made.is_err() {
-                if let Some(gid) = group {
-                    self.groups.remove(&gid);
-                }
-                return Err(());
+                buf = Some((t.core.alloc)(len).ok_or(())?);
             }
             offset += len as u64;
-            let _charge = self.budget.charge(len);
-            works.push(Work { req, segs: part, step, buf, exclusive, group, _charge });
+            built.push((part, step, len, buf));
         }
-        Ok(works)
+        if write {
+            self.fill_from_guest(t, d, &mut built)?;
+        }
+        let group = if built.len() > 1 {
+            let gid = t.core.next_group;
+            t.core.next_group += 1;
+            t.core.groups.insert(gid, Group { vbd: d.id, remaining: built.len(), failed: false });
+            Some(gid)
+        } else {
+            None
+        };
+        Ok(built
+            .into_iter()
+            .map(|(segs, step, len, buf)| Work { req, segs, step, buf, exclusive, group, _charge: charge(&t.core.budget, &self.held, len) })
+            .collect())
     }
 
-    /// Copies the indirect pages once and parses their segments.
-    fn indirect_segments<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, ind: &request::IndirectRequest) -> Result<Vec<Segment>, ()> {
+    /// Reads the indirect pages once into private memory and parses their
+    /// segments.
+    fn indirect_segments<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        ind: &request::IndirectRequest,
+    ) -> Result<Vec<Segment>, ()> {
         let grefs: Vec<GrantRef> = ind.pages().iter().map(|r| GrantRef(r.0)).collect();
-        let maps = self.map_grants(g, vi, ri, &grefs, true)?;
-        let mut copies: Vec<Vec<u8>> = Vec::with_capacity(maps.len());
-        for (m, _) in &maps {
-            let mut page = alloc::vec![0u8; PAGE];
-            g.page(m).read(0, &mut page);
-            copies.push(page);
+        let mut copies: Vec<Vec<u8>> = Vec::with_capacity(grefs.len());
+        // By copy into a buffer of our own frames (at most 8 pages, freed
+        // at once), when this ring copies and the buffer names frames.
+        let by_copy = if self.copies(t) { (t.core.alloc)(grefs.len() * PAGE) } else { None };
+        let ops = by_copy.as_ref().and_then(|b| copy_ops(b, d.fe_dom, grefs.iter().map(|g| (*g, 0, PAGE)), false));
+        match (by_copy, ops) {
+            (Some(mut buf), Some(ops)) => {
+                self.grant_copy(t, d, &ops)?;
+                buf.sync_for_cpu();
+                copies.extend(buf.as_ref().chunks(PAGE).map(|c| c.to_vec()));
+            }
+            _ => {
+                let maps = self.map_grants(t, d, &grefs, true)?;
+                for (m, _) in &maps {
+                    let mut page = alloc::vec![0u8; PAGE];
+                    t.g.page(m).read(0, &mut page);
+                    copies.push(page);
+                }
+                self.release_transient(t, &maps);
+            }
         }
-        self.release_transient(g, &maps);
         let refs: Vec<&[u8]> = copies.iter().map(|p| p.as_slice()).collect();
-        match request::parse_indirect_segments(ind, &refs, &self.info) {
+        match request::parse_indirect_segments(ind, &refs, &t.core.info) {
             Ok(s) => Ok(s),
             Err(rej) => {
-                let v = &mut self.vbds[vi];
-                if v.rejects.note() {
-                    warn!("vbd {}: refused an indirect request: {}", v.be, rej.reason.as_str());
+                if d.rejects.note() {
+                    warn!("vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
                 }
                 Err(())
             }
         }
     }
 
+    /// One batch of grant copies; any failed element fails the request
+    /// (logged once per device).
+    fn grant_copy<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(&mut self, t: &mut Turn<'_, D, G, E>, d: &mut DevRef<'_>, ops: &[CopyOp]) -> Result<(), ()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let res = t.g.copy_batch(ops);
+        t.stats.grant_copies += 1;
+        let failed = ops.iter().zip(res.iter().map(Some).chain(core::iter::repeat(None))).find_map(|(op, r)| match r {
+            Some(Ok(())) => None,
+            Some(Err(err)) => Some((op, Some(*err))),
+            None => Some((op, None)), // no answer for this element
+        });
+        let Some((op, err)) = failed else { return Ok(()) };
+        if d.grant_errors.note() {
+            let gref = match (op.src, op.dst) {
+                (CopyEnd::Grant { gref, .. }, _) | (_, CopyEnd::Grant { gref, .. }) => gref.0,
+                _ => 0,
+            };
+            warn!("vbd {}: grant copy with grant {gref} of domain {} failed: {err:?} (further grant errors not logged)", d.be, d.fe_dom);
+        }
+        Err(())
+    }
+
+    /// Fills the buffers of a write's parts from the guest's pages: by one
+    /// grant copy batch for the whole request, or by mapping.
+    fn fill_from_guest<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        parts: &mut [(Vec<Segment>, Step, usize, Option<B>)],
+    ) -> Result<(), ()> {
+        if self.copies(t) {
+            let mut ops = Vec::new();
+            let mut framed = true;
+            for (segs, _, _, buf) in parts.iter() {
+                match buf.as_ref().map(|b| copy_ops(b, d.fe_dom, spans(segs), false)) {
+                    Some(Some(o)) => ops.extend(o),
+                    Some(None) => framed = false,
+                    None => {}
+                }
+            }
+            if framed {
+                self.grant_copy(t, d, &ops)?;
+                for (_, _, _, buf) in parts.iter_mut() {
+                    if let Some(b) = buf {
+                        b.sync_for_cpu();
+                    }
+                }
+                return Ok(());
+            }
+        }
+        for (segs, _, _, buf) in parts.iter_mut() {
+            if let Some(b) = buf {
+                self.map_from_guest(t, d, segs, b.as_mut())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a finished read's data to the guest's pages.
+    fn deliver_read<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        work: &mut Work<B>,
+    ) -> Result<(), ()> {
+        let Some(buf) = work.buf.as_mut() else { return Ok(()) };
+        if self.copies(t) {
+            if let Some(ops) = copy_ops(buf, d.fe_dom, spans(&work.segs), true) {
+                buf.sync_for_copy();
+                return self.grant_copy(t, d, &ops);
+            }
+        }
+        let grefs: Vec<GrantRef> = work.segs.iter().map(|s| GrantRef(s.gref().0)).collect();
+        let maps = self.map_grants(t, d, &grefs, false)?;
+        let data = buf.as_ref();
+        let mut off = 0;
+        for (s, (m, _)) in work.segs.iter().zip(&maps) {
+            t.g.page(m).write(s.offset(), &data[off..off + s.len()]);
+            off += s.len();
+        }
+        self.release_transient(t, &maps);
+        Ok(())
+    }
+
     /// Maps `grefs` (persistent cache first, the rest in one batch).
     /// Returns each mapping and whether it is transient (unmap after use).
-    fn map_grants<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, grefs: &[GrantRef], readonly: bool) -> Result<Vec<(Mapping, bool)>, ()> {
-        let v = &mut self.vbds[vi];
-        let fe_dom = v.fe_dom;
-        let r = &mut v.rings[ri];
-        r.tick += 1;
-        let tick = r.tick;
+    fn map_grants<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        grefs: &[GrantRef],
+        readonly: bool,
+    ) -> Result<Vec<(Mapping, bool)>, ()> {
+        self.tick += 1;
+        let tick = self.tick;
         let mut out: Vec<Option<(Mapping, bool)>> = alloc::vec![None; grefs.len()];
         let mut missing = Vec::new();
         for (k, gr) in grefs.iter().enumerate() {
-            if r.persistent {
-                if let Some((m, last)) = r.pgrants.get_mut(&gr.0) {
+            if self.persistent {
+                if let Some((m, last)) = self.pgrants.get_mut(&gr.0) {
                     *last = tick;
                     out[k] = Some((*m, false));
-                    self.stats.persistent_hits += 1;
+                    t.stats.persistent_hits += 1;
                     continue;
                 }
             }
@@ -946,119 +1200,160 @@ where
         }
         if !missing.is_empty() {
             // Persistent grants are granted read-write by blkfront.
-            let ro = readonly && !r.persistent;
-            let reqs: Vec<MapRequest> = missing.iter().map(|&k| MapRequest { dom: fe_dom, gref: grefs[k], readonly: ro }).collect();
-            let res = g.map_batch(&reqs);
-            self.stats.grant_maps += 1;
+            let ro = readonly && !self.persistent;
+            let reqs: Vec<MapRequest> = missing.iter().map(|&k| MapRequest { dom: d.fe_dom, gref: grefs[k], readonly: ro }).collect();
+            let res = t.g.map_batch(&reqs);
+            t.stats.grant_maps += 1;
             let mut failed = false;
             for (&k, res) in missing.iter().zip(res) {
                 match res {
                     Ok(m) => {
-                        let keep = r.persistent && !r.pgrants.contains_key(&grefs[k].0);
+                        let keep = self.persistent && !self.pgrants.contains_key(&grefs[k].0);
                         if keep {
-                            r.pgrants.insert(grefs[k].0, (m, tick));
+                            self.pgrants.insert(grefs[k].0, (m, tick));
                         }
                         out[k] = Some((m, !keep));
                     }
                     Err(err) => {
                         failed = true;
-                        if v.grant_errors.note() {
-                            warn!("vbd {}: cannot map grant {} of domain {}: {err:?} (further grant errors not logged)", v.be, grefs[k].0, fe_dom);
+                        if d.grant_errors.note() {
+                            warn!("vbd {}: cannot map grant {} of domain {}: {err:?} (further grant errors not logged)", d.be, grefs[k].0, d.fe_dom);
                         }
                     }
                 }
             }
             // Past the bound: release the least recently used mappings.
-            if r.pgrants.len() > MAX_PERSISTENT_PER_RING {
-                let mut ages: Vec<(u64, u32)> = r.pgrants.iter().filter(|(_, (_, t))| *t != tick).map(|(k, (_, t))| (*t, *k)).collect();
+            if self.pgrants.len() > MAX_PERSISTENT_PER_RING {
+                let mut ages: Vec<(u64, u32)> = self.pgrants.iter().filter(|(_, (_, t))| *t != tick).map(|(k, (_, t))| (*t, *k)).collect();
                 ages.sort_unstable();
-                let excess = r.pgrants.len() - MAX_PERSISTENT_PER_RING;
-                let victims: Vec<Mapping> = ages.iter().take(excess).filter_map(|(_, k)| r.pgrants.remove(k).map(|(m, _)| m)).collect();
-                let _ = g.unmap_batch(&victims);
+                let excess = self.pgrants.len() - MAX_PERSISTENT_PER_RING;
+                let victims: Vec<Mapping> = ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
+                let _ = t.g.unmap_batch(&victims);
             }
             if failed {
                 let done: Vec<(Mapping, bool)> = out.into_iter().flatten().collect();
-                self.release_transient(g, &done);
+                self.release_transient(t, &done);
                 return Err(());
             }
         }
         Ok(out.into_iter().flatten().collect())
     }
 
-    fn release_transient<G: GrantOps<Page = P>>(&mut self, g: &mut G, maps: &[(Mapping, bool)]) {
-        let t: Vec<Mapping> = maps.iter().filter(|(_, tr)| *tr).map(|(m, _)| *m).collect();
-        if !t.is_empty() {
-            let _ = g.unmap_batch(&t);
+    fn release_transient<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(&mut self, t: &mut Turn<'_, D, G, E>, maps: &[(Mapping, bool)]) {
+        let tr: Vec<Mapping> = maps.iter().filter(|(_, tr)| *tr).map(|(m, _)| *m).collect();
+        if !tr.is_empty() {
+            let _ = t.g.unmap_batch(&tr);
         }
     }
 
-    fn copy_from_guest<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, segs: &[Segment], buf: &mut [u8]) -> Result<(), ()> {
+    fn map_from_guest<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        segs: &[Segment],
+        buf: &mut [u8],
+    ) -> Result<(), ()> {
         let grefs: Vec<GrantRef> = segs.iter().map(|s| GrantRef(s.gref().0)).collect();
-        let maps = self.map_grants(g, vi, ri, &grefs, true)?;
+        let maps = self.map_grants(t, d, &grefs, true)?;
         let mut off = 0;
         for (s, (m, _)) in segs.iter().zip(&maps) {
-            g.page(m).read(s.offset(), &mut buf[off..off + s.len()]);
+            t.g.page(m).read(s.offset(), &mut buf[off..off + s.len()]);
             off += s.len();
         }
-        self.release_transient(g, &maps);
-        Ok(())
-    }
-
-    fn copy_to_guest<G: GrantOps<Page = P>>(&mut self, g: &mut G, vi: usize, ri: usize, work: &Work<D::Buffer>) -> Result<(), ()> {
-        let Some(buf) = work.buf.as_ref() else { return Ok(()) };
-        let grefs: Vec<GrantRef> = work.segs.iter().map(|s| GrantRef(s.gref().0)).collect();
-        let maps = self.map_grants(g, vi, ri, &grefs, false)?;
-        let data = buf.as_ref();
-        let mut off = 0;
-        for (s, (m, _)) in work.segs.iter().zip(&maps) {
-            g.page(m).write(s.offset(), &data[off..off + s.len()]);
-            off += s.len();
-        }
-        self.release_transient(g, &maps);
+        self.release_transient(t, &maps);
         Ok(())
     }
 
     /// Submits deferred work in order while the disk takes it.
-    fn submit_deferred<E: EventOps>(&mut self, e: &mut E, vi: usize, ri: usize) -> bool {
+    fn submit_deferred<D: BlockDevice<Buffer = B>, G, E: EventOps>(&mut self, t: &mut Turn<'_, D, G, E>, d: &mut DevRef<'_>) -> bool {
         let mut any = false;
-        let vid = self.vbds[vi].id;
         // Bounded by the deferred queue length.
         for _ in 0..RING_BUDGET * 2 {
-            let r = &mut self.vbds[vi].rings[ri];
-            let Some(w) = r.deferred.front() else { break };
-            if w.exclusive && r.in_flight > 0 {
+            let Some(w) = self.deferred.front() else { break };
+            if w.exclusive && self.in_flight > 0 {
                 break; // flush/barrier: wait for everything before it
             }
-            let mut w = r.deferred.pop_front().expect("front exists");
-            let queue = r.queue;
+            let Some(mut w) = self.deferred.pop_front() else { break };
             let breq = match w.step {
                 Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
                 Step::Write { lba, .. } => BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua: false },
                 Step::Flush => BlockRequest::Flush,
                 Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
             };
-            match self.disk.submit(queue, breq) {
+            match t.core.disk.submit(self.queue, breq) {
                 Ok(tok) => {
                     any = true;
-                    self.vbds[vi].rings[ri].in_flight += 1;
-                    self.tokens.insert(tok.0, (vid, ri, w));
+                    self.in_flight += 1;
+                    t.core.tokens.insert(tok.0, (d.id, self.index, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
                     if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {
                         w.buf = Some(buffer);
                     }
-                    self.vbds[vi].rings[ri].deferred.push_front(w);
+                    self.deferred.push_front(w);
                     break;
                 }
                 Err((err, _)) => {
-                    self.stats.errors += 1;
-                    warn!("vbd {}: disk refused request {}: {err:?}", self.vbds[vi].be, w.req.id());
-                    self.finish(e, vi, ri, &w, Status::Error);
+                    t.stats.errors += 1;
+                    warn!("vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
+                    self.finish(t, &w, Status::Error);
                     any = true;
                 }
             }
         }
         any
+    }
+
+    /// The disk finished `work`.
+    fn complete<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        mut work: Work<B>,
+        result: Result<(), drivers::Error>,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
+        if let Err(err) = result {
+            t.stats.errors += 1;
+            warn!("vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
+        }
+        if status == Status::Okay {
+            match work.step {
+                Step::Read { .. } => {
+                    status = match self.deliver_read(t, d, &mut work) {
+                        Ok(()) => Status::Okay,
+                        Err(()) => Status::Error,
+                    };
+                }
+                Step::Write { then_flush: true, .. } => {
+                    // The data is written: now the flush part.
+                    work.step = Step::Flush;
+                    work.buf = None;
+                    self.deferred.push_front(work);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.finish(t, &work, status);
+    }
+
+    /// Answers a finished piece of work; a part of a split request answers
+    /// only when it is the last part (ERROR if any part failed).
+    fn finish<D: BlockDevice<Buffer = B>, G, E: EventOps>(&mut self, t: &mut Turn<'_, D, G, E>, work: &Work<B>, status: Status) {
+        let Some(gid) = work.group else {
+            self.respond(t.e, &work.req, status);
+            return;
+        };
+        let Some(gr) = t.core.groups.get_mut(&gid) else { return };
+        gr.failed |= status != Status::Okay;
+        gr.remaining = gr.remaining.saturating_sub(1);
+        if gr.remaining == 0 {
+            let failed = gr.failed;
+            t.core.groups.remove(&gid);
+            self.respond(t.e, &work.req, if failed { Status::Error } else { Status::Okay });
+        }
     }
 }
 

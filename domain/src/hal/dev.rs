@@ -3,6 +3,7 @@
 //! implementations of the `drivers::hal` / `drivers::pci` contracts.
 
 use super::pv::PvMm;
+use crate::gnttab::LocalFrames;
 use crate::types::Pfn;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -119,6 +120,29 @@ impl AsMut<[u8]> for DmaBuf {
 impl DmaBuffer for DmaBuf {
     fn len(&self) -> usize {
         self.len
+    }
+}
+
+/// A `DmaBuf` lives on the heap, which both boot paths place where
+/// `va = frame << 12`: on PV inside the 1:1 map of our pseudo-physical
+/// memory (`PvMm::init`), on PVH in identity-mapped RAM. The frame is thus
+/// the PFN (GFN on PVH); `XenGrants::copy_batch` turns it into the MFN a PV
+/// domain's `GNTTABOP_copy` wants, as `HalDma` does for bus addresses.
+impl LocalFrames for DmaBuf {
+    fn local_frame(&self, off: usize) -> Option<(Pfn, u16)> {
+        if off >= self.len {
+            return None;
+        }
+        let va = self.addr().checked_add(off as u64)?;
+        Some((Pfn(va / PAGE_SIZE as u64), (va % PAGE_SIZE as u64) as u16))
+    }
+    fn sync_for_copy(&mut self) {
+        // The hypercall reads the buffer behind the compiler's back.
+        compiler_fence(Ordering::SeqCst);
+    }
+    fn sync_for_cpu(&mut self) {
+        // ... and wrote it: no load may be served from before the copy.
+        compiler_fence(Ordering::SeqCst);
     }
 }
 
