@@ -149,7 +149,7 @@ impl Driver {
         let mut late = 0u64;
         let mut after_timeout: Option<u64> = None;
         let mut next_stats = 0u64;
-        let mut last = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut last = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
@@ -194,14 +194,15 @@ impl Driver {
             if now >= next_stats {
                 next_stats = now + STATS_NS;
                 let s = &self.blk.stats;
-                let cur = (s.requests, s.grant_maps, s.persistent_hits, s.errors, waits, timeouts, late);
+                let cur = (s.requests, s.grant_maps, s.persistent_hits, s.errors, waits, timeouts, late, s.grant_copies);
                 if cur.0 != last.0 {
                     info!(
-                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests)",
+                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, grant copy batches +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests)",
                         cur.0,
                         cur.0 - last.0,
                         cur.1 - last.1,
                         cur.2 - last.2,
+                        cur.7 - last.7,
                         cur.3 - last.3,
                         cur.4 - last.4,
                         cur.5 - last.5,
@@ -225,12 +226,13 @@ impl Driver {
     /// leaks once guests are gone.
     fn publish_status(&mut self, last: &mut String) {
         let s = format!(
-            "vbds={} buffers={} mapped-pages={} heap-used={} requests={}",
+            "vbds={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={}",
             self.blk.vbd_count(),
             self.blk.buffer_bytes(),
             self.mm.lock().va_in_use(),
             hal::heap_used(),
-            self.blk.stats.requests
+            self.blk.stats.requests,
+            self.blk.stats.grant_copies
         );
         if s != *last {
             if let Err(e) = self.xs.write("data/ferrite/status", s.as_bytes()) {

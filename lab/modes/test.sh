@@ -1,14 +1,14 @@
 #!/bin/sh
 # MODE test: one Xen boot, every lab test; one LAB-TEST line each.
-# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-cycles shutdown
+# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-copy blk-cycles shutdown
 #
 # Ferrite gets the emulated NVMe (0000:00:04.0) passed through; the Linux test
 # guest (configs/guest-linux.cfg, script lab/dom0/guest.sh) runs on a disk that
 # Ferrite serves.  With the Linux peer (IMAGE=linux-peer) the NVMe and blk-*
 # tests report SKIP: the peer has no NVMe driver or block backend.
 . /lab/common.sh
-ALL="ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-cycles shutdown"
-BLK="blk-features blk-fs blk-attach blk-destroy blk-cycles"
+ALL="ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-copy blk-cycles shutdown"
+BLK="blk-features blk-fs blk-attach blk-destroy blk-copy blk-cycles"
 PCI=0000:00:04.0
 GCFG=/ferrite/configs/guest-linux.cfg
 GNAME=guest
@@ -168,6 +168,8 @@ gcreate() {
     t_gc=$(lab_uptime)
     lab_step guest-create "xl create $GCFG (lab.phase=$1)"
     extra=$(sed -n 's/^extra *= *"\(.*\)"/\1/p' $GCFG | sed "s/lab\.phase=[a-z]*/lab.phase=$1/")
+    # More kernel command-line options (module options) for this guest.
+    [ -n "${2:-}" ] && extra="$extra $2"
     GDOM=""
     if timeout 90 xl create $GCFG "extra=\"$extra\"" >/tmp/xl-guest.log 2>&1; then
         GDOM=$(gdomid)
@@ -334,12 +336,38 @@ else
         lab_info "test guest shut down in $(lab_since "$t0") s"
         gdestroy
 
+        # --- blk-copy: a frontend without persistent grants is served by grant copy
+        fstatus() { xenstore-read /local/domain/$FDOM/data/ferrite/status 2>/dev/null; }
+        fval() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+        c0=$(fval "$(fstatus)" copy-batches)
+        off=$(glog_size); foff=$(flog_size)
+        gcreate fresh "xen_blkfront.feature_persistent=0"
+        why="" detail=""
+        if [ -z "$GDOM" ]; then
+            why="xl create failed;"
+        elif glog_wait "$off" "GUEST-DONE" 150; then
+            r=$(gres "$off" fs-fresh)
+            case $r in PASS*) detail="${r#PASS }" ;; *) why="guest: ${r:-no fs-fresh result};" ;; esac
+            conn=$(flog_from "$foff" | grep "vbd backend/vbd/$GDOM/.*connected" | head -n 1 | sed 's/^.*connected/connected/')
+            case $conn in *"persistent grants off"*) ;; *) why="$why Ferrite's connect line does not say 'persistent grants off': '$conn';" ;; esac
+            sleep 0.6
+            c1=$(fval "$(fstatus)" copy-batches)
+            [ "${c1:-0}" -gt "${c0:-0}" ] 2>/dev/null || why="$why Ferrite's copy-batches did not grow (${c0:-?} -> ${c1:-?});"
+            detail="$detail; Ferrite: $conn; grant copy batches ${c0:-?} -> ${c1:-?}"
+        else
+            why="the guest did not finish within 150 s;"
+        fi
+        if [ -z "$why" ]; then
+            lab_pass blk-copy "guest with xen_blkfront.feature_persistent=0: $detail"
+        else
+            failed=1; lab_fail blk-copy "$why $detail"; evidence blk-copy
+        fi
+        gdestroy
+
         # --- blk-cycles: guests created and destroyed in the middle of their I/O,
         # several times; Ferrite's status (data/ferrite/status) must come back to
         # its baseline each time: no device, no buffer, no mapped page left, and
         # the heap does not grow from cycle to cycle.
-        fstatus() { xenstore-read /local/domain/$FDOM/data/ferrite/status 2>/dev/null; }
-        fval() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
         # settled DOMID: Ferrite serves nothing and DOMID's backend directory is gone.
         settled() {
             i=0
