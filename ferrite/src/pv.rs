@@ -24,6 +24,11 @@ type Xs = XsClient<MappedPage, PortNotifier>;
 const RAMDISK_BYTES: u64 = 4 << 20;
 /// How often the backend's periodic work runs (and the longest idle sleep).
 const MAINTENANCE_NS: u64 = 250_000_000;
+/// Hybrid polling naps only when the disk usually takes at least this long
+/// (shorter naps cost more than they free: Xen's timer slop is 50 us).
+const NAP_WORTH_NS: u64 = 40_000;
+/// Longest nap while disk commands are outstanding.
+const NAP_MAX_NS: u64 = 2_000_000;
 /// How often I/O counters are logged (only while requests arrive).
 const STATS_NS: u64 = 5_000_000_000;
 /// Per-request xenstore deadline.
@@ -40,6 +45,41 @@ pub fn our_pattern(i: usize) -> u8 {
     ((i * 29) + 5) as u8
 }
 
+/// How the main loop waits while only disk commands are outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PollMode {
+    /// Spin on the completion queues (lowest latency on a dedicated CPU).
+    Spin,
+    /// Nap for half the mean disk wait, then spin (Linux's hybrid polling):
+    /// frees the CPU for others — on a shared host, or under emulation where
+    /// the device itself needs the CPU — while adding little latency.
+    Hybrid,
+}
+
+impl PollMode {
+    fn parse(s: &str) -> Option<PollMode> {
+        match s.trim() {
+            "spin" => Some(PollMode::Spin),
+            "hybrid" => Some(PollMode::Hybrid),
+            _ => None,
+        }
+    }
+}
+
+/// Counters of the main loop (and the backend's, copied in when logged).
+#[derive(Clone, Copy, Default)]
+struct LoopCounters {
+    requests: u64,
+    maps: u64,
+    hits: u64,
+    copies: u64,
+    errors: u64,
+    waits: u64,
+    timeouts: u64,
+    late: u64,
+    naps: u64,
+}
+
 struct Driver {
     xs: Xs,
     events: XenEvents,
@@ -47,6 +87,7 @@ struct Driver {
     mm: &'static spin::Mutex<hpv::PvMm>,
     blk: Blkback<MappedPage, AnyDisk>,
     store_port: EvtchnPort,
+    poll_mode: PollMode,
 }
 
 pub fn run(b: PvBoot) -> ! {
@@ -87,6 +128,9 @@ pub fn run(b: PvBoot) -> ! {
         info!("command line: {cmdline}");
     }
     let use_sgl = !cmdline.split_whitespace().any(|w| w == "nvme.sgl=0");
+    //   poll=spin|hybrid   how to wait for the disk (default hybrid); also
+    //                      data/ferrite/poll in xenstore, at run time
+    let poll_mode = cmdline.split_whitespace().find_map(|w| w.strip_prefix("poll=")).and_then(PollMode::parse).unwrap_or(PollMode::Hybrid);
     let mut nvme = None;
     match xs.directory("device/pci") {
         Ok(devs) if devs.iter().any(|x| x == "0") => {
@@ -108,7 +152,8 @@ pub fn run(b: PvBoot) -> ! {
     });
     let blk = Blkback::new(disk, BackendConfig::default(), DmaBuf::zeroed);
     let store_port = EvtchnPort(si.store_evtchn);
-    let mut d = Driver { xs, events, grants, mm: b.mm, blk, store_port };
+    let mut d = Driver { xs, events, grants, mm: b.mm, blk, store_port, poll_mode };
+    info!("polling mode: {poll_mode:?}");
     if let Err(e) = d.self_checks() {
         warn!("self-check: {e}");
     }
@@ -118,7 +163,7 @@ pub fn run(b: PvBoot) -> ! {
     if let Err(e) = d.offer_page_to_dom0() {
         warn!("could not grant a page to dom0: {e}");
     }
-    for (path, token) in [("control/shutdown", "shutdown"), ("data/ferrite/test/request", "test")] {
+    for (path, token) in [("control/shutdown", "shutdown"), ("data/ferrite/test/request", "test"), ("data/ferrite/poll", "poll")] {
         if let Err(e) = d.xs.watch(path, token) {
             error!("cannot watch {path}: {e:?}");
         }
@@ -135,21 +180,25 @@ pub fn run(b: PvBoot) -> ! {
 impl Driver {
     /// The polling loop: xenstore watch events, then every ring and the
     /// disk; when nothing is in flight and no ring has work, block on the
-    /// event channels (xenstore and every ring) for up to a second.
+    /// event channels (xenstore and every ring) until the next maintenance.
+    /// While only disk commands are outstanding it spins, or, in hybrid
+    /// mode, first naps for half the usual device wait (see [`PollMode`]).
     fn main_loop(&mut self) -> ! {
         let mut errors = 0u32;
         let mut dropped = 0u64;
         let mut next_maintenance = 0u64;
         let mut status = String::new();
-        // I/O counters, logged every STATS_NS while requests arrive.
-        let mut waits = 0u64;
-        let mut timeouts = 0u64;
+        let mut c = LoopCounters::default();
+        let mut last = LoopCounters::default();
+        let mut next_stats = 0u64;
         // Requests found right after a wait that timed out: a frontend
         // published them without an event reaching us (a lost wake-up).
-        let mut late = 0u64;
         let mut after_timeout: Option<u64> = None;
-        let mut next_stats = 0u64;
-        let mut last = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        // Hybrid polling: when the current wait for the disk began, whether
+        // we napped in it, and the running mean of such waits (ns).
+        let mut disk_wait_since: Option<u64> = None;
+        let mut napped = false;
+        let mut disk_wait_mean = 0u64;
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
@@ -177,39 +226,67 @@ impl Driver {
             let busy = self.blk.poll(&mut self.grants, &mut self.events);
             if let Some(before) = after_timeout.take() {
                 if self.blk.stats.requests != before {
-                    late += 1;
+                    c.late += 1;
                 }
             }
             if !busy {
+                disk_wait_since = None;
                 let mut ports = self.blk.ports();
                 ports.push(self.store_port);
-                waits += 1;
+                c.waits += 1;
                 if let Ok(false) = self.events.wait_any(&ports, hal::time::now() + MAINTENANCE_NS) {
-                    timeouts += 1;
+                    c.timeouts += 1;
                     after_timeout = Some(self.blk.stats.requests);
                 }
                 self.events.take_pending(self.store_port);
+            } else if self.blk.progressed() {
+                if let Some(t0) = disk_wait_since.take() {
+                    let sample = hal::time::now().saturating_sub(t0);
+                    disk_wait_mean = if disk_wait_mean == 0 { sample } else { disk_wait_mean - disk_wait_mean / 8 + sample / 8 };
+                }
+            } else if self.blk.in_flight() > 0 {
+                // Only the disk is working.
+                let now = hal::time::now();
+                if disk_wait_since.is_none() {
+                    disk_wait_since = Some(now);
+                    napped = false;
+                }
+                if self.poll_mode == PollMode::Hybrid && !napped && disk_wait_mean >= NAP_WORTH_NS {
+                    napped = true;
+                    c.naps += 1;
+                    let nap = (disk_wait_mean / 2).min(NAP_MAX_NS);
+                    // Wakes early for a ring event (a new request).
+                    let ports = self.blk.ports();
+                    let _ = self.events.wait_any(&ports, now + nap);
+                }
             }
             let now = hal::time::now();
             if now >= next_stats {
                 next_stats = now + STATS_NS;
                 let s = &self.blk.stats;
-                let cur = (s.requests, s.grant_maps, s.persistent_hits, s.errors, waits, timeouts, late, s.grant_copies);
-                if cur.0 != last.0 {
+                c.requests = s.requests;
+                c.maps = s.grant_maps;
+                c.hits = s.persistent_hits;
+                c.copies = s.grant_copies;
+                c.errors = s.errors;
+                if c.requests != last.requests {
                     info!(
-                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, grant copy batches +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests)",
-                        cur.0,
-                        cur.0 - last.0,
-                        cur.1 - last.1,
-                        cur.2 - last.2,
-                        cur.7 - last.7,
-                        cur.3 - last.3,
-                        cur.4 - last.4,
-                        cur.5 - last.5,
-                        cur.6 - last.6
+                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, grant copy batches +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests), naps +{} (mean disk wait {} us, {:?} polling)",
+                        c.requests,
+                        c.requests - last.requests,
+                        c.maps - last.maps,
+                        c.hits - last.hits,
+                        c.copies - last.copies,
+                        c.errors - last.errors,
+                        c.waits - last.waits,
+                        c.timeouts - last.timeouts,
+                        c.late - last.late,
+                        c.naps - last.naps,
+                        disk_wait_mean / 1000,
+                        self.poll_mode
                     );
                 }
-                last = cur;
+                last = c;
             }
             if hal::time::now() >= next_maintenance {
                 next_maintenance = hal::time::now() + MAINTENANCE_NS;
@@ -246,10 +323,24 @@ impl Driver {
         match token {
             "shutdown" => self.on_shutdown(),
             "test" => self.on_test_request(),
+            "poll" => self.on_poll_mode(),
             t if t.starts_with(storage_backend::shell::WATCH_PREFIX) => {
                 self.blk.on_watch(&mut self.xs, &mut self.grants, &mut self.events, t)
             }
             other => warn!("watch event with unknown token {other:?} for {path}"),
+        }
+    }
+
+    /// `data/ferrite/poll` = `spin` | `hybrid` switches the polling mode.
+    fn on_poll_mode(&mut self) {
+        let Ok(v) = self.xs.read_string("data/ferrite/poll") else { return };
+        match PollMode::parse(&v) {
+            Some(m) if m != self.poll_mode => {
+                info!("polling mode: {m:?} (was {:?}; data/ferrite/poll)", self.poll_mode);
+                self.poll_mode = m;
+            }
+            Some(_) => {}
+            None => warn!("data/ferrite/poll = {v:?} ignored: spin or hybrid"),
         }
     }
 

@@ -351,6 +351,8 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     next_id: u32,
     /// Round-robin cursor: the ring context that goes first at the next poll.
     next_turn: usize,
+    /// Whether the last `poll` did anything besides waiting for the disk.
+    progressed: bool,
     /// Counters.
     pub stats: Stats,
 }
@@ -389,7 +391,7 @@ where
             tokens: BTreeMap::new(),
             grant_copy: true,
         };
-        Self { cfg, core, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), next_id: 1, next_turn: 0, stats: Stats::default() }
+        Self { cfg, core, vbds: Vec::new(), retired: Vec::new(), rescan: false, pending_rm: Vec::new(), next_id: 1, next_turn: 0, progressed: false, stats: Stats::default() }
     }
 
     /// Whether rings without persistent grants move data by grant copy
@@ -804,6 +806,7 @@ where
         let mut busy = self.poll_disk(g, e);
         let ctxs: Vec<(usize, usize)> = self.vbds.iter().enumerate().flat_map(|(vi, v)| (0..v.rings.len()).map(move |ri| (vi, ri))).collect();
         if ctxs.is_empty() {
+            self.progressed = busy;
             return busy || !self.core.tokens.is_empty();
         }
         // While several rings wait for buffers, each may hold an equal
@@ -822,7 +825,20 @@ where
             }
             busy |= self.with_ring(vi, ri, g, e, |r, t, d| r.turn(t, d, share));
         }
+        self.progressed = busy;
         busy || !self.core.tokens.is_empty()
+    }
+
+    /// Whether the last [`poll`](Self::poll) completed, took or answered
+    /// anything. `poll` returning `true` with this `false` means only disk
+    /// commands are outstanding: the caller may nap before polling again.
+    pub fn progressed(&self) -> bool {
+        self.progressed
+    }
+
+    /// Disk commands submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.core.tokens.len()
     }
 
     /// Runs `f` on ring `ri` of vbd `vi` with what its data path borrows.

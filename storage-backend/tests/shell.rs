@@ -2092,3 +2092,40 @@ fn flooding_ring_does_not_starve_another_slow_disk() {
     // Completions lag 2 polls, one at a time: buffers come back slowly.
     flood_does_not_starve(SlowDisk::new(DISK_SECTORS, 1, 2, 64), 16);
 }
+
+#[test]
+fn progress_is_told_apart_from_waiting_on_the_disk() {
+    // Completions lag 3 polls: the backend must say "busy, but only the
+    // disk is working" (the main loop's cue to nap) until the answer.
+    let mut w = world(SlowDisk::new(DISK_SECTORS, 1, 3, 64), BackendConfig::default(), &[5]);
+    w.attach(0);
+    w.connect(0, Opts::default());
+    assert_eq!(w.blk.in_flight(), 0);
+    let (req, id, _segs) = w.fronts[0].rw(BLKIF_OP_WRITE, 64, &[(0, 7)], 7, true);
+    w.fronts[0].push(0, &req);
+    w.fronts[0].publish(0);
+    assert!(w.blk.poll(&mut w.g, &mut w.e));
+    assert!(w.blk.progressed(), "taking and submitting the request is progress");
+    assert_eq!(w.blk.in_flight(), 1);
+    let mut waiting_polls = 0;
+    let mut answered = false;
+    for _ in 0..10 {
+        let busy = w.blk.poll(&mut w.g, &mut w.e);
+        if w.blk.progressed() {
+            answered = true;
+            break;
+        }
+        assert!(busy, "a command in flight keeps the backend busy");
+        assert_eq!(w.blk.in_flight(), 1);
+        waiting_polls += 1;
+    }
+    assert!(answered, "the write was never completed");
+    assert!(waiting_polls >= 1, "polls that only waited for the disk must not count as progress");
+    assert_eq!(w.blk.in_flight(), 0);
+    let f = &mut w.fronts[0];
+    assert!(f.e.take_pending(f.rings[0].port));
+    assert_eq!(f.take_responses(0), [okay(id, BLKIF_OP_WRITE)]);
+    // Idle: nothing in flight, nothing to do.
+    assert!(!w.blk.poll(&mut w.g, &mut w.e));
+    assert!(!w.blk.progressed());
+}
