@@ -128,7 +128,7 @@ run_job() {
     esac
     SEQ=$((SEQ + 1))
     out=r$3-$2-$1.json
-    if agent_run $dom $SEQ "$2" $((RUNTIME + RAMP + 90)) $R/raw/$out $(job_opts "$2"); then ok=0; else ok=1; fi
+    if agent_run $dom $SEQ "$2" $((RUNTIME + RAMP + 90)) $R/raw/$out $(job_opts "$2"); then jrc=0; else jrc=1; fi
     [ -s $R/raw/$out ] || out=-
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$3" "$2" "$1" $SEQ "$AGENT_RC" "$AGENT_SECS" "$out" >>$R/runs.tsv
     case $AGENT_RC in
@@ -137,7 +137,7 @@ run_job() {
         timeout) lab_info "bench r$3 $2 $1: no end within $((RUNTIME + RAMP + 90)) s" ;;
         *) lab_info "bench r$3 $2 $1: rc=$AGENT_RC ${AGENT_SECS} s: $(fio_brief $R/raw/$out)" ;;
     esac
-    return $ok
+    return $jrc
 }
 
 # ---------------------------------------------------------------- set-ups
