@@ -641,10 +641,12 @@ mod tests {
     use crate::pagetable::SlTable;
     use crate::vtd::ContextEntry;
 
-    /// Memory with a root table, one context table for bus 0 and a table
-    /// mapping dfn 5 -> mfn 0x99 read-only; device 00:01.0 uses `ctx`.
-    fn rig(ctx: impl Fn(Mfn) -> ContextEntry) -> (VecMemory, SoftVtd) {
-        let mut mem = VecMemory::new(Mfn(0x200), 32);
+    /// `pages` of memory with a root table, one context table for bus 0
+    /// and a table mapping dfn 5 -> mfn 0x99 read-only; device 00:01.0
+    /// uses `ctx`. Returns the memory, the root and context table frames
+    /// and the page table.
+    fn tables(pages: usize, ctx: impl Fn(Mfn) -> ContextEntry) -> (VecMemory, Mfn, Mfn, SlTable) {
+        let mut mem = VecMemory::new(Mfn(0x200), pages);
         let root = mem.alloc_zeroed().unwrap();
         let ct = mem.alloc_zeroed().unwrap();
         let t = SlTable::new(&mut mem, AddrWidth::Aw39).unwrap();
@@ -655,6 +657,12 @@ mod tests {
         let c = ctx(t.root());
         mem.write_u64(ct.addr() + 8 * 16, c.lo);
         mem.write_u64(ct.addr() + 8 * 16 + 8, c.hi);
+        (mem, root, ct, t)
+    }
+
+    /// [`tables`] in 32 pages, behind a coherent unit.
+    fn rig(ctx: impl Fn(Mfn) -> ContextEntry) -> (VecMemory, SoftVtd) {
+        let (mut mem, root, _, _) = tables(32, ctx);
         let mut hw = SoftVtd::new(AddrWidth::Aw39);
         hw.set_root_table(&mut mem, root);
         (mem, hw)
@@ -714,17 +722,8 @@ mod tests {
 
     #[test]
     fn non_coherent_unit_sees_only_flushed_lines() {
-        let mut mem = VecMemory::new(Mfn(0x200), 8);
-        let root = mem.alloc_zeroed().unwrap();
-        let ct = mem.alloc_zeroed().unwrap();
-        let t = SlTable::new(&mut mem, AddrWidth::Aw39).unwrap();
-        t.map(&mut mem, crate::types::Dfn(5), Mfn(0x99), Perm::RO, false)
-            .unwrap();
-        let r = RootEntry::new(ct);
-        mem.write_u64(root.addr(), r.lo);
-        let c = ContextEntry::new(t.root(), AddrWidth::Aw39, 3, TranslationType::Untranslated);
-        mem.write_u64(ct.addr() + 8 * 16, c.lo);
-        mem.write_u64(ct.addr() + 8 * 16 + 8, c.hi);
+        let (mut mem, root, ct, t) =
+            tables(8, |r| ContextEntry::new(r, AddrWidth::Aw39, 3, TranslationType::Untranslated));
         let mut hw = SoftVtd::new(AddrWidth::Aw39);
         hw.set_coherent(false);
         assert!(!hw.coherent());

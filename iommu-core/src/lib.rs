@@ -28,6 +28,8 @@ pub mod iommu;
 pub mod mem;
 pub mod mmio;
 pub mod pagetable;
+#[doc(hidden)]
+pub mod testing;
 pub mod qi;
 pub mod types;
 pub mod vtd;

@@ -10,14 +10,9 @@
 # and removes a vbd's backend directory once it is Closed and offline (as
 # xl devd does). It also runs the benchmark agent on /dev/nvme0n1 ("raw").
 # Console lines: DD-INFO <text>, DD-READY <uptime>, and the agent's BENCH-*.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu
-exec </dev/console >/dev/console 2>&1
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# /init has mounted /proc, /sys, /dev, /tmp, /run, set PATH and
+# LD_LIBRARY_PATH and sent output to the console.
+# Warnings and errors (pcifront, nvme, blkback) reach the console log too.
 echo 4 >/proc/sys/kernel/printk
 up() { cut -d' ' -f1 /proc/uptime; }
 say() { echo "DD-$*"; }

@@ -5,19 +5,15 @@
 #![allow(dead_code)]
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use drivers::fake::{FakeDma, FakeMemory, Memory};
-use iommu_core::hw::SoftVtd;
-use iommu_core::mem::VecMemory;
-use iommu_core::types::{DomId, Gfn, Instant, Mfn, PciSbdf, Sid};
-use iommu_core::vtd::{AddrWidth, FaultReason};
-use iommu_core::{hypercall_return, Config, Iommu, Platform};
+use iommu_core::types::{DomId, PciSbdf, Sid};
+use iommu_core::vtd::FaultReason;
 use pv_iommu_client::dma::IommuDma;
 use pv_iommu_client::iova::{IovaAllocator, MSI_WINDOW};
 use pv_iommu_client::types::CtxNo;
-use pv_iommu_client::{Client, Transport as IommuTransport};
+use pv_iommu_client::Client;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Error, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -79,46 +75,7 @@ pub const PS: u64 = 4096;
 pub const DOM: DomId = DomId(1);
 pub const DEV: PciSbdf = PciSbdf::new(0, 0, 4, 0);
 
-/// Guest frame = machine frame; references counted.
-#[derive(Default)]
-pub struct Plat {
-    pub refs: BTreeMap<u64, u32>,
-}
-
-impl Platform for Plat {
-    fn get_page(&mut self, _: DomId, gfn: Gfn, _: bool) -> Option<Mfn> {
-        *self.refs.entry(gfn.0).or_default() += 1;
-        Some(Mfn(gfn.0))
-    }
-    fn put_page(&mut self, mfn: Mfn) {
-        let r = self.refs.get_mut(&mfn.0).expect("put without get");
-        *r -= 1;
-        if *r == 0 {
-            self.refs.remove(&mfn.0);
-        }
-    }
-    fn domain_pages(&self, _: DomId) -> Vec<(Gfn, Mfn)> {
-        (0..16).map(|g| (Gfn(g), Mfn(g))).collect()
-    }
-    fn copy_from_guest(&mut self, _: DomId, _: u64, _: &mut [u8]) -> bool {
-        false
-    }
-    fn copy_to_guest(&mut self, _: DomId, _: u64, _: &[u8]) -> bool {
-        false
-    }
-}
-
-pub type Hv = Iommu<VecMemory, SoftVtd, Plat>;
-
-/// The PV-IOMMU "hypercall", straight into the handler.
-#[derive(Clone)]
-pub struct Local(pub Rc<RefCell<Hv>>);
-
-impl IommuTransport for Local {
-    fn iommu_op(&mut self, subop: u32, arg: &mut [u8]) -> i64 {
-        hypercall_return(self.0.borrow_mut().handle(DOM, subop, arg, Instant(0)))
-    }
-}
+pub use iommu_core::testing::{InProcess as Local, TestIommu as Hv};
 
 pub type Iova = IommuDma<Local, FakeDma>;
 
@@ -126,16 +83,7 @@ pub type Iova = IommuDma<Local, FakeDma>;
 /// fresh context of DOM, and an `IommuDma` into that context over fake
 /// guest memory.
 pub fn iommu(coherent: bool) -> (Rc<RefCell<Hv>>, Memory, CtxNo, Iova) {
-    let mut hw = SoftVtd::new(AddrWidth::Aw39);
-    hw.set_caching_mode(true);
-    hw.set_coherent(coherent);
-    let mut hv = Iommu::new(Config::default(), VecMemory::new(Mfn(0x1000), 4096), hw, Plat::default()).unwrap();
-    hv.add_domain(DOM, true).unwrap();
-    hv.add_device(DEV, false, &[]).unwrap();
-    hv.assign_device(DEV, DOM, Instant(0)).unwrap();
-    let hv = Rc::new(RefCell::new(hv));
-    let mut c = Client::new(Local(hv.clone()));
-    c.ensure_initialised().unwrap();
+    let (hv, mut c) = iommu_core::testing::setup(DEV, coherent);
     let ctx = c.alloc_context(false).unwrap();
     c.reattach_device(ctx, DEV).unwrap();
     let mem = FakeMemory::new_shared();
