@@ -331,6 +331,19 @@ impl From<RequestX32> for RequestX64 {
     }
 }
 
+impl From<RequestX64> for RequestX32 {
+    fn from(r: RequestX64) -> Self {
+        RequestX32 {
+            operation: r.operation,
+            nr_segments: r.nr_segments,
+            handle: r.handle,
+            id: r.id,
+            sector_number: r.sector_number,
+            seg: r.seg,
+        }
+    }
+}
+
 /// `struct blkif_request_discard`, x86_64 ABI.
 ///
 /// | off | field              |
@@ -402,6 +415,19 @@ const _: () = {
 impl From<DiscardX32> for DiscardX64 {
     fn from(r: DiscardX32) -> Self {
         DiscardX64 {
+            operation: r.operation,
+            flag: r.flag,
+            handle: r.handle,
+            id: r.id,
+            sector_number: r.sector_number,
+            nr_sectors: r.nr_sectors,
+        }
+    }
+}
+
+impl From<DiscardX64> for DiscardX32 {
+    fn from(r: DiscardX64) -> Self {
+        DiscardX32 {
             operation: r.operation,
             flag: r.flag,
             handle: r.handle,
@@ -505,6 +531,21 @@ impl From<IndirectX32> for IndirectX64 {
             sector_number: r.sector_number,
             handle: r.handle,
             indirect_grefs: r.indirect_grefs,
+        }
+    }
+}
+
+impl From<IndirectX64> for IndirectX32 {
+    fn from(r: IndirectX64) -> Self {
+        IndirectX32 {
+            operation: r.operation,
+            indirect_op: r.indirect_op,
+            nr_segments: r.nr_segments,
+            id: r.id,
+            sector_number: r.sector_number,
+            handle: r.handle,
+            indirect_grefs: r.indirect_grefs,
+            pad: 0,
         }
     }
 }

@@ -600,14 +600,7 @@ mod tests {
     #[test]
     fn x86_32_read_parses_same() {
         let r = rw(BLKIF_OP_WRITE, 3, 20);
-        let r32 = RequestX32 {
-            operation: r.operation,
-            nr_segments: r.nr_segments,
-            handle: r.handle,
-            id: r.id,
-            sector_number: r.sector_number,
-            seg: r.seg,
-        };
+        let r32 = RequestX32::from(r);
         let mut b = [0u8; MAX_REQUEST_SIZE];
         r32.encode(&mut b);
         let a = parse(&RawRequest { abi: Abi::X86_32, bytes: b }, &disk()).unwrap();

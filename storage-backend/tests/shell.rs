@@ -91,6 +91,10 @@ struct SlowDisk {
     /// shell's drain deadline reads).
     stuck: bool,
     clock: Option<FakeEvents>,
+    /// Like the NVMe driver: buffers above this transfer limit are refused.
+    limit: Option<usize>,
+    /// The largest buffer submitted.
+    largest: usize,
 }
 
 impl SlowDisk {
@@ -103,7 +107,15 @@ impl SlowDisk {
             log: Vec::new(),
             stuck: false,
             clock: None,
+            limit: None,
+            largest: 0,
         }
+    }
+
+    /// This disk with a transfer limit of `limit` bytes.
+    fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
     }
 }
 
@@ -129,12 +141,17 @@ impl BlockDevice for SlowDisk {
         self.inner.queue_count()
     }
     fn max_transfer(&self) -> usize {
-        self.inner.max_transfer()
+        self.limit.unwrap_or_else(|| self.inner.max_transfer())
     }
     fn features(&self) -> Features {
         self.inner.features()
     }
     fn submit(&mut self, queue: u16, request: BlockRequest<Buf>) -> Result<Token, (drivers::Error, BlockRequest<Buf>)> {
+        let len = request.buffer().map(|b| b.len()).unwrap_or(0);
+        if len > self.max_transfer() {
+            return Err((drivers::Error::BadBuffer, request));
+        }
+        self.largest = self.largest.max(len);
         if self.held.get(usize::from(queue)).is_some_and(|h| h.len() >= self.depth) {
             return Err((drivers::Error::QueueFull, request));
         }
@@ -188,15 +205,7 @@ fn enc_rw(abi: Abi, op: u8, id: u64, sector: u64, segs: &[abi::Segment]) -> Req 
     let mut b = [0u8; MAX_REQUEST_SIZE];
     match abi {
         Abi::X86_64 => r.encode(&mut b),
-        Abi::X86_32 => RequestX32 {
-            operation: r.operation,
-            nr_segments: r.nr_segments,
-            handle: r.handle,
-            id: r.id,
-            sector_number: r.sector_number,
-            seg: r.seg,
-        }
-        .encode(&mut b),
+        Abi::X86_32 => RequestX32::from(r).encode(&mut b),
     }
     b
 }
@@ -218,17 +227,7 @@ fn enc_indirect(abi: Abi, op: u8, nr: u16, id: u64, sector: u64, pages: &[GrantR
     let mut b = [0u8; MAX_REQUEST_SIZE];
     match abi {
         Abi::X86_64 => r.encode(&mut b),
-        Abi::X86_32 => IndirectX32 {
-            operation: r.operation,
-            indirect_op: op,
-            nr_segments: nr,
-            id,
-            sector_number: sector,
-            handle: r.handle,
-            indirect_grefs: grefs,
-            pad: 0,
-        }
-        .encode(&mut b),
+        Abi::X86_32 => IndirectX32::from(r).encode(&mut b),
     }
     b
 }
@@ -1653,49 +1652,11 @@ fn backend_written_before_frontend() {
     w.write_read_back(0, 0, 100, 11);
 }
 
-/// A disk that, like the NVMe driver, refuses buffers above its transfer
-/// limit.
-struct LimitDisk {
-    inner: RamDisk<Buf>,
-    largest: usize,
-    limit: usize,
-}
-
-impl BlockDevice for LimitDisk {
-    type Buffer = Buf;
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn capacity(&self) -> u64 {
-        self.inner.capacity()
-    }
-    fn queue_count(&self) -> u16 {
-        self.inner.queue_count()
-    }
-    fn max_transfer(&self) -> usize {
-        self.limit
-    }
-    fn features(&self) -> Features {
-        self.inner.features()
-    }
-    fn submit(&mut self, queue: u16, request: BlockRequest<Buf>) -> Result<Token, (drivers::Error, BlockRequest<Buf>)> {
-        let len = request.buffer().map(|b| b.len()).unwrap_or(0);
-        if len > self.max_transfer() {
-            return Err((drivers::Error::BadBuffer, request));
-        }
-        self.largest = self.largest.max(len);
-        self.inner.submit(queue, request)
-    }
-    fn poll(&mut self, queue: u16, now: u64) -> Option<BlockCompletion<Buf>> {
-        self.inner.poll(queue, now)
-    }
-}
-
 /// Requests above the disk's transfer limit are split into parts and
 /// answered once, OKAY, with the data where it belongs.
 #[test]
 fn large_requests_are_split_for_the_disk() {
-    let mut w = world(LimitDisk { inner: ram(1), largest: 0, limit: 16 * 1024 }, BackendConfig::default(), &[5]);
+    let mut w = world(SlowDisk::new(DISK_SECTORS, 1, 0, 64).with_limit(16 * 1024), BackendConfig::default(), &[5]);
     w.attach(0);
     w.connect(0, Opts { protocol: Some(Abi::X86_64), ..Opts::default() });
     let (wreq, wid, wpages) = w.fronts[0].indirect(BLKIF_OP_WRITE, 64, 40, 21);
@@ -1919,8 +1880,8 @@ proptest! {
     /// the disk ends equal to the model, and no data grant was ever mapped.
     #[test]
     fn random_requests_by_copy_match_a_model(ops in prop::collection::vec(copy_op_strategy(), 1..24), limit in any::<bool>()) {
-        let inner = ram(1);
-        let mut w = world(LimitDisk { inner, largest: 0, limit: if limit { 16 * 1024 } else { usize::MAX } }, BackendConfig::default(), &[5]);
+        let disk = SlowDisk::new(DISK_SECTORS, 1, 0, 64).with_limit(if limit { 16 * 1024 } else { usize::MAX });
+        let mut w = world(disk, BackendConfig::default(), &[5]);
         w.attach(0);
         w.connect(0, Opts::default());
         let maps = w.g.map_calls();
@@ -1973,7 +1934,7 @@ proptest! {
         }
         prop_assert!(w.blk.disk_mut().inner.contents() == &model[..], "disk differs from the model");
         prop_assert_eq!(w.g.map_calls(), maps, "nothing but the ring was mapped");
-        prop_assert!(w.blk.disk_mut().largest <= w.blk.disk_mut().limit);
+        prop_assert!(w.blk.disk_mut().largest <= w.blk.disk_mut().max_transfer());
         prop_assert_eq!(w.blk.buffer_bytes(), 0);
     }
 }

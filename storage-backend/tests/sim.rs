@@ -234,15 +234,7 @@ fn enc_rw(abi: Abi, op: u8, nr: u8, id: u64, sector: u64, segs: &[abi::Segment])
     let mut b = [0u8; MAX_REQUEST_SIZE];
     match abi {
         Abi::X86_64 => r.encode(&mut b),
-        Abi::X86_32 => RequestX32 {
-            operation: r.operation,
-            nr_segments: r.nr_segments,
-            handle: r.handle,
-            id: r.id,
-            sector_number: r.sector_number,
-            seg: r.seg,
-        }
-        .encode(&mut b),
+        Abi::X86_32 => RequestX32::from(r).encode(&mut b),
     }
     b
 }
@@ -252,15 +244,7 @@ fn enc_discard(abi: Abi, id: u64, sector: u64, n: u64) -> [u8; MAX_REQUEST_SIZE]
     let d = DiscardX64 { operation: BLKIF_OP_DISCARD, flag: 0, handle: 0, id, sector_number: sector, nr_sectors: n };
     match abi {
         Abi::X86_64 => d.encode(&mut b),
-        Abi::X86_32 => DiscardX32 {
-            operation: d.operation,
-            flag: d.flag,
-            handle: d.handle,
-            id,
-            sector_number: sector,
-            nr_sectors: n,
-        }
-        .encode(&mut b),
+        Abi::X86_32 => DiscardX32::from(d).encode(&mut b),
     }
     b
 }
@@ -279,17 +263,7 @@ fn enc_indirect(abi: Abi, op: u8, nr: u16, id: u64, sector: u64, page: u32) -> [
     };
     match abi {
         Abi::X86_64 => r.encode(&mut b),
-        Abi::X86_32 => IndirectX32 {
-            operation: r.operation,
-            indirect_op: op,
-            nr_segments: nr,
-            id,
-            sector_number: sector,
-            handle: r.handle,
-            indirect_grefs: grefs,
-            pad: 0,
-        }
-        .encode(&mut b),
+        Abi::X86_32 => IndirectX32::from(r).encode(&mut b),
     }
     b
 }
