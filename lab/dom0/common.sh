@@ -72,15 +72,30 @@ lab_wait_ready() {
     [ "$state" = ready ]
 }
 
-# lab_wait_console TEXT SECONDS: wait until the guest's console log holds TEXT.
-lab_wait_console() {
-    i=0
-    while [ $i -lt $(($2 * 5)) ]; do
-        grep -qF "$1" "$GUEST_LOG" 2>/dev/null && return 0
-        sleep 0.2; i=$((i + 1))
+# now_after SECONDS: dom0's uptime SECONDS from now; past T: whether it is later than T.
+now_after() { awk -v a="$(lab_uptime)" -v s="$1" 'BEGIN { print a + s }'; }
+past() { awk -v a="$(lab_uptime)" -v e="$1" 'BEGIN { exit !(a > e) }'; }
+
+# wait_key PATH VALUE SECONDS: wait until the xenstore node PATH reads VALUE.
+wait_key() {
+    _wk_end=$(now_after "$3")
+    while [ "$(xenstore-read "$1" 2>/dev/null)" != "$2" ]; do
+        past "$_wk_end" && return 1
+        sleep 0.1
     done
-    return 1
 }
+
+# wait_log FILE TEXT SECONDS: wait until FILE holds TEXT (fixed string).
+wait_log() {
+    _wl_end=$(now_after "$3")
+    until grep -aqF "$2" "$1" 2>/dev/null; do
+        past "$_wl_end" && return 1
+        sleep 0.2
+    done
+}
+
+# lab_wait_console TEXT SECONDS: wait until the guest's console log holds TEXT.
+lab_wait_console() { wait_log "$GUEST_LOG" "$1" "$2"; }
 
 # lab_shutdown SECONDS: xl shutdown -w with a timeout; destroy on failure.
 lab_shutdown() {
@@ -141,20 +156,12 @@ agent_run() {
     _n=0
     while :; do
         xenstore-write "/local/domain/$_id/data/bench/cmd" "$_seq $_tag $*"
-        _w=0
-        while [ $_w -lt 25 ]; do
-            grep -aqF "BENCH-BEGIN $_seq " "$_log" 2>/dev/null && break 2
-            sleep 0.2; _w=$((_w + 1))
-        done
+        wait_log "$_log" "BENCH-BEGIN $_seq " 5 && break
         _n=$((_n + 1))
         [ $_n -ge 6 ] && return 1
     done
     AGENT_RC=timeout
-    _w=0
-    until grep -aqF "BENCH-END $_seq " "$_log" 2>/dev/null; do
-        _w=$((_w + 1)); [ $_w -gt $((_secs * 5)) ] && return 1
-        sleep 0.2
-    done
+    wait_log "$_log" "BENCH-END $_seq " "$_secs" || return 1
     tr -d '\r' <"$_log" | awk -v s="$_seq" '
         $1 == "BENCH-BEGIN" && $2 == s { on = 1; next }
         $1 == "BENCH-END" && $2 == s { on = 0 }

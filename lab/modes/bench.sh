@@ -44,27 +44,6 @@ job_opts() {
     esac
 }
 
-now_after() { awk -v a="$(lab_uptime)" -v s="$1" 'BEGIN { print a + s }'; }
-past() { awk -v a="$(lab_uptime)" -v e="$1" 'BEGIN { exit !(a > e) }'; }
-
-# wait_key PATH VALUE SECONDS: wait until the xenstore node PATH reads VALUE.
-wait_key() {
-    end=$(now_after "$3")
-    while [ "$(xenstore-read "$1" 2>/dev/null)" != "$2" ]; do
-        past "$end" && return 1
-        sleep 0.1
-    done
-}
-
-# wait_log FILE TEXT SECONDS: wait until FILE holds TEXT (fixed string).
-wait_log() {
-    end=$(now_after "$3")
-    until grep -aqF "$2" "$1" 2>/dev/null; do
-        past "$end" && return 1
-        sleep 0.2
-    done
-}
-
 # create_guest NAME BACKEND TARGET: a Linux PV guest running the bench agent on xvda.
 create_guest() {
     extra=$(sed -n 's/^extra *= *"\(.*\)"/\1/p' $GCFG | sed "s/lab\.phase=[a-z]*/lab.phase=bench/")
