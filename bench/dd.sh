@@ -15,7 +15,7 @@
 # Results: results/bench/<time>/ (raw fio JSON, summary.json, table.txt, plot.svg).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CACHE=${LAB_CACHE:-$ROOT/.lab-cache}
+CACHE=${LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrite-lab}
 ROUNDS=3 SECS=10 RAMP=2 MEMPROBE=1 QUICK=0 SETUPS="ferrite linux-dd raw" JOBS="" FERRITE_EXTRA=""
 while [ $# -gt 0 ]; do
     case $1 in

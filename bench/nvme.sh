@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
         *) echo "usage: bench/nvme.sh [--secs N] [--rounds R]" >&2; exit 2 ;;
     esac
 done
-CACHE=${LAB_CACHE:-$ROOT/.lab-cache}
+CACHE=${LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrite-lab}
 OUT=$ROOT/results/bench-nvme/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 say() { echo "[bench-nvme] $*"; }

@@ -18,7 +18,7 @@ set -euo pipefail
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$LAB_DIR")
-CACHE=${LAB_CACHE:-$REPO/.lab-cache}
+CACHE=${LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrite-lab}
 LOGS=$CACHE/logs
 XENVER=4.17
 DOM0_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-pciback xen-netback nvme"
@@ -276,7 +276,7 @@ build_fio() {
     dpkg-deb -x "$d"/src/libaio-dev_*.deb "$d/aio"
     tar -C "$d/src" -xzf "$d"/src/fio_*.orig.tar.gz
     src=$(ls -d "$d"/src/fio-*/ | head -n 1)
-    (cd "$src" && ./configure --build-static --disable-native --extra-cflags="-I$d/aio/usr/include" \
+    (cd "$src" && ./configure --build-static --disable-native --extra-cflags="-I$d/aio/usr/include -L$d/aio/usr/lib/x86_64-linux-gnu" \
         --disable-numa --disable-rdma --disable-gfapi --disable-http --disable-rados --disable-rbd \
         --disable-pmem --disable-libnfs --disable-xnvme --disable-libzbc --disable-dfs --disable-tcmalloc --disable-lex)
     grep -q '^CONFIG_LIBAIO=y' "$src/config-host.mak" || { echo "fio configure did not find libaio"; return 1; }
