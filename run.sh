@@ -133,18 +133,18 @@ test_pvh() {
 
 # cargo-fuzz targets, a short run each (libFuzzer needs nightly flags:
 # RUSTC_BOOTSTRAP lets the stable toolchain accept them).
-FUZZ_TARGETS="storage-backend:parse_request pv-iommu-client:decode"
+FUZZ_TARGETS="parse_request decode"
 FUZZ_SECS=${FERRITE_FUZZ_SECS:-20}
 test_fuzz() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         say "installing cargo-fuzz (once); log: $LOGS/cargo-fuzz-install.log"
         cargo install cargo-fuzz --locked >"$LOGS/cargo-fuzz-install.log" 2>&1 || { record fuzz-setup FAIL "cargo install cargo-fuzz failed; see $LOGS/cargo-fuzz-install.log"; return; }
     fi
-    local t crate target log
-    for t in $FUZZ_TARGETS; do
-        crate=${t%%:*} target=${t#*:} log=$LOGS/fuzz-$target.log
-        say "fuzzing $crate/$target for ${FUZZ_SECS} s; log: $log"
-        if (cd "$ROOT/$crate" && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECS") >"$log" 2>&1; then
+    local target log
+    for target in $FUZZ_TARGETS; do
+        log=$LOGS/fuzz-$target.log
+        say "fuzzing $target for ${FUZZ_SECS} s; log: $log"
+        if (cd "$ROOT" && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECS") >"$log" 2>&1; then
             record "fuzz:$target" OK
             say "  $(grep -E '^Done [0-9]+ runs' "$log" | tail -n1)"
         else

@@ -1,0 +1,56 @@
+//! The disk Ferrite serves: the NVMe controller passed through to it, or a
+//! small RAM disk when there is none (so a guest can still be served).
+
+use crate::pci_nvme::PvNvme;
+use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token};
+use drivers::hal::Nanos;
+use drivers::Error;
+use runtime::dev::DmaBuf;
+
+pub enum AnyDisk {
+    Nvme(PvNvme),
+    Ram(drivers::block::RamDisk<DmaBuf>),
+}
+
+macro_rules! each {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            AnyDisk::Nvme($d) => $e,
+            AnyDisk::Ram($d) => $e,
+        }
+    };
+}
+
+impl AnyDisk {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AnyDisk::Nvme(_) => "NVMe",
+            AnyDisk::Ram(_) => "RAM disk",
+        }
+    }
+}
+
+impl BlockDevice for AnyDisk {
+    type Buffer = DmaBuf;
+    fn block_size(&self) -> u32 {
+        each!(self, d => d.block_size())
+    }
+    fn capacity(&self) -> u64 {
+        each!(self, d => d.capacity())
+    }
+    fn queue_count(&self) -> u16 {
+        each!(self, d => d.queue_count())
+    }
+    fn max_transfer(&self) -> usize {
+        each!(self, d => d.max_transfer())
+    }
+    fn features(&self) -> Features {
+        each!(self, d => d.features())
+    }
+    fn submit(&mut self, queue: u16, r: BlockRequest<DmaBuf>) -> Result<Token, (Error, BlockRequest<DmaBuf>)> {
+        each!(self, d => d.submit(queue, r))
+    }
+    fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<DmaBuf>> {
+        each!(self, d => d.poll(queue, now))
+    }
+}
