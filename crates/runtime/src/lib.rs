@@ -91,6 +91,9 @@ pub struct PvhBoot {
 }
 
 /// The boot, as the application's `ferrite_main` receives it.
+// Made once per boot and moved once, before the heap exists: boxing the PV
+// variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Boot {
     Pv(PvBoot),
     Pvh(PvhBoot),

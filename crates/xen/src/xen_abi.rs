@@ -392,7 +392,7 @@ mod tests {
         let g = GrantEntryV1 { flags: gnttabop::GTF_PERMIT_ACCESS | gnttabop::GTF_READONLY, domid: 0, frame: 0xDEAD };
         assert_eq!(bytemuck::bytes_of(&g), &[5, 0, 0, 0, 0xAD, 0xDE, 0, 0]);
         let u = MmuUpdate { ptr: 0x1000 | MMU_NORMAL_PT_UPDATE, val: 0x2067 };
-        assert_eq!(&bytemuck::bytes_of(&u)[..], &le(&[&0x1000u64.to_le_bytes(), &0x2067u64.to_le_bytes()])[..]);
+        assert_eq!(bytemuck::bytes_of(&u), &le(&[&0x1000u64.to_le_bytes(), &0x2067u64.to_le_bytes()])[..]);
     }
 
     #[test]
