@@ -10,6 +10,7 @@
 #                     test under plain QEMU, the lab end-to-end tests and
 #                     `bench --quick` as a smoke test.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
+#   ./run.sh lint     only the fmt and clippy gates of ./run.sh test.
 #   ./run.sh bench    Ferrite vs a Linux driver domain (xen-blkback) vs raw
 #                     NVMe: fio from Linux guests, interleaved, in one lab boot;
 #                     table, summary JSON and plot in results/bench/<time>/.
@@ -108,6 +109,46 @@ test_host() {
     say "host tests: $p passed, $f failed"
 }
 
+# Lint gates: rustfmt (one root rustfmt.toml) and clippy -D warnings, on the
+# host for the library crates (all targets, all features) and on the
+# bare-metal target for every library and each image in its own invocation
+# (so one image's features never leak into another's check).
+workspace_crates() { # workspace_crates lib|image: package names from cargo metadata
+    cargo metadata --no-deps --format-version 1 2>/dev/null | python3 -c '
+import json, sys
+want = sys.argv[1]
+for p in json.load(sys.stdin)["packages"]:
+    kinds = {k for t in p["targets"] for k in t["kind"]}
+    image = "/images/" in p["manifest_path"]
+    if (want == "image") == image and (image or "lib" in kinds):
+        print(p["name"])' "$1"
+}
+
+test_lint() {
+    local log=$LOGS/fmt.log args c
+    say "lint: cargo fmt --check (workspace and fuzz/); log: $log"
+    if cargo fmt --all --check >"$log" 2>&1 && cargo fmt --manifest-path "$ROOT/fuzz/Cargo.toml" --check >>"$log" 2>&1; then
+        record fmt OK
+    else
+        record fmt FAIL "$(grep -c '^Diff in' "$log") unformatted hunks; run cargo fmt --all; see $log"
+    fi
+    ensure_toolchain || { record clippy-bare-metal FAIL "no $TARGET target"; return; }
+    log=$LOGS/clippy-host.log
+    say "lint: cargo clippy -D warnings, host (library crates, all targets and features); log: $log"
+    if cargo clippy --all-targets --all-features -- -D warnings >"$log" 2>&1; then record clippy-host OK
+    else record clippy-host FAIL "see $log"; grep -E '^(error|warning)' -A4 "$log" | head -n 20; fi
+    log=$LOGS/clippy-bare-metal.log
+    args=()
+    for c in $(workspace_crates lib); do args+=(-p "$c"); done
+    say "lint: cargo clippy -D warnings, $TARGET (libraries, then each image); log: $log"
+    if cargo clippy --release --target "$TARGET" "${args[@]}" -- -D warnings >"$log" 2>&1 \
+        && (for c in $(workspace_crates image); do cargo clippy --release --target "$TARGET" -p "$c" -- -D warnings || exit 1; done) >>"$log" 2>&1; then
+        record clippy-bare-metal OK
+    else
+        record clippy-bare-metal FAIL "see $log"; grep -E '^(error|warning)' -A4 "$log" | head -n 20
+    fi
+}
+
 test_image() {
     if ! build_image; then
         record image-build FAIL; return 1
@@ -186,6 +227,7 @@ test_bench_quick() {
 }
 
 run_tests() {
+    test_lint
     test_host
     test_image && test_pvh
     test_fuzz
@@ -202,6 +244,7 @@ run_tests() {
 case "${1:-main}" in
     main) main_job ;;
     test) run_tests ;;
+    lint) test_lint; for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done; echo "$PASSED passed, $FAILED failed"; [ "$FAILED" -eq 0 ] ;;
     bench)
         shift
         case "${1:-}" in
@@ -209,5 +252,5 @@ case "${1:-main}" in
             *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
     -h|--help|help) sed -n '2,20p' "$0" ;;
-    *) echo "usage: ./run.sh [main|test|bench]" >&2; exit 2 ;;
+    *) echo "usage: ./run.sh [main|test|lint|bench]" >&2; exit 2 ;;
 esac

@@ -1,11 +1,11 @@
 //! Fuzzes request validation: one ring slot (either ABI) plus the bytes of
-//! an indirect page. `cargo +nightly fuzz run parse_request` from this dir.
+//! an indirect page. `cargo fuzz run parse_request` from the repository root (see run.sh).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use blkback::abi::{Abi, RawRequest, MAX_REQUEST_SIZE};
 use blkback::request::{parse, parse_indirect_segments, Request};
 use blkback::{DiscardInfo, DiskInfo};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
