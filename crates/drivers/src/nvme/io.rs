@@ -1,0 +1,355 @@
+//! Split-phase I/O: building commands (PRP lists, SGLs, DSM ranges),
+//! submission, completion reaping, and command timeouts (Abort, then a
+//! controller reset that fails every in-flight command back).
+
+use alloc::vec::Vec;
+
+use super::spec::{DsmRange, SglDescriptor, Sqe};
+use super::*;
+
+impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
+    pub(super) fn take_page(&mut self) -> Result<DmaRegion, Error> {
+        match self.page_pool.pop() {
+            Some(p) => Ok(p),
+            None => Ok(self.dma.alloc_zeroed(1)?),
+        }
+    }
+
+    /// Builds the command for `request` (mapping its buffer and writing PRP
+    /// lists / DSM ranges into pool pages). On error everything is undone.
+    pub(super) fn prepare(
+        &mut self,
+        request: &mut BlockRequest<D::Buffer>,
+    ) -> Result<(Sqe, Option<Mapping>, Vec<DmaRegion>), Error> {
+        let nsid = self.info.nsid;
+        let bs = u64::from(self.info.block_size);
+        let capacity = self.info.blocks;
+        match request {
+            BlockRequest::Flush => Ok((Sqe::flush(nsid), None, Vec::new())),
+            BlockRequest::Discard { lba, blocks } => {
+                if !self.info.dsm {
+                    return Err(Error::NotSupported);
+                }
+                if *blocks == 0 || *blocks > u64::from(u32::MAX) {
+                    return Err(Error::BadBuffer);
+                }
+                check_range(*lba, *blocks, capacity)?;
+                let page = self.take_page()?;
+                let range = DsmRange { attributes: 0, blocks: *blocks as u32, slba: *lba };
+                if let Err(e) = self.dma.write(&page, 0, &range.to_bytes()) {
+                    self.page_pool.push(page);
+                    return Err(e.into());
+                }
+                let sqe = Sqe::dsm_deallocate(nsid, 1, page.bus().0);
+                Ok((sqe, None, alloc::vec![page]))
+            }
+            BlockRequest::WriteZeroes { lba, blocks } => {
+                if !self.info.write_zeroes {
+                    return Err(Error::NotSupported);
+                }
+                if *blocks == 0 || *blocks > 65536 {
+                    return Err(Error::BadBuffer);
+                }
+                check_range(*lba, *blocks, capacity)?;
+                Ok((Sqe::write_zeroes(nsid, *lba, *blocks as u32), None, Vec::new()))
+            }
+            BlockRequest::Read { lba, buffer } | BlockRequest::Write { lba, buffer, .. } => {
+                let len = buffer.len();
+                if len == 0 || !(len as u64).is_multiple_of(bs) || len > self.info.max_transfer {
+                    return Err(Error::BadBuffer);
+                }
+                let blocks = len as u64 / bs;
+                check_range(*lba, blocks, capacity)?;
+                let lba = *lba;
+                let (dir, sqe) = match request {
+                    BlockRequest::Write { fua, .. } => {
+                        (DmaDirection::ToDevice, Sqe::write(nsid, lba, blocks as u32, *fua))
+                    }
+                    _ => (DmaDirection::FromDevice, Sqe::read(nsid, lba, blocks as u32)),
+                };
+                let buffer = request.buffer_mut().ok_or(Error::BadBuffer)?;
+                let mapping = self.dma.map(buffer, dir)?;
+                let built = if self.info.sgl && self.config.use_sgl {
+                    self.build_sgl(&mapping, sqe)
+                } else {
+                    self.build_prp(&mapping, sqe)
+                };
+                match built {
+                    Ok((sqe, pages)) => Ok((sqe, Some(mapping), pages)),
+                    Err(e) => {
+                        let buffer = request.buffer_mut().ok_or(Error::BadBuffer)?;
+                        let _ = self.dma.unmap(mapping, buffer);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Data Block descriptor for a contiguous buffer; otherwise a Last
+    /// Segment descriptor pointing to a pool page of Data Block descriptors
+    /// (up to 256, one page: more than any transfer we allow).
+    pub(super) fn build_sgl(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+        let segs = mapping.segments();
+        let block = |bus: u64, len: usize| -> Result<SglDescriptor, Error> {
+            // SGLS 10b asks dword alignment; our buffers are block-aligned.
+            if !bus.is_multiple_of(4) || len == 0 || !len.is_multiple_of(4) {
+                return Err(Error::BadBuffer);
+            }
+            Ok(SglDescriptor::data_block(bus, u32::try_from(len).map_err(|_| Error::BadBuffer)?))
+        };
+        match segs {
+            [] => Err(Error::BadBuffer),
+            [one] => {
+                sqe.set_sgl(block(one.bus.0, one.len)?);
+                Ok((sqe, Vec::new()))
+            }
+            many if many.len() > PAGE_SIZE / SglDescriptor::SIZE => Err(Error::BadBuffer),
+            many => {
+                let mut bytes = Vec::with_capacity(many.len() * SglDescriptor::SIZE);
+                for s in many {
+                    bytes.extend_from_slice(&block(s.bus.0, s.len)?.to_bytes());
+                }
+                let page = self.take_page()?;
+                if let Err(e) = self.dma.write(&page, 0, &bytes) {
+                    self.page_pool.push(page);
+                    return Err(e.into());
+                }
+                sqe.set_sgl(SglDescriptor::last_segment(page.bus().0, many.len()));
+                Ok((sqe, alloc::vec![page]))
+            }
+        }
+    }
+
+    pub(super) fn build_prp(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+        let entries = prp::entries(mapping.segments(), PAGE_SIZE, self.max_prp_entries)?;
+        let need = prp::list_pages_needed(entries.len(), PAGE_SIZE);
+        let mut pages = Vec::with_capacity(need);
+        for _ in 0..need {
+            match self.take_page() {
+                Ok(p) => pages.push(p),
+                Err(e) => {
+                    self.page_pool.append(&mut pages);
+                    return Err(e);
+                }
+            }
+        }
+        let addrs: Vec<_> = pages.iter().map(|p| p.bus()).collect();
+        let built = prp::build(&entries, &addrs, PAGE_SIZE).and_then(|prp| {
+            for (page, list) in pages.iter().zip(prp.lists.iter()) {
+                self.dma.write(page, 0, &prp::list_bytes(list))?;
+            }
+            Ok(prp)
+        });
+        match built {
+            Ok(prp) => {
+                sqe.prp1 = prp.prp1;
+                sqe.prp2 = prp.prp2;
+                Ok((sqe, pages))
+            }
+            Err(e) => {
+                self.page_pool.append(&mut pages);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues `request` on I/O queue `queue` (0-based). `Ok` promises one
+    /// completion from [`Nvme::poll`] on that queue; `Err` hands the
+    /// request back untouched.
+    pub fn submit(
+        &mut self,
+        queue: u16,
+        mut request: BlockRequest<D::Buffer>,
+    ) -> Result<Token, (Error, BlockRequest<D::Buffer>)> {
+        if self.state == State::Failed {
+            return Err((Error::ControllerFailed, request));
+        }
+        let qi = usize::from(queue);
+        match self.io.get(qi) {
+            None => return Err((Error::NoSuchQueue, request)),
+            Some(q) if q.is_full() => return Err((Error::QueueFull, request)),
+            Some(_) => {}
+        }
+        let (sqe, mapping, pages) = match self.prepare(&mut request) {
+            Ok(v) => v,
+            Err(e) => return Err((e, request)),
+        };
+        let token = Token(self.next_token);
+        let slot = IoSlot { token, request, mapping, pages, deadline: None, abort: AbortState::NotSent };
+        match self.io[qi].submit(&mut self.dma, &mut self.regs, sqe, slot) {
+            Ok(_) => {
+                self.next_token += 1;
+                Ok(token)
+            }
+            Err((e, slot)) => {
+                let c = self.finish(qi, slot, Err(e));
+                Err((e, c.request))
+            }
+        }
+    }
+
+    /// Releases what a finished command held and builds its completion.
+    pub(super) fn finish(
+        &mut self,
+        qi: usize,
+        mut slot: IoSlot<D::Buffer>,
+        result: Result<(), Error>,
+    ) -> BlockCompletion<D::Buffer> {
+        let mut result = result;
+        if let Some(mapping) = slot.mapping.take() {
+            if let Some(buffer) = slot.request.buffer_mut() {
+                if let Err(e) = self.dma.unmap(mapping, buffer) {
+                    if result.is_ok() {
+                        result = Err(e.into());
+                    }
+                }
+            }
+        }
+        if self.state == State::Failed {
+            self.quarantine.append(&mut slot.pages);
+        } else {
+            self.page_pool.append(&mut slot.pages);
+        }
+        BlockCompletion { token: slot.token, queue: qi as u16, result, request: slot.request }
+    }
+
+    /// Next completion on I/O queue `queue`, if any. Also reaps the admin
+    /// queue, and checks the queue's commands against their deadlines:
+    /// a command past `io_timeout_ns` gets an Abort; one still missing
+    /// `abort_timeout_ns` after that triggers a controller reset (as does
+    /// CSTS.CFS or a full admin queue when an Abort is due).
+    pub fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {
+        let qi = usize::from(queue);
+        if let Some(c) = self.pending.get_mut(qi)?.pop_front() {
+            return Some(c);
+        }
+        if self.state == State::Failed {
+            return None;
+        }
+        // I/O first, so a command that finished is seen before an Abort
+        // answer about it.
+        self.reap_io(qi);
+        self.reap_admin();
+        if self.pending[qi].is_empty() && self.check_timeouts(qi, now) {
+            self.reset();
+        }
+        self.pending[qi].pop_front()
+    }
+
+    /// Moves every posted completion of queue `qi` to `pending`.
+    pub(super) fn reap_io(&mut self, qi: usize) {
+        let mut consumed = false;
+        // Bounded: at most one lap of the ring per call.
+        for _ in 0..self.io[qi].depth() {
+            let Some(cqe) = self.io[qi].peek(&self.dma) else {
+                break;
+            };
+            self.io[qi].pop(&cqe);
+            consumed = true;
+            let aborting = cqe.sq_id == self.io[qi].qid()
+                && self.io[qi].get_mut(cqe.cid).is_some_and(|s| s.abort == AbortState::Sent);
+            let slot = if cqe.sq_id != self.io[qi].qid() {
+                None
+            } else if aborting {
+                // Our Abort for this id is still out: park the id until its
+                // answer is reaped.
+                self.io[qi].take_and_hold(cqe.cid)
+            } else {
+                self.io[qi].take(cqe.cid)
+            };
+            match slot {
+                Some(slot) => {
+                    let result = cqe.result().map_err(|s| s.into_error());
+                    let c = self.finish(qi, slot, result);
+                    self.pending[qi].push_back(c);
+                }
+                None => self.stats.spurious_completions += 1,
+            }
+        }
+        if consumed {
+            self.io[qi].ring_cq_doorbell(&mut self.regs);
+        }
+    }
+
+    /// Reaps the admin queue: records `Sync` answers, and Abort answers on
+    /// the commands they name.
+    pub(super) fn reap_admin(&mut self) {
+        let mut consumed = false;
+        for _ in 0..self.admin.depth() {
+            let Some(cqe) = self.admin.peek(&self.dma) else {
+                break;
+            };
+            self.admin.pop(&cqe);
+            consumed = true;
+            match self.admin.take(cqe.cid) {
+                Some(AdminSlot::Sync) => self.admin_done = Some((cqe.cid, cqe)),
+                Some(AdminSlot::Abort { queue, cid }) => {
+                    // §5.1: DW0 bit 0 set = command not aborted.
+                    let aborted = cqe.result().is_ok() && cqe.dw0 & 1 == 0;
+                    // The id was not reused while the Abort was out (see
+                    // `take_and_hold`), so a live slot is the same command.
+                    // Either way the command keeps its abort deadline: a
+                    // command "not aborted" may still complete (or may
+                    // already have, its completion not yet reaped); if it
+                    // has not come back by then, the controller is reset.
+                    if !aborted {
+                        self.stats.aborts_refused += 1;
+                    }
+                    if let Some(q) = self.io.get_mut(queue) {
+                        match q.get_mut(cid) {
+                            Some(slot) => slot.abort = AbortState::Answered,
+                            None => q.release(cid),
+                        }
+                    }
+                }
+                None => self.stats.spurious_completions += 1,
+            }
+        }
+        if consumed {
+            self.admin.ring_cq_doorbell(&mut self.regs);
+        }
+    }
+
+    /// Stamps and checks deadlines on queue `qi`; sends Aborts. Returns
+    /// true if the controller must be reset.
+    pub(super) fn check_timeouts(&mut self, qi: usize, now: Nanos) -> bool {
+        let io_timeout = self.config.io_timeout_ns;
+        let mut overdue = Vec::new();
+        let mut need_reset = false;
+        for (cid, slot) in self.io[qi].iter_mut() {
+            match slot.deadline {
+                None => slot.deadline = Some(now.saturating_add(io_timeout)),
+                Some(d) if now >= d => match slot.abort {
+                    AbortState::NotSent => overdue.push(cid),
+                    AbortState::Sent | AbortState::Answered => need_reset = true,
+                },
+                Some(_) => {}
+            }
+        }
+        if need_reset || overdue.is_empty() {
+            return need_reset;
+        }
+        self.stats.timeouts += overdue.len() as u32;
+        match self.csts() {
+            Ok(c) if !c.fatal() => {}
+            _ => return true,
+        }
+        let qid = self.io[qi].qid();
+        for cid in overdue {
+            let sent = self
+                .admin
+                .submit(&mut self.dma, &mut self.regs, Sqe::abort(qid, cid), AdminSlot::Abort { queue: qi, cid })
+                .is_ok();
+            if !sent {
+                return true; // admin queue full or broken: escalate
+            }
+            self.stats.aborts_sent += 1;
+            if let Some(slot) = self.io[qi].get_mut(cid) {
+                slot.abort = AbortState::Sent;
+                slot.deadline = Some(now.saturating_add(self.config.abort_timeout_ns));
+            }
+        }
+        false
+    }
+}
