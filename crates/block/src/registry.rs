@@ -181,7 +181,7 @@ where
         let t = self.claims.borrow();
         t.entries
             .iter()
-            .filter(|c| c.device == disk.device && c.extent.overlaps(&disk.extent) && c.extent == disk.extent)
+            .filter(|c| c.device == disk.device && c.extent == disk.extent)
             .map(|c| (c.holder.clone(), c.writable))
             .collect()
     }
