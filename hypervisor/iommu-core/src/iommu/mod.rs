@@ -12,7 +12,6 @@
 //! mapped into any context; unknown flag bits are `-EINVAL`; unmapped pages,
 //! freed tables and domain ids are only reused after the invalidation that
 //! covers them has completed, including device-TLB invalidations.
-
 //!
 //! The code is split by concern:
 //!
