@@ -109,7 +109,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         // itself is a conflict.
         for ctx in domain.contexts.values() {
             for r in &rmrr {
-                for p in r.first..r.first.saturating_add(r.count) {
+                for p in r.frames() {
                     if let Some(l) = ctx.table.lookup(&self.mem, Dfn(p)) {
                         if l.mfn != Mfn(p) || l.holds_ref {
                             return Err(MgmtError::Conflict);
@@ -132,7 +132,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             };
             let mut res = Ok(());
             'outer: for r in &rmrr {
-                for p in r.first..r.first.saturating_add(r.count) {
+                for p in r.frames() {
                     match ctx.table.map(&mut b, Dfn(p), Mfn(p), Perm::RW, false) {
                         Ok(()) | Err(PtError::InUse) => {}
                         Err(_) => {

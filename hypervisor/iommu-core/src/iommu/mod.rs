@@ -33,6 +33,7 @@
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use crate::hw::Hardware;
 use crate::mem::{Memory, PageAlloc};
@@ -146,6 +147,18 @@ pub struct Rmrr {
     pub first: u64,
     /// Pages.
     pub count: u64,
+}
+
+impl Rmrr {
+    /// The frames to map 1:1 (clipped at the top of the frame space).
+    fn frames(&self) -> Range<u64> {
+        self.first..self.first.saturating_add(self.count)
+    }
+
+    /// True when `dfn` lies in the range.
+    fn contains(&self, dfn: u64) -> bool {
+        dfn >= self.first && dfn - self.first < self.count
+    }
 }
 
 struct Device {

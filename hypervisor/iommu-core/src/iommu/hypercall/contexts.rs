@@ -35,7 +35,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         let built = (|| -> Result<SlTable, (Option<SlTable>, Error)> {
             let table = SlTable::new(&mut b, self.aw).map_err(|_| (None, Error::NoMem))?;
             for r in &rmrr {
-                for p in r.first..r.first.saturating_add(r.count) {
+                for p in r.frames() {
                     match table.map(&mut b, Dfn(p), Mfn(p), Perm::RW, false) {
                         Ok(()) | Err(PtError::InUse) => {}
                         Err(_) => return Err((Some(table), Error::NoMem)),
@@ -43,7 +43,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 }
             }
             for (gfn, mfn) in &pages {
-                if in_msi(gfn.0) || rmrr.iter().any(|r| gfn.0 >= r.first && gfn.0 - r.first < r.count) {
+                if in_msi(gfn.0) || rmrr.iter().any(|r| r.contains(gfn.0)) {
                     continue;
                 }
                 match table.map(&mut b, Dfn(gfn.0), *mfn, Perm::RW, false) {

@@ -20,11 +20,7 @@ use crate::iommu::{in_msi, CtxKind, Device, Error, Iommu, Outcome, Platform, MAX
 /// Reserved frames of `dom`: the MSI window and its devices' RMRRs. Every
 /// page of a map or unmap is checked, not just the first.
 fn reserved(devices: &BTreeMap<PciSbdf, Device>, dom: DomId, dfn: u64) -> bool {
-    in_msi(dfn)
-        || devices
-            .values()
-            .filter(|d| d.owner == Some(dom))
-            .any(|d| d.rmrr.iter().any(|r| dfn >= r.first && dfn - r.first < r.count))
+    in_msi(dfn) || devices.values().filter(|d| d.owner == Some(dom)).any(|d| d.rmrr.iter().any(|r| r.contains(dfn)))
 }
 
 impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
