@@ -9,6 +9,7 @@ use iommu_core::mem::VecMemory;
 use iommu_core::types::{DomId, Gfn, Instant, Mfn, PciSbdf, Sid};
 use iommu_core::vtd::{AddrWidth, FaultReason};
 use iommu_core::{hypercall_return, Config, Iommu, Platform};
+use pv_iommu_client::client::MapFlags;
 use pv_iommu_client::{Client, Transport};
 
 pub const HWDOM: DomId = DomId(0);
@@ -22,6 +23,8 @@ pub const DEV_A: PciSbdf = PciSbdf::new(0, 0, 3, 0); // plain
 pub const DEV_B: PciSbdf = PciSbdf::new(0, 0, 4, 0); // ATS, answers at once
 pub const DEV_C: PciSbdf = PciSbdf::new(0, 1, 0, 0); // ATS, answers when told
 pub const DEV_Q: PciSbdf = PciSbdf::new(0, 2, 0, 1); // never assigned
+
+pub const RW: MapFlags = MapFlags::READ_WRITE;
 
 /// Machine frame of a guest frame.
 pub fn mfn_of(dom: DomId, gfn: u64) -> Mfn {
@@ -161,4 +164,11 @@ pub fn answer(hv: &mut Hv, dev: PciSbdf, now: Instant) {
     let (hw, mem) = hv.hw_and_mem();
     hw.complete_device_tlb(mem, Sid::from(dev));
     hv.poll(now);
+}
+
+/// [`setup`], with the guest initialised (8 contexts, 1024 arena pages).
+pub fn ready(aw: AddrWidth) -> Hv {
+    let mut hv = setup(aw);
+    client(&mut hv, GUEST).init(8, 10).unwrap();
+    hv
 }
