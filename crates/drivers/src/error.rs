@@ -43,6 +43,9 @@ pub enum Error {
     /// The controller cannot be driven by us (page size, queue entry size,
     /// LBA format with metadata, no NVM command set...).
     UnsupportedController,
+    /// The controller reports a limit that makes no sense (CAP.MQES = 0,
+    /// doorbells that lie beyond BAR0): that controller is not used.
+    BadCapability(&'static str),
     /// The operation is not supported by this device (e.g. ONCS lacks DSM).
     NotSupported,
     /// Every slot of the queue is in use; try again after polling.

@@ -41,6 +41,9 @@ impl BusAddr {
 /// before doorbell writes), so a doorbell never overtakes the entry it
 /// announces.
 pub trait RegisterIo {
+    /// Bytes of the register window (BAR0's size): drivers check every
+    /// device-derived offset (doorbells) against it before using it.
+    fn size(&self) -> usize;
     fn read32(&mut self, offset: usize) -> u32;
     fn write32(&mut self, offset: usize, value: u32);
     fn read64(&mut self, offset: usize) -> u64;

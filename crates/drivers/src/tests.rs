@@ -198,6 +198,25 @@ fn doorbell_stride_is_honoured() {
     assert_eq!(r.ctrl.block(2), vec![2; 512]);
 }
 
+/// Device-reported limits that make no sense fail the controller with an
+/// error, never an assertion (MQES = 0 used to trip `Ring::new`; a huge
+/// stride used to put doorbells outside BAR0, where MMIO asserts).
+#[test]
+fn nonsense_capabilities_fail_the_controller() {
+    let (_, _, r) = try_rig(FakeNvmeConfig { mqes: 0, ..Default::default() }, cfg_fast(), |_| {});
+    assert!(matches!(r.err(), Some(Error::BadCapability(_))));
+    let (_, _, r) = try_rig(FakeNvmeConfig { dstrd: 15, ..Default::default() }, cfg_fast(), |_| {});
+    assert!(matches!(r.err(), Some(Error::BadCapability(_))));
+    // A 16 KiB BAR with a 1 KiB stride (DSTRD 8) holds the doorbells of
+    // queues 0 to 5 only: the driver uses the queues that fit.
+    let fc = FakeNvmeConfig { dstrd: 8, max_io_queues: 8, ..Default::default() };
+    let mut r = rig_with(fc, Config { io_queues: 8, ..cfg_fast() }, |_| {});
+    assert_eq!(r.nvme.queue_count(), 5);
+    let c = run(&mut r.nvme, 4, BlockRequest::Write { lba: 1, buffer: vec![7; 512], fua: false });
+    assert_eq!(c.result, Ok(()));
+    assert_eq!(r.ctrl.block(1), vec![7; 512]);
+}
+
 #[test]
 fn fua_bit_follows_request() {
     let mut r = rig();

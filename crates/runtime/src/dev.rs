@@ -43,6 +43,9 @@ impl Mmio {
 }
 
 impl RegisterIo for Mmio {
+    fn size(&self) -> usize {
+        self.len
+    }
     fn read32(&mut self, off: usize) -> u32 {
         let a = self.at(off, 4);
         // SAFETY: inside the mapped BAR, aligned (checked).

@@ -22,6 +22,8 @@ pub struct FakeNvmeConfig {
     /// CAP.MQES (0-based).
     pub mqes: u16,
     pub dstrd: u8,
+    /// BAR0 size in bytes.
+    pub bar_size: usize,
     /// CAP.TO in 500 ms units.
     pub to: u8,
     pub mdts: u8,
@@ -43,6 +45,7 @@ impl Default for FakeNvmeConfig {
         FakeNvmeConfig {
             mqes: 63,
             dstrd: 0,
+            bar_size: 0x4000,
             to: 2,
             mdts: 5,
             oncs: Oncs::DATASET_MANAGEMENT | Oncs::WRITE_ZEROES,
@@ -648,6 +651,9 @@ impl Inner {
 }
 
 impl RegisterIo for FakeNvme {
+    fn size(&self) -> usize {
+        self.0.borrow().cfg.bar_size
+    }
     fn read32(&mut self, off: usize) -> u32 {
         let mut i = self.0.borrow_mut();
         if i.gone {

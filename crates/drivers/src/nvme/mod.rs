@@ -208,6 +208,14 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         if !cap.css_nvm() || cap.mpsmin() != 0 {
             return Err(Error::UnsupportedController);
         }
+        // Limits the device reports are checked like any device data: a
+        // queue needs two entries, and its doorbells must lie inside BAR0.
+        if cap.mqes() == 0 {
+            return Err(Error::BadCapability("CAP.MQES is 0: queues of one entry cannot work"));
+        }
+        if !doorbells_fit(0, cap.dstrd(), regs.size()) {
+            return Err(Error::BadCapability("CAP.DSTRD puts the admin doorbells beyond BAR0"));
+        }
         let version = Version(regs.read32(offset::VS));
         let admin_depth = config.admin_depth.clamp(2, Aqa::MAX_ENTRIES).min(clamp_entries(cap.max_queue_entries()));
         let admin = QueuePair::new(0, admin_depth, cap.dstrd(), &mut dma)?;
@@ -250,7 +258,14 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         nvme.disable()?;
         nvme.enable()?;
         nvme.identify()?;
-        let granted = nvme.set_queue_count(config.io_queues.max(1))?;
+        let mut granted = nvme.set_queue_count(config.io_queues.max(1))?;
+        // Only as many I/O queues as have doorbells inside BAR0.
+        while granted > 0 && !doorbells_fit(granted, cap.dstrd(), nvme.regs.size()) {
+            granted -= 1;
+        }
+        if granted == 0 {
+            return Err(Error::BadCapability("CAP.DSTRD puts every I/O doorbell beyond BAR0"));
+        }
         let depth = config.queue_depth.clamp(2, MAX_DEPTH).min(clamp_entries(cap.max_queue_entries()));
         nvme.info.io_queues = granted;
         nvme.info.queue_depth = depth;
@@ -284,6 +299,16 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     pub fn dma(&self) -> &D {
         &self.dma
     }
+}
+
+/// True if both doorbells of queue `qid` lie inside a register window of
+/// `size` bytes (checked arithmetic: a huge stride cannot wrap).
+fn doorbells_fit(qid: u16, dstrd: u8, size: usize) -> bool {
+    let stride = 4usize.checked_shl(u32::from(dstrd));
+    let last = stride
+        .and_then(|s| s.checked_mul(2 * usize::from(qid) + 1))
+        .and_then(|o| o.checked_add(regs::offset::DOORBELL_BASE));
+    last.and_then(|o| o.checked_add(4)).is_some_and(|end| end <= size)
 }
 
 /// CAP.MQES+1 as a queue size we allocate.
