@@ -45,6 +45,9 @@ pub struct BounceStats {
     pub exhausted: u64,
     /// Most pool pages in use at once.
     pub peak_pages: usize,
+    /// Pool pages taken out of use for good: a device that did not stop
+    /// may still write them.
+    pub abandoned_pages: u64,
 }
 
 struct Live {
@@ -240,6 +243,15 @@ where
         };
         self.release(&live.pages);
         result
+    }
+
+    fn abandon(&mut self, mapping: Mapping, _buffer: &mut B) {
+        // The caller's buffer was never visible to the device; its bounce
+        // pages were, and never go back to the pool.
+        if let Some(live) = self.live.remove(&mapping.id()) {
+            self.stats.unmaps += 1;
+            self.stats.abandoned_pages += live.pages.len() as u64;
+        }
     }
 }
 

@@ -173,6 +173,12 @@ pub trait DmaMapper {
     fn write(&mut self, region: &DmaRegion, offset: usize, data: &[u8]) -> Result<(), DmaError>;
     fn map(&mut self, buffer: &mut Self::Buffer, direction: DmaDirection) -> Result<Mapping, DmaError>;
     fn unmap(&mut self, mapping: Mapping, buffer: &mut Self::Buffer) -> Result<(), DmaError>;
+    /// Ends a mapping the device may still use (a reset that did not stop
+    /// the controller). Afterwards nothing the device does can reach
+    /// `buffer`: a mapper that can revoke access (an IOMMU) does so; one
+    /// that cannot swaps fresh zeroed memory into `buffer` and keeps the old
+    /// memory out of use forever. Nothing the device wrote is copied back.
+    fn abandon(&mut self, mapping: Mapping, buffer: &mut Self::Buffer);
 }
 
 /// CPU access to driver regions by pointer, for drivers that read and write

@@ -460,6 +460,9 @@ fn reset_when_controller_never_stops_fails_closed() {
     let c = r.nvme.poll(0, 150 * MS).expect("failed back");
     assert_eq!((c.token, c.result), (t, Err(Error::Reset)));
     assert!(r.nvme.is_failed());
+    // The controller never stopped: the read's device memory is abandoned
+    // (kept out of use), not unmapped and reused.
+    assert_eq!((r.nvme.dma().abandoned(), r.nvme.dma().live_mappings()), (1, 0));
     let (e, req) = r.nvme.submit(0, BlockRequest::Flush).unwrap_err();
     assert_eq!((e, req), (Error::ControllerFailed, BlockRequest::Flush));
     assert!(r.nvme.poll(0, 200 * MS).is_none());

@@ -335,6 +335,19 @@ impl<T: Transport, D: DmaMapper> DmaMapper for IommuDma<T, D> {
             Err(DmaError::UnmapFailed)
         }
     }
+
+    fn abandon(&mut self, mapping: Mapping, buffer: &mut D::Buffer) {
+        let Some(l) = self.live.remove(&mapping.id()) else { return };
+        if self.unmap_range(l.dfn, l.mapped) {
+            // Revoked in the IOMMU: the buffer is the caller's again.
+            self.iova.free(l.dfn, l.pages);
+            let _ = self.inner.unmap(l.inner, buffer);
+        } else {
+            // Still reachable through the IOVAs (kept allocated): the inner
+            // mapper swaps the memory out.
+            self.inner.abandon(l.inner, buffer);
+        }
+    }
 }
 
 /// The CPU sees a region where the inner mapper put it; only the device

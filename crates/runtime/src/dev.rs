@@ -101,6 +101,10 @@ impl DmaBuf {
         let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
         NonNull::new(p).map(|ptr| Self { ptr, len: len.max(1), layout })
     }
+    /// A buffer of no bytes (no allocation).
+    pub fn empty() -> Self {
+        Self { ptr: NonNull::dangling(), len: 0, layout: Layout::new::<()>() }
+    }
     fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
     }
@@ -108,6 +112,9 @@ impl DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
+        if self.layout.size() == 0 {
+            return; // `empty`: nothing was allocated
+        }
         // SAFETY: allocated in `zeroed` with this layout.
         unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -172,11 +179,13 @@ pub struct HalDma {
     regions: BTreeMap<u64, (NonNull<u8>, Layout)>,
     live: BTreeMap<u64, ()>,
     next_id: u64,
+    /// Buffers a device that did not stop may still write: never freed.
+    abandoned: Vec<DmaBuf>,
 }
 
 impl HalDma {
     pub fn new(tr: Translation) -> Self {
-        Self { tr, regions: BTreeMap::new(), live: BTreeMap::new(), next_id: 1 }
+        Self { tr, regions: BTreeMap::new(), live: BTreeMap::new(), next_id: 1, abandoned: Vec::new() }
     }
     /// Describes the strategy in use, for the log.
     pub fn describe(&self) -> &'static str {
@@ -281,6 +290,14 @@ impl DmaMapper for HalDma {
         }
         fence(Ordering::Acquire);
         Ok(())
+    }
+    fn abandon(&mut self, m: Mapping, b: &mut DmaBuf) {
+        // Machine frames: access cannot be revoked. The device keeps the old
+        // memory forever; the caller gets fresh zeroed memory (or an empty
+        // buffer when the heap is out: the completion is an error anyway).
+        self.live.remove(&m.id());
+        let fresh = DmaBuf::zeroed(b.len).unwrap_or_else(DmaBuf::empty);
+        self.abandoned.push(core::mem::replace(b, fresh));
     }
 }
 

@@ -132,6 +132,8 @@ pub struct FakeDma {
     regions: BTreeMap<u64, (u64, usize)>,
     maps: BTreeMap<u64, MapRecord>,
     retired: BTreeSet<u64>,
+    /// Mappings the driver abandoned: their device memory is never released.
+    abandoned: Vec<MapRecord>,
     next_id: u64,
     /// In-page offset of mapped buffers (dword multiple).
     pub map_offset: usize,
@@ -148,6 +150,7 @@ impl FakeDma {
             regions: BTreeMap::new(),
             maps: BTreeMap::new(),
             retired: BTreeSet::new(),
+            abandoned: Vec::new(),
             next_id: 1,
             map_offset: 0,
             scatter: false,
@@ -160,6 +163,10 @@ impl FakeDma {
     /// Buffers currently mapped (leak check).
     pub fn live_mappings(&self) -> usize {
         self.maps.len()
+    }
+    /// Mappings abandoned (device memory kept out of use forever).
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.len()
     }
     /// Driver-owned regions currently allocated.
     pub fn live_regions(&self) -> usize {
@@ -279,6 +286,18 @@ impl DmaMapper for FakeDma {
         }
         self.retired.insert(mapping.id());
         Ok(())
+    }
+
+    fn abandon(&mut self, mapping: Mapping, buffer: &mut Vec<u8>) {
+        let Some(rec) = self.maps.remove(&mapping.id()) else {
+            panic!("abandon of unknown or retired mapping {}", mapping.id());
+        };
+        assert_eq!(rec.len, buffer.len(), "abandon with a different buffer than was mapped");
+        // The device memory stays allocated (never reused); the caller's
+        // buffer gets fresh zeroes, as a mapper without an IOMMU must do.
+        buffer.iter_mut().for_each(|b| *b = 0);
+        self.retired.insert(mapping.id());
+        self.abandoned.push(rec);
     }
 }
 

@@ -205,7 +205,8 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         }
         // The controller has stopped (or is beyond help): hand every
         // command back. Buffers are unmapped, which under an IOMMU also
-        // revokes a runaway device's access.
+        // revokes a runaway device's access; if it did not stop they are
+        // abandoned (`DmaMapper::abandon`): their memory is never reused.
         for qi in 0..self.io.len() {
             for (_, slot) in self.io[qi].drain() {
                 let c = self.finish(qi, slot, Err(Error::Reset));

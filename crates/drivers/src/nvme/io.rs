@@ -199,7 +199,11 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         let mut result = result;
         if let Some(mapping) = slot.mapping.take() {
             if let Some(buffer) = slot.request.buffer_mut() {
-                if let Err(e) = self.dma.unmap(mapping, buffer) {
+                if self.state == State::Failed {
+                    // The controller may still be running this command: the
+                    // buffer it targets must never be reused.
+                    self.dma.abandon(mapping, buffer);
+                } else if let Err(e) = self.dma.unmap(mapping, buffer) {
                     if result.is_ok() {
                         result = Err(e.into());
                     }
