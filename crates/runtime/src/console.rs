@@ -3,16 +3,21 @@
 //! On Xen PV: the PV console ring (xenconsoled shows it in `xl console` and
 //! logs it to /var/log/xen/console/guest-NAME.log). On PVH: the COM1 serial
 //! port. Lines look like `[    1.234] ferrite: message`.
+//!
+//! Logging never waits for the console: each line is formatted whole (log
+//! arguments escaped, so nothing a guest sends can forge a line) and queued
+//! whole or dropped and counted; the data path never stalls on a slow or
+//! absent xenconsoled.
 
 use super::hypercall::{checked, nr, sched_poll};
 use super::page::MappedPage;
 use core::fmt::Write;
-use xen::console::{ConsoleRing, WriteOutcome};
+use xen::console::{ConsoleRing, Line, LineSink};
 use xen::xen_abi::evtchnop;
 
 enum Sink {
     None,
-    Pv { ring: ConsoleRing<MappedPage>, port: u32 },
+    Pv { sink: LineSink<MappedPage>, port: u32 },
     Serial,
 }
 
@@ -36,42 +41,29 @@ fn serial_byte(b: u8) {
 }
 
 impl Sink {
-    fn write_bytes(&self, mut data: &[u8]) {
+    /// Writes one finished line: queued whole or dropped (PV), or sent
+    /// byte by byte with a bounded wait per byte (serial).
+    fn put(&mut self, line: &[u8]) {
         match self {
             Sink::None => {}
-            Sink::Serial => data.iter().for_each(|&b| serial_byte(b)),
-            Sink::Pv { ring, port } => {
-                // Bounded: if xenconsoled does not drain the ring, we drop
-                // output after a few waits rather than hang.
-                for _ in 0..40 {
-                    match ring.write(data) {
-                        WriteOutcome::Broken => return,
-                        WriteOutcome::Queued(n) => {
-                            data = &data[n..];
-                            evtchn_send(*port);
-                            if data.is_empty() {
-                                return;
-                            }
-                            let _ = sched_poll(&[*port], super::time::now() + 25_000_000);
-                        }
-                    }
+            Sink::Serial => line.iter().for_each(|&b| serial_byte(b)),
+            Sink::Pv { sink, port } => {
+                if sink.put(line) {
+                    evtchn_send(*port);
                 }
             }
         }
     }
-}
 
-struct SinkWriter<'a>(&'a Sink);
-impl Write for SinkWriter<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.0.write_bytes(s.as_bytes());
-        Ok(())
+    fn put_fmt(&mut self, mut line: Line, args: core::fmt::Arguments<'_>) {
+        let _ = line.write_fmt(args);
+        self.put(line.finish());
     }
 }
 
 /// Sends console output to the PV console ring at `page`, event channel `port`.
 pub(crate) fn init_pv(page: MappedPage, port: u32) {
-    *SINK.lock() = Sink::Pv { ring: ConsoleRing::new(page), port };
+    *SINK.lock() = Sink::Pv { sink: LineSink::new(ConsoleRing::new(page)), port };
     install_logger();
 }
 
@@ -86,16 +78,25 @@ fn install_logger() {
     log::set_max_level(log::LevelFilter::Info);
 }
 
-/// Writes formatted text to the console as is.
+/// Writes one line of the runtime's own text to the console as is (a
+/// newline is added if missing).
 pub fn print(args: core::fmt::Arguments<'_>) {
-    let sink = SINK.lock();
-    let _ = SinkWriter(&sink).write_fmt(args);
+    SINK.lock().put_fmt(Line::raw(), args);
+}
+
+/// Console lines dropped because the ring was full.
+pub fn dropped_lines() -> u64 {
+    match &*SINK.lock() {
+        Sink::Pv { sink, .. } => sink.dropped(),
+        _ => 0,
+    }
 }
 
 /// Waits (bounded, 2 s) until the backend has consumed the console ring.
 pub fn drain() {
     let sink = SINK.lock();
-    if let Sink::Pv { ring, port } = &*sink {
+    if let Sink::Pv { sink, port } = &*sink {
+        let ring = sink.ring();
         let deadline = super::time::now() + 2_000_000_000;
         for _ in 0..200 {
             if ring.pending() == 0 || super::time::now() > deadline {
@@ -109,13 +110,11 @@ pub fn drain() {
 
 /// Writes even while the console lock is held (panic path).
 pub(crate) fn emergency(args: core::fmt::Arguments<'_>) {
-    if let Some(sink) = SINK.try_lock() {
-        let _ = SinkWriter(&sink).write_fmt(args);
-    } else {
-        // SAFETY-free fallback: on PVH the serial port needs no state.
-        if super::platform() == super::Platform::Pvh {
-            let _ = SinkWriter(&Sink::Serial).write_fmt(args);
-        }
+    if let Some(mut sink) = SINK.try_lock() {
+        sink.put_fmt(Line::raw(), args);
+    } else if super::platform() == super::Platform::Pvh {
+        // On PVH the serial port needs no state.
+        Sink::Serial.put_fmt(Line::raw(), args);
     }
 }
 
@@ -135,7 +134,12 @@ impl log::Log for Logger {
             log::Level::Warn => "WARN: ",
             _ => "",
         };
-        print(format_args!("[{s:5}.{ms:03}] ferrite: {level}{}\n", r.args()));
+        // The prefix is ours; the message is escaped (it may quote a guest).
+        let mut line = Line::raw();
+        let _ = line.write_fmt(format_args!("[{s:5}.{ms:03}] ferrite: {level}"));
+        let mut line = line.into_escaped();
+        let _ = line.write_fmt(*r.args());
+        SINK.lock().put(line.finish());
     }
     fn flush(&self) {}
 }

@@ -51,7 +51,6 @@ pub const EXIT_FAILURE: u8 = 0x11;
 
 /// Ends the QEMU run with `code` (isa-debug-exit); halts if the device is absent.
 pub fn exit(code: u8) -> ! {
-    super::console::print(format_args!(""));
     outb(DEBUG_EXIT_PORT, code);
     loop {
         // SAFETY: PVH runs in ring 0; hlt with interrupts off just stops.
