@@ -15,6 +15,7 @@ pub mod error;
 pub mod evtchn;
 pub mod gnttab;
 pub mod pcifront;
+pub mod ratelimit;
 pub mod shmem;
 pub mod types;
 pub mod wait;
