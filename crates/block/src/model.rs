@@ -12,7 +12,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token};
+use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token, Volumes};
 use drivers::hal::Nanos;
 use drivers::Error;
 
@@ -198,6 +198,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> BlockDevice for CacheDisk<B> {
         self.done.get_mut(usize::from(queue))?.pop_front()
     }
 }
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Volumes for CacheDisk<B> {}
 
 #[cfg(test)]
 mod tests {

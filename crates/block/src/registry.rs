@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 
-use drivers::block::BlockDevice;
+use drivers::block::Volumes;
 
 use crate::gpt::{Guid, Partition};
 use crate::target::{self, Target, TargetError};
@@ -27,6 +27,8 @@ pub struct Disk {
     pub name: String,
     /// Index of the device in the registry.
     pub device: usize,
+    /// The namespace (volume) of that device.
+    pub volume: usize,
     pub extent: Extent,
     /// Bytes per block of the device.
     pub lba_size: u32,
@@ -79,6 +81,7 @@ impl From<TargetError> for OpenError {
 struct ClaimEntry {
     id: u64,
     device: usize,
+    volume: usize,
     extent: Extent,
     writable: bool,
     holder: String,
@@ -105,20 +108,20 @@ impl Drop for Claim {
 }
 
 /// Every disk Ferrite may serve.
-pub struct Registry<D: BlockDevice> {
+pub struct Registry<D: Volumes> {
     devices: Vec<Rc<RefCell<Shared<D>>>>,
     disks: Vec<Disk>,
     claims: Rc<RefCell<ClaimTable>>,
     rams: u32,
 }
 
-impl<D: BlockDevice> Default for Registry<D> {
+impl<D: Volumes> Default for Registry<D> {
     fn default() -> Self {
         Registry { devices: Vec::new(), disks: Vec::new(), claims: Rc::default(), rams: 0 }
     }
 }
 
-impl<D: BlockDevice> Registry<D>
+impl<D: Volumes> Registry<D>
 where
     D::Buffer: AsRef<[u8]>,
 {
@@ -127,14 +130,24 @@ where
         Self::default()
     }
 
-    /// Adds a namespace under `name` (`nvme0n1`); returns its device index.
-    pub fn add_namespace(&mut self, name: &str, dev: D, model: &str, serial: &str) -> usize {
-        let (blocks, lba_size) = (dev.capacity(), dev.block_size());
-        let device = self.devices.len();
+    /// Adds a device (a controller); its namespaces are added with
+    /// [`Registry::add_namespace`]. Returns its index.
+    pub fn add_device(&mut self, dev: D) -> usize {
         self.devices.push(Shared::new(dev));
+        self.devices.len() - 1
+    }
+
+    /// Adds volume `volume` of device `device` as disk `name` (`nvme0n1`);
+    /// false if the device has no such volume.
+    pub fn add_namespace(&mut self, name: &str, device: usize, volume: usize, model: &str, serial: &str) -> bool {
+        let Some(geometry) = self.devices.get(device).and_then(|d| d.borrow().device().volume_geometry(volume)) else {
+            return false;
+        };
+        let (lba_size, blocks) = geometry;
         self.disks.push(Disk {
             name: name.to_string(),
             device,
+            volume,
             extent: Extent::new(0, blocks),
             lba_size,
             model: model.to_string(),
@@ -142,13 +155,13 @@ where
             label: None,
             uuid: None,
         });
-        device
+        true
     }
 
-    /// Adds the GPT partitions of device `device` (named `<namespace>p<n>`);
-    /// partitions past the device's end are skipped.
-    pub fn add_partitions(&mut self, device: usize, parts: &[Partition]) {
-        let Some(base) = self.disks.iter().find(|d| d.device == device && d.label.is_none()).cloned() else {
+    /// Adds the GPT partitions of the namespace disk `namespace` (named
+    /// `<namespace>p<n>`); partitions past its end are skipped.
+    pub fn add_partitions(&mut self, namespace: &str, parts: &[Partition]) {
+        let Some(base) = self.disks.iter().find(|d| d.name == namespace && d.uuid.is_none()).cloned() else {
             return;
         };
         for p in parts {
@@ -181,7 +194,7 @@ where
         let t = self.claims.borrow();
         t.entries
             .iter()
-            .filter(|c| c.device == disk.device && c.extent == disk.extent)
+            .filter(|c| (c.device, c.volume) == (disk.device, disk.volume) && c.extent == disk.extent)
             .map(|c| (c.holder.clone(), c.writable))
             .collect()
     }
@@ -191,8 +204,11 @@ where
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for d in &self.disks {
-            let users: Vec<String> =
-                self.users(d).into_iter().map(|(h, w)| format!("{h}:{}", if w { "rw" } else { "ro" })).collect();
+            let users: Vec<String> = self
+                .users(d)
+                .into_iter()
+                .map(|(h, w)| format!("{}:{}", escape(&h), if w { "rw" } else { "ro" }))
+                .collect();
             let bytes = d.extent.blocks.saturating_mul(u64::from(d.lba_size));
             out.push_str(&format!(
                 "{} bytes={} lba={} model={} serial={}{} used-by={}\n",
@@ -224,14 +240,15 @@ where
                 let dev = make_ram(*bytes).ok_or(OpenError::NoMemory)?;
                 let name = format!("ram{}", self.rams);
                 self.rams += 1;
-                let i = self.add_namespace(&name, dev, "RAM disk", "-");
+                let i = self.add_device(dev);
+                self.add_namespace(&name, i, 0, "RAM disk", "-");
                 self.disks.iter().find(|d| d.device == i).cloned().ok_or(OpenError::NoMemory)?
             }
             _ => self.find(&target)?,
         };
         let claim = self.claim(&disk, !readonly, holder, &target)?;
         let shared = self.devices.get(disk.device).ok_or(OpenError::NoMemory)?;
-        let mut view = View::new(shared, disk.extent, readonly).ok_or(OpenError::NoMemory)?;
+        let mut view = View::new(shared, disk.volume, disk.extent, readonly).ok_or(OpenError::NoMemory)?;
         view.hold(claim);
         Ok(view)
     }
@@ -262,10 +279,11 @@ where
 
     fn claim(&self, disk: &Disk, writable: bool, holder: &str, t: &Target) -> Result<Claim, OpenError> {
         let mut table = self.claims.borrow_mut();
-        let clash = table
-            .entries
-            .iter()
-            .find(|c| c.device == disk.device && c.extent.overlaps(&disk.extent) && (writable || c.writable));
+        let clash = table.entries.iter().find(|c| {
+            (c.device, c.volume) == (disk.device, disk.volume)
+                && c.extent.overlaps(&disk.extent)
+                && (writable || c.writable)
+        });
         if let Some(c) = clash {
             return Err(OpenError::InUse { target: t.to_string(), by: c.holder.clone() });
         }
@@ -274,6 +292,7 @@ where
         table.entries.push(ClaimEntry {
             id,
             device: disk.device,
+            volume: disk.volume,
             extent: disk.extent,
             writable,
             holder: holder.to_string(),
@@ -301,18 +320,21 @@ mod tests {
     use super::*;
     use crate::gpt;
     use alloc::vec;
-    use drivers::block::{BlockRequest, RamDisk};
+    use drivers::block::{BlockDevice, BlockRequest, RamDisk};
 
     type Ram = RamDisk<Vec<u8>>;
 
     fn registry() -> Registry<Ram> {
         let mut r = Registry::new();
-        let d = r.add_namespace("nvme0n1", RamDisk::new(512, 1000, 1, 8), "QEMU NVMe Ctrl", "ferrite-nvme0");
+        let d = r.add_device(RamDisk::new(512, 1000, 1, 8));
+        assert!(r.add_namespace("nvme0n1", d, 0, "QEMU NVMe Ctrl", "ferrite-nvme0"));
+        assert!(!r.add_namespace("nvme0n2", d, 1, "QEMU NVMe Ctrl", "ferrite-nvme0"), "a RAM disk has one volume");
         let img = gpt::build(512, 1000, &[("a", Guid([1; 16]), 40, 99), ("b", Guid([2; 16]), 100, 199)]);
         let h = gpt::parse_header(&img[..512], &img[512..1024], 1000).unwrap().unwrap();
         let parts = gpt::parse_entries(&h, &img[1024..]).unwrap();
-        r.add_partitions(d, &parts);
-        r.add_namespace("nvme1n1", RamDisk::new(4096, 100, 1, 8), "QEMU NVMe Ctrl", "ferrite-nvme1");
+        r.add_partitions("nvme0n1", &parts);
+        let d = r.add_device(RamDisk::new(4096, 100, 1, 8));
+        r.add_namespace("nvme1n1", d, 0, "QEMU NVMe Ctrl", "ferrite-nvme1");
         r
     }
 
@@ -365,7 +387,7 @@ mod tests {
         let listing = r.describe();
         assert!(
             listing.starts_with(
-                "nvme0n1 bytes=512000 lba=512 model=QEMU_NVMe_Ctrl serial=ferrite-nvme0 used-by=vbd 4/51712:ro\n"
+                "nvme0n1 bytes=512000 lba=512 model=QEMU_NVMe_Ctrl serial=ferrite-nvme0 used-by=vbd_4/51712:ro\n"
             ),
             "{listing}"
         );

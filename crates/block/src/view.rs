@@ -12,7 +12,7 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token};
+use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token, Volumes};
 use drivers::hal::Nanos;
 use drivers::Error;
 
@@ -61,7 +61,7 @@ struct Owner {
 const ROUTE_BUDGET: usize = 4096;
 
 /// The device behind a set of views.
-pub struct Shared<D: BlockDevice> {
+pub struct Shared<D: Volumes> {
     dev: D,
     owners: BTreeMap<Token, Owner>,
     /// Per view id: per queue, completions that arrived while another view polled.
@@ -69,7 +69,7 @@ pub struct Shared<D: BlockDevice> {
     next_view: u32,
 }
 
-impl<D: BlockDevice> Shared<D> {
+impl<D: Volumes> Shared<D> {
     /// Wraps a device for sharing.
     pub fn new(dev: D) -> Rc<RefCell<Self>> {
         Rc::new(RefCell::new(Shared { dev, owners: BTreeMap::new(), inboxes: BTreeMap::new(), next_view: 0 }))
@@ -92,20 +92,23 @@ impl<D: BlockDevice> Shared<D> {
 }
 
 /// One vbd's window onto a shared device.
-pub struct View<D: BlockDevice> {
+pub struct View<D: Volumes> {
     shared: Rc<RefCell<Shared<D>>>,
     id: u32,
+    volume: usize,
+    block_size: u32,
     extent: Extent,
     readonly: bool,
     /// The registry's claim on the extent, released with the view.
     claim: Option<crate::registry::Claim>,
 }
 
-impl<D: BlockDevice> View<D> {
-    /// A view of `extent` (which must lie inside the device: checked).
-    pub fn new(shared: &Rc<RefCell<Shared<D>>>, extent: Extent, readonly: bool) -> Option<Self> {
+impl<D: Volumes> View<D> {
+    /// A view of `extent` of volume `volume` (which must lie inside it: checked).
+    pub fn new(shared: &Rc<RefCell<Shared<D>>>, volume: usize, extent: Extent, readonly: bool) -> Option<Self> {
         let mut s = shared.borrow_mut();
-        if extent.blocks == 0 || extent.end() > s.dev.capacity() || extent.start.checked_add(extent.blocks).is_none() {
+        let (block_size, blocks) = s.dev.volume_geometry(volume)?;
+        if extent.blocks == 0 || extent.end() > blocks || extent.start.checked_add(extent.blocks).is_none() {
             return None;
         }
         let id = s.next_view;
@@ -113,7 +116,7 @@ impl<D: BlockDevice> View<D> {
         let queues = usize::from(s.dev.queue_count().max(1));
         s.inboxes.insert(id, (0..queues).map(|_| VecDeque::new()).collect());
         drop(s);
-        Some(View { shared: shared.clone(), id, extent, readonly, claim: None })
+        Some(View { shared: shared.clone(), id, volume, block_size, extent, readonly, claim: None })
     }
 
     /// Ties a registry claim to this view: it is released when the view is dropped.
@@ -161,7 +164,7 @@ fn shift<B>(r: &mut BlockRequest<B>, f: impl Fn(u64) -> u64) {
     }
 }
 
-impl<D: BlockDevice> Drop for View<D> {
+impl<D: Volumes> Drop for View<D> {
     fn drop(&mut self) {
         // Completions still owed to this view are dropped when they arrive
         // (the device is done with their buffers by then).
@@ -171,14 +174,14 @@ impl<D: BlockDevice> Drop for View<D> {
     }
 }
 
-impl<D: BlockDevice> BlockDevice for View<D>
+impl<D: Volumes> BlockDevice for View<D>
 where
     D::Buffer: AsRef<[u8]>,
 {
     type Buffer = D::Buffer;
 
     fn block_size(&self) -> u32 {
-        self.shared.borrow().dev.block_size()
+        self.block_size
     }
 
     fn capacity(&self) -> u64 {
@@ -212,15 +215,14 @@ where
             return Err((Error::NotSupported, r));
         }
         let mut s = self.shared.borrow_mut();
-        let bs = s.dev.block_size();
         let offset = self.extent.start;
-        if let Some((lba, n)) = self.span(bs, &r) {
+        if let Some((lba, n)) = self.span(self.block_size, &r) {
             if self.extent.translate(lba, n).is_none() {
                 return Err((Error::OutOfRange, r));
             }
             shift(&mut r, |l| l + offset);
         }
-        match s.dev.submit(queue, r) {
+        match s.dev.submit_to(self.volume, queue, r) {
             Ok(t) => {
                 s.owners.insert(t, Owner { view: self.id, offset });
                 Ok(t)
@@ -266,8 +268,8 @@ mod tests {
 
     fn setup() -> (Rc<RefCell<Shared<Ram>>>, View<Ram>, View<Ram>) {
         let shared = Shared::new(RamDisk::new(512, 100, 2, 8));
-        let a = View::new(&shared, Extent::new(10, 20), false).unwrap();
-        let b = View::new(&shared, Extent::new(30, 20), false).unwrap();
+        let a = View::new(&shared, 0, Extent::new(10, 20), false).unwrap();
+        let b = View::new(&shared, 0, Extent::new(30, 20), false).unwrap();
         (shared, a, b)
     }
 
@@ -329,7 +331,7 @@ mod tests {
     #[test]
     fn readonly_refuses_every_write_kind() {
         let shared = Shared::new(RamDisk::new(512, 100, 1, 8));
-        let mut r = View::new(&shared, Extent::new(0, 100), true).unwrap();
+        let mut r = View::new(&shared, 0, Extent::new(0, 100), true).unwrap();
         for req in [
             BlockRequest::Write { lba: 0, buffer: vec![1; 512], fua: true },
             BlockRequest::Discard { lba: 0, blocks: 1 },
@@ -345,10 +347,10 @@ mod tests {
     #[test]
     fn views_must_fit_the_device() {
         let shared = Shared::new(RamDisk::<Vec<u8>>::new(512, 100, 1, 8));
-        assert!(View::new(&shared, Extent::new(90, 11), false).is_none());
-        assert!(View::new(&shared, Extent::new(0, 0), false).is_none());
-        assert!(View::new(&shared, Extent::new(u64::MAX, 2), false).is_none());
-        assert!(View::new(&shared, Extent::new(90, 10), false).is_some());
+        assert!(View::new(&shared, 0, Extent::new(90, 11), false).is_none());
+        assert!(View::new(&shared, 0, Extent::new(0, 0), false).is_none());
+        assert!(View::new(&shared, 0, Extent::new(u64::MAX, 2), false).is_none());
+        assert!(View::new(&shared, 0, Extent::new(90, 10), false).is_some());
     }
 
     #[test]

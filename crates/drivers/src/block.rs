@@ -106,6 +106,36 @@ pub trait BlockDevice {
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<Self::Buffer>>;
 }
 
+/// A device whose queues serve several independent address spaces (NVMe
+/// namespaces). Volume 0..`volumes()`; each has its own block size and
+/// capacity. A plain [`BlockDevice`] is one volume (the defaults).
+pub trait Volumes: BlockDevice {
+    /// How many volumes the device has.
+    fn volumes(&self) -> usize {
+        1
+    }
+    /// `(block size, blocks)` of volume `v`.
+    fn volume_geometry(&self, v: usize) -> Option<(u32, u64)> {
+        (v == 0).then(|| (self.block_size(), self.capacity()))
+    }
+    /// Submits `request` (LBAs in volume `v`'s blocks) on `queue`; its
+    /// completion comes from [`BlockDevice::poll`] like any other.
+    fn submit_to(
+        &mut self,
+        v: usize,
+        queue: u16,
+        request: BlockRequest<Self::Buffer>,
+    ) -> Result<Token, (Error, BlockRequest<Self::Buffer>)> {
+        if v == 0 {
+            self.submit(queue, request)
+        } else {
+            Err((Error::OutOfRange, request))
+        }
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Volumes for RamDisk<B> {}
+
 /// Checks a read/write/discard range against a device: `Ok(blocks)`.
 pub(crate) fn check_range(lba: u64, blocks: u64, capacity: u64) -> Result<u64, Error> {
     match lba.checked_add(blocks) {

@@ -99,8 +99,9 @@ fn bring_up_sequence() {
     assert_eq!(
         ops,
         vec![
-            (0, admin::IDENTIFY),
-            (0, admin::IDENTIFY),
+            (0, admin::IDENTIFY), // controller
+            (0, admin::IDENTIFY), // active namespace list
+            (0, admin::IDENTIFY), // namespace 1
             (0, admin::SET_FEATURES),
             (0, admin::CREATE_IO_CQ),
             (0, admin::CREATE_IO_SQ),
@@ -196,6 +197,38 @@ fn doorbell_stride_is_honoured() {
         assert_eq!(c.result, Ok(()));
     }
     assert_eq!(r.ctrl.block(2), vec![2; 512]);
+}
+
+/// Every active namespace is found, each with its own block size; I/O on
+/// one never touches the other; an NVMe 1.0 controller (no active list) is
+/// probed by NSID.
+#[test]
+fn namespaces_are_separate_volumes() {
+    use crate::block::Volumes;
+    for active_list in [true, false] {
+        let fc = FakeNvmeConfig { ns2: Some((12, 256)), active_list, ..Default::default() };
+        let mut r = rig_with(fc, cfg_fast(), |_| {});
+        let ns: Vec<(u32, u32, u64)> =
+            r.nvme.info().namespaces.iter().map(|n| (n.nsid, n.block_size, n.blocks)).collect();
+        assert_eq!(ns, vec![(1, 512, 4096), (2, 4096, 256)], "active list {active_list}");
+        assert_eq!(r.nvme.volumes(), 2);
+        assert_eq!(r.nvme.volume_geometry(1), Some((4096, 256)));
+        let t =
+            Volumes::submit_to(&mut r.nvme, 1, 0, BlockRequest::Write { lba: 3, buffer: vec![0x44; 4096], fua: false })
+                .map_err(|(e, _)| e)
+                .unwrap();
+        let c = wait(&mut r.nvme, 0, 0);
+        assert_eq!((c.token, c.result), (t, Ok(())));
+        assert_eq!(r.ctrl.ns_block(2, 3), vec![0x44; 4096]);
+        assert_eq!(r.ctrl.ns_block(1, 3), vec![0; 512], "namespace 1 untouched");
+        // 4 KiB namespace: a 512-byte buffer is not a whole block; LBA 256 is past its end.
+        let e = Volumes::submit_to(&mut r.nvme, 1, 0, BlockRequest::Read { lba: 0, buffer: vec![0; 512] }).unwrap_err();
+        assert_eq!(e.0, Error::BadBuffer);
+        let e =
+            Volumes::submit_to(&mut r.nvme, 1, 0, BlockRequest::Read { lba: 256, buffer: vec![0; 4096] }).unwrap_err();
+        assert_eq!(e.0, Error::OutOfRange);
+        assert_eq!(Volumes::submit_to(&mut r.nvme, 2, 0, BlockRequest::Flush).unwrap_err().0, Error::OutOfRange);
+    }
 }
 
 /// Device-reported limits that make no sense fail the controller with an

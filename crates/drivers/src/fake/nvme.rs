@@ -38,6 +38,11 @@ pub struct FakeNvmeConfig {
     pub ready_delay_reads: u32,
     /// Advertise SGL support (Identify Controller SGLS = 01b).
     pub sgl: bool,
+    /// A second namespace (NSID 2): (log2 block size, blocks).
+    pub ns2: Option<(u8, u64)>,
+    /// Answer Identify CNS 02h (active namespace list); false plays an
+    /// NVMe 1.0 controller, probed by NSID instead.
+    pub active_list: bool,
 }
 
 impl Default for FakeNvmeConfig {
@@ -55,6 +60,8 @@ impl Default for FakeNvmeConfig {
             max_io_queues: 4,
             ready_delay_reads: 3,
             sgl: false,
+            ns2: None,
+            active_list: true,
         }
     }
 }
@@ -113,7 +120,8 @@ struct Inner {
     stall: Stall,
     sqs: BTreeMap<u16, Sq>,
     cqs: BTreeMap<u16, Cq>,
-    store: BTreeMap<u64, Vec<u8>>,
+    /// Blocks by (NSID, LBA).
+    store: BTreeMap<(u32, u64), Vec<u8>>,
     auto: bool,
     injections: VecDeque<Injection>,
     held: Vec<(u16, Sqe)>,
@@ -209,7 +217,13 @@ impl FakeNvme {
     pub fn block(&self, lba: u64) -> Vec<u8> {
         let i = self.0.borrow();
         let bs = 1usize << i.cfg.lbads;
-        i.store.get(&lba).cloned().unwrap_or_else(|| vec![0; bs])
+        i.store.get(&(1, lba)).cloned().unwrap_or_else(|| vec![0; bs])
+    }
+    /// Contents of block `lba` of namespace `nsid`.
+    pub fn ns_block(&self, nsid: u32, lba: u64) -> Vec<u8> {
+        let i = self.0.borrow();
+        let bs = i.geometry(nsid).map_or(512, |(l, _)| 1usize << l);
+        i.store.get(&(nsid, lba)).cloned().unwrap_or_else(|| vec![0; bs])
     }
     /// Posts a completion naming `cid` on queue `qid` that no one asked for.
     pub fn post_spurious(&self, qid: u16, cid: u16) {
@@ -452,6 +466,15 @@ impl Inner {
     }
 
     /// Executes an admin command: (DW0, SCT, SC).
+    /// (log2 block size, blocks) of namespace `nsid`, if it exists.
+    fn geometry(&self, nsid: u32) -> Option<(u8, u64)> {
+        match nsid {
+            1 => Some((self.cfg.lbads, self.cfg.blocks)),
+            2 => self.cfg.ns2,
+            _ => None,
+        }
+    }
+
     fn admin(&mut self, sqe: &Sqe) -> (u32, u8, u8) {
         const OK: (u32, u8, u8) = (0, 0, 0);
         const INVALID_FIELD: (u32, u8, u8) = (0, 0, 0x02);
@@ -468,19 +491,26 @@ impl Inner {
                         page[80..84].copy_from_slice(&0x0001_0400u32.to_le_bytes());
                         page[512] = 0x66;
                         page[513] = 0x44;
-                        page[516..520].copy_from_slice(&1u32.to_le_bytes());
+                        let nn: u32 = if self.cfg.ns2.is_some() { 2 } else { 1 };
+                        page[516..520].copy_from_slice(&nn.to_le_bytes());
                         page[520..522].copy_from_slice(&self.cfg.oncs.to_le_bytes());
                         page[525] = u8::from(self.cfg.vwc);
                         page[536..540].copy_from_slice(&u32::from(self.cfg.sgl).to_le_bytes());
                     }
                     cns::NAMESPACE => {
-                        if sqe.nsid != 1 {
+                        let Some((lbads, blocks)) = self.geometry(sqe.nsid) else {
                             return (0, 0, 0x0B);
-                        }
-                        page[0..8].copy_from_slice(&self.cfg.blocks.to_le_bytes());
-                        page[8..16].copy_from_slice(&self.cfg.blocks.to_le_bytes());
+                        };
+                        page[0..8].copy_from_slice(&blocks.to_le_bytes());
+                        page[8..16].copy_from_slice(&blocks.to_le_bytes());
                         page[33] = 0x01; // DLFEAT: deallocated blocks read zero
-                        page[128..132].copy_from_slice(&(u32::from(self.cfg.lbads) << 16).to_le_bytes());
+                        page[128..132].copy_from_slice(&(u32::from(lbads) << 16).to_le_bytes());
+                    }
+                    cns::ACTIVE_NAMESPACES if self.cfg.active_list => {
+                        let ids: &[u32] = if self.cfg.ns2.is_some() { &[1, 2] } else { &[1] };
+                        for (k, id) in ids.iter().filter(|&&id| id > sqe.nsid).enumerate() {
+                            page[4 * k..4 * k + 4].copy_from_slice(&id.to_le_bytes());
+                        }
                     }
                     _ => return INVALID_FIELD,
                 }
@@ -578,16 +608,17 @@ impl Inner {
             }
         }
         const LBA_RANGE: (u32, u8, u8) = (0, 0, 0x80);
-        if sqe.nsid != 1 {
+        let nsid = sqe.nsid;
+        let Some((lbads, blocks)) = self.geometry(nsid) else {
             return Some((0, 0, 0x0B));
-        }
-        let bs = 1usize << self.cfg.lbads;
+        };
+        let bs = 1usize << lbads;
         let slba = u64::from(sqe.cdw10) | (u64::from(sqe.cdw11) << 32);
         let nlb = u64::from(sqe.cdw12 & 0xFFFF) + 1;
         let in_range = |s: u64, n: u64, blocks: u64| s.checked_add(n).is_some_and(|e| e <= blocks);
         Some(match sqe.opcode() {
             nvm::READ | nvm::WRITE => {
-                if !in_range(slba, nlb, self.cfg.blocks) {
+                if !in_range(slba, nlb, blocks) {
                     return Some(LBA_RANGE);
                 }
                 let len = nlb as usize * bs;
@@ -597,7 +628,7 @@ impl Inner {
                 if sqe.opcode() == nvm::READ {
                     let mut data = Vec::with_capacity(len);
                     for b in 0..nlb {
-                        match self.store.get(&(slba + b)) {
+                        match self.store.get(&(nsid, slba + b)) {
                             Some(d) => data.extend_from_slice(d),
                             None => data.extend(core::iter::repeat_n(0, bs)),
                         }
@@ -606,7 +637,7 @@ impl Inner {
                 } else {
                     let data = self.dma_in(sqe, len);
                     for (b, chunk) in data.chunks(bs).enumerate() {
-                        self.store.insert(slba + b as u64, chunk.to_vec());
+                        self.store.insert((nsid, slba + b as u64), chunk.to_vec());
                     }
                 }
                 (0, 0, 0)
@@ -616,12 +647,12 @@ impl Inner {
                 if !Oncs(self.cfg.oncs).write_zeroes() {
                     return Some((0, 0, 0x01));
                 }
-                if !in_range(slba, nlb, self.cfg.blocks) {
+                if !in_range(slba, nlb, blocks) {
                     return Some(LBA_RANGE);
                 }
                 let _ = sqe.cdw12 & rw::DEAC;
                 for b in slba..slba + nlb {
-                    self.store.remove(&b);
+                    self.store.remove(&(nsid, b));
                 }
                 (0, 0, 0)
             }
@@ -633,13 +664,13 @@ impl Inner {
                 let raw = self.dma_in(sqe, nr * DsmRange::SIZE);
                 let ranges: Vec<DsmRange> =
                     raw.chunks(16).map(|c| DsmRange::from_bytes(c.try_into().unwrap_or(&[0; 16]))).collect();
-                if ranges.iter().any(|r| !in_range(r.slba, u64::from(r.blocks), self.cfg.blocks)) {
+                if ranges.iter().any(|r| !in_range(r.slba, u64::from(r.blocks), blocks)) {
                     return Some(LBA_RANGE);
                 }
                 if sqe.cdw11 & crate::nvme::spec::dsm::DEALLOCATE != 0 {
                     for r in ranges {
                         for b in r.slba..r.slba + u64::from(r.blocks) {
-                            self.store.remove(&b);
+                            self.store.remove(&(nsid, b));
                         }
                     }
                 }

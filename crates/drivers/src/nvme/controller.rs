@@ -97,42 +97,93 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         if !fits(ctrl.sqes, Cc::SQES_LOG2) || !fits(ctrl.cqes, Cc::CQES_LOG2) {
             return Err(Error::UnsupportedController);
         }
-        if ctrl.nn != 0 && self.config.nsid > ctrl.nn {
-            return Err(Error::UnsupportedController);
-        }
-
-        buf.fill(0);
-        self.dma.write(&self.scratch, 0, &buf)?;
-        self.admin_sync(Sqe::identify(cns::NAMESPACE, self.config.nsid, page))?;
-        self.dma.read(&self.scratch, 0, &mut buf)?;
-        let ns = IdentifyNamespace::parse(&buf);
-        let lbads = ns.lbaf.lbads();
-        // Blocks from 512 B to one page; no metadata (we have no MPTR use).
-        if !(9..=12).contains(&lbads) || ns.lbaf.metadata_size() != 0 || ns.nsze == 0 {
-            return Err(Error::UnsupportedController);
-        }
-        let block_size = 1u32 << lbads;
         let mdts = ctrl.max_transfer(self.cap.min_page_size()).unwrap_or(u64::MAX);
-        let max = (self.config.max_transfer as u64).min(mdts);
-        let max = (max / u64::from(block_size)) * u64::from(block_size);
-        if max == 0 {
-            return Err(Error::UnsupportedController);
+        let mut namespaces = Vec::new();
+        let mut skipped = 0u32;
+        for nsid in self.active_namespaces(ctrl.nn)? {
+            match self.identify_namespace(nsid, mdts)? {
+                Some(ns) if namespaces.len() < MAX_NAMESPACES => namespaces.push(ns),
+                _ => skipped += 1,
+            }
         }
-        // NLB is 16 bits: at most 65536 blocks per command.
-        let max = max.min(65536 * u64::from(block_size)) as usize;
+        let primary = namespaces.iter().position(|n| n.nsid == self.config.nsid).ok_or(Error::UnsupportedController)?;
+        let ns = namespaces[primary];
+        self.primary = primary;
+        self.info.namespaces = namespaces;
+        self.info.skipped_namespaces = skipped;
+        let max = ns.max_transfer;
         self.info.vid = ctrl.vid;
         self.info.serial = ctrl.serial;
         self.info.model = ctrl.model;
         self.info.firmware = ctrl.firmware;
-        self.info.block_size = block_size;
-        self.info.blocks = ns.nsze;
+        self.info.nsid = ns.nsid;
+        self.info.block_size = ns.block_size;
+        self.info.blocks = ns.blocks;
         self.info.max_transfer = max;
         self.info.volatile_write_cache = ctrl.volatile_write_cache();
         self.info.dsm = ctrl.oncs.dsm();
         self.info.write_zeroes = ctrl.oncs.write_zeroes();
         self.info.sgl = ctrl.sgl_supported();
-        self.max_prp_entries = max / PAGE_SIZE + 2;
+        // PRP lists sized for the largest transfer of any namespace.
+        let largest = self.info.namespaces.iter().map(|n| n.max_transfer).max().unwrap_or(max);
+        self.max_prp_entries = largest / PAGE_SIZE + 2;
         Ok(())
+    }
+
+    /// Active NSIDs (Identify CNS 02h), ascending, at most
+    /// [`MAX_NAMESPACES`] + 1 (one more tells "there were more"). A
+    /// controller without the list (NVMe 1.0) is probed as 1..=NN.
+    pub(super) fn active_namespaces(&mut self, nn: u32) -> Result<Vec<u32>, Error> {
+        let page = self.scratch.bus().0;
+        let mut buf = [0u8; 4096];
+        self.dma.write(&self.scratch, 0, &buf)?;
+        match self.admin_sync(Sqe::identify(cns::ACTIVE_NAMESPACES, 0, page)) {
+            Ok(_) => {
+                self.dma.read(&self.scratch, 0, &mut buf)?;
+                let mut ids: Vec<u32> = Vec::new();
+                for c in buf.chunks_exact(4).take(MAX_NAMESPACES + 1) {
+                    let id = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    // The list ends at the first 0 and must ascend; NSIDs
+                    // 0xFFFFFFFF (broadcast) and beyond NN are not namespaces.
+                    if id == 0 || id == u32::MAX || ids.last().is_some_and(|&l| id <= l) || (nn != 0 && id > nn) {
+                        break;
+                    }
+                    ids.push(id);
+                }
+                Ok(ids)
+            }
+            Err(Error::Status(_)) => Ok((1..=nn.clamp(1, MAX_NAMESPACES as u32 + 1)).collect()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Identify Namespace `nsid`: `None` if it cannot be served (inactive,
+    /// metadata, blocks outside 512 B..4 KiB, zero size).
+    pub(super) fn identify_namespace(&mut self, nsid: u32, mdts: u64) -> Result<Option<Namespace>, Error> {
+        let page = self.scratch.bus().0;
+        let mut buf = [0u8; 4096];
+        self.dma.write(&self.scratch, 0, &buf)?;
+        match self.admin_sync(Sqe::identify(cns::NAMESPACE, nsid, page)) {
+            Ok(_) => {}
+            Err(Error::Status(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        self.dma.read(&self.scratch, 0, &mut buf)?;
+        let ns = IdentifyNamespace::parse(&buf);
+        let lbads = ns.lbaf.lbads();
+        // Blocks from 512 B to one page; no metadata (we have no MPTR use).
+        if !(9..=12).contains(&lbads) || ns.lbaf.metadata_size() != 0 || ns.nsze == 0 {
+            return Ok(None);
+        }
+        let block_size = 1u32 << lbads;
+        let max = (self.config.max_transfer as u64).min(mdts);
+        let max = (max / u64::from(block_size)) * u64::from(block_size);
+        if max == 0 {
+            return Ok(None);
+        }
+        // NLB is 16 bits: at most 65536 blocks per command.
+        let max_transfer = max.min(65536 * u64::from(block_size)) as usize;
+        Ok(Some(Namespace { nsid, block_size, blocks: ns.nsze, max_transfer }))
     }
 
     /// Set Features / Number of Queues; returns the number of I/O queue

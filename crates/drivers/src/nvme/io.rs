@@ -19,11 +19,13 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     /// lists / DSM ranges into pool pages). On error everything is undone.
     pub(super) fn prepare(
         &mut self,
+        ns: Namespace,
         request: &mut BlockRequest<D::Buffer>,
     ) -> Result<(Sqe, Option<Mapping>, Vec<DmaRegion>), Error> {
-        let nsid = self.info.nsid;
-        let bs = u64::from(self.info.block_size);
-        let capacity = self.info.blocks;
+        let nsid = ns.nsid;
+        let bs = u64::from(ns.block_size);
+        let capacity = ns.blocks;
+        let max_transfer = ns.max_transfer;
         match request {
             BlockRequest::Flush => Ok((Sqe::flush(nsid), None, Vec::new())),
             BlockRequest::Discard { lba, blocks } => {
@@ -55,7 +57,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             }
             BlockRequest::Read { lba, buffer } | BlockRequest::Write { lba, buffer, .. } => {
                 let len = buffer.len();
-                if len == 0 || !(len as u64).is_multiple_of(bs) || len > self.info.max_transfer {
+                if len == 0 || !(len as u64).is_multiple_of(bs) || len > max_transfer {
                     return Err(Error::BadBuffer);
                 }
                 let blocks = len as u64 / bs;
@@ -160,8 +162,22 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     pub fn submit(
         &mut self,
         queue: u16,
+        request: BlockRequest<D::Buffer>,
+    ) -> Result<Token, (Error, BlockRequest<D::Buffer>)> {
+        self.submit_to(self.primary, queue, request)
+    }
+
+    /// Like [`Nvme::submit`], on namespace `ns` (an index into
+    /// [`Info::namespaces`]), its LBAs in that namespace's block size.
+    pub fn submit_to(
+        &mut self,
+        ns: usize,
+        queue: u16,
         mut request: BlockRequest<D::Buffer>,
     ) -> Result<Token, (Error, BlockRequest<D::Buffer>)> {
+        let Some(&ns) = self.info.namespaces.get(ns) else {
+            return Err((Error::OutOfRange, request));
+        };
         if self.state == State::Failed {
             return Err((Error::ControllerFailed, request));
         }
@@ -171,7 +187,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             Some(q) if q.is_full() => return Err((Error::QueueFull, request)),
             Some(_) => {}
         }
-        let (sqe, mapping, pages) = match self.prepare(&mut request) {
+        let (sqe, mapping, pages) = match self.prepare(ns, &mut request) {
             Ok(v) => v,
             Err(e) => return Err((e, request)),
         };

@@ -22,7 +22,7 @@ pub mod spec;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::block::{check_range, BlockCompletion, BlockDevice, BlockRequest, Features, Token};
+use crate::block::{check_range, BlockCompletion, BlockDevice, BlockRequest, Features, Token, Volumes};
 use crate::error::{Error, Wait};
 use crate::hal::{Clock, DmaBuffer, DmaDirection, DmaMapper, DmaRegion, Mapping, Nanos, RegisterIo, PAGE_SIZE};
 use queue::QueuePair;
@@ -71,6 +71,20 @@ impl Default for Config {
     }
 }
 
+/// The most namespaces one controller may contribute.
+pub const MAX_NAMESPACES: usize = 16;
+
+/// One active namespace the driver can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub nsid: u32,
+    /// Bytes per logical block (512 to 4096).
+    pub block_size: u32,
+    pub blocks: u64,
+    /// Largest read/write in bytes (MDTS, 16-bit NLB and our limit).
+    pub max_transfer: usize,
+}
+
 /// What bring-up learned about the controller and namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Info {
@@ -89,6 +103,13 @@ pub struct Info {
     pub dsm: bool,
     pub write_zeroes: bool,
     pub sgl: bool,
+    /// Every active namespace that can be served, in NSID order; `nsid`,
+    /// `block_size`, `blocks` and `max_transfer` above describe the primary
+    /// one ([`Config::nsid`]), which [`BlockDevice`] addresses.
+    pub namespaces: Vec<Namespace>,
+    /// Active namespaces left out (a format we cannot serve: metadata,
+    /// blocks above 4 KiB, zero size; or more than [`MAX_NAMESPACES`]).
+    pub skipped_namespaces: u32,
 }
 
 fn ascii_field(b: &[u8]) -> &str {
@@ -188,6 +209,8 @@ pub struct Nvme<R: RegisterIo, D: DmaMapper, C: Clock> {
     scratch: DmaRegion,
     /// Free PRP-list/DSM pages.
     page_pool: Vec<DmaRegion>,
+    /// Index of [`Config::nsid`] in `info.namespaces`.
+    primary: usize,
     /// Pages we may not reuse: the controller did not stop.
     quarantine: Vec<DmaRegion>,
     max_prp_entries: usize,
@@ -242,6 +265,8 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 dsm: false,
                 write_zeroes: false,
                 sgl: false,
+                namespaces: Vec::new(),
+                skipped_namespaces: 0,
             },
             state: State::Running,
             stats: Stats::default(),
@@ -251,6 +276,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             pending: Vec::new(),
             scratch,
             page_pool: Vec::new(),
+            primary: 0,
             quarantine: Vec::new(),
             max_prp_entries: 0,
             next_token: 0,
@@ -346,5 +372,22 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> BlockDevice for Nvme<R, D, C> {
     }
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {
         Nvme::poll(self, queue, now)
+    }
+}
+
+impl<R: RegisterIo, D: DmaMapper, C: Clock> Volumes for Nvme<R, D, C> {
+    fn volumes(&self) -> usize {
+        self.info.namespaces.len()
+    }
+    fn volume_geometry(&self, v: usize) -> Option<(u32, u64)> {
+        self.info.namespaces.get(v).map(|n| (n.block_size, n.blocks))
+    }
+    fn submit_to(
+        &mut self,
+        v: usize,
+        queue: u16,
+        request: BlockRequest<D::Buffer>,
+    ) -> Result<Token, (Error, BlockRequest<D::Buffer>)> {
+        Nvme::submit_to(self, v, queue, request)
     }
 }
