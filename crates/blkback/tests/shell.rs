@@ -1,4 +1,4 @@
-//! Host tests of the blkback I/O shell (`blkback::shell::Blkback`)
+//! Host tests of the blkback I/O shell (`blkback::Blkback`)
 //! against a simulated toolstack and blkfront.
 //!
 //! Everything runs on the domain fakes: one [`FakeXenstored`] serving the
@@ -24,9 +24,10 @@ use blkback::abi::{
     BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
     MAX_REQUEST_SIZE,
 };
+use blkback::ring::PagesMem;
 use blkback::ring::{ring_size, REQ_EVENT, REQ_PROD, RING_HEADER, RSP_EVENT, RSP_PROD};
-use blkback::shell::{Blkback, PagesMem, MAX_PERSISTENT_PER_RING, WATCH_PREFIX};
 use blkback::xenbus::BackendConfig;
+use blkback::{Blkback, MAX_PERSISTENT_PER_RING, WATCH_PREFIX};
 use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, RamDisk, Token};
 use xen::evtchn::fake::FakeEvents;
 use xen::evtchn::EventOps;
@@ -1505,7 +1506,7 @@ fn backend_directory_removed_alone() {
 fn remove_after_delay<D: BlockDevice<Buffer = Buf>>(w: &mut World<D>, be: &str) {
     w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
     assert_eq!(w.value(&format!("{be}/state")).as_deref(), Some("6"), "kept, Closed, until libxl has seen it");
-    let later = w.e.now() + blkback::shell::RM_DELAY_NS + 1;
+    let later = w.e.now() + blkback::RM_DELAY_NS + 1;
     let _ = w.e.wait_any(&[], later);
     w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
     assert!(w.pump());
@@ -1602,7 +1603,7 @@ fn vbd_found_by_maintenance_after_lost_or_early_events() {
 /// the ring and is served as buffers come back; nothing is refused.
 #[test]
 fn buffer_memory_is_bounded_whatever_the_frontend_asks() {
-    use blkback::shell::MAX_BUFFER_BYTES;
+    use blkback::MAX_BUFFER_BYTES;
     let mut w = world(ram(1), BackendConfig::default(), &[5]);
     w.attach(0);
     w.connect(0, Opts::default());
@@ -1680,7 +1681,7 @@ fn backend_written_before_frontend() {
     assert!(w.pump());
     for _ in 0..3 {
         w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
-        let later = w.e.now() + blkback::shell::RM_DELAY_NS + 1;
+        let later = w.e.now() + blkback::RM_DELAY_NS + 1;
         let _ = w.e.wait_any(&[], later);
         assert!(w.pump());
     }

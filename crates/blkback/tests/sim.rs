@@ -12,14 +12,13 @@ use blkback::abi::{
     BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, MAX_REQUEST_SIZE,
 };
 use blkback::request::{parse, parse_indirect_segments, RejectLog, Request, Segment, Status};
-use blkback::ring::{
-    ring_size, BackRing, FakeRingMem, RingError, RingMem, REQ_EVENT, REQ_PROD, RING_HEADER, RSP_EVENT, RSP_PROD,
-};
+use blkback::ring::{ring_size, BackRing, RingError, RingMem, REQ_EVENT, REQ_PROD, RING_HEADER, RSP_EVENT, RSP_PROD};
 use blkback::{DiscardInfo, DiskInfo};
 use proptest::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use xen_ring::mock::FakeRingMem;
 
 const PAGE: usize = 4096;
 const SECT: usize = 512;
@@ -31,7 +30,7 @@ type Grants = Rc<RefCell<HashMap<u32, Vec<u8>>>>;
 // Backend shell (what the real I/O layer will do, minus the I/O).
 
 struct Back {
-    ring: BackRing<Rc<FakeRingMem>>,
+    ring: BackRing<Rc<FakeRingMem>, Abi>,
     disk: DiskInfo,
     data: Vec<u8>,
     grants: Grants,
