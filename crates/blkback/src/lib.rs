@@ -39,6 +39,8 @@
 //! polled again, logged once, and left to the handshake to tear down.
 
 extern crate alloc;
+#[cfg(feature = "test-utils")]
+extern crate std;
 
 pub mod abi;
 mod backend;

@@ -71,9 +71,10 @@ pub struct FrontRing<M: RingMem, E: RingEntry> {
     size: u32,
     req_prod_pvt: u32,
     rsp_cons: u32,
-    /// Someone wrote `req_prod` behind our back ([`FrontRing::poke_req_prod`]):
-    /// the backend may then answer slots we never filled.
-    tampered: bool,
+    /// The furthest `req_prod` ever published, by us or by
+    /// [`FrontRing::poke_req_prod`]: the backend may answer up to here
+    /// (slots we never filled, after a poke), never further.
+    published: u32,
 }
 
 impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
@@ -86,7 +87,7 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
         mem.store_u32_release(REQ_EVENT, start.wrapping_add(1));
         mem.store_u32_release(RSP_EVENT, start.wrapping_add(1));
         let size = ring_size(entry.entry_size(), order);
-        FrontRing { mem, entry, size, req_prod_pvt: start, rsp_cons: start, tampered: false }
+        FrontRing { mem, entry, size, req_prod_pvt: start, rsp_cons: start, published: start }
     }
 
     /// Number of slots.
@@ -108,6 +109,16 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
     /// as outstanding).
     pub fn outstanding(&self) -> u32 {
         self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Our private request producer (`req_prod_pvt`).
+    pub fn req_prod_pvt(&self) -> u32 {
+        self.req_prod_pvt
+    }
+
+    /// Our response consumer (`rsp_cons`).
+    pub fn rsp_cons(&self) -> u32 {
+        self.rsp_cons
     }
 
     /// Free request slots.
@@ -142,33 +153,43 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
         let old = self.mem.load_u32_acquire(REQ_PROD);
         let new = self.req_prod_pvt;
         self.mem.store_u32_release(REQ_PROD, new);
+        self.note_published(new);
         self.mem.fence();
         let ev = self.mem.load_u32_acquire(REQ_EVENT);
         new.wrapping_sub(ev) < new.wrapping_sub(old)
     }
 
-    /// Writes `req_prod` directly (a hostile or buggy frontend). Relaxes
-    /// the over-answer check of [`take_responses`](Self::take_responses) to
-    /// the ring size from then on.
+    /// Writes `req_prod` directly (a hostile or buggy frontend). The
+    /// backend may then answer slots we never filled, up to the furthest
+    /// value ever published (see [`take_responses`](Self::take_responses)).
     pub fn poke_req_prod(&mut self, val: u32) {
-        self.tampered = true;
         self.mem.store_u32_release(REQ_PROD, val);
+        self.note_published(val);
+    }
+
+    /// Moves the high-water mark of published `req_prod`s forward to `val`
+    /// if `val` lies ahead of it (free-running indices: "ahead" is a
+    /// wrapping distance below 2^31).
+    fn note_published(&mut self, val: u32) {
+        if val.wrapping_sub(self.published).wrapping_sub(1) < 1 << 31 {
+            self.published = val;
+        }
     }
 
     /// Takes every published response, then `RING_FINAL_CHECK_FOR_RESPONSES`
     /// (re-arms `rsp_event`, looks again). Bounded to `max_rounds` rounds.
     ///
     /// # Panics
-    /// If the backend published more responses than requests outstanding
-    /// (or, after [`poke_req_prod`](Self::poke_req_prod), more than the ring
-    /// holds): a ring invariant.
+    /// If the backend published more responses than requests were ever
+    /// published (`req_prod` values we or
+    /// [`poke_req_prod`](Self::poke_req_prod) wrote): a ring invariant.
     pub fn take_responses(&mut self, max_rounds: usize) -> Vec<E::Response> {
         let mut out = Vec::new();
         let mut b = vec![0u8; self.entry.response_size()];
         for _ in 0..max_rounds {
             let prod = self.mem.load_u32_acquire(RSP_PROD);
             let n = prod.wrapping_sub(self.rsp_cons);
-            let limit = if self.tampered { self.size } else { self.outstanding() };
+            let limit = self.published.wrapping_sub(self.rsp_cons);
             assert!(n <= limit, "backend published {n} responses, at most {limit} possible");
             for _ in 0..n {
                 let off = RING_HEADER + (self.rsp_cons & (self.size - 1)) as usize * self.entry.entry_size();
@@ -176,8 +197,9 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
                 out.push(self.entry.decode_response(&b));
                 self.rsp_cons = self.rsp_cons.wrapping_add(1);
             }
-            if self.tampered && self.outstanding() > self.size {
-                // Answers to slots we never filled: count them as ours.
+            if self.outstanding() > self.size {
+                // Answers to slots we never filled (after a poke): count
+                // them as ours.
                 self.req_prod_pvt = self.rsp_cons;
             }
             self.mem.store_u32_release(RSP_EVENT, self.rsp_cons.wrapping_add(1));
@@ -261,5 +283,31 @@ mod tests {
         let mut f = FrontRing::init(&m, Words, 0, 0);
         m.store_u32_release(RSP_PROD, 1);
         f.take_responses(1);
+    }
+
+    /// After a poke the backend may answer the slots up to the poked
+    /// producer (garbage the frontend never filled), and no further.
+    #[test]
+    fn poked_producer_bounds_the_answers() {
+        let m = FakeRingMem::new(PAGE_SIZE);
+        let mut f = FrontRing::init(&m, Words, 0, 10);
+        let mut b = BackRing::attach(&m, Words, 0).unwrap();
+        assert!(f.push_request(&1));
+        f.publish();
+        f.poke_req_prod(14);
+        let mut n = 0;
+        b.poll_requests(usize::MAX, |_| n += 1).unwrap();
+        assert_eq!(n, 4);
+        for _ in 0..4 {
+            b.push_response(&0).unwrap();
+        }
+        b.publish_responses();
+        assert_eq!(f.take_responses(2).len(), 4);
+        assert_eq!((f.outstanding(), f.rsp_cons()), (0, 14));
+        // Poking backwards does not move the mark back.
+        f.poke_req_prod(12);
+        m.store_u32_release(RSP_PROD, 15);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.take_responses(1)));
+        assert!(r.is_err(), "an answer past everything published");
     }
 }
