@@ -292,7 +292,10 @@ impl Frontend {
             for (i, (p, f, l)) in chunk.iter().enumerate() {
                 abi::Segment { gref: p.gref.0, first_sect: *f, last_sect: *l }.encode(&mut b[i * 8..]);
             }
-            ind.push(self.grant_page(&b, true).gref);
+            // Read-only, unless persistent: blkfront grants persistent
+            // grants read-write (blkback maps them writable).
+            let ro = !self.persistent;
+            ind.push(self.grant_page(&b, ro).gref);
         }
         (enc_indirect(self.abi, op, segs.len() as u16, id, sector, &ind), id, segs)
     }
