@@ -75,6 +75,10 @@ pub struct FrontRing<M: RingMem, E: RingEntry> {
     /// [`FrontRing::poke_req_prod`]: the backend may answer up to here
     /// (slots we never filled, after a poke), never further.
     published: u32,
+    /// What we last wrote to `req_prod` and `rsp_event` (the frontend's
+    /// header fields), to check the backend never writes them.
+    req_prod_written: u32,
+    rsp_event_written: u32,
 }
 
 impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
@@ -87,7 +91,16 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
         mem.store_u32_release(REQ_EVENT, start.wrapping_add(1));
         mem.store_u32_release(RSP_EVENT, start.wrapping_add(1));
         let size = ring_size(entry.entry_size(), order);
-        FrontRing { mem, entry, size, req_prod_pvt: start, rsp_cons: start, published: start }
+        FrontRing {
+            mem,
+            entry,
+            size,
+            req_prod_pvt: start,
+            rsp_cons: start,
+            published: start,
+            req_prod_written: start,
+            rsp_event_written: start.wrapping_add(1),
+        }
     }
 
     /// Number of slots.
@@ -153,6 +166,7 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
         let old = self.mem.load_u32_acquire(REQ_PROD);
         let new = self.req_prod_pvt;
         self.mem.store_u32_release(REQ_PROD, new);
+        self.req_prod_written = new;
         self.note_published(new);
         self.mem.fence();
         let ev = self.mem.load_u32_acquire(REQ_EVENT);
@@ -164,6 +178,7 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
     /// value ever published (see [`take_responses`](Self::take_responses)).
     pub fn poke_req_prod(&mut self, val: u32) {
         self.mem.store_u32_release(REQ_PROD, val);
+        self.req_prod_written = val;
         self.note_published(val);
     }
 
@@ -176,6 +191,16 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
         }
     }
 
+    /// Checks the header fields only the frontend writes (`req_prod`,
+    /// `rsp_event`) hold what it last wrote.
+    ///
+    /// # Panics
+    /// If the backend wrote either.
+    pub fn check_frontend_fields(&self) {
+        assert_eq!(self.mem.load_u32_acquire(REQ_PROD), self.req_prod_written, "req_prod written by the backend");
+        assert_eq!(self.mem.load_u32_acquire(RSP_EVENT), self.rsp_event_written, "rsp_event written by the backend");
+    }
+
     /// Takes every published response, then `RING_FINAL_CHECK_FOR_RESPONSES`
     /// (re-arms `rsp_event`, looks again). Bounded to `max_rounds` rounds.
     ///
@@ -185,6 +210,9 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
     /// [`poke_req_prod`](Self::poke_req_prod) wrote): a ring invariant.
     pub fn take_responses(&mut self, max_rounds: usize) -> Vec<E::Response> {
         let mut out = Vec::new();
+        if self.size == 0 {
+            return out; // no ring a backend could attach to
+        }
         let mut b = vec![0u8; self.entry.response_size()];
         for _ in 0..max_rounds {
             let prod = self.mem.load_u32_acquire(RSP_PROD);
@@ -203,6 +231,7 @@ impl<M: RingMem, E: RingEntry> FrontRing<M, E> {
                 self.req_prod_pvt = self.rsp_cons;
             }
             self.mem.store_u32_release(RSP_EVENT, self.rsp_cons.wrapping_add(1));
+            self.rsp_event_written = self.rsp_cons.wrapping_add(1);
             self.mem.fence();
             if self.mem.load_u32_acquire(RSP_PROD) == self.rsp_cons {
                 break;
@@ -274,6 +303,7 @@ mod tests {
         }
         assert_eq!(expect, next);
         assert_eq!(f.outstanding(), 0);
+        f.check_frontend_fields();
     }
 
     #[test]

@@ -122,6 +122,14 @@ impl<D: BlockDevice<Buffer = Buf>> World<D> {
     /// frontend directories, each owned by its domain and readable by the
     /// other.
     pub fn attach(&mut self, fi: usize) {
+        self.attach_nodes(fi);
+        assert!(self.pump());
+        assert_eq!(self.be_state(fi).as_deref(), Some("2"), "backend waits for the frontend (InitWait)");
+    }
+
+    /// The toolstack's writes of [`attach`](Self::attach), without running
+    /// the backend or checking anything.
+    pub fn attach_nodes(&mut self, fi: usize) {
         let f = &self.fronts[fi];
         let (be, fe, dom) = (f.be_dir(), f.fe_dir(), f.dom.0);
         self.xsd.external_write(&be, b"");
@@ -146,8 +154,6 @@ impl<D: BlockDevice<Buffer = Buf>> World<D> {
         ] {
             self.xsd.external_write(&format!("{be}/{k}"), v.as_bytes());
         }
-        assert!(self.pump());
-        assert_eq!(self.be_state(fi).as_deref(), Some("2"), "backend waits for the frontend (InitWait)");
     }
 
     /// blkfront's talk_to_blkback: rings, keys, Initialised; then the
@@ -199,6 +205,7 @@ impl<D: BlockDevice<Buffer = Buf>> World<D> {
             if f.e.take_pending(f.rings[q].port) {
                 out.extend(f.take_responses(q));
             }
+            f.rings[q].ring.check_frontend_fields();
             if out.len() >= n {
                 break;
             }
