@@ -66,7 +66,7 @@ enum Op {
         at: u16,
     },
     /// An operation code blkif does not have.
-    BadOp(u8),
+    Unsupported(u8),
 }
 
 fn span() -> impl Strategy<Value = (u8, u8)> {
@@ -86,7 +86,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u16>(), 1u8..64).prop_map(|(at, sectors)| Op::Discard { at, sectors }),
         1 => (any::<bool>(), 0u8..16).prop_map(|(write, past)| Op::OutOfRange { write, past }),
         1 => (any::<bool>(), any::<u16>()).prop_map(|(write, at)| Op::BadGrant { write, at }),
-        1 => prop_oneof![Just(4u8), 7u8..=255].prop_map(Op::BadOp),
+        1 => prop_oneof![Just(4u8), 7u8..=255].prop_map(Op::Unsupported),
     ]
 }
 
@@ -126,12 +126,15 @@ fn setup() -> impl Strategy<Value = Setup> {
         })
 }
 
+/// A read's pages (with their spans) and the bytes they must receive.
+type ReadCheck = (Vec<(DPage, u8, u8)>, Vec<u8>);
+
 /// What a request must be answered with, and for a read where its data
 /// landed and what it must be.
 struct Expect {
     op: u8,
     status: i16,
-    read: Option<(Vec<(DPage, u8, u8)>, Vec<u8>)>,
+    read: Option<ReadCheck>,
 }
 
 /// Sectors covered by `spans`.
@@ -229,7 +232,7 @@ fn build(f: &mut Frontend, model: &mut [u8], op: Op) -> (Req, u64, Expect) {
             let seg = abi::Segment { gref: 0xdead_0000 | u32::from(at), first_sect: 0, last_sect: 7 };
             (enc_rw(f.abi, op, id, place(at, 8), &[seg]), id, Expect { op, status: BLKIF_RSP_ERROR, read: None })
         }
-        Op::BadOp(code) => {
+        Op::Unsupported(code) => {
             let id = f.id();
             let seg = abi::Segment { gref: 0xdead, first_sect: 0, last_sect: 7 };
             let req = enc_op(f.abi, code, id, 0, &[seg]);
@@ -384,7 +387,7 @@ fn wraparound_with_odd_batches_both_abis() {
                 let batch = (0..n)
                     .map(|k| {
                         let at = ((i * 31 + k * 3) % 200) as u16;
-                        if (i + k) % 3 == 0 {
+                        if (i + k).is_multiple_of(3) {
                             Op::Read { at, spans: vec![(1, 6), (0, 7)], indirect: false }
                         } else {
                             Op::Write { at, spans: vec![(1, 6), (0, 7)], seed: (i * 16 + k) as u32, indirect: false }
