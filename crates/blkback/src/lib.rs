@@ -31,7 +31,7 @@
 //! * `grants`: moving data between granted pages and disk buffers (grant
 //!   copy, persistent and transient mappings).
 //! * `budget`: disk buffer bytes, bounded for all rings and shared fairly.
-//! * [`testing`] (feature `test-utils`): a simulated blkfront, toolstack and
+//! * `testing` (feature `test-utils`): a simulated blkfront, toolstack and
 //!   disks over the `xen` crate's fakes, used by every blkback test and the
 //!   fuzz targets.
 //!
