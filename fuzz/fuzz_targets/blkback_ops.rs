@@ -16,9 +16,10 @@ use std::collections::BTreeSet;
 
 use blkback::abi::{self, Abi, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, MAX_REQUEST_SIZE};
 use blkback::testing::{enc_indirect, enc_rw, ram, world, Opts, Req, World, DISK_SECTORS};
+use blkback::testing::{Buf, SlowDisk};
 use blkback::xenbus::BackendConfig;
 use blkback::MAX_BUFFER_BYTES;
-use drivers::block::RamDisk;
+use drivers::block::BlockDevice;
 use libfuzzer_sys::fuzz_target;
 use xen::evtchn::EventOps;
 use xen::types::GrantRef;
@@ -59,13 +60,13 @@ struct RingBook {
     tampered: bool,
 }
 
-struct Fuzz {
-    w: World<RamDisk<blkback::testing::Buf>>,
+struct Fuzz<D: BlockDevice<Buffer = Buf>> {
+    w: World<D>,
     books: Vec<RingBook>,
     max_queues: u32,
 }
 
-impl Fuzz {
+impl<D: BlockDevice<Buffer = Buf>> Fuzz<D> {
     fn be_path(&self, key: &str) -> String {
         format!("{}/{key}", self.w.fronts[0].be_dir())
     }
@@ -238,8 +239,20 @@ fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
     let max_queues = u32::from(b.u8() % 4) + 1;
     let cfg = BackendConfig { max_queues, ..BackendConfig::default() };
-    let disk = ram(2);
-    let w = world(disk, cfg, &[5]);
+    // A RAM disk that completes at once, or one whose completions lag,
+    // whose queues fill and that may refuse large transfers.
+    let disk = b.u8();
+    if disk & 1 == 0 {
+        drive(&mut b, world(ram(2), cfg, &[5]), max_queues);
+    } else {
+        let limit = if disk & 2 == 0 { usize::MAX } else { 16 * 1024 };
+        let slow = SlowDisk::new(DISK_SECTORS, 2, u32::from(disk >> 2) % 4, usize::from(disk >> 4) % 8 + 1);
+        drive(&mut b, world(slow.with_limit(limit), cfg, &[5]), max_queues);
+    }
+});
+
+/// Runs the operations of `b` on `w` and the final checks.
+fn drive<D: BlockDevice<Buffer = Buf>>(b: &mut Bytes, w: World<D>, max_queues: u32) {
     if std::env::var_os("BLKBACK_FUZZ_LOG").is_none() {
         log::set_max_level(log::LevelFilter::Off);
     }
@@ -250,8 +263,8 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         match b.u8() % 12 {
-            0 => fz.connect(&mut b),
-            1..=4 => fz.request(&mut b),
+            0 => fz.connect(b),
+            1..=4 => fz.request(b),
             5 => {
                 // Publish and kick every ring.
                 let f = &mut fz.w.fronts[0];
@@ -325,4 +338,4 @@ fuzz_target!(|data: &[u8]| {
         // The vbd is closed or gone (or never was): nothing may stay mapped.
         assert_eq!(fz.w.fronts[0].end_all(), vec![], "grants still mapped after the vbd closed");
     }
-});
+}
