@@ -1,48 +1,62 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-//! Pure protocol core of Ferrite's Xen block backend (blkback).
+//! Ferrite's Xen block backend (blkback).
 //!
-//! Nothing here performs I/O. The crate is split the way the protocol is:
+//! The protocol core does no I/O:
 //!
 //! * [`abi`]: the blkif wire layouts for the two x86 ABIs, declared once as
 //!   `repr(C)` structs, size- and offset-checked at compile time, with
 //!   byte-level encode/decode.
-//! * [`ring`]: a back-end view of a Xen shared ring (`io/ring.h`) over a
-//!   small [`ring::RingMem`] trait, treating the shared page as hostile.
+//! * [`ring`]: blkif's instance of the generic [`xen_ring::BackRing`] (the
+//!   [`abi::Abi`] is the ring's entry layout), treating the shared pages as
+//!   hostile.
 //! * [`request`]: validation of one copied request into a typed
 //!   [`request::Request`], or a [`request::Reject`] carrying the blkif
 //!   status to answer with.
 //! * [`xenbus`]: the vbd backend's xenbus handshake as a state machine,
 //!   `BackendFsm::step(Event) -> Effects`.
 //!
-//! The I/O shell (grant mapping, event channels, xenstore, the disk) lives
-//! elsewhere and drives these pieces:
+//! [`Blkback`] drives them against xenstore, grants, event channels and a
+//! [`drivers::block::BlockDevice`], split by concern:
 //!
-//! * xenstore watches and reads become [`xenbus::Event`]s; the shell carries
-//!   out the returned [`xenbus::Effect`]s in order (`MapRings` maps each
-//!   queue's `ring_refs` as one contiguous window of `1 << order` pages and
-//!   wraps it in a [`ring::BackRing`]).
-//! * Per ring, on an event: `poll_requests(budget, ..)`, then for each copy
-//!   [`request::parse`]; a `Reject` is answered at once with
-//!   `push_response(&reject.response())` (log the first per device via
-//!   [`request::RejectLog`]); a `Request` goes to the disk, and on completion
-//!   `push_response(&req.response(status))`. After a batch,
-//!   `publish_responses()` says whether to notify the frontend. When the
-//!   budget was not used up, `final_check_for_requests()` decides between
-//!   polling again and sleeping until the next event.
-//! * Indirect requests: copy the pages in `IndirectRequest::pages()` once
-//!   into private buffers, then [`request::parse_indirect_segments`].
-//! * A ring that reports [`ring::RingError::Broken`] is dead: stop polling it,
-//!   log once, and leave it to the handshake to tear down.
+//! * `backend`: the public [`Blkback`] and its limits.
+//! * `vbd`: the vbd lifecycle glue: blkback as a [`xen_backend::DeviceKind`]
+//!   (discovery, watches, hotplug nodes, retire and directory removal are
+//!   [`xen_backend::Lifecycle`]'s); the handshake's effects carried out.
+//! * `engine`: the disk and the work on it shared by every ring; one poll
+//!   pass over all ring contexts, round-robin.
+//! * `datapath`: one ring's polling context: requests validated, turned
+//!   into disk work, split for the disk, submitted in order, answered.
+//! * `grants`: moving data between granted pages and disk buffers (grant
+//!   copy, persistent and transient mappings).
+//! * `budget`: disk buffer bytes, bounded for all rings and shared fairly.
+//! * `testing` (feature `test-utils`): a simulated blkfront, toolstack and
+//!   disks over the `xen` crate's fakes, used by every blkback test and the
+//!   fuzz targets.
+//!
+//! A ring that reports [`ring::RingError::Broken`] is dead: it is not
+//! polled again, logged once, and left to the handshake to tear down.
 
 extern crate alloc;
+#[cfg(feature = "test-utils")]
+extern crate std;
 
 pub mod abi;
+mod backend;
+mod budget;
+mod datapath;
+mod engine;
+mod grants;
 pub mod request;
 pub mod ring;
-pub mod shell;
+#[cfg(feature = "test-utils")]
+pub mod testing;
+mod vbd;
 pub mod xenbus;
+
+pub use backend::{Blkback, Stats, MAX_BUFFER_BYTES, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX};
+pub use datapath::RingStats;
 
 /// Grant references and event-channel ports as the frontend wrote them to
 /// xenstore: the workspace's one set of id types.

@@ -4,8 +4,8 @@ use crate::disk::AnyDisk;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
-use blkback::shell::Blkback;
 use blkback::xenbus::BackendConfig;
+use blkback::Blkback;
 use log::{error, info, warn};
 use runtime::dev::DmaBuf;
 use runtime::events::{PortNotifier, XenEvents};
@@ -330,7 +330,7 @@ impl Driver {
             "shutdown" => self.on_shutdown(),
             "test" => self.on_test_request(),
             "poll" => self.on_poll_mode(),
-            t if t.starts_with(blkback::shell::WATCH_PREFIX) => {
+            t if t.starts_with(blkback::WATCH_PREFIX) => {
                 self.blk.on_watch(&mut self.xs, &mut self.grants, &mut self.events, t)
             }
             other => warn!("watch event with unknown token {other:?} for {path}"),

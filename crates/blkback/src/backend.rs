@@ -1,0 +1,262 @@
+//! The block backend: xenstore, grants, event channels and the disk
+//! around the pure protocol core.
+//!
+//! One [`Blkback`] serves every vbd the toolstack assigns to this domain
+//! (`backend/vbd/<frontend-domid>/<devid>` under our home) from one
+//! [`BlockDevice`]. Per vbd it runs the [`BackendFsm`]; each ring is a
+//! polling context of its own (its ring, deferred work, in-flight count,
+//! buffer holdings, counters) that polls requests, validates copies, moves
+//! data between the frontend's granted pages and disk buffers, and answers.
+//!
+//! Scheduling: Ferrite has one vCPU, so contexts are cooperative. Each
+//! [`Blkback::poll`] gives every context one turn of at most
+//! [`RING_BUDGET`] requests, starting one context further each time
+//! (round-robin). Disk buffers are bounded by [`MAX_BUFFER_BYTES`] for all
+//! rings together; while several rings wait for buffers, each may hold at
+//! most an equal share, so a ring flooding the backend with large requests
+//! cannot keep the others waiting.
+//!
+//! Data path: when the frontend negotiated `feature-persistent`, granted
+//! pages are mapped and kept mapped (least recently used released past a
+//! bound) and copied to or from a disk buffer by the CPU. Otherwise data
+//! moves by batched `GNTTABOP_copy` between the guest's pages and the disk
+//! buffer's own frames ([`LocalFrames`]): one copy call for a request's
+//! data (per part on reads split for the disk), one more for an indirect
+//! request's segment pages; a buffer that names no frames falls back to
+//! map + unmap per batch. A write is answered only after the disk
+//! completed it. Flush and barrier wait until the ring has nothing else in
+//! flight, write their data (if any), then flush the disk.
+//!
+//! Everything the frontend writes is hostile: requests are copied once and
+//! validated by the core; grant failures answer `BLKIF_RSP_ERROR`; work per
+//! poll is bounded; each vbd logs its first refused request and its first
+//! grant failure only.
+
+//!
+//! Where things live: the vbd lifecycle (discovery, watches, retire and
+//! directory removal) is [`xen_backend::Lifecycle`], glued to the vbd's
+//! handshake in [`crate::vbd`]; the per-ring data path is
+//! [`crate::datapath`] and [`crate::grants`]; the buffer budget
+//! [`crate::budget`].
+
+use crate::budget::Budget;
+use crate::datapath::RingStats;
+use crate::engine::{Core, Serve};
+use crate::vbd::Vbd;
+use crate::xenbus::BackendConfig;
+use crate::DiskInfo;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use drivers::block::BlockDevice;
+use xen::evtchn::EventOps;
+use xen::gnttab::{GrantOps, LocalFrames};
+use xen::shmem::SharedMem;
+use xen::types::EvtchnPort;
+use xen::wait::{Nanos, Notifier};
+use xen::xenstore::{XsClient, XsError};
+use xen_backend::Lifecycle;
+
+pub(crate) const PAGE: usize = 4096;
+/// Requests one ring context takes per turn (per [`Blkback::poll`]).
+pub const RING_BUDGET: usize = 32;
+/// Persistent grants kept mapped per ring (Linux blkback's default).
+pub const MAX_PERSISTENT_PER_RING: usize = 1056;
+/// Disk buffers all rings together may hold. A ring takes no new requests
+/// while less than one largest request (256 segments) is left, nor while it
+/// holds its share of this when other rings wait for buffers too.
+pub const MAX_BUFFER_BYTES: usize = 4 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 256 * PAGE;
+/// How long a closed device's directory stays before we remove it.
+pub const RM_DELAY_NS: Nanos = xen_backend::RM_DELAY_NS;
+/// How long a disconnect waits for the disk to finish in-flight I/O.
+pub(crate) const DRAIN_NS: Nanos = 30_000_000_000;
+/// The token prefix of our xenstore watches (the device kind's name).
+pub const WATCH_PREFIX: &str = "vbd";
+
+/// Counters for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests taken from rings.
+    pub requests: u64,
+    /// Requests refused by validation.
+    pub rejected: u64,
+    /// Requests the disk failed or refused.
+    pub errors: u64,
+    /// Grant map hypercall batches.
+    pub grant_maps: u64,
+    /// Segments served from an already mapped persistent grant.
+    pub persistent_hits: u64,
+    /// Grant copy hypercall batches (`GrantOps::copy_batch` calls).
+    pub grant_copies: u64,
+}
+
+/// The block backend.
+pub struct Blkback<P: SharedMem, D: BlockDevice> {
+    cfg: BackendConfig,
+    core: Core<D>,
+    /// Discovery, watches, retire and removal of vbd directories.
+    life: Lifecycle,
+    /// Each vbd's handshake and rings, by the lifecycle's device id.
+    vbds: BTreeMap<u32, Vbd<P, D::Buffer>>,
+    /// Round-robin cursor: the ring context that goes first at the next poll.
+    next_turn: usize,
+    /// Whether the last `poll` did anything besides waiting for the disk.
+    progressed: bool,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl<P: SharedMem, D: BlockDevice> Blkback<P, D>
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+{
+    /// Serves `disk`; `alloc` makes a zeroed disk buffer of a given length.
+    /// Rings without persistent grants move data by grant copy (see
+    /// [`set_grant_copy`](Self::set_grant_copy)).
+    pub fn new(disk: D, cfg: BackendConfig, alloc: impl FnMut(usize) -> Option<D::Buffer> + 'static) -> Self {
+        let bs = disk.block_size().max(512);
+        let f = disk.features();
+        let info = DiskInfo {
+            sectors: disk.capacity().saturating_mul(u64::from(bs)) / 512,
+            sector_size: 512,
+            physical_sector_size: bs,
+            readonly: false,
+            removable: false,
+            cdrom: false,
+            flush: true,
+            barrier: true,
+            discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
+        };
+        let core = Core {
+            disk,
+            info,
+            alloc: Box::new(alloc),
+            budget: Budget::default(),
+            groups: BTreeMap::new(),
+            next_group: 1,
+            tokens: BTreeMap::new(),
+            grant_copy: true,
+        };
+        Self {
+            cfg,
+            core,
+            life: Lifecycle::new(WATCH_PREFIX),
+            vbds: BTreeMap::new(),
+            next_turn: 0,
+            progressed: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// What everything below borrows: the data path of all vbds, the
+    /// counters, and the grant and event operations.
+    fn serve<'a, G: GrantOps<Page = P>, E: EventOps>(
+        &'a mut self,
+        g: &'a mut G,
+        e: &'a mut E,
+    ) -> (&'a mut Lifecycle, Serve<'a, P, D, G, E>) {
+        let serve = Serve { cfg: self.cfg, core: &mut self.core, vbds: &mut self.vbds, stats: &mut self.stats, g, e };
+        (&mut self.life, serve)
+    }
+
+    /// Whether rings without persistent grants move data by grant copy
+    /// (the default) or by mapping each batch of grants and unmapping it
+    /// after use. Applies from the next request on.
+    pub fn set_grant_copy(&mut self, on: bool) {
+        self.core.grant_copy = on;
+    }
+
+    /// Counters of each connected ring's polling context: (backend
+    /// directory, ring index, counters).
+    pub fn ring_stats(&self) -> Vec<(&str, usize, RingStats)> {
+        self.vbds.values().flat_map(|v| v.rings.iter().map(|r| (v.be.as_str(), r.index, r.stats))).collect()
+    }
+
+    /// What we tell frontends about the disk.
+    pub fn disk_info(&self) -> &DiskInfo {
+        &self.core.info
+    }
+
+    /// The disk (for shutdown).
+    pub fn disk_mut(&mut self) -> &mut D {
+        &mut self.core.disk
+    }
+
+    /// Starts watching for vbds assigned to us.
+    pub fn start<M: SharedMem, N: Notifier>(&mut self, xs: &mut XsClient<M, N>) -> Result<(), XsError> {
+        self.life.start(xs)
+    }
+
+    /// Event channels of all connected rings (to wait on when idle).
+    pub fn ports(&self) -> Vec<EvtchnPort> {
+        self.vbds.values().flat_map(|v| v.rings.iter().filter(|r| !r.dead).map(|r| r.port)).collect()
+    }
+
+    /// Asks for a rescan of `backend/vbd` at the next maintenance (call it
+    /// when the xenstore client dropped watch events).
+    pub fn request_rescan(&mut self) {
+        self.life.request_rescan();
+    }
+
+    /// Periodic work (call every few hundred milliseconds): removes the
+    /// directories of closed devices whose delay has passed, and rescans
+    /// the vbd directories if an earlier look found one incomplete or watch
+    /// events were lost. Returns whether it rescanned.
+    pub fn maintenance<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        xs: &mut XsClient<M, N>,
+        g: &mut G,
+        e: &mut E,
+    ) -> bool {
+        let now = e.now();
+        let (life, mut serve) = self.serve(g, e);
+        life.maintenance(xs, now, &mut serve)
+    }
+
+    /// Bytes of disk buffers currently held by requests.
+    pub fn buffer_bytes(&self) -> usize {
+        self.core.budget.used()
+    }
+
+    /// Number of vbds known.
+    pub fn vbd_count(&self) -> usize {
+        self.vbds.len()
+    }
+
+    /// Handles a watch event whose token starts with [`WATCH_PREFIX`].
+    pub fn on_watch<M: SharedMem, N: Notifier, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        xs: &mut XsClient<M, N>,
+        g: &mut G,
+        e: &mut E,
+        token: &str,
+    ) {
+        let (life, mut serve) = self.serve(g, e);
+        life.on_watch(xs, token, &mut serve);
+    }
+
+    /// One round of work: disk completions, then one turn for every ring
+    /// context, round-robin. Returns whether anything happened (poll again
+    /// at once) — `false` means idle.
+    pub fn poll<G: GrantOps<Page = P>, E: EventOps>(&mut self, g: &mut G, e: &mut E) -> bool {
+        let mut next_turn = self.next_turn;
+        let (_, mut serve) = self.serve(g, e);
+        let (progressed, busy) = serve.poll(&mut next_turn);
+        self.next_turn = next_turn;
+        self.progressed = progressed;
+        busy
+    }
+
+    /// Whether the last [`poll`](Self::poll) completed, took or answered
+    /// anything. `poll` returning `true` with this `false` means only disk
+    /// commands are outstanding: the caller may nap before polling again.
+    pub fn progressed(&self) -> bool {
+        self.progressed
+    }
+
+    /// Disk commands submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.core.tokens.len()
+    }
+}

@@ -1,0 +1,428 @@
+//! The data path of one ring: its polling context, the disk work made of
+//! each validated request (split to the disk's transfer limit, answered
+//! together), submission in order (flush and barrier wait for what came
+//! before), completion and the answer.
+//!
+//! How the data moves between the guest's pages and the disk buffers lives
+//! in [`grants`](crate::grants); the buffer budget in [`budget`](crate::budget).
+
+use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES, PAGE, RING_BUDGET};
+use crate::budget::{charge, Budget, Charge};
+use crate::engine::Core;
+use crate::request::{self, DataOp, RejectLog, Request, Segment, Status};
+use crate::ring::BlkRing;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use drivers::block::{BlockDevice, BlockRequest};
+use log::warn;
+use xen::evtchn::EventOps;
+use xen::gnttab::{GrantOps, LocalFrames, Mapping};
+use xen::shmem::SharedMem;
+use xen::types::{DomId, EvtchnPort};
+use xen_ring::PagesMem;
+
+/// Disk work derived from one request.
+pub(crate) enum Step {
+    Read { lba: u64 },
+    Write { lba: u64, then_flush: bool },
+    Flush,
+    Discard { lba: u64, blocks: u64 },
+}
+
+pub(crate) struct Work<B> {
+    pub(crate) req: Request,
+    pub(crate) segs: Vec<Segment>,
+    pub(crate) step: Step,
+    pub(crate) buf: Option<B>,
+    /// Flush/barrier: submit only when nothing else of this ring is in flight.
+    pub(crate) exclusive: bool,
+    /// Part of a request split for the disk: answered when all parts are done.
+    pub(crate) group: Option<u64>,
+    /// The buffer's share of the memory budgets, given back on drop.
+    pub(crate) _charge: Charge,
+}
+
+/// A request split into parts.
+pub(crate) struct Group {
+    pub(crate) vbd: u32,
+    pub(crate) remaining: usize,
+    pub(crate) failed: bool,
+}
+
+/// Splits `segs` into runs of at most `max` bytes (each segment is at most
+/// one page, `max` at least one page).
+pub(crate) fn split_segments(segs: Vec<Segment>, max: usize) -> Vec<Vec<Segment>> {
+    let mut parts: Vec<Vec<Segment>> = Vec::new();
+    let mut cur: Vec<Segment> = Vec::new();
+    let mut cur_len = 0;
+    for s in segs {
+        if cur_len + s.len() > max && !cur.is_empty() {
+            parts.push(core::mem::take(&mut cur));
+            cur_len = 0;
+        }
+        cur_len += s.len();
+        cur.push(s);
+    }
+    if !cur.is_empty() || parts.is_empty() {
+        parts.push(cur);
+    }
+    parts
+}
+
+/// Counters of one ring's polling context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Turns the context had.
+    pub turns: u64,
+    /// Requests taken from the ring.
+    pub requests: u64,
+    /// Turns that ended with the per-turn budget used up.
+    pub budget_spent: u64,
+    /// Turns that left requests in the ring for lack of buffer budget.
+    pub buffer_waits: u64,
+}
+
+/// One ring's polling context: the ring and everything its requests hold.
+pub(crate) struct RingCtx<P: SharedMem, B> {
+    /// Position among its vbd's rings (the frontend's queue number).
+    pub(crate) index: usize,
+    pub(crate) ring: BlkRing<PagesMem<P>>,
+    pub(crate) ring_maps: Vec<Mapping>,
+    pub(crate) port: EvtchnPort,
+    /// Disk queue this ring submits to.
+    pub(crate) queue: u16,
+    pub(crate) persistent: bool,
+    pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
+    pub(crate) tick: u64,
+    pub(crate) deferred: VecDeque<Work<B>>,
+    pub(crate) in_flight: usize,
+    pub(crate) dead: bool,
+    /// Buffer bytes this ring's requests hold.
+    pub(crate) held: Budget,
+    /// At its last turn it left requests in the ring for lack of buffers.
+    pub(crate) waiting: bool,
+    pub(crate) stats: RingStats,
+}
+
+/// What a ring context borrows for one call: the shared disk side, the
+/// counters, and the grant and event operations.
+pub(crate) struct Turn<'a, D: BlockDevice, G, E> {
+    pub(crate) core: &'a mut Core<D>,
+    pub(crate) stats: &'a mut Stats,
+    pub(crate) g: &'a mut G,
+    pub(crate) e: &'a mut E,
+}
+
+/// The device a ring belongs to, as its data path sees it.
+pub(crate) struct DevRef<'a> {
+    pub(crate) id: u32,
+    pub(crate) be: &'a str,
+    pub(crate) fe_dom: DomId,
+    pub(crate) rejects: &'a mut RejectLog,
+    pub(crate) grant_errors: &'a mut RejectLog,
+}
+
+impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
+    /// One turn: submit deferred work, then take up to [`RING_BUDGET`]
+    /// requests while the buffer budgets allow. `share`: the most buffer
+    /// bytes this ring may hold before it lets others go first.
+    pub(crate) fn turn<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        share: usize,
+    ) -> bool {
+        self.stats.turns += 1;
+        let busy = self.submit_deferred(t, d);
+        if self.dead || !self.deferred.is_empty() {
+            return busy;
+        }
+        // Take requests one at a time (up to the per-turn budget), each
+        // only while the buffer budget can hold the largest request and
+        // this ring is within its share: the frontend's requests wait in
+        // its ring, nothing is refused.
+        let mut taken = 0;
+        let mut out_of_buffers = false;
+        while taken < RING_BUDGET {
+            if t.core.budget.used() + MAX_REQUEST_BYTES > MAX_BUFFER_BYTES || self.held.used() >= share {
+                out_of_buffers = true;
+                break;
+            }
+            let mut raw = None;
+            if let Err(err) = self.ring.poll_requests(1, |x| raw = Some(x)) {
+                self.dead = true;
+                warn!("vbd {}: ring {} broken ({}); no longer served", d.be, self.index, err.as_str());
+                break;
+            }
+            let Some(raw) = raw else { break };
+            taken += 1;
+            t.stats.requests += 1;
+            self.stats.requests += 1;
+            let req = match request::parse(&raw, &t.core.info) {
+                Ok(req) => req,
+                Err(rej) => {
+                    t.stats.rejected += 1;
+                    if d.rejects.note() {
+                        warn!(
+                            "vbd {}: refused a request from domain {}: {} (further refusals not logged)",
+                            d.be,
+                            d.fe_dom,
+                            rej.reason.as_str()
+                        );
+                    }
+                    if self.ring.push_response(&rej.response()).is_err() {
+                        self.dead = true;
+                    }
+                    continue;
+                }
+            };
+            match self.prepare(t, d, req) {
+                Ok(works) if works.is_empty() => self.push_answer(&req, Status::Okay),
+                Ok(works) => self.deferred.extend(works),
+                Err(()) => self.push_answer(&req, Status::Error),
+            }
+        }
+        if taken == RING_BUDGET {
+            self.stats.budget_spent += 1;
+        }
+        // Waiting only if the frontend has requests we left in the ring.
+        self.waiting = out_of_buffers && !self.dead && self.ring.pending().is_ok_and(|n| n > 0);
+        if self.waiting {
+            self.stats.buffer_waits += 1;
+        }
+        if taken == 0 && !out_of_buffers && !self.dead {
+            // Going idle: arm req_event; a request that slipped in is taken
+            // at the next poll.
+            return matches!(self.ring.final_check_for_requests(), Ok(true)) || busy;
+        }
+        if self.ring.publish_responses() {
+            let _ = t.e.send(self.port);
+        }
+        self.submit_deferred(t, d);
+        busy || taken > 0 || out_of_buffers
+    }
+
+    /// Pushes an answer; it is published with the turn's batch.
+    pub(crate) fn push_answer(&mut self, req: &Request, status: Status) {
+        if self.ring.push_response(&req.response(status)).is_err() {
+            self.dead = true;
+        }
+    }
+
+    /// Pushes and publishes an answer, notifying the frontend if it asked.
+    pub(crate) fn respond<E: EventOps>(&mut self, e: &mut E, req: &Request, status: Status) {
+        if self.ring.push_response(&req.response(status)).is_err() {
+            self.dead = true;
+            return;
+        }
+        if self.ring.publish_responses() {
+            let _ = e.send(self.port);
+        }
+    }
+
+    /// Whether this ring moves data by grant copy.
+    pub(crate) fn copies<D: BlockDevice, G, E>(&self, t: &Turn<'_, D, G, E>) -> bool {
+        !self.persistent && t.core.grant_copy
+    }
+
+    /// Turns a validated request into disk work (empty: nothing to do).
+    fn prepare<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        req: Request,
+    ) -> Result<Vec<Work<B>>, ()> {
+        let bs = u64::from(t.core.disk.block_size().max(512));
+        let lba_of = |sector: u64| -> Result<u64, ()> {
+            let byte = sector.checked_mul(512).ok_or(())?;
+            if byte % bs != 0 {
+                return Err(());
+            }
+            Ok(byte / bs)
+        };
+        let (segs, step, exclusive, write) = match req {
+            Request::Read { sector, segments, .. } => {
+                (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
+            }
+            Request::Write { sector, segments, .. } => {
+                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: false }, false, true)
+            }
+            Request::Flush { sector, segments, .. } | Request::WriteBarrier { sector, segments, .. } => {
+                if segments.as_slice().is_empty() {
+                    (Vec::new(), Step::Flush, true, false)
+                } else {
+                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: true }, true, true)
+                }
+            }
+            Request::Discard { sector, nr_sectors, .. } => {
+                let blocks = nr_sectors.checked_mul(512).ok_or(())? / bs;
+                if blocks == 0 {
+                    return Ok(Vec::new());
+                }
+                (Vec::new(), Step::Discard { lba: lba_of(sector)?, blocks }, false, false)
+            }
+            Request::Indirect(ind) => {
+                let segs = self.indirect_segments(t, d, &ind)?;
+                match ind.op {
+                    DataOp::Read => (segs, Step::Read { lba: lba_of(ind.sector)? }, false, false),
+                    DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, then_flush: false }, false, true),
+                }
+            }
+        };
+        // The disk takes at most `max_transfer` bytes per command: split a
+        // larger read or write (indirect requests reach 1 MiB) into parts
+        // answered together. A write-then-flush is at most 11 segments.
+        let max = t.core.disk.max_transfer().max(PAGE);
+        let parts: Vec<Vec<Segment>> = match step {
+            Step::Read { .. } | Step::Write { then_flush: false, .. } => split_segments(segs, max),
+            _ => alloc::vec![segs],
+        };
+        // Each part: its segments, its disk step and its buffer.
+        let mut built: Vec<(Vec<Segment>, Step, usize, Option<B>)> = Vec::with_capacity(parts.len());
+        let mut offset = 0u64;
+        for part in parts {
+            let len: usize = part.iter().map(|s| s.len()).sum();
+            let step = match step {
+                Step::Read { lba } => Step::Read { lba: lba + offset / bs },
+                Step::Write { lba, then_flush } => Step::Write { lba: lba + offset / bs, then_flush },
+                Step::Flush => Step::Flush,
+                Step::Discard { lba, blocks } => Step::Discard { lba, blocks },
+            };
+            let mut buf = None;
+            if len > 0 {
+                if !(len as u64).is_multiple_of(bs) || !offset.is_multiple_of(bs) {
+                    return Err(());
+                }
+                buf = Some((t.core.alloc)(len).ok_or(())?);
+            }
+            offset += len as u64;
+            built.push((part, step, len, buf));
+        }
+        if write {
+            self.fill_from_guest(t, d, &mut built)?;
+        }
+        let group = if built.len() > 1 {
+            let gid = t.core.next_group;
+            t.core.next_group += 1;
+            t.core.groups.insert(gid, Group { vbd: d.id, remaining: built.len(), failed: false });
+            Some(gid)
+        } else {
+            None
+        };
+        Ok(built
+            .into_iter()
+            .map(|(segs, step, len, buf)| Work {
+                req,
+                segs,
+                step,
+                buf,
+                exclusive,
+                group,
+                _charge: charge(&t.core.budget, &self.held, len),
+            })
+            .collect())
+    }
+
+    /// Submits deferred work in order while the disk takes it.
+    pub(crate) fn submit_deferred<D: BlockDevice<Buffer = B>, G, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+    ) -> bool {
+        let mut any = false;
+        // Bounded by the deferred queue length.
+        for _ in 0..RING_BUDGET * 2 {
+            let Some(w) = self.deferred.front() else { break };
+            if w.exclusive && self.in_flight > 0 {
+                break; // flush/barrier: wait for everything before it
+            }
+            let Some(mut w) = self.deferred.pop_front() else { break };
+            let breq = match w.step {
+                Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
+                Step::Write { lba, .. } => {
+                    BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua: false }
+                }
+                Step::Flush => BlockRequest::Flush,
+                Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
+            };
+            match t.core.disk.submit(self.queue, breq) {
+                Ok(tok) => {
+                    any = true;
+                    self.in_flight += 1;
+                    t.core.tokens.insert(tok.0, (d.id, self.index, w));
+                }
+                Err((drivers::Error::QueueFull, back)) => {
+                    if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {
+                        w.buf = Some(buffer);
+                    }
+                    self.deferred.push_front(w);
+                    break;
+                }
+                Err((err, _)) => {
+                    t.stats.errors += 1;
+                    warn!("vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
+                    self.finish(t, &w, Status::Error);
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    /// The disk finished `work`.
+    pub(crate) fn complete<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        mut work: Work<B>,
+        result: Result<(), drivers::Error>,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
+        if let Err(err) = result {
+            t.stats.errors += 1;
+            warn!("vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
+        }
+        if status == Status::Okay {
+            match work.step {
+                Step::Read { .. } => {
+                    status = match self.deliver_read(t, d, &mut work) {
+                        Ok(()) => Status::Okay,
+                        Err(()) => Status::Error,
+                    };
+                }
+                Step::Write { then_flush: true, .. } => {
+                    // The data is written: now the flush part.
+                    work.step = Step::Flush;
+                    work.buf = None;
+                    self.deferred.push_front(work);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.finish(t, &work, status);
+    }
+
+    /// Answers a finished piece of work; a part of a split request answers
+    /// only when it is the last part (ERROR if any part failed).
+    pub(crate) fn finish<D: BlockDevice<Buffer = B>, G, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        work: &Work<B>,
+        status: Status,
+    ) {
+        let Some(gid) = work.group else {
+            self.respond(t.e, &work.req, status);
+            return;
+        };
+        let Some(gr) = t.core.groups.get_mut(&gid) else { return };
+        gr.failed |= status != Status::Okay;
+        gr.remaining = gr.remaining.saturating_sub(1);
+        if gr.remaining == 0 {
+            let failed = gr.failed;
+            t.core.groups.remove(&gid);
+            self.respond(t.e, &work.req, if failed { Status::Error } else { Status::Okay });
+        }
+    }
+}

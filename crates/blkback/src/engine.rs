@@ -1,0 +1,129 @@
+//! What every ring context shares (the disk and the bookkeeping of work on
+//! it), and one pass over all of them: disk completions, then one turn per
+//! ring, round-robin.
+
+use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES};
+use crate::budget::Budget;
+use crate::datapath::{DevRef, Group, RingCtx, Turn, Work};
+use crate::vbd::Vbd;
+use crate::xenbus::BackendConfig;
+use crate::DiskInfo;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use drivers::block::{BlockDevice, BlockRequest};
+use xen::evtchn::EventOps;
+use xen::gnttab::{GrantOps, LocalFrames};
+use xen::shmem::SharedMem;
+
+/// What every ring context shares: the disk and the bookkeeping of work
+/// on it.
+pub(crate) struct Core<D: BlockDevice> {
+    pub(crate) disk: D,
+    pub(crate) info: DiskInfo,
+    pub(crate) alloc: Box<dyn FnMut(usize) -> Option<D::Buffer>>,
+    /// Disk buffer memory in use, all rings.
+    pub(crate) budget: Budget,
+    /// Split requests still in progress.
+    pub(crate) groups: BTreeMap<u64, Group>,
+    pub(crate) next_group: u64,
+    /// Disk token → (vbd id, ring index, work).
+    pub(crate) tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
+    /// Non-persistent rings move data by grant copy.
+    pub(crate) grant_copy: bool,
+}
+
+/// Everything the data path of all vbds borrows for one call: the disk
+/// side, every vbd's rings, the counters, and the grant and event
+/// operations. The vbd lifecycle glue ([`crate::vbd`]) works through it
+/// too (a disconnect drains the disk, which completes any vbd's work).
+pub(crate) struct Serve<'a, P: SharedMem, D: BlockDevice, G, E> {
+    pub(crate) cfg: BackendConfig,
+    pub(crate) core: &'a mut Core<D>,
+    /// The vbds' data-path state by device id (ids grow: iteration order is
+    /// adoption order).
+    pub(crate) vbds: &'a mut BTreeMap<u32, Vbd<P, D::Buffer>>,
+    pub(crate) stats: &'a mut Stats,
+    pub(crate) g: &'a mut G,
+    pub(crate) e: &'a mut E,
+}
+
+impl<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps> Serve<'_, P, D, G, E>
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+{
+    /// One round of work: disk completions, then one turn for every ring
+    /// context, round-robin from `*next_turn`. Returns (anything happened,
+    /// busy: poll again at once).
+    pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
+        let mut busy = self.poll_disk();
+        let ctxs: Vec<(u32, usize)> =
+            self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))).collect();
+        if ctxs.is_empty() {
+            return (busy, busy || !self.core.tokens.is_empty());
+        }
+        // While several rings wait for buffers, each may hold an equal
+        // share (never less than one largest request); a ring alone may
+        // use the whole budget.
+        let waiting = self.vbds.values().flat_map(|v| &v.rings).filter(|r| r.waiting && !r.dead).count();
+        let share = (MAX_BUFFER_BYTES / waiting.max(1)).max(MAX_REQUEST_BYTES);
+        // A different context goes first each time: none is always served
+        // after the others have taken what was free.
+        let start = *next_turn % ctxs.len();
+        *next_turn = start + 1;
+        for k in 0..ctxs.len() {
+            let (vid, ri) = ctxs[(start + k) % ctxs.len()];
+            let Some(port) = self.vbds.get(&vid).and_then(|v| v.rings.get(ri)).map(|r| r.port) else { continue };
+            if self.e.take_pending(port) {
+                busy = true;
+            }
+            busy |= self.with_ring(vid, ri, |r, t, d| r.turn(t, d, share)).unwrap_or(false);
+        }
+        (busy, busy || !self.core.tokens.is_empty())
+    }
+
+    /// Runs `f` on ring `ri` of vbd `vid` with what its data path borrows
+    /// (`None` if there is no such ring).
+    pub(crate) fn with_ring<R>(
+        &mut self,
+        vid: u32,
+        ri: usize,
+        f: impl FnOnce(&mut RingCtx<P, D::Buffer>, &mut Turn<'_, D, G, E>, &mut DevRef<'_>) -> R,
+    ) -> Option<R> {
+        let v = self.vbds.get_mut(&vid)?;
+        let ring = v.rings.get_mut(ri)?;
+        let mut d = DevRef {
+            id: v.id,
+            be: &v.be,
+            fe_dom: v.fe_dom,
+            rejects: &mut v.rejects,
+            grant_errors: &mut v.grant_errors,
+        };
+        let mut t = Turn { core: &mut *self.core, stats: &mut *self.stats, g: &mut *self.g, e: &mut *self.e };
+        Some(f(ring, &mut t, &mut d))
+    }
+
+    /// Hands every disk completion to its ring. Returns whether there were
+    /// any.
+    pub(crate) fn poll_disk(&mut self) -> bool {
+        let mut any = false;
+        let now = self.e.now();
+        for q in 0..self.core.disk.queue_count().max(1) {
+            // Bounded: a queue holds at most its depth of completions.
+            for _ in 0..1024 {
+                let Some(c) = self.core.disk.poll(q, now) else { break };
+                any = true;
+                let Some((vid, ri, mut work)) = self.core.tokens.remove(&c.token.0) else { continue };
+                match c.request {
+                    BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
+                    _ => {}
+                }
+                let result = c.result;
+                // A vbd or ring that is gone: the work (and its buffer
+                // charge) is dropped unanswered.
+                let _ = self.with_ring(vid, ri, |r, t, d| r.complete(t, d, work, result));
+            }
+        }
+        any
+    }
+}

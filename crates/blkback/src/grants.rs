@@ -1,0 +1,295 @@
+//! Moving a request's data between the guest's granted pages and disk
+//! buffers: batched grant copy into the buffer's own frames, or grant
+//! mapping (kept mapped for persistent grants, least recently used
+//! released past a bound; mapped and unmapped per batch otherwise).
+//! Indirect segment pages are copied once into private memory before they
+//! are parsed. A failed grant fails only its request (logged once per
+//! device).
+
+use crate::backend::{MAX_PERSISTENT_PER_RING, PAGE};
+use crate::datapath::{DevRef, RingCtx, Step, Turn, Work};
+use crate::request::{self, Segment};
+use alloc::vec::Vec;
+use drivers::block::BlockDevice;
+use log::warn;
+use xen::evtchn::EventOps;
+use xen::gnttab::{CopyEnd, CopyOp, GrantOps, LocalFrames, MapRequest, Mapping};
+use xen::shmem::SharedMem;
+use xen::types::{DomId, GrantRef};
+
+/// Copy elements moving the guest spans `(gref, offset in page, length)`,
+/// in order, to or from consecutive bytes of `buf` from its start. Each
+/// element stays within one page on both sides: a span is cut where the
+/// buffer crosses a frame (a span never crosses a guest page: the core
+/// checked `offset + len <= 4096`). `None` if the buffer names no frames.
+pub(crate) fn copy_ops<B: LocalFrames>(
+    buf: &B,
+    dom: DomId,
+    spans: impl Iterator<Item = (GrantRef, usize, usize)>,
+    to_guest: bool,
+) -> Option<Vec<CopyOp>> {
+    let mut ops = Vec::new();
+    let mut at = 0usize;
+    for (gref, off, len) in spans {
+        let mut done = 0;
+        // Each round moves at least one byte (n > 0 below), so this ends
+        // after at most `len` rounds; in practice one or two.
+        while done < len {
+            let (pfn, in_frame) = buf.local_frame(at + done)?;
+            let n = (len - done).min(PAGE.saturating_sub(usize::from(in_frame))).min(PAGE.saturating_sub(off + done));
+            if n == 0 {
+                return None;
+            }
+            let guest = CopyEnd::Grant { dom, gref, offset: (off + done) as u16 };
+            let local = CopyEnd::Local { pfn, offset: in_frame };
+            let (src, dst) = if to_guest { (local, guest) } else { (guest, local) };
+            ops.push(CopyOp { src, dst, len: n as u16 });
+            done += n;
+        }
+        at += len;
+    }
+    Some(ops)
+}
+
+/// The guest spans of data segments.
+pub(crate) fn spans(segs: &[Segment]) -> impl Iterator<Item = (GrantRef, usize, usize)> + '_ {
+    segs.iter().map(|s| (GrantRef(s.gref().0), s.offset(), s.len()))
+}
+
+impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
+    /// Reads the indirect pages once into private memory and parses their
+    /// segments.
+    pub(crate) fn indirect_segments<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        ind: &request::IndirectRequest,
+    ) -> Result<Vec<Segment>, ()> {
+        let grefs: Vec<GrantRef> = ind.pages().iter().map(|r| GrantRef(r.0)).collect();
+        let mut copies: Vec<Vec<u8>> = Vec::with_capacity(grefs.len());
+        // By copy into a buffer of our own frames (at most 8 pages, freed
+        // at once), when this ring copies and the buffer names frames.
+        let by_copy = if self.copies(t) { (t.core.alloc)(grefs.len() * PAGE) } else { None };
+        let ops = by_copy.as_ref().and_then(|b| copy_ops(b, d.fe_dom, grefs.iter().map(|g| (*g, 0, PAGE)), false));
+        match (by_copy, ops) {
+            (Some(mut buf), Some(ops)) => {
+                self.grant_copy(t, d, &ops)?;
+                buf.sync_for_cpu();
+                copies.extend(buf.as_ref().chunks(PAGE).map(|c| c.to_vec()));
+            }
+            _ => {
+                let maps = self.map_grants(t, d, &grefs, true)?;
+                for (m, _) in &maps {
+                    let mut page = alloc::vec![0u8; PAGE];
+                    t.g.page(m).read(0, &mut page);
+                    copies.push(page);
+                }
+                self.release_transient(t, &maps);
+            }
+        }
+        let refs: Vec<&[u8]> = copies.iter().map(|p| p.as_slice()).collect();
+        match request::parse_indirect_segments(ind, &refs, &t.core.info) {
+            Ok(s) => Ok(s),
+            Err(rej) => {
+                if d.rejects.note() {
+                    warn!("vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// One batch of grant copies; any failed element fails the request
+    /// (logged once per device).
+    fn grant_copy<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        ops: &[CopyOp],
+    ) -> Result<(), ()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let res = t.g.copy_batch(ops);
+        t.stats.grant_copies += 1;
+        let failed = ops.iter().zip(res.iter().map(Some).chain(core::iter::repeat(None))).find_map(|(op, r)| match r {
+            Some(Ok(())) => None,
+            Some(Err(err)) => Some((op, Some(*err))),
+            None => Some((op, None)), // no answer for this element
+        });
+        let Some((op, err)) = failed else { return Ok(()) };
+        if d.grant_errors.note() {
+            let gref = match (op.src, op.dst) {
+                (CopyEnd::Grant { gref, .. }, _) | (_, CopyEnd::Grant { gref, .. }) => gref.0,
+                _ => 0,
+            };
+            warn!(
+                "vbd {}: grant copy with grant {gref} of domain {} failed: {err:?} (further grant errors not logged)",
+                d.be, d.fe_dom
+            );
+        }
+        Err(())
+    }
+
+    /// Fills the buffers of a write's parts from the guest's pages: by one
+    /// grant copy batch for the whole request, or by mapping.
+    pub(crate) fn fill_from_guest<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        parts: &mut [(Vec<Segment>, Step, usize, Option<B>)],
+    ) -> Result<(), ()> {
+        if self.copies(t) {
+            let mut ops = Vec::new();
+            let mut framed = true;
+            for (segs, _, _, buf) in parts.iter() {
+                match buf.as_ref().map(|b| copy_ops(b, d.fe_dom, spans(segs), false)) {
+                    Some(Some(o)) => ops.extend(o),
+                    Some(None) => framed = false,
+                    None => {}
+                }
+            }
+            if framed {
+                self.grant_copy(t, d, &ops)?;
+                for (_, _, _, buf) in parts.iter_mut() {
+                    if let Some(b) = buf {
+                        b.sync_for_cpu();
+                    }
+                }
+                return Ok(());
+            }
+        }
+        for (segs, _, _, buf) in parts.iter_mut() {
+            if let Some(b) = buf {
+                self.map_from_guest(t, d, segs, b.as_mut())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a finished read's data to the guest's pages.
+    pub(crate) fn deliver_read<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        work: &mut Work<B>,
+    ) -> Result<(), ()> {
+        let Some(buf) = work.buf.as_mut() else { return Ok(()) };
+        if self.copies(t) {
+            if let Some(ops) = copy_ops(buf, d.fe_dom, spans(&work.segs), true) {
+                buf.sync_for_copy();
+                return self.grant_copy(t, d, &ops);
+            }
+        }
+        let grefs: Vec<GrantRef> = work.segs.iter().map(|s| GrantRef(s.gref().0)).collect();
+        let maps = self.map_grants(t, d, &grefs, false)?;
+        let data = buf.as_ref();
+        let mut off = 0;
+        for (s, (m, _)) in work.segs.iter().zip(&maps) {
+            t.g.page(m).write(s.offset(), &data[off..off + s.len()]);
+            off += s.len();
+        }
+        self.release_transient(t, &maps);
+        Ok(())
+    }
+
+    /// Maps `grefs` (persistent cache first, the rest in one batch).
+    /// Returns each mapping and whether it is transient (unmap after use).
+    fn map_grants<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        grefs: &[GrantRef],
+        readonly: bool,
+    ) -> Result<Vec<(Mapping, bool)>, ()> {
+        self.tick += 1;
+        let tick = self.tick;
+        let mut out: Vec<Option<(Mapping, bool)>> = alloc::vec![None; grefs.len()];
+        let mut missing = Vec::new();
+        for (k, gr) in grefs.iter().enumerate() {
+            if self.persistent {
+                if let Some((m, last)) = self.pgrants.get_mut(&gr.0) {
+                    *last = tick;
+                    out[k] = Some((*m, false));
+                    t.stats.persistent_hits += 1;
+                    continue;
+                }
+            }
+            missing.push(k);
+        }
+        if !missing.is_empty() {
+            // Persistent grants are granted read-write by blkfront.
+            let ro = readonly && !self.persistent;
+            let reqs: Vec<MapRequest> =
+                missing.iter().map(|&k| MapRequest { dom: d.fe_dom, gref: grefs[k], readonly: ro }).collect();
+            let res = t.g.map_batch(&reqs);
+            t.stats.grant_maps += 1;
+            let mut failed = false;
+            for (&k, res) in missing.iter().zip(res) {
+                match res {
+                    Ok(m) => {
+                        let keep = self.persistent && !self.pgrants.contains_key(&grefs[k].0);
+                        if keep {
+                            self.pgrants.insert(grefs[k].0, (m, tick));
+                        }
+                        out[k] = Some((m, !keep));
+                    }
+                    Err(err) => {
+                        failed = true;
+                        if d.grant_errors.note() {
+                            warn!(
+                                "vbd {}: cannot map grant {} of domain {}: {err:?} (further grant errors not logged)",
+                                d.be, grefs[k].0, d.fe_dom
+                            );
+                        }
+                    }
+                }
+            }
+            // Past the bound: release the least recently used mappings.
+            if self.pgrants.len() > MAX_PERSISTENT_PER_RING {
+                let mut ages: Vec<(u64, u32)> =
+                    self.pgrants.iter().filter(|(_, (_, t))| *t != tick).map(|(k, (_, t))| (*t, *k)).collect();
+                ages.sort_unstable();
+                let excess = self.pgrants.len() - MAX_PERSISTENT_PER_RING;
+                let victims: Vec<Mapping> =
+                    ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
+                let _ = t.g.unmap_batch(&victims);
+            }
+            if failed {
+                let done: Vec<(Mapping, bool)> = out.into_iter().flatten().collect();
+                self.release_transient(t, &done);
+                return Err(());
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn release_transient<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        maps: &[(Mapping, bool)],
+    ) {
+        let tr: Vec<Mapping> = maps.iter().filter(|(_, tr)| *tr).map(|(m, _)| *m).collect();
+        if !tr.is_empty() {
+            let _ = t.g.unmap_batch(&tr);
+        }
+    }
+
+    fn map_from_guest<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        segs: &[Segment],
+        buf: &mut [u8],
+    ) -> Result<(), ()> {
+        let grefs: Vec<GrantRef> = segs.iter().map(|s| GrantRef(s.gref().0)).collect();
+        let maps = self.map_grants(t, d, &grefs, true)?;
+        let mut off = 0;
+        for (s, (m, _)) in segs.iter().zip(&maps) {
+            t.g.page(m).read(s.offset(), &mut buf[off..off + s.len()]);
+            off += s.len();
+        }
+        self.release_transient(t, &maps);
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! The vbd lifecycle glue: blkback as an [`xen_backend::DeviceKind`].
+//!
+//! [`xen_backend::Lifecycle`] finds vbds and follows the frontend; here each
+//! [`DeviceEvent`] becomes [`Event`]s of the vbd's [`BackendFsm`], whose
+//! effects are carried out in order: nodes written (never re-creating a
+//! removed directory), the frontend's keys read, rings mapped and event
+//! channels bound on connect, everything drained and released on
+//! disconnect, the device dropped on `Remove`.
+
+use crate::abi::Abi;
+use crate::backend::DRAIN_NS;
+use crate::budget::Budget;
+use crate::datapath::{RingCtx, RingStats};
+use crate::engine::Serve;
+use crate::request::RejectLog;
+use crate::ring::{BlkRing, PagesMem};
+use crate::xenbus::{BackendFsm, ConnectParams, Effect, Event, FrontendKeys};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use drivers::block::BlockDevice;
+use log::{info, warn};
+use xen::evtchn::EventOps;
+use xen::gnttab::{GrantOps, LocalFrames, MapRequest, Mapping};
+use xen::shmem::SharedMem;
+use xen::types::{DomId, EvtchnPort, GrantRef};
+use xen::wait::Notifier;
+use xen_backend::{DeviceEvent, DeviceKind, DeviceXs, Outcome};
+
+/// One vbd's handshake and data-path state (its lifecycle state lives in
+/// the [`xen_backend::Device`] of the same id).
+pub(crate) struct Vbd<P: SharedMem, B> {
+    pub(crate) id: u32,
+    pub(crate) be: String,
+    pub(crate) fe_dom: DomId,
+    pub(crate) fsm: BackendFsm,
+    pub(crate) rings: Vec<RingCtx<P, B>>,
+    pub(crate) rejects: RejectLog,
+    pub(crate) grant_errors: RejectLog,
+}
+
+impl<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps> DeviceKind for Serve<'_, P, D, G, E>
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+{
+    fn hotplug_nodes(&self) -> Vec<(&'static str, String)> {
+        // What dom0's block hotplug script would write: the device is open.
+        alloc::vec![("physical-device", String::from("fd:0"))]
+    }
+
+    fn event<M: SharedMem, N: Notifier>(&mut self, xs: &mut DeviceXs<'_, M, N>, ev: DeviceEvent) -> Outcome {
+        let ev = match ev {
+            DeviceEvent::Added => {
+                let dev = xs.device();
+                let vbd = Vbd {
+                    id: dev.id,
+                    be: dev.be.clone(),
+                    fe_dom: dev.fe_dom,
+                    fsm: BackendFsm::new(self.cfg),
+                    rings: Vec::new(),
+                    rejects: RejectLog::default(),
+                    grant_errors: RejectLog::default(),
+                };
+                self.vbds.insert(vbd.id, vbd);
+                if let out @ Outcome::Removed { .. } = self.feed(xs, Event::Probe) {
+                    return out;
+                }
+                Event::HotplugDone(self.core.info)
+            }
+            DeviceEvent::FrontendState(s) => Event::FrontendStateChanged(s),
+            DeviceEvent::FrontendStateInvalid => Event::FrontendStateInvalid,
+            DeviceEvent::FrontendGone => Event::FrontendGone,
+            DeviceEvent::Offline => Event::Disconnect,
+        };
+        self.feed(xs, ev)
+    }
+}
+
+impl<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps> Serve<'_, P, D, G, E>
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+{
+    /// Steps the vbd's state machine with `first` and carries out the
+    /// effects.
+    fn feed<M: SharedMem, N: Notifier>(&mut self, xs: &mut DeviceXs<'_, M, N>, first: Event) -> Outcome {
+        let id = xs.device().id;
+        let mut events = VecDeque::from([first]);
+        // Bounded: each event yields a handful of effects, at most one follow-up event.
+        for _ in 0..16 {
+            let Some(ev) = events.pop_front() else { break };
+            let Some(v) = self.vbds.get_mut(&id) else { return Outcome::Keep };
+            let effects = v.fsm.step(ev);
+            for eff in effects {
+                match eff {
+                    Effect::Write { key, value } => xs.write(key, &value),
+                    Effect::SwitchState(s) => xs.switch_state(s),
+                    Effect::ReadFrontendKeys => {
+                        let keys = FrontendKeys::read(&self.cfg, |k| xs.read_frontend(k));
+                        events.push_back(Event::FrontendKeys(keys));
+                    }
+                    Effect::MapRings(params) => {
+                        if let Err(why) = self.connect(id, &params) {
+                            warn!("vbd {}: {why}", xs.device().be);
+                            // FSM contract: the rest of this batch (disk
+                            // details, Connected) must not be carried out.
+                            events.push_back(Event::RingMapFailed("cannot map rings or bind event channels"));
+                            break;
+                        }
+                    }
+                    Effect::UnmapAll => self.disconnect(id),
+                    Effect::WriteError(msg) => xs.write_error(&msg),
+                    Effect::Remove => {
+                        self.disconnect(id);
+                        self.vbds.remove(&id);
+                        return Outcome::Removed { at: self.e.now() };
+                    }
+                }
+            }
+        }
+        Outcome::Keep
+    }
+
+    /// Maps each queue's ring pages, attaches the rings and binds their
+    /// event channels.
+    fn connect(&mut self, id: u32, p: &ConnectParams) -> Result<(), String> {
+        let nq = self.core.disk.queue_count().max(1);
+        let Some(v) = self.vbds.get_mut(&id) else { return Err(String::from("no such device")) };
+        for (qi, q) in p.queues.iter().enumerate() {
+            let reqs: Vec<MapRequest> = q
+                .ring_refs
+                .iter()
+                .map(|r| MapRequest { dom: v.fe_dom, gref: GrantRef(r.0), readonly: false })
+                .collect();
+            let results = self.g.map_batch(&reqs);
+            let mut maps = Vec::new();
+            let mut failed = None;
+            for r in results {
+                match r {
+                    Ok(m) => maps.push(m),
+                    Err(err) => failed = Some(err),
+                }
+            }
+            if let Some(err) = failed {
+                let _ = self.g.unmap_batch(&maps);
+                return Err(format!("mapping ring {qi}: {err:?}"));
+            }
+            let pages = maps.iter().map(|m| self.g.page(m)).collect();
+            let ring = match BlkRing::attach(PagesMem::new(pages), p.abi, p.ring_page_order) {
+                Ok(r) => r,
+                Err(err) => {
+                    let _ = self.g.unmap_batch(&maps);
+                    return Err(format!("ring {qi}: {err:?}"));
+                }
+            };
+            let port = match self.e.bind_interdomain(v.fe_dom, EvtchnPort(q.evtchn.0)) {
+                Ok(pt) => pt,
+                Err(err) => {
+                    let _ = self.g.unmap_batch(&maps);
+                    return Err(format!("binding event channel {} of ring {qi}: {err}", q.evtchn.0));
+                }
+            };
+            v.rings.push(RingCtx {
+                index: qi,
+                ring,
+                ring_maps: maps,
+                port,
+                queue: (qi as u16) % nq,
+                persistent: p.persistent,
+                pgrants: BTreeMap::new(),
+                tick: 0,
+                deferred: VecDeque::new(),
+                in_flight: 0,
+                dead: false,
+                held: Budget::default(),
+                waiting: false,
+                stats: RingStats::default(),
+            });
+        }
+        info!(
+            "vbd {}: connected to domain {}: {} queue(s), ring order {}, {} ABI, persistent grants {}",
+            v.be,
+            v.fe_dom,
+            p.queues.len(),
+            p.ring_page_order,
+            if p.abi == Abi::X86_64 { "x86_64" } else { "x86_32" },
+            match (p.persistent, self.core.grant_copy) {
+                (true, _) => "on",
+                (false, true) => "off (data by grant copy)",
+                (false, false) => "off (data by map/unmap)",
+            }
+        );
+        Ok(())
+    }
+
+    /// Waits (bounded) for the disk to finish this vbd's I/O, then releases
+    /// every grant mapping and event channel of its rings.
+    fn disconnect(&mut self, id: u32) {
+        let be = self.vbds.get(&id).map(|v| v.be.clone()).unwrap_or_default();
+        let deadline = self.e.now().saturating_add(DRAIN_NS);
+        // Bounded by the deadline: the disk times out commands itself too.
+        while self.core.tokens.values().any(|(v, _, _)| *v == id) && self.e.now() < deadline {
+            self.poll_disk();
+        }
+        let leftover = self.core.tokens.values().filter(|(v, _, _)| *v == id).count();
+        if leftover > 0 {
+            warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", be);
+            self.core.tokens.retain(|_, (v, _, _)| *v != id);
+        }
+        self.core.groups.retain(|_, gr| gr.vbd != id);
+        let Some(v) = self.vbds.get_mut(&id) else { return };
+        let mut released = 0;
+        for r in v.rings.drain(..) {
+            let pg: Vec<Mapping> = r.pgrants.values().map(|(m, _)| *m).collect();
+            released += pg.len() + r.ring_maps.len();
+            for res in self.g.unmap_batch(&pg).into_iter().chain(self.g.unmap_batch(&r.ring_maps)) {
+                if let Err(err) = res {
+                    warn!("vbd {}: unmap failed: {err:?}", v.be);
+                }
+            }
+            let _ = self.e.close(r.port);
+        }
+        if released > 0 {
+            info!("vbd {}: disconnected, {released} grant mapping(s) released", v.be);
+        }
+    }
+}
