@@ -7,6 +7,7 @@
 //!   completions back to their submitter.
 //! - [`registry`]: the disks found (namespaces, partitions) and the one
 //!   lookup from target to view, with exclusive writers and shared readers.
+//! - [`scan`]: reading a namespace's GPT at boot (read-only).
 //! - `model` (feature `model`, and this crate's tests): a disk with a
 //!   volatile write cache that can lose every unflushed write at a chosen
 //!   power cut.
@@ -17,6 +18,7 @@ extern crate alloc;
 
 pub mod gpt;
 pub mod registry;
+pub mod scan;
 pub mod target;
 pub mod view;
 
