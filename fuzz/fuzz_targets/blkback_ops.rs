@@ -19,7 +19,7 @@ use blkback::testing::{enc_indirect, enc_rw, ram, world, Opts, Req, World, DISK_
 use blkback::testing::{Buf, SlowDisk};
 use blkback::xenbus::BackendConfig;
 use blkback::MAX_BUFFER_BYTES;
-use drivers::block::BlockDevice;
+use drivers::block::{BlockDevice, Volumes};
 use libfuzzer_sys::fuzz_target;
 use xen::evtchn::EventOps;
 use xen::types::GrantRef;
@@ -60,13 +60,13 @@ struct RingBook {
     tampered: bool,
 }
 
-struct Fuzz<D: BlockDevice<Buffer = Buf>> {
+struct Fuzz<D: Volumes<Buffer = Buf>> {
     w: World<D>,
     books: Vec<RingBook>,
     max_queues: u32,
 }
 
-impl<D: BlockDevice<Buffer = Buf>> Fuzz<D> {
+impl<D: Volumes<Buffer = Buf>> Fuzz<D> {
     fn be_path(&self, key: &str) -> String {
         format!("{}/{key}", self.w.fronts[0].be_dir())
     }
@@ -252,7 +252,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Runs the operations of `b` on `w` and the final checks.
-fn drive<D: BlockDevice<Buffer = Buf>>(b: &mut Bytes, w: World<D>, max_queues: u32) {
+fn drive<D: Volumes<Buffer = Buf>>(b: &mut Bytes, w: World<D>, max_queues: u32) {
     if std::env::var_os("BLKBACK_FUZZ_LOG").is_none() {
         log::set_max_level(log::LevelFilter::Off);
     }

@@ -44,9 +44,10 @@ use crate::datapath::RingStats;
 use crate::engine::{Core, Serve};
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
-use crate::DiskInfo;
+use crate::{DiskInfo, OpenRequest};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::block::BlockDevice;
 use xen::evtchn::EventOps;
@@ -71,6 +72,8 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 256 * PAGE;
 pub const RM_DELAY_NS: Nanos = xen_backend::RM_DELAY_NS;
 /// How long a disconnect waits for the disk to finish in-flight I/O.
 pub(crate) const DRAIN_NS: Nanos = 30_000_000_000;
+/// What opens a vbd's disk (see [`Blkback::new`]).
+pub(crate) type Opener<D> = dyn FnMut(&OpenRequest<'_>) -> Result<D, String>;
 /// The token prefix of our xenstore watches (the device kind's name).
 pub const WATCH_PREFIX: &str = "vbd";
 
@@ -98,7 +101,7 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     /// Discovery, watches, retire and removal of vbd directories.
     life: Lifecycle,
     /// Each vbd's handshake and rings, by the lifecycle's device id.
-    vbds: BTreeMap<u32, Vbd<P, D::Buffer>>,
+    vbds: BTreeMap<u32, Vbd<P, D>>,
     /// Round-robin cursor: the ring context that goes first at the next poll.
     next_turn: usize,
     /// Whether the last `poll` did anything besides waiting for the disk.
@@ -111,26 +114,22 @@ impl<P: SharedMem, D: BlockDevice> Blkback<P, D>
 where
     D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
 {
-    /// Serves `disk`; `alloc` makes a zeroed disk buffer of a given length.
-    /// Rings without persistent grants move data by grant copy (see
+    /// Serves each vbd from the disk `open` gives for it: called once per
+    /// vbd when it is discovered, with its `params` and `mode` (see
+    /// [`OpenRequest`]); the disk is dropped when the vbd is torn down. An
+    /// `Err` fails the vbd the way libxl understands (see
+    /// [`last_error`](Self::last_error)); other vbds are unaffected.
+    /// `alloc` makes a zeroed disk buffer of a given length. Rings without
+    /// persistent grants move data by grant copy (see
     /// [`set_grant_copy`](Self::set_grant_copy)).
-    pub fn new(disk: D, cfg: BackendConfig, alloc: impl FnMut(usize) -> Option<D::Buffer> + 'static) -> Self {
-        let bs = disk.block_size().max(512);
-        let f = disk.features();
-        let info = DiskInfo {
-            sectors: disk.capacity().saturating_mul(u64::from(bs)) / 512,
-            sector_size: 512,
-            physical_sector_size: bs,
-            readonly: false,
-            removable: false,
-            cdrom: false,
-            flush: true,
-            barrier: true,
-            discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
-        };
+    pub fn new(
+        open: impl FnMut(&OpenRequest<'_>) -> Result<D, String> + 'static,
+        cfg: BackendConfig,
+        alloc: impl FnMut(usize) -> Option<D::Buffer> + 'static,
+    ) -> Self {
         let core = Core {
-            disk,
-            info,
+            open: Box::new(open),
+            last_error: None,
             alloc: Box::new(alloc),
             budget: Budget::default(),
             groups: BTreeMap::new(),
@@ -173,14 +172,28 @@ where
         self.vbds.values().flat_map(|v| v.rings.iter().map(|r| (v.be.as_str(), r.index, r.stats))).collect()
     }
 
-    /// What we tell frontends about the disk.
-    pub fn disk_info(&self) -> &DiskInfo {
-        &self.core.info
+    /// What we tell the frontend of the vbd at backend directory `be`
+    /// about its disk.
+    pub fn disk_info(&self, be: &str) -> Option<&DiskInfo> {
+        self.vbds.values().find(|v| v.be == be).map(|v| &v.info)
     }
 
-    /// The disk (for shutdown).
-    pub fn disk_mut(&mut self) -> &mut D {
-        &mut self.core.disk
+    /// The disk of the vbd at backend directory `be`.
+    pub fn disk_mut(&mut self, be: &str) -> Option<&mut D> {
+        self.vbds.values_mut().find(|v| v.be == be).map(|v| &mut v.disk)
+    }
+
+    /// Every vbd's disk, with its backend directory (for shutdown).
+    pub fn disks_mut(&mut self) -> impl Iterator<Item = (&str, &mut D)> {
+        self.vbds.values_mut().map(|v| (v.be.as_str(), &mut v.disk))
+    }
+
+    /// The last vbd whose disk could not be opened: `"<backend dir>: <reason>"`
+    /// (for an operator's node such as `data/ferrite/last-error`). The
+    /// reason is the opener's text, which names a target from the
+    /// toolstack: escape it before printing.
+    pub fn last_error(&self) -> Option<&str> {
+        self.core.last_error.as_deref()
     }
 
     /// Starts watching for vbds assigned to us.

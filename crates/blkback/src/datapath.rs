@@ -11,6 +11,7 @@ use crate::budget::{charge, Budget, Charge};
 use crate::engine::Core;
 use crate::request::{self, DataOp, RejectLog, Request, Segment, Status};
 use crate::ring::BlkRing;
+use crate::DiskInfo;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest};
@@ -108,6 +109,10 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
 /// counters, and the grant and event operations.
 pub(crate) struct Turn<'a, D: BlockDevice, G, E> {
     pub(crate) core: &'a mut Core<D>,
+    /// The vbd's own disk.
+    pub(crate) disk: &'a mut D,
+    /// What the vbd's frontend was told about that disk.
+    pub(crate) info: &'a DiskInfo,
     pub(crate) stats: &'a mut Stats,
     pub(crate) g: &'a mut G,
     pub(crate) e: &'a mut E,
@@ -158,7 +163,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             taken += 1;
             t.stats.requests += 1;
             self.stats.requests += 1;
-            let req = match request::parse(&raw, &t.core.info) {
+            let req = match request::parse(&raw, t.info) {
                 Ok(req) => req,
                 Err(rej) => {
                     t.stats.rejected += 1;
@@ -232,7 +237,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         d: &mut DevRef<'_>,
         req: Request,
     ) -> Result<Vec<Work<B>>, ()> {
-        let bs = u64::from(t.core.disk.block_size().max(512));
+        let bs = u64::from(t.disk.block_size().max(512));
         let lba_of = |sector: u64| -> Result<u64, ()> {
             let byte = sector.checked_mul(512).ok_or(())?;
             if byte % bs != 0 {
@@ -272,7 +277,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // The disk takes at most `max_transfer` bytes per command: split a
         // larger read or write (indirect requests reach 1 MiB) into parts
         // answered together. A write-then-flush is at most 11 segments.
-        let max = t.core.disk.max_transfer().max(PAGE);
+        let max = t.disk.max_transfer().max(PAGE);
         let parts: Vec<Vec<Segment>> = match step {
             Step::Read { .. } | Step::Write { then_flush: false, .. } => split_segments(segs, max),
             _ => alloc::vec![segs],
@@ -345,11 +350,11 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 Step::Flush => BlockRequest::Flush,
                 Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
             };
-            match t.core.disk.submit(self.queue, breq) {
+            match t.disk.submit(self.queue, breq) {
                 Ok(tok) => {
                     any = true;
                     self.in_flight += 1;
-                    t.core.tokens.insert(tok.0, (d.id, self.index, w));
+                    t.core.tokens.insert((d.id, tok.0), (self.index, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
                     if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {

@@ -2,33 +2,37 @@
 //! it), and one pass over all of them: disk completions, then one turn per
 //! ring, round-robin.
 
+use crate::backend::Opener;
 use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES};
 use crate::budget::Budget;
 use crate::datapath::{DevRef, Group, RingCtx, Turn, Work};
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
-use crate::DiskInfo;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames};
 use xen::shmem::SharedMem;
 
-/// What every ring context shares: the disk and the bookkeeping of work
-/// on it.
+/// What every ring context shares: the opener of disks, the buffer
+/// allocator and the bookkeeping of work on the disks.
 pub(crate) struct Core<D: BlockDevice> {
-    pub(crate) disk: D,
-    pub(crate) info: DiskInfo,
+    /// Opens a vbd's disk when the vbd is discovered.
+    pub(crate) open: Box<Opener<D>>,
+    /// The last vbd that could not be set up, and why (for operators).
+    pub(crate) last_error: Option<String>,
     pub(crate) alloc: Box<dyn FnMut(usize) -> Option<D::Buffer>>,
     /// Disk buffer memory in use, all rings.
     pub(crate) budget: Budget,
     /// Split requests still in progress.
     pub(crate) groups: BTreeMap<u64, Group>,
     pub(crate) next_group: u64,
-    /// Disk token → (vbd id, ring index, work).
-    pub(crate) tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
+    /// (vbd id, disk token) → (ring index, work). Each vbd has its own
+    /// disk, whose tokens may collide with another disk's.
+    pub(crate) tokens: BTreeMap<(u32, u64), (usize, Work<D::Buffer>)>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
 }
@@ -42,7 +46,7 @@ pub(crate) struct Serve<'a, P: SharedMem, D: BlockDevice, G, E> {
     pub(crate) core: &'a mut Core<D>,
     /// The vbds' data-path state by device id (ids grow: iteration order is
     /// adoption order).
-    pub(crate) vbds: &'a mut BTreeMap<u32, Vbd<P, D::Buffer>>,
+    pub(crate) vbds: &'a mut BTreeMap<u32, Vbd<P, D>>,
     pub(crate) stats: &'a mut Stats,
     pub(crate) g: &'a mut G,
     pub(crate) e: &'a mut E,
@@ -92,6 +96,14 @@ where
     ) -> Option<R> {
         let v = self.vbds.get_mut(&vid)?;
         let ring = v.rings.get_mut(ri)?;
+        let mut t = Turn {
+            core: &mut *self.core,
+            disk: &mut v.disk,
+            info: &v.info,
+            stats: &mut *self.stats,
+            g: &mut *self.g,
+            e: &mut *self.e,
+        };
         let mut d = DevRef {
             id: v.id,
             be: &v.be,
@@ -99,7 +111,6 @@ where
             rejects: &mut v.rejects,
             grant_errors: &mut v.grant_errors,
         };
-        let mut t = Turn { core: &mut *self.core, stats: &mut *self.stats, g: &mut *self.g, e: &mut *self.e };
         Some(f(ring, &mut t, &mut d))
     }
 
@@ -108,19 +119,31 @@ where
     pub(crate) fn poll_disk(&mut self) -> bool {
         let mut any = false;
         let now = self.e.now();
-        for q in 0..self.core.disk.queue_count().max(1) {
+        let vids: Vec<u32> = self.vbds.keys().copied().collect();
+        for vid in vids {
+            any |= self.poll_vbd_disk(vid, now);
+        }
+        any
+    }
+
+    /// Hands every completion of vbd `vid`'s disk to its ring. Returns
+    /// whether there were any.
+    pub(crate) fn poll_vbd_disk(&mut self, vid: u32, now: xen::wait::Nanos) -> bool {
+        let mut any = false;
+        let Some(nq) = self.vbds.get(&vid).map(|v| v.disk.queue_count().max(1)) else { return false };
+        for q in 0..nq {
             // Bounded: a queue holds at most its depth of completions.
             for _ in 0..1024 {
-                let Some(c) = self.core.disk.poll(q, now) else { break };
+                let Some(c) = self.vbds.get_mut(&vid).and_then(|v| v.disk.poll(q, now)) else { break };
                 any = true;
-                let Some((vid, ri, mut work)) = self.core.tokens.remove(&c.token.0) else { continue };
+                let Some((ri, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
                 match c.request {
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
                     _ => {}
                 }
                 let result = c.result;
-                // A vbd or ring that is gone: the work (and its buffer
-                // charge) is dropped unanswered.
+                // A ring that is gone: the work (and its buffer charge) is
+                // dropped unanswered.
                 let _ = self.with_ring(vid, ri, |r, t, d| r.complete(t, d, work, result));
             }
         }

@@ -88,7 +88,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
         }
         let refs: Vec<&[u8]> = copies.iter().map(|p| p.as_slice()).collect();
-        match request::parse_indirect_segments(ind, &refs, &t.core.info) {
+        match request::parse_indirect_segments(ind, &refs, t.info) {
             Ok(s) => Ok(s),
             Err(rej) => {
                 if d.rejects.note() {

@@ -15,6 +15,7 @@ use crate::engine::Serve;
 use crate::request::RejectLog;
 use crate::ring::{BlkRing, PagesMem};
 use crate::xenbus::{BackendFsm, ConnectParams, Effect, Event, FrontendKeys};
+use crate::{DiskInfo, OpenRequest};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
@@ -30,12 +31,16 @@ use xen_backend::{DeviceEvent, DeviceKind, DeviceXs, Outcome};
 
 /// One vbd's handshake and data-path state (its lifecycle state lives in
 /// the [`xen_backend::Device`] of the same id).
-pub(crate) struct Vbd<P: SharedMem, B> {
+pub(crate) struct Vbd<P: SharedMem, D: BlockDevice> {
     pub(crate) id: u32,
     pub(crate) be: String,
     pub(crate) fe_dom: DomId,
     pub(crate) fsm: BackendFsm,
-    pub(crate) rings: Vec<RingCtx<P, B>>,
+    /// The vbd's own disk (from the opener), dropped with the vbd.
+    pub(crate) disk: D,
+    /// What its frontend is told about the disk.
+    pub(crate) info: DiskInfo,
+    pub(crate) rings: Vec<RingCtx<P, D::Buffer>>,
     pub(crate) rejects: RejectLog,
     pub(crate) grant_errors: RejectLog,
 }
@@ -52,12 +57,18 @@ where
     fn event<M: SharedMem, N: Notifier>(&mut self, xs: &mut DeviceXs<'_, M, N>, ev: DeviceEvent) -> Outcome {
         let ev = match ev {
             DeviceEvent::Added => {
+                let Some((disk, readonly)) = self.open_disk(xs) else {
+                    return Outcome::Removed { at: self.e.now() };
+                };
+                let info = DiskInfo::of(&disk, readonly);
                 let dev = xs.device();
                 let vbd = Vbd {
                     id: dev.id,
                     be: dev.be.clone(),
                     fe_dom: dev.fe_dom,
                     fsm: BackendFsm::new(self.cfg),
+                    disk,
+                    info,
                     rings: Vec::new(),
                     rejects: RejectLog::default(),
                     grant_errors: RejectLog::default(),
@@ -66,7 +77,7 @@ where
                 if let out @ Outcome::Removed { .. } = self.feed(xs, Event::Probe) {
                     return out;
                 }
-                Event::HotplugDone(self.core.info)
+                Event::HotplugDone(info)
             }
             DeviceEvent::FrontendState(s) => Event::FrontendStateChanged(s),
             DeviceEvent::FrontendStateInvalid => Event::FrontendStateInvalid,
@@ -121,11 +132,53 @@ where
         Outcome::Keep
     }
 
+    /// Opens the disk of the vbd `xs.device()` names (its `params` and
+    /// `mode`). On failure: the reason goes to `hotplug-error`,
+    /// `hotplug-status` becomes `error`, the `state` node is removed so
+    /// that libxl fails the attach at once (it only waits for state 2,
+    /// which is never written), the failure is logged and kept for
+    /// [`Blkback::last_error`](crate::Blkback::last_error).
+    fn open_disk<M: SharedMem, N: Notifier>(&mut self, xs: &mut DeviceXs<'_, M, N>) -> Option<(D, bool)> {
+        let be = xs.device().be.clone();
+        let node = |xs: &mut DeviceXs<'_, M, N>, key: &str| xs.xs().read_string(&format!("{be}/{key}")).ok();
+        let params = node(xs, "params").unwrap_or_default();
+        let mode = node(xs, "mode");
+        // Only an explicit `w` grants writes: fail closed.
+        let readonly = mode.as_deref().map(str::trim) != Some("w");
+        // `backend/vbd/<domid>/<devid>`: the holder is `<domid>/<devid>`.
+        let mut tail = be.rsplit('/');
+        let devid = tail.next().unwrap_or_default();
+        let holder = format!("{}/{devid}", tail.next().unwrap_or_default());
+        let req = OpenRequest { params: params.trim(), readonly, holder: &holder };
+        match (self.core.open)(&req) {
+            Ok(disk) => {
+                info!(
+                    "vbd {be}: disk {:?} opened {} for {holder}",
+                    req.params,
+                    if readonly { "read-only" } else { "read-write" }
+                );
+                Some((disk, readonly))
+            }
+            Err(why) => {
+                warn!("vbd {be}: cannot open disk {:?}: {why}", req.params);
+                xs.write("hotplug-error", &why);
+                xs.write("hotplug-status", "error");
+                // libxl waits for state 2 only; a removed state node fails
+                // `xl create` / `xl block-attach` at once.
+                if let Err(err) = xs.xs().rm(&format!("{be}/state")) {
+                    warn!("vbd {be}: cannot remove the state node: {err:?}");
+                }
+                self.core.last_error = Some(format!("{be}: {why}"));
+                None
+            }
+        }
+    }
+
     /// Maps each queue's ring pages, attaches the rings and binds their
     /// event channels.
     fn connect(&mut self, id: u32, p: &ConnectParams) -> Result<(), String> {
-        let nq = self.core.disk.queue_count().max(1);
         let Some(v) = self.vbds.get_mut(&id) else { return Err(String::from("no such device")) };
+        let nq = v.disk.queue_count().max(1);
         for (qi, q) in p.queues.iter().enumerate() {
             let reqs: Vec<MapRequest> = q
                 .ring_refs
@@ -199,13 +252,14 @@ where
         let be = self.vbds.get(&id).map(|v| v.be.clone()).unwrap_or_default();
         let deadline = self.e.now().saturating_add(DRAIN_NS);
         // Bounded by the deadline: the disk times out commands itself too.
-        while self.core.tokens.values().any(|(v, _, _)| *v == id) && self.e.now() < deadline {
+        let mine = |k: &(u32, u64)| k.0 == id;
+        while self.core.tokens.keys().any(mine) && self.e.now() < deadline {
             self.poll_disk();
         }
-        let leftover = self.core.tokens.values().filter(|(v, _, _)| *v == id).count();
+        let leftover = self.core.tokens.keys().filter(|k| mine(k)).count();
         if leftover > 0 {
             warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", be);
-            self.core.tokens.retain(|_, (v, _, _)| *v != id);
+            self.core.tokens.retain(|k, _| !mine(k));
         }
         self.core.groups.retain(|_, gr| gr.vbd != id);
         let Some(v) = self.vbds.get_mut(&id) else { return };

@@ -25,9 +25,9 @@ mod disk;
 mod frontend;
 mod world;
 
-pub use disk::{ram, Buf, DiskBytes, DiskEv, SlowDisk};
+pub use disk::{ram, Buf, DiskBytes, DiskEv, SlowDisk, TestDisk};
 pub use frontend::{seg_bytes, DPage, FRing, Frontend, Opts};
-pub use world::{world, world_with, World};
+pub use world::{world, world_with, World, SHARED};
 
 use crate::abi::{self, Abi, IndirectX32, IndirectX64, RequestX32, RequestX64, Response, MAX_REQUEST_SIZE};
 use crate::abi::{BLKIF_OP_INDIRECT, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
