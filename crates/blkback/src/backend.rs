@@ -130,6 +130,7 @@ where
         let core = Core {
             open: Box::new(open),
             last_error: None,
+            open_log: xen::ratelimit::LogLimit::guest(),
             alloc: Box::new(alloc),
             budget: Budget::default(),
             groups: BTreeMap::new(),

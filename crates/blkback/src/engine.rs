@@ -24,6 +24,9 @@ pub(crate) struct Core<D: BlockDevice> {
     pub(crate) open: Box<Opener<D>>,
     /// The last vbd that could not be set up, and why (for operators).
     pub(crate) last_error: Option<String>,
+    /// Log budget of open failures (the toolstack's input, through
+    /// whatever a guest's administrator asked for).
+    pub(crate) open_log: xen::ratelimit::LogLimit,
     pub(crate) alloc: Box<dyn FnMut(usize) -> Option<D::Buffer>>,
     /// Disk buffer memory in use, all rings.
     pub(crate) budget: Budget,

@@ -24,6 +24,7 @@ use drivers::block::BlockDevice;
 use log::{info, warn};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, MapRequest, Mapping};
+use xen::ratelimit::suppressed_note;
 use xen::shmem::SharedMem;
 use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen::wait::Notifier;
@@ -160,7 +161,9 @@ where
                 Some((disk, readonly))
             }
             Err(why) => {
-                warn!("vbd {be}: cannot open disk {:?}: {why}", req.params);
+                if let Some(n) = self.core.open_log.allow(self.e.now()) {
+                    warn!("vbd {be}: cannot open disk {:?}: {why:?}{}", req.params, suppressed_note(n));
+                }
                 xs.write("hotplug-error", &why);
                 xs.write("hotplug-status", "error");
                 // libxl waits for state 2 only; a removed state node fails
