@@ -48,6 +48,10 @@ pub struct World<D: Volumes<Buffer = Buf>> {
     /// Whether disks opened from now on report a volatile write cache
     /// (default: yes, so flush and barrier are offered).
     pub volatile_cache: Rc<Cell<bool>>,
+    /// Whether the views the opener makes refuse writes on a read-only vbd
+    /// (default: yes, like `block::Registry`). Off: a lax disk layer that
+    /// would write, so a test sees blkback's own refusal.
+    pub view_enforces_readonly: Rc<Cell<bool>>,
     /// Every open request the backend made: (params, readonly, holder).
     pub opens: Rc<RefCell<Vec<(String, bool, String)>>>,
 }
@@ -88,12 +92,15 @@ pub fn world_with<D: Volumes<Buffer = Buf> + 'static>(
     let reg = Rc::new(RefCell::new(reg));
     let volatile_cache = Rc::new(Cell::new(true));
     let opens = Rc::new(RefCell::new(Vec::new()));
+    let view_enforces_readonly = Rc::new(Cell::new(true));
     let (r, d, vc, log) = (reg.clone(), dev0.clone(), volatile_cache.clone(), opens.clone());
+    let strict = view_enforces_readonly.clone();
     let open = move |o: &crate::OpenRequest<'_>| {
         log.borrow_mut().push((o.params.to_string(), o.readonly, o.holder.to_string()));
         let view = if o.params == SHARED {
             let blocks = d.borrow().device().capacity();
-            View::new(&d, 0, block::Extent::new(0, blocks), o.readonly).ok_or_else(|| "no view".to_string())?
+            let ro = o.readonly && strict.get();
+            View::new(&d, 0, block::Extent::new(0, blocks), ro).ok_or_else(|| "no view".to_string())?
         } else {
             r.borrow_mut().open(o.params, o.readonly, o.holder, |_| None).map_err(|e| e.to_string())?
         };
@@ -101,7 +108,7 @@ pub fn world_with<D: Volumes<Buffer = Buf> + 'static>(
     };
     let mut blk = Blkback::new(Box::new(open), cfg, move |n| Some(frames.alloc(n)));
     blk.start(&mut xs).expect("watch backend/vbd");
-    let mut w = World { xsd, xs, g, e, blk, fronts, reg, dev0, volatile_cache, opens };
+    let mut w = World { xsd, xs, g, e, blk, fronts, reg, dev0, volatile_cache, view_enforces_readonly, opens };
     assert!(w.pump());
     w
 }
