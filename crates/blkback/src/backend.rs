@@ -25,7 +25,9 @@
 //! request's segment pages; a buffer that names no frames falls back to
 //! map + unmap per batch. A write is answered only after the disk
 //! completed it. Flush and barrier wait until the ring has nothing else in
-//! flight, write their data (if any), then flush the disk.
+//! flight, flush the disk (preflush), then write their data (if any) with
+//! FUA; the ring's later requests wait until all of that completed. Flush
+//! and barrier are offered only on a disk with a volatile write cache.
 //!
 //! Everything the frontend writes is hostile: requests are copied once and
 //! validated by the core; grant failures answer `BLKIF_RSP_ERROR`; work per

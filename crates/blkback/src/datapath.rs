@@ -24,10 +24,20 @@ use xen_ring::PagesMem;
 
 /// Disk work derived from one request.
 pub(crate) enum Step {
-    Read { lba: u64 },
-    Write { lba: u64, then_flush: bool },
+    Read {
+        lba: u64,
+    },
+    /// `fua`: on stable media when it completes (the data of a flush or
+    /// barrier on a disk with a volatile cache).
+    Write {
+        lba: u64,
+        fua: bool,
+    },
     Flush,
-    Discard { lba: u64, blocks: u64 },
+    Discard {
+        lba: u64,
+        blocks: u64,
+    },
 }
 
 pub(crate) struct Work<B> {
@@ -35,7 +45,10 @@ pub(crate) struct Work<B> {
     pub(crate) segs: Vec<Segment>,
     pub(crate) step: Step,
     pub(crate) buf: Option<B>,
-    /// Flush/barrier: submit only when nothing else of this ring is in flight.
+    /// Part of a flush or barrier: submitted only when nothing else of this
+    /// ring is in flight, and nothing after it is submitted before it
+    /// completed (blkif.h's barrier: earlier requests complete first, later
+    /// ones start after it).
     pub(crate) exclusive: bool,
     /// Part of a request split for the disk: answered when all parts are done.
     pub(crate) group: Option<u64>,
@@ -97,6 +110,9 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
     pub(crate) in_flight: usize,
+    /// Flush/barrier parts on the disk: while any is, nothing else of this
+    /// ring is submitted.
+    pub(crate) ordered_in_flight: usize,
     pub(crate) dead: bool,
     /// Buffer bytes this ring's requests hold.
     pub(crate) held: Budget,
@@ -250,13 +266,20 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
             }
             Request::Write { sector, segments, .. } => {
-                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: false }, false, true)
+                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua: false }, false, true)
             }
+            // Like Linux maps them onto a block device: a flush or barrier
+            // waits for the ring's earlier requests, flushes the disk
+            // cache (preflush), then writes its data, if any, with FUA on a
+            // disk with a volatile cache, so the data is durable when
+            // answered and never reaches the media before what the flush
+            // made durable. Later requests wait for all of it (below).
             Request::Flush { sector, segments, .. } | Request::WriteBarrier { sector, segments, .. } => {
                 if segments.as_slice().is_empty() {
                     (Vec::new(), Step::Flush, true, false)
                 } else {
-                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: true }, true, true)
+                    let fua = t.disk.features().volatile_cache;
+                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua }, true, true)
                 }
             }
             Request::Discard { sector, nr_sectors, .. } => {
@@ -270,16 +293,17 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 let segs = self.indirect_segments(t, d, &ind)?;
                 match ind.op {
                     DataOp::Read => (segs, Step::Read { lba: lba_of(ind.sector)? }, false, false),
-                    DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, then_flush: false }, false, true),
+                    DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, fua: false }, false, true),
                 }
             }
         };
         // The disk takes at most `max_transfer` bytes per command: split a
         // larger read or write (indirect requests reach 1 MiB) into parts
-        // answered together. A write-then-flush is at most 11 segments.
+        // answered together (a flush's data too: its parts go down one
+        // after another).
         let max = t.disk.max_transfer().max(PAGE);
         let parts: Vec<Vec<Segment>> = match step {
-            Step::Read { .. } | Step::Write { then_flush: false, .. } => split_segments(segs, max),
+            Step::Read { .. } | Step::Write { .. } => split_segments(segs, max),
             _ => alloc::vec![segs],
         };
         // Each part: its segments, its disk step and its buffer.
@@ -289,7 +313,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             let len: usize = part.iter().map(|s| s.len()).sum();
             let step = match step {
                 Step::Read { lba } => Step::Read { lba: lba + offset / bs },
-                Step::Write { lba, then_flush } => Step::Write { lba: lba + offset / bs, then_flush },
+                Step::Write { lba, fua } => Step::Write { lba: lba + offset / bs, fua },
                 Step::Flush => Step::Flush,
                 Step::Discard { lba, blocks } => Step::Discard { lba, blocks },
             };
@@ -305,6 +329,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         }
         if write {
             self.fill_from_guest(t, d, &mut built)?;
+        }
+        if exclusive && write {
+            // The preflush goes first.
+            built.insert(0, (Vec::new(), Step::Flush, 0, None));
         }
         let group = if built.len() > 1 {
             let gid = t.core.next_group;
@@ -338,14 +366,24 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // Bounded by the deferred queue length.
         for _ in 0..RING_BUDGET * 2 {
             let Some(w) = self.deferred.front() else { break };
+            if self.ordered_in_flight > 0 {
+                break; // a flush/barrier on the disk: everything after it waits
+            }
             if w.exclusive && self.in_flight > 0 {
                 break; // flush/barrier: wait for everything before it
             }
             let Some(mut w) = self.deferred.pop_front() else { break };
+            // A part of a request whose earlier part failed (a preflush):
+            // not submitted, the request is answered with an error.
+            if w.group.is_some_and(|g| t.core.groups.get(&g).is_some_and(|gr| gr.failed)) {
+                self.finish(t, &w, Status::Error);
+                any = true;
+                continue;
+            }
             let breq = match w.step {
                 Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
-                Step::Write { lba, .. } => {
-                    BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua: false }
+                Step::Write { lba, fua } => {
+                    BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua }
                 }
                 Step::Flush => BlockRequest::Flush,
                 Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
@@ -354,6 +392,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 Ok(tok) => {
                     any = true;
                     self.in_flight += 1;
+                    if w.exclusive {
+                        self.ordered_in_flight += 1;
+                    }
                     t.core.tokens.insert((d.id, tok.0), (self.index, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
@@ -383,6 +424,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         result: Result<(), drivers::Error>,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if work.exclusive {
+            self.ordered_in_flight = self.ordered_in_flight.saturating_sub(1);
+        }
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
         if let Err(err) = result {
             t.stats.errors += 1;
@@ -395,13 +439,6 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                         Ok(()) => Status::Okay,
                         Err(()) => Status::Error,
                     };
-                }
-                Step::Write { then_flush: true, .. } => {
-                    // The data is written: now the flush part.
-                    work.step = Step::Flush;
-                    work.buf = None;
-                    self.deferred.push_front(work);
-                    return;
                 }
                 _ => {}
             }

@@ -227,6 +227,7 @@ where
                 tick: 0,
                 deferred: VecDeque::new(),
                 in_flight: 0,
+                ordered_in_flight: 0,
                 dead: false,
                 held: Budget::default(),
                 waiting: false,

@@ -339,11 +339,19 @@ fn flush_and_barrier_wait_for_earlier_writes() {
     assert_eq!(flushes.len(), 2, "one flush for FLUSH, one for the barrier: {log:?}");
     // FLUSH reaches the disk only after both earlier writes completed.
     assert!(flushes[0] > at(DiskEv::Done('W', 0)) && flushes[0] > at(DiskEv::Done('W', 8)), "{log:?}");
-    // The barrier's data goes down after everything before it completed,
-    // its flush after its data completed, and it is answered after that.
+    // Nothing after the flush goes down before the flush completed.
+    let done_f: Vec<usize> =
+        log.iter().enumerate().filter(|(_, e)| matches!(e, DiskEv::Done('F', _))).map(|(i, _)| i).collect();
+    assert_eq!(done_f.len(), 2, "{log:?}");
+    assert!(at(DiskEv::Submit('W', 16)) > done_f[0], "{log:?}");
+    // The barrier's preflush goes down after everything before it
+    // completed, its data (with FUA) after the preflush completed (never
+    // write-then-flush), and the write after the barrier only once the
+    // barrier's data is written.
     let bw = at(DiskEv::Submit('W', 24));
-    assert!(bw > at(DiskEv::Done('W', 16)) && bw > at(DiskEv::Done('F', 0)), "{log:?}");
-    assert!(flushes[1] > at(DiskEv::Done('W', 24)), "{log:?}");
+    assert!(flushes[1] > at(DiskEv::Done('W', 16)) && flushes[1] > done_f[0], "{log:?}");
+    assert!(bw > done_f[1], "barrier data after its preflush: {log:?}");
+    assert!(at(DiskEv::Submit('W', 32)) > at(DiskEv::Done('W', 24)), "later write held behind the barrier: {log:?}");
     let contents = w.disk().inner.contents().to_vec();
     assert_eq!(&contents[..PAGE], &seg_bytes(&s1)[..]);
     assert_eq!(&contents[8 * SECT..8 * SECT + PAGE], &seg_bytes(&s2)[..]);
