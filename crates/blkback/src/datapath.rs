@@ -432,16 +432,11 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             t.stats.errors += 1;
             warn!("vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
         }
-        if status == Status::Okay {
-            match work.step {
-                Step::Read { .. } => {
-                    status = match self.deliver_read(t, d, &mut work) {
-                        Ok(()) => Status::Okay,
-                        Err(()) => Status::Error,
-                    };
-                }
-                _ => {}
-            }
+        if status == Status::Okay && matches!(work.step, Step::Read { .. }) {
+            status = match self.deliver_read(t, d, &mut work) {
+                Ok(()) => Status::Okay,
+                Err(()) => Status::Error,
+            };
         }
         self.finish(t, &work, status);
     }

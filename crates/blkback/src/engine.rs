@@ -17,6 +17,9 @@ use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames};
 use xen::shmem::SharedMem;
 
+/// Work on a disk: (ring index, the work).
+pub(crate) type InFlight<B> = (usize, Work<B>);
+
 /// What every ring context shares: the opener of disks, the buffer
 /// allocator and the bookkeeping of work on the disks.
 pub(crate) struct Core<D: BlockDevice> {
@@ -35,7 +38,7 @@ pub(crate) struct Core<D: BlockDevice> {
     pub(crate) next_group: u64,
     /// (vbd id, disk token) → (ring index, work). Each vbd has its own
     /// disk, whose tokens may collide with another disk's.
-    pub(crate) tokens: BTreeMap<(u32, u64), (usize, Work<D::Buffer>)>,
+    pub(crate) tokens: BTreeMap<(u32, u64), InFlight<D::Buffer>>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
 }
