@@ -72,7 +72,8 @@ pub const MAX_BUFFER_BYTES: usize = 4 << 20;
 pub(crate) const MAX_REQUEST_BYTES: usize = 256 * PAGE;
 /// How long a closed device's directory stays before we remove it.
 pub const RM_DELAY_NS: Nanos = xen_backend::RM_DELAY_NS;
-/// How long a disconnect waits for the disk to finish in-flight I/O.
+/// How long a disconnected vbd's requests may stay on the disk (drained in
+/// the background) before they are forgotten.
 pub(crate) const DRAIN_NS: Nanos = 30_000_000_000;
 /// What opens a vbd's disk (see [`Blkback::new`]).
 pub(crate) type Opener<D> = dyn FnMut(&OpenRequest<'_>) -> Result<D, String>;
@@ -139,6 +140,8 @@ where
             next_group: 1,
             tokens: BTreeMap::new(),
             grant_copy: true,
+            next_serial: 1,
+            retired: Vec::new(),
         };
         Self {
             cfg,

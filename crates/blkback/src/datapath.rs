@@ -100,6 +100,8 @@ pub struct RingStats {
 pub(crate) struct RingCtx<P: SharedMem, B> {
     /// Position among its vbd's rings (the frontend's queue number).
     pub(crate) index: usize,
+    /// Unique for the backend's life (see `Core::next_serial`).
+    pub(crate) serial: u64,
     pub(crate) ring: BlkRing<PagesMem<P>>,
     pub(crate) ring_maps: Vec<Mapping>,
     pub(crate) port: EvtchnPort,
@@ -395,7 +397,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     if w.exclusive {
                         self.ordered_in_flight += 1;
                     }
-                    t.core.tokens.insert((d.id, tok.0), (self.index, w));
+                    t.core.tokens.insert((d.id, tok.0), (self.serial, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
                     if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {

@@ -13,12 +13,21 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest};
+use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames};
 use xen::shmem::SharedMem;
 
-/// Work on a disk: (ring index, the work).
-pub(crate) type InFlight<B> = (usize, Work<B>);
+/// Work on a disk: (serial of the ring context that submitted it, the work).
+pub(crate) type InFlight<B> = (u64, Work<B>);
+
+/// The disk of a removed vbd whose requests are still on it: kept (and
+/// polled, its completions dropped) until they completed or `deadline`.
+pub(crate) struct Retired<D> {
+    pub(crate) vid: u32,
+    pub(crate) disk: D,
+    pub(crate) deadline: xen::wait::Nanos,
+}
 
 /// What every ring context shares: the opener of disks, the buffer
 /// allocator and the bookkeeping of work on the disks.
@@ -39,6 +48,11 @@ pub(crate) struct Core<D: BlockDevice> {
     /// (vbd id, disk token) → (ring index, work). Each vbd has its own
     /// disk, whose tokens may collide with another disk's.
     pub(crate) tokens: BTreeMap<(u32, u64), InFlight<D::Buffer>>,
+    /// Serial of the next ring context (never reused: a late completion of
+    /// a closed ring cannot reach its successor).
+    pub(crate) next_serial: u64,
+    /// Disks of removed vbds still draining.
+    pub(crate) retired: Vec<Retired<D>>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
 }
@@ -67,6 +81,7 @@ where
     /// busy: poll again at once).
     pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
         let mut busy = self.poll_disk();
+        busy |= self.drain_check();
         let ctxs: Vec<(u32, usize)> =
             self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))).collect();
         if ctxs.is_empty() {
@@ -83,7 +98,14 @@ where
         *next_turn = start + 1;
         for k in 0..ctxs.len() {
             let (vid, ri) = ctxs[(start + k) % ctxs.len()];
-            let Some(port) = self.vbds.get(&vid).and_then(|v| v.rings.get(ri)).map(|r| r.port) else { continue };
+            let Some(v) = self.vbds.get(&vid) else { continue };
+            // A reconnected vbd whose old requests are still on the disk
+            // takes no new ones yet: they could overtake the old.
+            if v.orphans > 0 {
+                busy = true;
+                continue;
+            }
+            let Some(port) = v.rings.get(ri).map(|r| r.port) else { continue };
             if self.e.take_pending(port) {
                 busy = true;
             }
@@ -129,7 +151,56 @@ where
         for vid in vids {
             any |= self.poll_vbd_disk(vid, now);
         }
+        any | self.poll_retired(now)
+    }
+
+    /// Polls the disks of removed vbds, dropping their completions; a disk
+    /// is dropped once its requests completed or its deadline passed.
+    fn poll_retired(&mut self, now: xen::wait::Nanos) -> bool {
+        let mut any = false;
+        let tokens = &mut self.core.tokens;
+        for r in self.core.retired.iter_mut() {
+            for q in 0..r.disk.queue_count().max(1) {
+                // Bounded: a queue holds at most its depth of completions.
+                for _ in 0..1024 {
+                    let Some(c) = r.disk.poll(q, now) else { break };
+                    any = true;
+                    tokens.remove(&(r.vid, c.token.0));
+                }
+            }
+        }
+        self.core.retired.retain(|r| {
+            let left = tokens.keys().filter(|k| k.0 == r.vid).count();
+            if left > 0 && now >= r.deadline {
+                warn!("vbd {}: {left} request(s) still on the disk after 30 s; disk released anyway", r.vid);
+            }
+            left > 0 && now < r.deadline
+        });
+        let gone: Vec<u32> = self.core.retired.iter().map(|r| r.vid).collect();
+        tokens.retain(|k, _| self.vbds.contains_key(&k.0) || gone.contains(&k.0));
         any
+    }
+
+    /// Vbds whose old requests outlived their rings: past the drain
+    /// deadline they are forgotten (their completions, if they ever come,
+    /// are dropped). Returns whether any vbd is still draining.
+    fn drain_check(&mut self) -> bool {
+        let now = self.e.now();
+        let mut draining = false;
+        for v in self.vbds.values_mut() {
+            if v.orphans == 0 {
+                continue;
+            }
+            if now < v.drain_deadline {
+                draining = true;
+                continue;
+            }
+            warn!("vbd {}: {} request(s) still on the disk after 30 s; their answers dropped", v.be, v.orphans);
+            v.orphans = 0;
+            let (vid, live): (u32, Vec<u64>) = (v.id, v.rings.iter().map(|r| r.serial).collect());
+            self.core.tokens.retain(|k, (serial, _)| k.0 != vid || live.contains(serial));
+        }
+        draining
     }
 
     /// Hands every completion of vbd `vid`'s disk to its ring. Returns
@@ -142,14 +213,19 @@ where
             for _ in 0..1024 {
                 let Some(c) = self.vbds.get_mut(&vid).and_then(|v| v.disk.poll(q, now)) else { break };
                 any = true;
-                let Some((ri, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
+                let Some((serial, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
+                let Some(v) = self.vbds.get_mut(&vid) else { continue };
+                let Some(ri) = v.rings.iter().position(|r| r.serial == serial) else {
+                    // A ring that is gone: the work (and its buffer charge)
+                    // is dropped unanswered.
+                    v.orphans = v.orphans.saturating_sub(1);
+                    continue;
+                };
                 match c.request {
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
                     _ => {}
                 }
                 let result = c.result;
-                // A ring that is gone: the work (and its buffer charge) is
-                // dropped unanswered.
                 let _ = self.with_ring(vid, ri, |r, t, d| r.complete(t, d, work, result));
             }
         }

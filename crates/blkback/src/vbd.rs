@@ -11,7 +11,7 @@ use crate::abi::Abi;
 use crate::backend::DRAIN_NS;
 use crate::budget::Budget;
 use crate::datapath::{RingCtx, RingStats};
-use crate::engine::Serve;
+use crate::engine::{Retired, Serve};
 use crate::request::RejectLog;
 use crate::ring::{BlkRing, PagesMem};
 use crate::xenbus::{BackendFsm, ConnectParams, Effect, Event, FrontendKeys};
@@ -42,6 +42,10 @@ pub(crate) struct Vbd<P: SharedMem, D: BlockDevice> {
     /// What its frontend is told about the disk.
     pub(crate) info: DiskInfo,
     pub(crate) rings: Vec<RingCtx<P, D::Buffer>>,
+    /// Requests of closed rings still on the disk: until they completed
+    /// (or `drain_deadline`), the vbd's new rings take no requests.
+    pub(crate) orphans: usize,
+    pub(crate) drain_deadline: xen::wait::Nanos,
     pub(crate) rejects: RejectLog,
     pub(crate) grant_errors: RejectLog,
 }
@@ -70,6 +74,8 @@ where
                     fsm: BackendFsm::new(self.cfg),
                     disk,
                     info,
+                    orphans: 0,
+                    drain_deadline: 0,
                     rings: Vec::new(),
                     rejects: RejectLog::default(),
                     grant_errors: RejectLog::default(),
@@ -124,7 +130,14 @@ where
                     Effect::WriteError(msg) => xs.write_error(&msg),
                     Effect::Remove => {
                         self.disconnect(id);
-                        self.vbds.remove(&id);
+                        if let Some(v) = self.vbds.remove(&id) {
+                            if v.orphans > 0 {
+                                // Its requests still use its disk: keep the
+                                // disk (and its claim) until they completed.
+                                let deadline = v.drain_deadline;
+                                self.core.retired.push(Retired { vid: id, disk: v.disk, deadline });
+                            }
+                        }
                         return Outcome::Removed { at: self.e.now() };
                     }
                 }
@@ -216,8 +229,11 @@ where
                     return Err(format!("binding event channel {} of ring {qi}: {err}", q.evtchn.0));
                 }
             };
+            let serial = self.core.next_serial;
+            self.core.next_serial += 1;
             v.rings.push(RingCtx {
                 index: qi,
+                serial,
                 ring,
                 ring_maps: maps,
                 port,
@@ -250,20 +266,20 @@ where
         Ok(())
     }
 
-    /// Waits (bounded) for the disk to finish this vbd's I/O, then releases
-    /// every grant mapping and event channel of its rings.
+    /// Releases every grant mapping and event channel of the vbd's rings
+    /// at once, never waiting for the disk: requests still on it become
+    /// orphans, dropped unanswered when they complete (the disk works on
+    /// our own buffers, never on the guest's pages). Until they completed
+    /// (at most [`DRAIN_NS`]), the vbd takes no new requests, so an old
+    /// write cannot land after a new one; other vbds are served meanwhile.
     fn disconnect(&mut self, id: u32) {
-        let be = self.vbds.get(&id).map(|v| v.be.clone()).unwrap_or_default();
-        let deadline = self.e.now().saturating_add(DRAIN_NS);
-        // Bounded by the deadline: the disk times out commands itself too.
-        let mine = |k: &(u32, u64)| k.0 == id;
-        while self.core.tokens.keys().any(mine) && self.e.now() < deadline {
-            self.poll_disk();
-        }
-        let leftover = self.core.tokens.keys().filter(|k| mine(k)).count();
-        if leftover > 0 {
-            warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", be);
-            self.core.tokens.retain(|k, _| !mine(k));
+        let left = self.core.tokens.keys().filter(|k| k.0 == id).count();
+        if let Some(v) = self.vbds.get_mut(&id) {
+            if left > 0 {
+                v.orphans = left;
+                v.drain_deadline = self.e.now().saturating_add(DRAIN_NS);
+                info!("vbd {}: {left} request(s) still on the disk; draining in the background", v.be);
+            }
         }
         self.core.groups.retain(|_, gr| gr.vbd != id);
         let Some(v) = self.vbds.get_mut(&id) else { return };
