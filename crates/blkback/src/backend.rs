@@ -65,6 +65,16 @@ pub(crate) const PAGE: usize = 4096;
 pub const RING_BUDGET: usize = 32;
 /// Persistent grants kept mapped per ring (Linux blkback's default).
 pub const MAX_PERSISTENT_PER_RING: usize = 1056;
+/// Grant mappings (ring pages and persistent grants) all vbds together may
+/// hold: 16 MiB of guest pages mapped into Ferrite at once. Each connected
+/// ring's persistent-grant cache is bounded by an equal share of what the
+/// ring pages and one request's transient mappings leave, so a new guest
+/// can always connect: the others' caches shrink (least recently used
+/// first). A ring whose pages do not fit is refused.
+pub const MAX_MAPPINGS: usize = 4096;
+/// Mappings kept free for one request's transient mappings (256 data
+/// segments and their 8 indirect pages) on top of the persistent caches.
+pub(crate) const TRANSIENT_RESERVE: usize = 256 + 8;
 /// Disk buffers all rings together may hold. A ring takes no new requests
 /// while less than one largest request (256 segments) is left, nor while it
 /// holds its share of this when other rings wait for buffers too.
@@ -141,6 +151,7 @@ where
             tokens: BTreeMap::new(),
             grant_copy: true,
             next_serial: 1,
+            persistent_cap: MAX_PERSISTENT_PER_RING,
             retired: Vec::new(),
         };
         Self {
@@ -231,6 +242,12 @@ where
         let now = e.now();
         let (life, mut serve) = self.serve(g, e);
         life.maintenance(xs, now, &mut serve)
+    }
+
+    /// Grant mappings held now: ring pages and persistent grants of every
+    /// connected ring (at most [`MAX_MAPPINGS`] between requests).
+    pub fn mappings(&self) -> usize {
+        self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len() + r.pgrants.len()).sum()
     }
 
     /// Bytes of disk buffers currently held by requests.

@@ -3,7 +3,9 @@
 //! ring, round-robin.
 
 use crate::backend::Opener;
-use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES};
+use crate::backend::{
+    Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, MAX_REQUEST_BYTES, TRANSIENT_RESERVE,
+};
 use crate::budget::Budget;
 use crate::datapath::{DevRef, Group, RingCtx, Turn, Work};
 use crate::vbd::Vbd;
@@ -51,6 +53,9 @@ pub(crate) struct Core<D: BlockDevice> {
     /// Serial of the next ring context (never reused: a late completion of
     /// a closed ring cannot reach its successor).
     pub(crate) next_serial: u64,
+    /// Persistent grants each ring may keep mapped: its share of
+    /// [`MAX_MAPPINGS`](crate::MAX_MAPPINGS) (see `Serve::rebalance`).
+    pub(crate) persistent_cap: usize,
     /// Disks of removed vbds still draining.
     pub(crate) retired: Vec<Retired<D>>,
     /// Non-persistent rings move data by grant copy.
@@ -179,6 +184,24 @@ where
         let gone: Vec<u32> = self.core.retired.iter().map(|r| r.vid).collect();
         tokens.retain(|k, _| self.vbds.contains_key(&k.0) || gone.contains(&k.0));
         any
+    }
+
+    /// Recomputes each ring's share of the mapping budget after rings came
+    /// or went, and shrinks the persistent caches above it (least recently
+    /// used first).
+    pub(crate) fn rebalance(&mut self) {
+        let rings = self.vbds.values().map(|v| v.rings.len()).sum::<usize>();
+        let ring_pages: usize = self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len()).sum();
+        let free = MAX_MAPPINGS.saturating_sub(ring_pages + TRANSIENT_RESERVE);
+        let cap = (free / rings.max(1)).min(MAX_PERSISTENT_PER_RING);
+        self.core.persistent_cap = cap;
+        let mut released = 0;
+        for r in self.vbds.values_mut().flat_map(|v| v.rings.iter_mut()) {
+            released += r.shrink_persistent(self.g, cap, None);
+        }
+        if released > 0 {
+            log::info!("{released} persistent grant mapping(s) released: {rings} ring(s) share {free} mappings");
+        }
     }
 
     /// Vbds whose old requests outlived their rings: past the drain

@@ -167,6 +167,29 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         Ok(())
     }
 
+    /// Releases the least recently used persistent mappings until at most
+    /// `cap` (and [`MAX_PERSISTENT_PER_RING`]) are left, sparing those
+    /// used at `spare` (the request being served). Returns how many went.
+    pub(crate) fn shrink_persistent<G: GrantOps<Page = P>>(
+        &mut self,
+        g: &mut G,
+        cap: usize,
+        spare: Option<u64>,
+    ) -> usize {
+        let cap = cap.min(MAX_PERSISTENT_PER_RING);
+        if self.pgrants.len() <= cap {
+            return 0;
+        }
+        let mut ages: Vec<(u64, u32)> =
+            self.pgrants.iter().filter(|(_, (_, t))| Some(*t) != spare).map(|(k, (_, t))| (*t, *k)).collect();
+        ages.sort_unstable();
+        let excess = self.pgrants.len() - cap;
+        let victims: Vec<Mapping> =
+            ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
+        let _ = g.unmap_batch(&victims);
+        victims.len()
+    }
+
     /// Moves a finished read's data to the guest's pages.
     pub(crate) fn deliver_read<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
@@ -245,16 +268,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     }
                 }
             }
-            // Past the bound: release the least recently used mappings.
-            if self.pgrants.len() > MAX_PERSISTENT_PER_RING {
-                let mut ages: Vec<(u64, u32)> =
-                    self.pgrants.iter().filter(|(_, (_, t))| *t != tick).map(|(k, (_, t))| (*t, *k)).collect();
-                ages.sort_unstable();
-                let excess = self.pgrants.len() - MAX_PERSISTENT_PER_RING;
-                let victims: Vec<Mapping> =
-                    ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
-                let _ = t.g.unmap_batch(&victims);
-            }
+            // Past the bound (this ring's share of the global mapping
+            // budget): release the least recently used mappings.
+            self.shrink_persistent(t.g, t.core.persistent_cap, Some(tick));
             if failed {
                 let done: Vec<(Mapping, bool)> = out.into_iter().flatten().collect();
                 self.release_transient(t, &done);

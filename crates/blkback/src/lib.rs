@@ -55,7 +55,9 @@ pub mod testing;
 mod vbd;
 pub mod xenbus;
 
-pub use backend::{Blkback, Stats, MAX_BUFFER_BYTES, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX};
+pub use backend::{
+    Blkback, Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX,
+};
 pub use datapath::RingStats;
 
 /// Grant references and event-channel ports as the frontend wrote them to

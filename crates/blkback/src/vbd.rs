@@ -8,7 +8,7 @@
 //! disconnect, the device dropped on `Remove`.
 
 use crate::abi::Abi;
-use crate::backend::DRAIN_NS;
+use crate::backend::{DRAIN_NS, MAX_MAPPINGS, TRANSIENT_RESERVE};
 use crate::budget::Budget;
 use crate::datapath::{RingCtx, RingStats};
 use crate::engine::{Retired, Serve};
@@ -193,6 +193,15 @@ where
     /// Maps each queue's ring pages, attaches the rings and binds their
     /// event channels.
     fn connect(&mut self, id: u32, p: &ConnectParams) -> Result<(), String> {
+        // The ring pages must fit the mapping budget (persistent caches
+        // shrink to make room; ring pages do not).
+        let need: usize = p.queues.iter().map(|q| q.ring_refs.len()).sum();
+        let ring_pages: usize = self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len()).sum();
+        if ring_pages + need + TRANSIENT_RESERVE > MAX_MAPPINGS {
+            return Err(format!(
+                "{need} ring page(s) do not fit the mapping budget ({ring_pages} of {MAX_MAPPINGS} used by rings)"
+            ));
+        }
         let Some(v) = self.vbds.get_mut(&id) else { return Err(String::from("no such device")) };
         let nq = v.disk.queue_count().max(1);
         for (qi, q) in p.queues.iter().enumerate() {
@@ -263,6 +272,8 @@ where
                 (false, false) => "off (data by map/unmap)",
             }
         );
+        // Everyone's share of the mapping budget shrinks to make room.
+        self.rebalance();
         Ok(())
     }
 
@@ -297,5 +308,7 @@ where
         if released > 0 {
             info!("vbd {}: disconnected, {released} grant mapping(s) released", v.be);
         }
+        // The others' shares of the mapping budget grow back.
+        self.rebalance();
     }
 }
