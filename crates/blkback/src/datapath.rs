@@ -9,15 +9,15 @@
 use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES, PAGE, RING_BUDGET};
 use crate::budget::{charge, Budget, Charge};
 use crate::engine::Core;
-use crate::request::{self, DataOp, RejectLog, Request, Segment, Status};
+use crate::request::{self, DataOp, Request, Segment, Status};
 use crate::ring::BlkRing;
 use crate::DiskInfo;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest};
-use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, Mapping};
+use xen::ratelimit::LogLimit;
 use xen::shmem::SharedMem;
 use xen::types::{DomId, EvtchnPort};
 use xen_ring::PagesMem;
@@ -141,8 +141,8 @@ pub(crate) struct DevRef<'a> {
     pub(crate) id: u32,
     pub(crate) be: &'a str,
     pub(crate) fe_dom: DomId,
-    pub(crate) rejects: &'a mut RejectLog,
-    pub(crate) grant_errors: &'a mut RejectLog,
+    /// The vbd's log budget for everything its guest can trigger.
+    pub(crate) log: &'a mut LogLimit,
 }
 
 impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
@@ -174,7 +174,15 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             let mut raw = None;
             if let Err(err) = self.ring.poll_requests(1, |x| raw = Some(x)) {
                 self.dead = true;
-                warn!("vbd {}: ring {} broken ({}); no longer served", d.be, self.index, err.as_str());
+                limited!(
+                    d.log,
+                    t.e.now(),
+                    warn,
+                    "vbd {}: ring {} broken ({}); no longer served",
+                    d.be,
+                    self.index,
+                    err.as_str()
+                );
                 break;
             }
             let Some(raw) = raw else { break };
@@ -185,14 +193,15 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 Ok(req) => req,
                 Err(rej) => {
                     t.stats.rejected += 1;
-                    if d.rejects.note() {
-                        warn!(
-                            "vbd {}: refused a request from domain {}: {} (further refusals not logged)",
-                            d.be,
-                            d.fe_dom,
-                            rej.reason.as_str()
-                        );
-                    }
+                    limited!(
+                        d.log,
+                        t.e.now(),
+                        warn,
+                        "vbd {}: refused a request from domain {}: {}",
+                        d.be,
+                        d.fe_dom,
+                        rej.reason.as_str()
+                    );
                     if self.ring.push_response(&rej.response()).is_err() {
                         self.dead = true;
                     }
@@ -408,7 +417,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
                 Err((err, _)) => {
                     t.stats.errors += 1;
-                    warn!("vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
+                    limited!(d.log, t.e.now(), warn, "vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
                     self.finish(t, &w, Status::Error);
                     any = true;
                 }
@@ -432,7 +441,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
         if let Err(err) = result {
             t.stats.errors += 1;
-            warn!("vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
+            limited!(d.log, t.e.now(), warn, "vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
         }
         if status == Status::Okay && matches!(work.step, Step::Read { .. }) {
             status = match self.deliver_read(t, d, &mut work) {

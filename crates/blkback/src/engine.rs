@@ -137,13 +137,7 @@ where
             g: &mut *self.g,
             e: &mut *self.e,
         };
-        let mut d = DevRef {
-            id: v.id,
-            be: &v.be,
-            fe_dom: v.fe_dom,
-            rejects: &mut v.rejects,
-            grant_errors: &mut v.grant_errors,
-        };
+        let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
         Some(f(ring, &mut t, &mut d))
     }
 

@@ -11,7 +11,6 @@ use crate::datapath::{DevRef, RingCtx, Step, Turn, Work};
 use crate::request::{self, Segment};
 use alloc::vec::Vec;
 use drivers::block::BlockDevice;
-use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{CopyEnd, CopyOp, GrantOps, LocalFrames, MapRequest, Mapping};
 use xen::shmem::SharedMem;
@@ -91,9 +90,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         match request::parse_indirect_segments(ind, &refs, t.info) {
             Ok(s) => Ok(s),
             Err(rej) => {
-                if d.rejects.note() {
-                    warn!("vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
-                }
+                limited!(d.log, t.e.now(), warn, "vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
                 Err(())
             }
         }
@@ -118,16 +115,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             None => Some((op, None)), // no answer for this element
         });
         let Some((op, err)) = failed else { return Ok(()) };
-        if d.grant_errors.note() {
-            let gref = match (op.src, op.dst) {
-                (CopyEnd::Grant { gref, .. }, _) | (_, CopyEnd::Grant { gref, .. }) => gref.0,
-                _ => 0,
-            };
-            warn!(
-                "vbd {}: grant copy with grant {gref} of domain {} failed: {err:?} (further grant errors not logged)",
-                d.be, d.fe_dom
-            );
-        }
+        let gref = match (op.src, op.dst) {
+            (CopyEnd::Grant { gref, .. }, _) | (_, CopyEnd::Grant { gref, .. }) => gref.0,
+            _ => 0,
+        };
+        limited!(
+            d.log,
+            t.e.now(),
+            warn,
+            "vbd {}: grant copy with grant {gref} of domain {} failed: {err:?}",
+            d.be,
+            d.fe_dom
+        );
         Err(())
     }
 
@@ -259,12 +258,15 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     }
                     Err(err) => {
                         failed = true;
-                        if d.grant_errors.note() {
-                            warn!(
-                                "vbd {}: cannot map grant {} of domain {}: {err:?} (further grant errors not logged)",
-                                d.be, grefs[k].0, d.fe_dom
-                            );
-                        }
+                        limited!(
+                            d.log,
+                            t.e.now(),
+                            warn,
+                            "vbd {}: cannot map grant {} of domain {}: {err:?}",
+                            d.be,
+                            grefs[k].0,
+                            d.fe_dom
+                        );
                     }
                 }
             }

@@ -39,6 +39,17 @@
 //! polled again, logged once, and left to the handshake to tear down.
 
 extern crate alloc;
+
+/// Logs at `$lvl` through a vbd's [`xen::ratelimit::LogLimit`] at time
+/// `$now` (everything a guest can trigger goes through one), appending how
+/// many lines were suppressed before this one.
+macro_rules! limited {
+    ($limit:expr, $now:expr, $lvl:ident, $($arg:tt)+) => {
+        if let Some(n) = $limit.allow($now) {
+            log::$lvl!("{}{}", format_args!($($arg)+), xen::ratelimit::suppressed_note(n));
+        }
+    };
+}
 #[cfg(feature = "test-utils")]
 extern crate std;
 

@@ -12,7 +12,6 @@ use crate::backend::{DRAIN_NS, MAX_MAPPINGS, TRANSIENT_RESERVE};
 use crate::budget::Budget;
 use crate::datapath::{RingCtx, RingStats};
 use crate::engine::{Retired, Serve};
-use crate::request::RejectLog;
 use crate::ring::{BlkRing, PagesMem};
 use crate::xenbus::{BackendFsm, ConnectParams, Effect, Event, FrontendKeys};
 use crate::{DiskInfo, OpenRequest};
@@ -24,7 +23,7 @@ use drivers::block::BlockDevice;
 use log::{info, warn};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, MapRequest, Mapping};
-use xen::ratelimit::suppressed_note;
+use xen::ratelimit::{suppressed_note, LogLimit};
 use xen::shmem::SharedMem;
 use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen::wait::Notifier;
@@ -46,8 +45,8 @@ pub(crate) struct Vbd<P: SharedMem, D: BlockDevice> {
     /// (or `drain_deadline`), the vbd's new rings take no requests.
     pub(crate) orphans: usize,
     pub(crate) drain_deadline: xen::wait::Nanos,
-    pub(crate) rejects: RejectLog,
-    pub(crate) grant_errors: RejectLog,
+    /// Log budget for everything its guest can trigger.
+    pub(crate) log: LogLimit,
 }
 
 impl<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps> DeviceKind for Serve<'_, P, D, G, E>
@@ -77,8 +76,7 @@ where
                     orphans: 0,
                     drain_deadline: 0,
                     rings: Vec::new(),
-                    rejects: RejectLog::default(),
-                    grant_errors: RejectLog::default(),
+                    log: LogLimit::guest(),
                 };
                 self.vbds.insert(vbd.id, vbd);
                 if let out @ Outcome::Removed { .. } = self.feed(xs, Event::Probe) {
@@ -119,7 +117,10 @@ where
                     }
                     Effect::MapRings(params) => {
                         if let Err(why) = self.connect(id, &params) {
-                            warn!("vbd {}: {why}", xs.device().be);
+                            let now = self.e.now();
+                            if let Some(v) = self.vbds.get_mut(&id) {
+                                limited!(v.log, now, warn, "vbd {}: {why}", v.be);
+                            }
                             // FSM contract: the rest of this batch (disk
                             // details, Connected) must not be carried out.
                             events.push_back(Event::RingMapFailed("cannot map rings or bind event channels"));
@@ -127,7 +128,14 @@ where
                         }
                     }
                     Effect::UnmapAll => self.disconnect(id),
-                    Effect::WriteError(msg) => xs.write_error(&msg),
+                    Effect::WriteError(msg) => {
+                        // The frontend's doing: logged within the vbd's budget.
+                        let now = self.e.now();
+                        if let Some(v) = self.vbds.get_mut(&id) {
+                            limited!(v.log, now, warn, "vbd {}: {msg}", v.be);
+                        }
+                        xs.write_error_node(&msg);
+                    }
                     Effect::Remove => {
                         self.disconnect(id);
                         if let Some(v) = self.vbds.remove(&id) {
@@ -259,7 +267,11 @@ where
                 stats: RingStats::default(),
             });
         }
-        info!(
+        let now = self.e.now();
+        limited!(
+            v.log,
+            now,
+            info,
             "vbd {}: connected to domain {}: {} queue(s), ring order {}, {} ABI, persistent grants {}",
             v.be,
             v.fe_dom,
@@ -288,11 +300,19 @@ where
         if let Some(v) = self.vbds.get_mut(&id) {
             if left > 0 {
                 v.orphans = left;
-                v.drain_deadline = self.e.now().saturating_add(DRAIN_NS);
-                info!("vbd {}: {left} request(s) still on the disk; draining in the background", v.be);
+                let now = self.e.now();
+                v.drain_deadline = now.saturating_add(DRAIN_NS);
+                limited!(
+                    v.log,
+                    now,
+                    info,
+                    "vbd {}: {left} request(s) still on the disk; draining in the background",
+                    v.be
+                );
             }
         }
         self.core.groups.retain(|_, gr| gr.vbd != id);
+        let now = self.e.now();
         let Some(v) = self.vbds.get_mut(&id) else { return };
         let mut released = 0;
         for r in v.rings.drain(..) {
@@ -300,13 +320,13 @@ where
             released += pg.len() + r.ring_maps.len();
             for res in self.g.unmap_batch(&pg).into_iter().chain(self.g.unmap_batch(&r.ring_maps)) {
                 if let Err(err) = res {
-                    warn!("vbd {}: unmap failed: {err:?}", v.be);
+                    limited!(v.log, now, warn, "vbd {}: unmap failed: {err:?}", v.be);
                 }
             }
             let _ = self.e.close(r.port);
         }
         if released > 0 {
-            info!("vbd {}: disconnected, {released} grant mapping(s) released", v.be);
+            limited!(v.log, now, info, "vbd {}: disconnected, {released} grant mapping(s) released", v.be);
         }
         // The others' shares of the mapping budget grow back.
         self.rebalance();

@@ -61,9 +61,30 @@ impl log::Log for StderrLog {
         true
     }
     fn log(&self, r: &log::Record) {
-        std::eprintln!("[{}] {}", r.level(), r.args());
+        let line = format!("[{}] {}", r.level(), r.args());
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push(line.clone());
+            }
+        });
+        std::eprintln!("{line}");
     }
     fn flush(&self) {}
+}
+
+std::thread_local! {
+    /// Lines logged by this thread while [`capture_logs`] runs.
+    static CAPTURED: core::cell::RefCell<Option<Vec<String>>> = const { core::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns what it returned and every log line this thread
+/// logged meanwhile (the backend runs on the test's thread).
+pub fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    init_log();
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, lines)
 }
 static LOGGER: StderrLog = StderrLog;
 
