@@ -2,8 +2,12 @@
 //! around the pure protocol core.
 //!
 //! One [`Blkback`] serves every vbd the toolstack assigns to this domain
-//! (`backend/vbd/<frontend-domid>/<devid>` under our home) from one
-//! [`BlockDevice`]. Per vbd it runs the [`BackendFsm`]; each ring is a
+//! (`backend/vbd/<frontend-domid>/<devid>` under our home), each from
+//! its own [`BlockDevice`], opened from the vbd's `params` and `mode` when
+//! the vbd is discovered and dropped when it is torn down (a target that
+//! cannot be opened fails the vbd the way libxl expects: `hotplug-error`,
+//! `hotplug-status` = `error`, no `state` node). Per vbd it runs the
+//! [`BackendFsm`]; each ring is a
 //! polling context of its own (its ring, deferred work, in-flight count,
 //! buffer holdings, counters) that polls requests, validates copies, moves
 //! data between the frontend's granted pages and disk buffers, and answers.
@@ -31,8 +35,10 @@
 //!
 //! Everything the frontend writes is hostile: requests are copied once and
 //! validated by the core; grant failures answer `BLKIF_RSP_ERROR`; work per
-//! poll is bounded; each vbd logs its first refused request and its first
-//! grant failure only.
+//! poll is bounded; everything a guest can trigger is logged within its
+//! vbd's [`xen::ratelimit::LogLimit`]. A disconnect never waits for the
+//! disk: old requests drain in the background while the other vbds are
+//! served. Grant mappings of all vbds are bounded by [`MAX_MAPPINGS`].
 
 //!
 //! Where things live: the vbd lifecycle (discovery, watches, retire and
