@@ -86,7 +86,9 @@ where
     /// busy: poll again at once).
     pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
         let mut busy = self.poll_disk();
-        busy |= self.drain_check();
+        // Waiting for a draining disk is not progress (the caller may nap:
+        // the orphans keep `tokens` non-empty, so we still report busy).
+        self.drain_check();
         let ctxs: Vec<(u32, usize)> =
             self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))).collect();
         if ctxs.is_empty() {
@@ -107,7 +109,6 @@ where
             // A reconnected vbd whose old requests are still on the disk
             // takes no new ones yet: they could overtake the old.
             if v.orphans > 0 {
-                busy = true;
                 continue;
             }
             let Some(port) = v.rings.get(ri).map(|r| r.port) else { continue };
@@ -200,16 +201,14 @@ where
 
     /// Vbds whose old requests outlived their rings: past the drain
     /// deadline they are forgotten (their completions, if they ever come,
-    /// are dropped). Returns whether any vbd is still draining.
-    fn drain_check(&mut self) -> bool {
+    /// are dropped).
+    fn drain_check(&mut self) {
         let now = self.e.now();
-        let mut draining = false;
         for v in self.vbds.values_mut() {
             if v.orphans == 0 {
                 continue;
             }
             if now < v.drain_deadline {
-                draining = true;
                 continue;
             }
             warn!("vbd {}: {} request(s) still on the disk after 30 s; their answers dropped", v.be, v.orphans);
@@ -217,7 +216,6 @@ where
             let (vid, live): (u32, Vec<u64>) = (v.id, v.rings.iter().map(|r| r.serial).collect());
             self.core.tokens.retain(|k, (serial, _)| k.0 != vid || live.contains(serial));
         }
-        draining
     }
 
     /// Hands every completion of vbd `vid`'s disk to its ring. Returns

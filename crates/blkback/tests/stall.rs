@@ -63,6 +63,9 @@ fn hung_disk_does_not_stall_teardown_nor_other_vbds() {
     assert_eq!(w.be_state(0).as_deref(), Some("6"), "Closed at once");
     assert!(w.e.now() - t0 < S, "teardown waited {} ns for the disk", w.e.now() - t0);
     assert_eq!(w.fronts[0].end_all(), [], "every grant revocable at once");
+    // Waiting for the hung disk is not progress: the main loop may nap.
+    assert!(w.blk.poll(&mut w.g, &mut w.e), "requests still on the disk");
+    assert!(!w.blk.progressed(), "draining is not busy work");
     // The other vbd is served meanwhile (each poll lets the hung disk
     // spend a second).
     let (r, id, _) = w.fronts[1].rw(BLKIF_OP_WRITE, 8, &[(0, 7)], 4, true);
