@@ -182,6 +182,9 @@ where
                 Some((disk, readonly))
             }
             Err(why) => {
+                // For xl's terminal and our console: printable ASCII only,
+                // bounded (xenstore values are at most 4 KiB).
+                let why = printable(&why, 512);
                 if let Some(n) = self.core.open_log.allow(self.e.now()) {
                     warn!("vbd {be}: cannot open disk {:?}: {why:?}{}", req.params, suppressed_note(n));
                 }
@@ -331,4 +334,18 @@ where
         // The others' shares of the mapping budget grow back.
         self.rebalance();
     }
+}
+
+/// `s` with every character outside printable ASCII as `\u{..}`, cut to
+/// at most `max` bytes.
+fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let piece = if (' '..='~').contains(&c) { format!("{c}") } else { format!("\\u{{{:x}}}", u32::from(c)) };
+        if out.len() + piece.len() > max {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
 }

@@ -179,3 +179,15 @@ fn target_in_use_fails_the_second_writer_and_is_released_on_teardown() {
     assert_eq!(w.be_state(1).as_deref(), Some("2"), "the disk is free again");
     assert_eq!(w.be(1, "hotplug-error"), None);
 }
+
+#[test]
+fn hotplug_error_is_printable_whatever_the_target_says() {
+    let mut w = world(ram(1), BackendConfig::default(), &[5]);
+    w.attach_nodes_with(0, "partlabel=\u{1b}[2Jevil\u{7}", Some("w"));
+    assert!(w.pump());
+    assert_open_failed(&w, 0, "evil");
+    for text in [w.be(0, "hotplug-error").expect("written"), w.blk.last_error().expect("kept").to_string()] {
+        assert!(text.chars().all(|c| (' '..='~').contains(&c)), "{text:?}");
+        assert!(text.contains("\\u{1b}"), "{text:?}");
+    }
+}
