@@ -87,3 +87,29 @@ fn shares_grow_back_when_a_guest_leaves() {
     fill_cache(&mut w, 4, 1);
     assert_eq!(w.blk.mappings(), 1 + MAX_PERSISTENT_PER_RING, "a ring alone keeps the per-ring bound");
 }
+
+/// Ring pages are never evicted: a ring whose pages no longer fit the
+/// budget is refused (the frontend sees an error, nothing is mapped for
+/// it); the guests already connected keep working.
+#[test]
+fn ring_pages_beyond_the_budget_are_refused() {
+    let cfg = BackendConfig { max_queues: 16, ..BackendConfig::default() };
+    let big = Opts { queues: 16, order: Some(4), ..Opts::default() };
+    let per_vbd = 16 * 16;
+    let fit = (MAX_MAPPINGS - 264) / per_vbd;
+    let doms: Vec<u16> = (0..=fit as u16).map(|d| 5 + d).collect();
+    let mut w = world(ram(1), cfg, &doms);
+    for fi in 0..fit {
+        w.attach(fi);
+        w.connect(fi, big);
+    }
+    assert_eq!(w.blk.mappings(), fit * per_vbd);
+    let last = fit;
+    w.attach(last);
+    w.connect_initialised(last, big);
+    assert_ne!(w.be_state(last).as_deref(), Some("4"), "refused");
+    assert!(w.be(last, "error").is_some_and(|e| e.contains("map")), "{:?}", w.be(last, "error"));
+    assert_eq!(w.blk.mappings(), fit * per_vbd, "nothing mapped for the refused ring");
+    assert!(w.blk.mappings() <= MAX_MAPPINGS);
+    w.write_read_back(0, 15, 0, 1);
+}
