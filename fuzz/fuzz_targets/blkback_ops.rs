@@ -16,10 +16,10 @@ use std::collections::BTreeSet;
 
 use blkback::abi::{self, Abi, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, MAX_REQUEST_SIZE};
 use blkback::testing::{enc_indirect, enc_rw, ram, world, Opts, Req, World, DISK_SECTORS};
-use blkback::testing::{Buf, SlowDisk};
+use blkback::testing::{Buf, DiskBytes, SlowDisk, SHARED};
 use blkback::xenbus::BackendConfig;
-use blkback::MAX_BUFFER_BYTES;
-use drivers::block::BlockDevice;
+use blkback::{MAX_BUFFER_BYTES, MAX_MAPPINGS};
+use drivers::block::{BlockDevice, Volumes};
 use libfuzzer_sys::fuzz_target;
 use xen::evtchn::EventOps;
 use xen::types::GrantRef;
@@ -60,13 +60,15 @@ struct RingBook {
     tampered: bool,
 }
 
-struct Fuzz<D: BlockDevice<Buffer = Buf>> {
+struct Fuzz<D: Volumes<Buffer = Buf>> {
     w: World<D>,
     books: Vec<RingBook>,
     max_queues: u32,
+    /// The vbd's `mode`: `r` (read-only) or `w`.
+    mode: &'static str,
 }
 
-impl<D: BlockDevice<Buffer = Buf>> Fuzz<D> {
+impl<D: Volumes<Buffer = Buf>> Fuzz<D> {
     fn be_path(&self, key: &str) -> String {
         format!("{}/{key}", self.w.fronts[0].be_dir())
     }
@@ -91,6 +93,7 @@ impl<D: BlockDevice<Buffer = Buf>> Fuzz<D> {
     fn check(&mut self) {
         self.take_answers();
         assert!(self.w.blk.buffer_bytes() <= MAX_BUFFER_BYTES);
+        assert!(self.w.blk.mappings() <= MAX_MAPPINGS);
         // One vbd: never more rings than advertised (a frontend that
         // re-makes its rings without closing keeps the old ones served, as
         // Linux does, so the frontend's current count is no bound).
@@ -242,22 +245,28 @@ fuzz_target!(|data: &[u8]| {
     // A RAM disk that completes at once, or one whose completions lag,
     // whose queues fill and that may refuse large transfers.
     let disk = b.u8();
+    // The top bit: a read-only vbd (`mode` r) over a disk layer that would
+    // accept writes, so only blkback keeps the disk unchanged.
+    let mode = if disk & 0x80 == 0 { "w" } else { "r" };
     if disk & 1 == 0 {
-        drive(&mut b, world(ram(2), cfg, &[5]), max_queues);
+        drive(&mut b, world(ram(2), cfg, &[5]), max_queues, mode);
     } else {
         let limit = if disk & 2 == 0 { usize::MAX } else { 16 * 1024 };
         let slow = SlowDisk::new(DISK_SECTORS, 2, u32::from(disk >> 2) % 4, usize::from(disk >> 4) % 8 + 1);
-        drive(&mut b, world(slow.with_limit(limit), cfg, &[5]), max_queues);
+        drive(&mut b, world(slow.with_limit(limit), cfg, &[5]), max_queues, mode);
     }
 });
 
 /// Runs the operations of `b` on `w` and the final checks.
-fn drive<D: BlockDevice<Buffer = Buf>>(b: &mut Bytes, w: World<D>, max_queues: u32) {
+fn drive<D: Volumes<Buffer = Buf> + DiskBytes>(b: &mut Bytes, w: World<D>, max_queues: u32, mode: &'static str) {
     if std::env::var_os("BLKBACK_FUZZ_LOG").is_none() {
         log::set_max_level(log::LevelFilter::Off);
     }
-    let mut fz = Fuzz { w, books: Vec::new(), max_queues };
-    fz.w.attach(0);
+    let mut fz = Fuzz { w, books: Vec::new(), max_queues, mode };
+    fz.w.view_enforces_readonly.set(false);
+    let before = fz.w.disk().bytes();
+    fz.w.attach_nodes_with(0, SHARED, Some(fz.mode));
+    fz.pump();
     for _ in 0..MAX_OPS {
         if b.0.is_empty() {
             break;
@@ -319,7 +328,7 @@ fn drive<D: BlockDevice<Buffer = Buf>>(b: &mut Bytes, w: World<D>, max_queues: u
                 let _ = fz.w.e.wait_any(&[], now + u64::from(b.u8()) * 100_000_000);
                 fz.w.blk.maintenance(&mut fz.w.xs, &mut fz.w.g, &mut fz.w.e);
                 if b.u8() & 1 == 1 && fz.w.blk.vbd_count() == 0 {
-                    fz.w.attach_nodes(0);
+                    fz.w.attach_nodes_with(0, SHARED, Some(fz.mode));
                 }
             }
             _ => fz.w.blk.request_rescan(),
@@ -334,6 +343,9 @@ fn drive<D: BlockDevice<Buffer = Buf>>(b: &mut Bytes, w: World<D>, max_queues: u
     fz.w.fe_write(0, "state", "6");
     fz.pump();
     fz.check();
+    if fz.mode == "r" {
+        assert!(fz.w.disk().bytes() == before, "a read-only vbd changed the disk");
+    }
     if fz.w.blk.vbd_count() == 0 || fz.w.be_state(0).as_deref() == Some("6") {
         // The vbd is closed or gone (or never was): nothing may stay mapped.
         assert_eq!(fz.w.fronts[0].end_all(), vec![], "grants still mapped after the vbd closed");

@@ -2,8 +2,12 @@
 //! around the pure protocol core.
 //!
 //! One [`Blkback`] serves every vbd the toolstack assigns to this domain
-//! (`backend/vbd/<frontend-domid>/<devid>` under our home) from one
-//! [`BlockDevice`]. Per vbd it runs the [`BackendFsm`]; each ring is a
+//! (`backend/vbd/<frontend-domid>/<devid>` under our home), each from
+//! its own [`BlockDevice`], opened from the vbd's `params` and `mode` when
+//! the vbd is discovered and dropped when it is torn down (a target that
+//! cannot be opened fails the vbd the way libxl expects: `hotplug-error`,
+//! `hotplug-status` = `error`, no `state` node). Per vbd it runs the
+//! [`BackendFsm`]; each ring is a
 //! polling context of its own (its ring, deferred work, in-flight count,
 //! buffer holdings, counters) that polls requests, validates copies, moves
 //! data between the frontend's granted pages and disk buffers, and answers.
@@ -25,12 +29,16 @@
 //! request's segment pages; a buffer that names no frames falls back to
 //! map + unmap per batch. A write is answered only after the disk
 //! completed it. Flush and barrier wait until the ring has nothing else in
-//! flight, write their data (if any), then flush the disk.
+//! flight, flush the disk (preflush), then write their data (if any) with
+//! FUA; the ring's later requests wait until all of that completed. Flush
+//! and barrier are offered only on a disk with a volatile write cache.
 //!
 //! Everything the frontend writes is hostile: requests are copied once and
 //! validated by the core; grant failures answer `BLKIF_RSP_ERROR`; work per
-//! poll is bounded; each vbd logs its first refused request and its first
-//! grant failure only.
+//! poll is bounded; everything a guest can trigger is logged within its
+//! vbd's [`xen::ratelimit::LogLimit`]. A disconnect never waits for the
+//! disk: old requests drain in the background while the other vbds are
+//! served. Grant mappings of all vbds are bounded by [`MAX_MAPPINGS`].
 
 //!
 //! Where things live: the vbd lifecycle (discovery, watches, retire and
@@ -44,9 +52,10 @@ use crate::datapath::RingStats;
 use crate::engine::{Core, Serve};
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
-use crate::DiskInfo;
+use crate::{DiskInfo, OpenRequest};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::block::BlockDevice;
 use xen::evtchn::EventOps;
@@ -62,6 +71,16 @@ pub(crate) const PAGE: usize = 4096;
 pub const RING_BUDGET: usize = 32;
 /// Persistent grants kept mapped per ring (Linux blkback's default).
 pub const MAX_PERSISTENT_PER_RING: usize = 1056;
+/// Grant mappings (ring pages and persistent grants) all vbds together may
+/// hold: 16 MiB of guest pages mapped into Ferrite at once. Each connected
+/// ring's persistent-grant cache is bounded by an equal share of what the
+/// ring pages and one request's transient mappings leave, so a new guest
+/// can always connect: the others' caches shrink (least recently used
+/// first). A ring whose pages do not fit is refused.
+pub const MAX_MAPPINGS: usize = 4096;
+/// Mappings kept free for one request's transient mappings (256 data
+/// segments and their 8 indirect pages) on top of the persistent caches.
+pub(crate) const TRANSIENT_RESERVE: usize = 256 + 8;
 /// Disk buffers all rings together may hold. A ring takes no new requests
 /// while less than one largest request (256 segments) is left, nor while it
 /// holds its share of this when other rings wait for buffers too.
@@ -69,8 +88,11 @@ pub const MAX_BUFFER_BYTES: usize = 4 << 20;
 pub(crate) const MAX_REQUEST_BYTES: usize = 256 * PAGE;
 /// How long a closed device's directory stays before we remove it.
 pub const RM_DELAY_NS: Nanos = xen_backend::RM_DELAY_NS;
-/// How long a disconnect waits for the disk to finish in-flight I/O.
+/// How long a disconnected vbd's requests may stay on the disk (drained in
+/// the background) before they are forgotten.
 pub(crate) const DRAIN_NS: Nanos = 30_000_000_000;
+/// What opens a vbd's disk (see [`Blkback::new`]).
+pub(crate) type Opener<D> = dyn FnMut(&OpenRequest<'_>) -> Result<D, String>;
 /// The token prefix of our xenstore watches (the device kind's name).
 pub const WATCH_PREFIX: &str = "vbd";
 
@@ -98,7 +120,7 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     /// Discovery, watches, retire and removal of vbd directories.
     life: Lifecycle,
     /// Each vbd's handshake and rings, by the lifecycle's device id.
-    vbds: BTreeMap<u32, Vbd<P, D::Buffer>>,
+    vbds: BTreeMap<u32, Vbd<P, D>>,
     /// Round-robin cursor: the ring context that goes first at the next poll.
     next_turn: usize,
     /// Whether the last `poll` did anything besides waiting for the disk.
@@ -111,32 +133,32 @@ impl<P: SharedMem, D: BlockDevice> Blkback<P, D>
 where
     D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
 {
-    /// Serves `disk`; `alloc` makes a zeroed disk buffer of a given length.
-    /// Rings without persistent grants move data by grant copy (see
+    /// Serves each vbd from the disk `open` gives for it: called once per
+    /// vbd when it is discovered, with its `params` and `mode` (see
+    /// [`OpenRequest`]); the disk is dropped when the vbd is torn down. An
+    /// `Err` fails the vbd the way libxl understands (see
+    /// [`last_error`](Self::last_error)); other vbds are unaffected.
+    /// `alloc` makes a zeroed disk buffer of a given length. Rings without
+    /// persistent grants move data by grant copy (see
     /// [`set_grant_copy`](Self::set_grant_copy)).
-    pub fn new(disk: D, cfg: BackendConfig, alloc: impl FnMut(usize) -> Option<D::Buffer> + 'static) -> Self {
-        let bs = disk.block_size().max(512);
-        let f = disk.features();
-        let info = DiskInfo {
-            sectors: disk.capacity().saturating_mul(u64::from(bs)) / 512,
-            sector_size: 512,
-            physical_sector_size: bs,
-            readonly: false,
-            removable: false,
-            cdrom: false,
-            flush: true,
-            barrier: true,
-            discard: f.discard.then_some(crate::DiscardInfo { granularity: bs, alignment: 0, secure: false }),
-        };
+    pub fn new(
+        open: impl FnMut(&OpenRequest<'_>) -> Result<D, String> + 'static,
+        cfg: BackendConfig,
+        alloc: impl FnMut(usize) -> Option<D::Buffer> + 'static,
+    ) -> Self {
         let core = Core {
-            disk,
-            info,
+            open: Box::new(open),
+            last_error: None,
+            open_log: xen::ratelimit::LogLimit::guest(),
             alloc: Box::new(alloc),
             budget: Budget::default(),
             groups: BTreeMap::new(),
             next_group: 1,
             tokens: BTreeMap::new(),
             grant_copy: true,
+            next_serial: 1,
+            persistent_cap: MAX_PERSISTENT_PER_RING,
+            retired: Vec::new(),
         };
         Self {
             cfg,
@@ -173,14 +195,28 @@ where
         self.vbds.values().flat_map(|v| v.rings.iter().map(|r| (v.be.as_str(), r.index, r.stats))).collect()
     }
 
-    /// What we tell frontends about the disk.
-    pub fn disk_info(&self) -> &DiskInfo {
-        &self.core.info
+    /// What we tell the frontend of the vbd at backend directory `be`
+    /// about its disk.
+    pub fn disk_info(&self, be: &str) -> Option<&DiskInfo> {
+        self.vbds.values().find(|v| v.be == be).map(|v| &v.info)
     }
 
-    /// The disk (for shutdown).
-    pub fn disk_mut(&mut self) -> &mut D {
-        &mut self.core.disk
+    /// The disk of the vbd at backend directory `be`.
+    pub fn disk_mut(&mut self, be: &str) -> Option<&mut D> {
+        self.vbds.values_mut().find(|v| v.be == be).map(|v| &mut v.disk)
+    }
+
+    /// Every vbd's disk, with its backend directory (for shutdown).
+    pub fn disks_mut(&mut self) -> impl Iterator<Item = (&str, &mut D)> {
+        self.vbds.values_mut().map(|v| (v.be.as_str(), &mut v.disk))
+    }
+
+    /// The last vbd whose disk could not be opened: `"<backend dir>: <reason>"`
+    /// (for an operator's node such as `data/ferrite/last-error`). The
+    /// reason is the opener's text, which names a target from the
+    /// toolstack: escape it before printing.
+    pub fn last_error(&self) -> Option<&str> {
+        self.core.last_error.as_deref()
     }
 
     /// Starts watching for vbds assigned to us.
@@ -212,6 +248,12 @@ where
         let now = e.now();
         let (life, mut serve) = self.serve(g, e);
         life.maintenance(xs, now, &mut serve)
+    }
+
+    /// Grant mappings held now: ring pages and persistent grants of every
+    /// connected ring (at most [`MAX_MAPPINGS`] between requests).
+    pub fn mappings(&self) -> usize {
+        self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len() + r.pgrants.len()).sum()
     }
 
     /// Bytes of disk buffers currently held by requests.

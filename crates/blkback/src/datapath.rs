@@ -9,24 +9,35 @@
 use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES, PAGE, RING_BUDGET};
 use crate::budget::{charge, Budget, Charge};
 use crate::engine::Core;
-use crate::request::{self, DataOp, RejectLog, Request, Segment, Status};
+use crate::request::{self, DataOp, Request, Segment, Status};
 use crate::ring::BlkRing;
+use crate::DiskInfo;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest};
-use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, Mapping};
+use xen::ratelimit::LogLimit;
 use xen::shmem::SharedMem;
 use xen::types::{DomId, EvtchnPort};
 use xen_ring::PagesMem;
 
 /// Disk work derived from one request.
 pub(crate) enum Step {
-    Read { lba: u64 },
-    Write { lba: u64, then_flush: bool },
+    Read {
+        lba: u64,
+    },
+    /// `fua`: on stable media when it completes (the data of a flush or
+    /// barrier on a disk with a volatile cache).
+    Write {
+        lba: u64,
+        fua: bool,
+    },
     Flush,
-    Discard { lba: u64, blocks: u64 },
+    Discard {
+        lba: u64,
+        blocks: u64,
+    },
 }
 
 pub(crate) struct Work<B> {
@@ -34,7 +45,10 @@ pub(crate) struct Work<B> {
     pub(crate) segs: Vec<Segment>,
     pub(crate) step: Step,
     pub(crate) buf: Option<B>,
-    /// Flush/barrier: submit only when nothing else of this ring is in flight.
+    /// Part of a flush or barrier: submitted only when nothing else of this
+    /// ring is in flight, and nothing after it is submitted before it
+    /// completed (blkif.h's barrier: earlier requests complete first, later
+    /// ones start after it).
     pub(crate) exclusive: bool,
     /// Part of a request split for the disk: answered when all parts are done.
     pub(crate) group: Option<u64>,
@@ -86,6 +100,8 @@ pub struct RingStats {
 pub(crate) struct RingCtx<P: SharedMem, B> {
     /// Position among its vbd's rings (the frontend's queue number).
     pub(crate) index: usize,
+    /// Unique for the backend's life (see `Core::next_serial`).
+    pub(crate) serial: u64,
     pub(crate) ring: BlkRing<PagesMem<P>>,
     pub(crate) ring_maps: Vec<Mapping>,
     pub(crate) port: EvtchnPort,
@@ -96,6 +112,9 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
     pub(crate) in_flight: usize,
+    /// Flush/barrier parts on the disk: while any is, nothing else of this
+    /// ring is submitted.
+    pub(crate) ordered_in_flight: usize,
     pub(crate) dead: bool,
     /// Buffer bytes this ring's requests hold.
     pub(crate) held: Budget,
@@ -108,6 +127,10 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
 /// counters, and the grant and event operations.
 pub(crate) struct Turn<'a, D: BlockDevice, G, E> {
     pub(crate) core: &'a mut Core<D>,
+    /// The vbd's own disk.
+    pub(crate) disk: &'a mut D,
+    /// What the vbd's frontend was told about that disk.
+    pub(crate) info: &'a DiskInfo,
     pub(crate) stats: &'a mut Stats,
     pub(crate) g: &'a mut G,
     pub(crate) e: &'a mut E,
@@ -118,8 +141,8 @@ pub(crate) struct DevRef<'a> {
     pub(crate) id: u32,
     pub(crate) be: &'a str,
     pub(crate) fe_dom: DomId,
-    pub(crate) rejects: &'a mut RejectLog,
-    pub(crate) grant_errors: &'a mut RejectLog,
+    /// The vbd's log budget for everything its guest can trigger.
+    pub(crate) log: &'a mut LogLimit,
 }
 
 impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
@@ -151,25 +174,34 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             let mut raw = None;
             if let Err(err) = self.ring.poll_requests(1, |x| raw = Some(x)) {
                 self.dead = true;
-                warn!("vbd {}: ring {} broken ({}); no longer served", d.be, self.index, err.as_str());
+                limited!(
+                    d.log,
+                    t.e.now(),
+                    warn,
+                    "vbd {}: ring {} broken ({}); no longer served",
+                    d.be,
+                    self.index,
+                    err.as_str()
+                );
                 break;
             }
             let Some(raw) = raw else { break };
             taken += 1;
             t.stats.requests += 1;
             self.stats.requests += 1;
-            let req = match request::parse(&raw, &t.core.info) {
+            let req = match request::parse(&raw, t.info) {
                 Ok(req) => req,
                 Err(rej) => {
                     t.stats.rejected += 1;
-                    if d.rejects.note() {
-                        warn!(
-                            "vbd {}: refused a request from domain {}: {} (further refusals not logged)",
-                            d.be,
-                            d.fe_dom,
-                            rej.reason.as_str()
-                        );
-                    }
+                    limited!(
+                        d.log,
+                        t.e.now(),
+                        warn,
+                        "vbd {}: refused a request from domain {}: {}",
+                        d.be,
+                        d.fe_dom,
+                        rej.reason.as_str()
+                    );
                     if self.ring.push_response(&rej.response()).is_err() {
                         self.dead = true;
                     }
@@ -232,7 +264,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         d: &mut DevRef<'_>,
         req: Request,
     ) -> Result<Vec<Work<B>>, ()> {
-        let bs = u64::from(t.core.disk.block_size().max(512));
+        let bs = u64::from(t.disk.block_size().max(512));
         let lba_of = |sector: u64| -> Result<u64, ()> {
             let byte = sector.checked_mul(512).ok_or(())?;
             if byte % bs != 0 {
@@ -245,13 +277,20 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
             }
             Request::Write { sector, segments, .. } => {
-                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: false }, false, true)
+                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua: false }, false, true)
             }
+            // Like Linux maps them onto a block device: a flush or barrier
+            // waits for the ring's earlier requests, flushes the disk
+            // cache (preflush), then writes its data, if any, with FUA on a
+            // disk with a volatile cache, so the data is durable when
+            // answered and never reaches the media before what the flush
+            // made durable. Later requests wait for all of it (below).
             Request::Flush { sector, segments, .. } | Request::WriteBarrier { sector, segments, .. } => {
                 if segments.as_slice().is_empty() {
                     (Vec::new(), Step::Flush, true, false)
                 } else {
-                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, then_flush: true }, true, true)
+                    let fua = t.disk.features().volatile_cache;
+                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua }, true, true)
                 }
             }
             Request::Discard { sector, nr_sectors, .. } => {
@@ -265,16 +304,17 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 let segs = self.indirect_segments(t, d, &ind)?;
                 match ind.op {
                     DataOp::Read => (segs, Step::Read { lba: lba_of(ind.sector)? }, false, false),
-                    DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, then_flush: false }, false, true),
+                    DataOp::Write => (segs, Step::Write { lba: lba_of(ind.sector)?, fua: false }, false, true),
                 }
             }
         };
         // The disk takes at most `max_transfer` bytes per command: split a
         // larger read or write (indirect requests reach 1 MiB) into parts
-        // answered together. A write-then-flush is at most 11 segments.
-        let max = t.core.disk.max_transfer().max(PAGE);
+        // answered together (a flush's data too: its parts go down one
+        // after another).
+        let max = t.disk.max_transfer().max(PAGE);
         let parts: Vec<Vec<Segment>> = match step {
-            Step::Read { .. } | Step::Write { then_flush: false, .. } => split_segments(segs, max),
+            Step::Read { .. } | Step::Write { .. } => split_segments(segs, max),
             _ => alloc::vec![segs],
         };
         // Each part: its segments, its disk step and its buffer.
@@ -284,7 +324,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             let len: usize = part.iter().map(|s| s.len()).sum();
             let step = match step {
                 Step::Read { lba } => Step::Read { lba: lba + offset / bs },
-                Step::Write { lba, then_flush } => Step::Write { lba: lba + offset / bs, then_flush },
+                Step::Write { lba, fua } => Step::Write { lba: lba + offset / bs, fua },
                 Step::Flush => Step::Flush,
                 Step::Discard { lba, blocks } => Step::Discard { lba, blocks },
             };
@@ -300,6 +340,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         }
         if write {
             self.fill_from_guest(t, d, &mut built)?;
+        }
+        if exclusive && write {
+            // The preflush goes first.
+            built.insert(0, (Vec::new(), Step::Flush, 0, None));
         }
         let group = if built.len() > 1 {
             let gid = t.core.next_group;
@@ -333,23 +377,36 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // Bounded by the deferred queue length.
         for _ in 0..RING_BUDGET * 2 {
             let Some(w) = self.deferred.front() else { break };
+            if self.ordered_in_flight > 0 {
+                break; // a flush/barrier on the disk: everything after it waits
+            }
             if w.exclusive && self.in_flight > 0 {
                 break; // flush/barrier: wait for everything before it
             }
             let Some(mut w) = self.deferred.pop_front() else { break };
+            // A part of a request whose earlier part failed (a preflush):
+            // not submitted, the request is answered with an error.
+            if w.group.is_some_and(|g| t.core.groups.get(&g).is_some_and(|gr| gr.failed)) {
+                self.finish(t, &w, Status::Error);
+                any = true;
+                continue;
+            }
             let breq = match w.step {
                 Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
-                Step::Write { lba, .. } => {
-                    BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua: false }
+                Step::Write { lba, fua } => {
+                    BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua }
                 }
                 Step::Flush => BlockRequest::Flush,
                 Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
             };
-            match t.core.disk.submit(self.queue, breq) {
+            match t.disk.submit(self.queue, breq) {
                 Ok(tok) => {
                     any = true;
                     self.in_flight += 1;
-                    t.core.tokens.insert(tok.0, (d.id, self.index, w));
+                    if w.exclusive {
+                        self.ordered_in_flight += 1;
+                    }
+                    t.core.tokens.insert((d.id, tok.0), (self.serial, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
                     if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {
@@ -360,7 +417,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
                 Err((err, _)) => {
                     t.stats.errors += 1;
-                    warn!("vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
+                    limited!(d.log, t.e.now(), warn, "vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
                     self.finish(t, &w, Status::Error);
                     any = true;
                 }
@@ -378,28 +435,19 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         result: Result<(), drivers::Error>,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if work.exclusive {
+            self.ordered_in_flight = self.ordered_in_flight.saturating_sub(1);
+        }
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
         if let Err(err) = result {
             t.stats.errors += 1;
-            warn!("vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
+            limited!(d.log, t.e.now(), warn, "vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
         }
-        if status == Status::Okay {
-            match work.step {
-                Step::Read { .. } => {
-                    status = match self.deliver_read(t, d, &mut work) {
-                        Ok(()) => Status::Okay,
-                        Err(()) => Status::Error,
-                    };
-                }
-                Step::Write { then_flush: true, .. } => {
-                    // The data is written: now the flush part.
-                    work.step = Step::Flush;
-                    work.buf = None;
-                    self.deferred.push_front(work);
-                    return;
-                }
-                _ => {}
-            }
+        if status == Status::Okay && matches!(work.step, Step::Read { .. }) {
+            status = match self.deliver_read(t, d, &mut work) {
+                Ok(()) => Status::Okay,
+                Err(()) => Status::Error,
+            };
         }
         self.finish(t, &work, status);
     }

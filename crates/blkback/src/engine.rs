@@ -2,33 +2,62 @@
 //! it), and one pass over all of them: disk completions, then one turn per
 //! ring, round-robin.
 
-use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES};
+use crate::backend::Opener;
+use crate::backend::{
+    Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, MAX_REQUEST_BYTES, TRANSIENT_RESERVE,
+};
 use crate::budget::Budget;
 use crate::datapath::{DevRef, Group, RingCtx, Turn, Work};
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
-use crate::DiskInfo;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest};
+use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames};
 use xen::shmem::SharedMem;
 
-/// What every ring context shares: the disk and the bookkeeping of work
-/// on it.
-pub(crate) struct Core<D: BlockDevice> {
+/// Work on a disk: (serial of the ring context that submitted it, the work).
+pub(crate) type InFlight<B> = (u64, Work<B>);
+
+/// The disk of a removed vbd whose requests are still on it: kept (and
+/// polled, its completions dropped) until they completed or `deadline`.
+pub(crate) struct Retired<D> {
+    pub(crate) vid: u32,
     pub(crate) disk: D,
-    pub(crate) info: DiskInfo,
+    pub(crate) deadline: xen::wait::Nanos,
+}
+
+/// What every ring context shares: the opener of disks, the buffer
+/// allocator and the bookkeeping of work on the disks.
+pub(crate) struct Core<D: BlockDevice> {
+    /// Opens a vbd's disk when the vbd is discovered.
+    pub(crate) open: Box<Opener<D>>,
+    /// The last vbd that could not be set up, and why (for operators).
+    pub(crate) last_error: Option<String>,
+    /// Log budget of open failures (the toolstack's input, through
+    /// whatever a guest's administrator asked for).
+    pub(crate) open_log: xen::ratelimit::LogLimit,
     pub(crate) alloc: Box<dyn FnMut(usize) -> Option<D::Buffer>>,
     /// Disk buffer memory in use, all rings.
     pub(crate) budget: Budget,
     /// Split requests still in progress.
     pub(crate) groups: BTreeMap<u64, Group>,
     pub(crate) next_group: u64,
-    /// Disk token → (vbd id, ring index, work).
-    pub(crate) tokens: BTreeMap<u64, (u32, usize, Work<D::Buffer>)>,
+    /// (vbd id, disk token) → (ring index, work). Each vbd has its own
+    /// disk, whose tokens may collide with another disk's.
+    pub(crate) tokens: BTreeMap<(u32, u64), InFlight<D::Buffer>>,
+    /// Serial of the next ring context (never reused: a late completion of
+    /// a closed ring cannot reach its successor).
+    pub(crate) next_serial: u64,
+    /// Persistent grants each ring may keep mapped: its share of
+    /// [`MAX_MAPPINGS`](crate::MAX_MAPPINGS) (see `Serve::rebalance`).
+    pub(crate) persistent_cap: usize,
+    /// Disks of removed vbds still draining.
+    pub(crate) retired: Vec<Retired<D>>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
 }
@@ -42,7 +71,7 @@ pub(crate) struct Serve<'a, P: SharedMem, D: BlockDevice, G, E> {
     pub(crate) core: &'a mut Core<D>,
     /// The vbds' data-path state by device id (ids grow: iteration order is
     /// adoption order).
-    pub(crate) vbds: &'a mut BTreeMap<u32, Vbd<P, D::Buffer>>,
+    pub(crate) vbds: &'a mut BTreeMap<u32, Vbd<P, D>>,
     pub(crate) stats: &'a mut Stats,
     pub(crate) g: &'a mut G,
     pub(crate) e: &'a mut E,
@@ -57,6 +86,9 @@ where
     /// busy: poll again at once).
     pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
         let mut busy = self.poll_disk();
+        // Waiting for a draining disk is not progress (the caller may nap:
+        // the orphans keep `tokens` non-empty, so we still report busy).
+        self.drain_check();
         let ctxs: Vec<(u32, usize)> =
             self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))).collect();
         if ctxs.is_empty() {
@@ -73,7 +105,13 @@ where
         *next_turn = start + 1;
         for k in 0..ctxs.len() {
             let (vid, ri) = ctxs[(start + k) % ctxs.len()];
-            let Some(port) = self.vbds.get(&vid).and_then(|v| v.rings.get(ri)).map(|r| r.port) else { continue };
+            let Some(v) = self.vbds.get(&vid) else { continue };
+            // A reconnected vbd whose old requests are still on the disk
+            // takes no new ones yet: they could overtake the old.
+            if v.orphans > 0 {
+                continue;
+            }
+            let Some(port) = v.rings.get(ri).map(|r| r.port) else { continue };
             if self.e.take_pending(port) {
                 busy = true;
             }
@@ -92,14 +130,15 @@ where
     ) -> Option<R> {
         let v = self.vbds.get_mut(&vid)?;
         let ring = v.rings.get_mut(ri)?;
-        let mut d = DevRef {
-            id: v.id,
-            be: &v.be,
-            fe_dom: v.fe_dom,
-            rejects: &mut v.rejects,
-            grant_errors: &mut v.grant_errors,
+        let mut t = Turn {
+            core: &mut *self.core,
+            disk: &mut v.disk,
+            info: &v.info,
+            stats: &mut *self.stats,
+            g: &mut *self.g,
+            e: &mut *self.e,
         };
-        let mut t = Turn { core: &mut *self.core, stats: &mut *self.stats, g: &mut *self.g, e: &mut *self.e };
+        let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
         Some(f(ring, &mut t, &mut d))
     }
 
@@ -108,19 +147,100 @@ where
     pub(crate) fn poll_disk(&mut self) -> bool {
         let mut any = false;
         let now = self.e.now();
-        for q in 0..self.core.disk.queue_count().max(1) {
+        let vids: Vec<u32> = self.vbds.keys().copied().collect();
+        for vid in vids {
+            any |= self.poll_vbd_disk(vid, now);
+        }
+        any | self.poll_retired(now)
+    }
+
+    /// Polls the disks of removed vbds, dropping their completions; a disk
+    /// is dropped once its requests completed or its deadline passed.
+    fn poll_retired(&mut self, now: xen::wait::Nanos) -> bool {
+        let mut any = false;
+        let tokens = &mut self.core.tokens;
+        for r in self.core.retired.iter_mut() {
+            for q in 0..r.disk.queue_count().max(1) {
+                // Bounded: a queue holds at most its depth of completions.
+                for _ in 0..1024 {
+                    let Some(c) = r.disk.poll(q, now) else { break };
+                    any = true;
+                    tokens.remove(&(r.vid, c.token.0));
+                }
+            }
+        }
+        self.core.retired.retain(|r| {
+            let left = tokens.keys().filter(|k| k.0 == r.vid).count();
+            if left > 0 && now >= r.deadline {
+                warn!("vbd {}: {left} request(s) still on the disk after 30 s; disk released anyway", r.vid);
+            }
+            left > 0 && now < r.deadline
+        });
+        let gone: Vec<u32> = self.core.retired.iter().map(|r| r.vid).collect();
+        tokens.retain(|k, _| self.vbds.contains_key(&k.0) || gone.contains(&k.0));
+        any
+    }
+
+    /// Recomputes each ring's share of the mapping budget after rings came
+    /// or went, and shrinks the persistent caches above it (least recently
+    /// used first).
+    pub(crate) fn rebalance(&mut self) {
+        let rings = self.vbds.values().map(|v| v.rings.len()).sum::<usize>();
+        let ring_pages: usize = self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len()).sum();
+        let free = MAX_MAPPINGS.saturating_sub(ring_pages + TRANSIENT_RESERVE);
+        let cap = (free / rings.max(1)).min(MAX_PERSISTENT_PER_RING);
+        self.core.persistent_cap = cap;
+        let mut released = 0;
+        for r in self.vbds.values_mut().flat_map(|v| v.rings.iter_mut()) {
+            released += r.shrink_persistent(self.g, cap, None);
+        }
+        if released > 0 {
+            log::info!("{released} persistent grant mapping(s) released: {rings} ring(s) share {free} mappings");
+        }
+    }
+
+    /// Vbds whose old requests outlived their rings: past the drain
+    /// deadline they are forgotten (their completions, if they ever come,
+    /// are dropped).
+    fn drain_check(&mut self) {
+        let now = self.e.now();
+        for v in self.vbds.values_mut() {
+            if v.orphans == 0 {
+                continue;
+            }
+            if now < v.drain_deadline {
+                continue;
+            }
+            warn!("vbd {}: {} request(s) still on the disk after 30 s; their answers dropped", v.be, v.orphans);
+            v.orphans = 0;
+            let (vid, live): (u32, Vec<u64>) = (v.id, v.rings.iter().map(|r| r.serial).collect());
+            self.core.tokens.retain(|k, (serial, _)| k.0 != vid || live.contains(serial));
+        }
+    }
+
+    /// Hands every completion of vbd `vid`'s disk to its ring. Returns
+    /// whether there were any.
+    pub(crate) fn poll_vbd_disk(&mut self, vid: u32, now: xen::wait::Nanos) -> bool {
+        let mut any = false;
+        let Some(nq) = self.vbds.get(&vid).map(|v| v.disk.queue_count().max(1)) else { return false };
+        for q in 0..nq {
             // Bounded: a queue holds at most its depth of completions.
             for _ in 0..1024 {
-                let Some(c) = self.core.disk.poll(q, now) else { break };
+                let Some(c) = self.vbds.get_mut(&vid).and_then(|v| v.disk.poll(q, now)) else { break };
                 any = true;
-                let Some((vid, ri, mut work)) = self.core.tokens.remove(&c.token.0) else { continue };
+                let Some((serial, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
+                let Some(v) = self.vbds.get_mut(&vid) else { continue };
+                let Some(ri) = v.rings.iter().position(|r| r.serial == serial) else {
+                    // A ring that is gone: the work (and its buffer charge)
+                    // is dropped unanswered.
+                    v.orphans = v.orphans.saturating_sub(1);
+                    continue;
+                };
                 match c.request {
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
                     _ => {}
                 }
                 let result = c.result;
-                // A vbd or ring that is gone: the work (and its buffer
-                // charge) is dropped unanswered.
                 let _ = self.with_ring(vid, ri, |r, t, d| r.complete(t, d, work, result));
             }
         }

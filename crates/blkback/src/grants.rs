@@ -11,7 +11,6 @@ use crate::datapath::{DevRef, RingCtx, Step, Turn, Work};
 use crate::request::{self, Segment};
 use alloc::vec::Vec;
 use drivers::block::BlockDevice;
-use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{CopyEnd, CopyOp, GrantOps, LocalFrames, MapRequest, Mapping};
 use xen::shmem::SharedMem;
@@ -88,12 +87,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
         }
         let refs: Vec<&[u8]> = copies.iter().map(|p| p.as_slice()).collect();
-        match request::parse_indirect_segments(ind, &refs, &t.core.info) {
+        match request::parse_indirect_segments(ind, &refs, t.info) {
             Ok(s) => Ok(s),
             Err(rej) => {
-                if d.rejects.note() {
-                    warn!("vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
-                }
+                limited!(d.log, t.e.now(), warn, "vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
                 Err(())
             }
         }
@@ -118,16 +115,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             None => Some((op, None)), // no answer for this element
         });
         let Some((op, err)) = failed else { return Ok(()) };
-        if d.grant_errors.note() {
-            let gref = match (op.src, op.dst) {
-                (CopyEnd::Grant { gref, .. }, _) | (_, CopyEnd::Grant { gref, .. }) => gref.0,
-                _ => 0,
-            };
-            warn!(
-                "vbd {}: grant copy with grant {gref} of domain {} failed: {err:?} (further grant errors not logged)",
-                d.be, d.fe_dom
-            );
-        }
+        let gref = match (op.src, op.dst) {
+            (CopyEnd::Grant { gref, .. }, _) | (_, CopyEnd::Grant { gref, .. }) => gref.0,
+            _ => 0,
+        };
+        limited!(
+            d.log,
+            t.e.now(),
+            warn,
+            "vbd {}: grant copy with grant {gref} of domain {} failed: {err:?}",
+            d.be,
+            d.fe_dom
+        );
         Err(())
     }
 
@@ -165,6 +164,29 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
         }
         Ok(())
+    }
+
+    /// Releases the least recently used persistent mappings until at most
+    /// `cap` (and [`MAX_PERSISTENT_PER_RING`]) are left, sparing those
+    /// used at `spare` (the request being served). Returns how many went.
+    pub(crate) fn shrink_persistent<G: GrantOps<Page = P>>(
+        &mut self,
+        g: &mut G,
+        cap: usize,
+        spare: Option<u64>,
+    ) -> usize {
+        let cap = cap.min(MAX_PERSISTENT_PER_RING);
+        if self.pgrants.len() <= cap {
+            return 0;
+        }
+        let mut ages: Vec<(u64, u32)> =
+            self.pgrants.iter().filter(|(_, (_, t))| Some(*t) != spare).map(|(k, (_, t))| (*t, *k)).collect();
+        ages.sort_unstable();
+        let excess = self.pgrants.len() - cap;
+        let victims: Vec<Mapping> =
+            ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
+        let _ = g.unmap_batch(&victims);
+        victims.len()
     }
 
     /// Moves a finished read's data to the guest's pages.
@@ -236,25 +258,21 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     }
                     Err(err) => {
                         failed = true;
-                        if d.grant_errors.note() {
-                            warn!(
-                                "vbd {}: cannot map grant {} of domain {}: {err:?} (further grant errors not logged)",
-                                d.be, grefs[k].0, d.fe_dom
-                            );
-                        }
+                        limited!(
+                            d.log,
+                            t.e.now(),
+                            warn,
+                            "vbd {}: cannot map grant {} of domain {}: {err:?}",
+                            d.be,
+                            grefs[k].0,
+                            d.fe_dom
+                        );
                     }
                 }
             }
-            // Past the bound: release the least recently used mappings.
-            if self.pgrants.len() > MAX_PERSISTENT_PER_RING {
-                let mut ages: Vec<(u64, u32)> =
-                    self.pgrants.iter().filter(|(_, (_, t))| *t != tick).map(|(k, (_, t))| (*t, *k)).collect();
-                ages.sort_unstable();
-                let excess = self.pgrants.len() - MAX_PERSISTENT_PER_RING;
-                let victims: Vec<Mapping> =
-                    ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
-                let _ = t.g.unmap_batch(&victims);
-            }
+            // Past the bound (this ring's share of the global mapping
+            // budget): release the least recently used mappings.
+            self.shrink_persistent(t.g, t.core.persistent_cap, Some(tick));
             if failed {
                 let done: Vec<(Mapping, bool)> = out.into_iter().flatten().collect();
                 self.release_transient(t, &done);

@@ -39,6 +39,17 @@
 //! polled again, logged once, and left to the handshake to tear down.
 
 extern crate alloc;
+
+/// Logs at `$lvl` through a vbd's [`xen::ratelimit::LogLimit`] at time
+/// `$now` (everything a guest can trigger goes through one), appending how
+/// many lines were suppressed before this one.
+macro_rules! limited {
+    ($limit:expr, $now:expr, $lvl:ident, $($arg:tt)+) => {
+        if let Some(n) = $limit.allow($now) {
+            log::$lvl!("{}{}", format_args!($($arg)+), xen::ratelimit::suppressed_note(n));
+        }
+    };
+}
 #[cfg(feature = "test-utils")]
 extern crate std;
 
@@ -55,12 +66,29 @@ pub mod testing;
 mod vbd;
 pub mod xenbus;
 
-pub use backend::{Blkback, Stats, MAX_BUFFER_BYTES, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX};
+pub use backend::{
+    Blkback, Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX,
+};
 pub use datapath::RingStats;
 
 /// Grant references and event-channel ports as the frontend wrote them to
 /// xenstore: the workspace's one set of id types.
 pub use xen_types::{EvtchnPort, GrantRef};
+
+/// What a vbd asks of the disk opener of [`Blkback::new`] when it is
+/// discovered: its backend directory's `params` and `mode` nodes, and who
+/// holds the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenRequest<'a> {
+    /// The `params` node (xl's `target=`), trimmed; empty if absent.
+    pub params: &'a str,
+    /// `mode` is not `w` (xl writes `r` for read-only, `w` for read-write;
+    /// anything else, or no `mode` at all, is taken as read-only: fail
+    /// closed).
+    pub readonly: bool,
+    /// `"<frontend domid>/<devid>"`, e.g. `"5/51712"`: who holds the disk.
+    pub holder: &'a str,
+}
 
 /// What the backend knows about the disk it exports.
 ///
@@ -103,6 +131,28 @@ impl DiskInfo {
             info |= abi::VDISK_READONLY;
         }
         info
+    }
+
+    /// What a vbd's frontend is told about `disk`: its size, its real
+    /// logical block size, `VDISK_READONLY` if `readonly`; flush and
+    /// barrier offered only when the disk has a volatile write cache (like
+    /// Linux blkback: without one there is nothing to flush), discard only
+    /// when the disk supports it; none of those on a read-only vbd.
+    pub fn of<D: drivers::block::BlockDevice>(disk: &D, readonly: bool) -> Self {
+        let bs = disk.block_size().max(abi::SECTOR_SIZE as u32);
+        let f = disk.features();
+        let cache = f.volatile_cache && !readonly;
+        DiskInfo {
+            sectors: disk.capacity().saturating_mul(u64::from(bs)) / abi::SECTOR_SIZE as u64,
+            sector_size: bs,
+            physical_sector_size: bs,
+            readonly,
+            removable: false,
+            cdrom: false,
+            flush: cache,
+            barrier: cache,
+            discard: (f.discard && !readonly).then_some(DiscardInfo { granularity: bs, alignment: 0, secure: false }),
+        }
     }
 
     /// Logical block size in 512-byte units, at least 1.

@@ -8,13 +8,13 @@
 //! disconnect, the device dropped on `Remove`.
 
 use crate::abi::Abi;
-use crate::backend::DRAIN_NS;
+use crate::backend::{DRAIN_NS, MAX_MAPPINGS, TRANSIENT_RESERVE};
 use crate::budget::Budget;
 use crate::datapath::{RingCtx, RingStats};
-use crate::engine::Serve;
-use crate::request::RejectLog;
+use crate::engine::{Retired, Serve};
 use crate::ring::{BlkRing, PagesMem};
 use crate::xenbus::{BackendFsm, ConnectParams, Effect, Event, FrontendKeys};
+use crate::{DiskInfo, OpenRequest};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
@@ -23,6 +23,7 @@ use drivers::block::BlockDevice;
 use log::{info, warn};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, MapRequest, Mapping};
+use xen::ratelimit::{suppressed_note, LogLimit};
 use xen::shmem::SharedMem;
 use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen::wait::Notifier;
@@ -30,14 +31,22 @@ use xen_backend::{DeviceEvent, DeviceKind, DeviceXs, Outcome};
 
 /// One vbd's handshake and data-path state (its lifecycle state lives in
 /// the [`xen_backend::Device`] of the same id).
-pub(crate) struct Vbd<P: SharedMem, B> {
+pub(crate) struct Vbd<P: SharedMem, D: BlockDevice> {
     pub(crate) id: u32,
     pub(crate) be: String,
     pub(crate) fe_dom: DomId,
     pub(crate) fsm: BackendFsm,
-    pub(crate) rings: Vec<RingCtx<P, B>>,
-    pub(crate) rejects: RejectLog,
-    pub(crate) grant_errors: RejectLog,
+    /// The vbd's own disk (from the opener), dropped with the vbd.
+    pub(crate) disk: D,
+    /// What its frontend is told about the disk.
+    pub(crate) info: DiskInfo,
+    pub(crate) rings: Vec<RingCtx<P, D::Buffer>>,
+    /// Requests of closed rings still on the disk: until they completed
+    /// (or `drain_deadline`), the vbd's new rings take no requests.
+    pub(crate) orphans: usize,
+    pub(crate) drain_deadline: xen::wait::Nanos,
+    /// Log budget for everything its guest can trigger.
+    pub(crate) log: LogLimit,
 }
 
 impl<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps> DeviceKind for Serve<'_, P, D, G, E>
@@ -52,21 +61,28 @@ where
     fn event<M: SharedMem, N: Notifier>(&mut self, xs: &mut DeviceXs<'_, M, N>, ev: DeviceEvent) -> Outcome {
         let ev = match ev {
             DeviceEvent::Added => {
+                let Some((disk, readonly)) = self.open_disk(xs) else {
+                    return Outcome::Removed { at: self.e.now() };
+                };
+                let info = DiskInfo::of(&disk, readonly);
                 let dev = xs.device();
                 let vbd = Vbd {
                     id: dev.id,
                     be: dev.be.clone(),
                     fe_dom: dev.fe_dom,
                     fsm: BackendFsm::new(self.cfg),
+                    disk,
+                    info,
+                    orphans: 0,
+                    drain_deadline: 0,
                     rings: Vec::new(),
-                    rejects: RejectLog::default(),
-                    grant_errors: RejectLog::default(),
+                    log: LogLimit::guest(),
                 };
                 self.vbds.insert(vbd.id, vbd);
                 if let out @ Outcome::Removed { .. } = self.feed(xs, Event::Probe) {
                     return out;
                 }
-                Event::HotplugDone(self.core.info)
+                Event::HotplugDone(info)
             }
             DeviceEvent::FrontendState(s) => Event::FrontendStateChanged(s),
             DeviceEvent::FrontendStateInvalid => Event::FrontendStateInvalid,
@@ -101,7 +117,10 @@ where
                     }
                     Effect::MapRings(params) => {
                         if let Err(why) = self.connect(id, &params) {
-                            warn!("vbd {}: {why}", xs.device().be);
+                            let now = self.e.now();
+                            if let Some(v) = self.vbds.get_mut(&id) {
+                                limited!(v.log, now, warn, "vbd {}: {why}", v.be);
+                            }
                             // FSM contract: the rest of this batch (disk
                             // details, Connected) must not be carried out.
                             events.push_back(Event::RingMapFailed("cannot map rings or bind event channels"));
@@ -109,10 +128,24 @@ where
                         }
                     }
                     Effect::UnmapAll => self.disconnect(id),
-                    Effect::WriteError(msg) => xs.write_error(&msg),
+                    Effect::WriteError(msg) => {
+                        // The frontend's doing: logged within the vbd's budget.
+                        let now = self.e.now();
+                        if let Some(v) = self.vbds.get_mut(&id) {
+                            limited!(v.log, now, warn, "vbd {}: {msg}", v.be);
+                        }
+                        xs.write_error_node(&msg);
+                    }
                     Effect::Remove => {
                         self.disconnect(id);
-                        self.vbds.remove(&id);
+                        if let Some(v) = self.vbds.remove(&id) {
+                            if v.orphans > 0 {
+                                // Its requests still use its disk: keep the
+                                // disk (and its claim) until they completed.
+                                let deadline = v.drain_deadline;
+                                self.core.retired.push(Retired { vid: id, disk: v.disk, deadline });
+                            }
+                        }
                         return Outcome::Removed { at: self.e.now() };
                     }
                 }
@@ -121,11 +154,67 @@ where
         Outcome::Keep
     }
 
+    /// Opens the disk of the vbd `xs.device()` names (its `params` and
+    /// `mode`). On failure: the reason goes to `hotplug-error`,
+    /// `hotplug-status` becomes `error`, the `state` node is removed so
+    /// that libxl fails the attach at once (it only waits for state 2,
+    /// which is never written), the failure is logged and kept for
+    /// [`Blkback::last_error`](crate::Blkback::last_error).
+    fn open_disk<M: SharedMem, N: Notifier>(&mut self, xs: &mut DeviceXs<'_, M, N>) -> Option<(D, bool)> {
+        let be = xs.device().be.clone();
+        let node = |xs: &mut DeviceXs<'_, M, N>, key: &str| xs.xs().read_string(&format!("{be}/{key}")).ok();
+        let params = node(xs, "params").unwrap_or_default();
+        let mode = node(xs, "mode");
+        // Only an explicit `w` grants writes: fail closed.
+        let readonly = mode.as_deref().map(str::trim) != Some("w");
+        // `backend/vbd/<domid>/<devid>`: the holder is `<domid>/<devid>`.
+        let mut tail = be.rsplit('/');
+        let devid = tail.next().unwrap_or_default();
+        let holder = format!("{}/{devid}", tail.next().unwrap_or_default());
+        let req = OpenRequest { params: params.trim(), readonly, holder: &holder };
+        match (self.core.open)(&req) {
+            Ok(disk) => {
+                info!(
+                    "vbd {be}: disk {:?} opened {} for {holder}",
+                    req.params,
+                    if readonly { "read-only" } else { "read-write" }
+                );
+                Some((disk, readonly))
+            }
+            Err(why) => {
+                // For xl's terminal and our console: printable ASCII only,
+                // bounded (xenstore values are at most 4 KiB).
+                let why = printable(&why, 512);
+                if let Some(n) = self.core.open_log.allow(self.e.now()) {
+                    warn!("vbd {be}: cannot open disk {:?}: {why:?}{}", req.params, suppressed_note(n));
+                }
+                xs.write("hotplug-error", &why);
+                xs.write("hotplug-status", "error");
+                // libxl waits for state 2 only; a removed state node fails
+                // `xl create` / `xl block-attach` at once.
+                if let Err(err) = xs.xs().rm(&format!("{be}/state")) {
+                    warn!("vbd {be}: cannot remove the state node: {err:?}");
+                }
+                self.core.last_error = Some(format!("{be}: {why}"));
+                None
+            }
+        }
+    }
+
     /// Maps each queue's ring pages, attaches the rings and binds their
     /// event channels.
     fn connect(&mut self, id: u32, p: &ConnectParams) -> Result<(), String> {
-        let nq = self.core.disk.queue_count().max(1);
+        // The ring pages must fit the mapping budget (persistent caches
+        // shrink to make room; ring pages do not).
+        let need: usize = p.queues.iter().map(|q| q.ring_refs.len()).sum();
+        let ring_pages: usize = self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len()).sum();
+        if ring_pages + need + TRANSIENT_RESERVE > MAX_MAPPINGS {
+            return Err(format!(
+                "{need} ring page(s) do not fit the mapping budget ({ring_pages} of {MAX_MAPPINGS} used by rings)"
+            ));
+        }
         let Some(v) = self.vbds.get_mut(&id) else { return Err(String::from("no such device")) };
+        let nq = v.disk.queue_count().max(1);
         for (qi, q) in p.queues.iter().enumerate() {
             let reqs: Vec<MapRequest> = q
                 .ring_refs
@@ -160,8 +249,11 @@ where
                     return Err(format!("binding event channel {} of ring {qi}: {err}", q.evtchn.0));
                 }
             };
+            let serial = self.core.next_serial;
+            self.core.next_serial += 1;
             v.rings.push(RingCtx {
                 index: qi,
+                serial,
                 ring,
                 ring_maps: maps,
                 port,
@@ -171,13 +263,18 @@ where
                 tick: 0,
                 deferred: VecDeque::new(),
                 in_flight: 0,
+                ordered_in_flight: 0,
                 dead: false,
                 held: Budget::default(),
                 waiting: false,
                 stats: RingStats::default(),
             });
         }
-        info!(
+        let now = self.e.now();
+        limited!(
+            v.log,
+            now,
+            info,
             "vbd {}: connected to domain {}: {} queue(s), ring order {}, {} ABI, persistent grants {}",
             v.be,
             v.fe_dom,
@@ -190,24 +287,35 @@ where
                 (false, false) => "off (data by map/unmap)",
             }
         );
+        // Everyone's share of the mapping budget shrinks to make room.
+        self.rebalance();
         Ok(())
     }
 
-    /// Waits (bounded) for the disk to finish this vbd's I/O, then releases
-    /// every grant mapping and event channel of its rings.
+    /// Releases every grant mapping and event channel of the vbd's rings
+    /// at once, never waiting for the disk: requests still on it become
+    /// orphans, dropped unanswered when they complete (the disk works on
+    /// our own buffers, never on the guest's pages). Until they completed
+    /// (at most [`DRAIN_NS`]), the vbd takes no new requests, so an old
+    /// write cannot land after a new one; other vbds are served meanwhile.
     fn disconnect(&mut self, id: u32) {
-        let be = self.vbds.get(&id).map(|v| v.be.clone()).unwrap_or_default();
-        let deadline = self.e.now().saturating_add(DRAIN_NS);
-        // Bounded by the deadline: the disk times out commands itself too.
-        while self.core.tokens.values().any(|(v, _, _)| *v == id) && self.e.now() < deadline {
-            self.poll_disk();
-        }
-        let leftover = self.core.tokens.values().filter(|(v, _, _)| *v == id).count();
-        if leftover > 0 {
-            warn!("vbd {}: {leftover} request(s) still on the disk after 30 s; dropping their answers", be);
-            self.core.tokens.retain(|_, (v, _, _)| *v != id);
+        let left = self.core.tokens.keys().filter(|k| k.0 == id).count();
+        if let Some(v) = self.vbds.get_mut(&id) {
+            if left > 0 {
+                v.orphans = left;
+                let now = self.e.now();
+                v.drain_deadline = now.saturating_add(DRAIN_NS);
+                limited!(
+                    v.log,
+                    now,
+                    info,
+                    "vbd {}: {left} request(s) still on the disk; draining in the background",
+                    v.be
+                );
+            }
         }
         self.core.groups.retain(|_, gr| gr.vbd != id);
+        let now = self.e.now();
         let Some(v) = self.vbds.get_mut(&id) else { return };
         let mut released = 0;
         for r in v.rings.drain(..) {
@@ -215,13 +323,29 @@ where
             released += pg.len() + r.ring_maps.len();
             for res in self.g.unmap_batch(&pg).into_iter().chain(self.g.unmap_batch(&r.ring_maps)) {
                 if let Err(err) = res {
-                    warn!("vbd {}: unmap failed: {err:?}", v.be);
+                    limited!(v.log, now, warn, "vbd {}: unmap failed: {err:?}", v.be);
                 }
             }
             let _ = self.e.close(r.port);
         }
         if released > 0 {
-            info!("vbd {}: disconnected, {released} grant mapping(s) released", v.be);
+            limited!(v.log, now, info, "vbd {}: disconnected, {released} grant mapping(s) released", v.be);
         }
+        // The others' shares of the mapping budget grow back.
+        self.rebalance();
     }
+}
+
+/// `s` with every character outside printable ASCII as `\u{..}`, cut to
+/// at most `max` bytes.
+fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let piece = if (' '..='~').contains(&c) { format!("{c}") } else { format!("\\u{{{:x}}}", u32::from(c)) };
+        if out.len() + piece.len() > max {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
 }

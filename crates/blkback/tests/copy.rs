@@ -36,7 +36,7 @@ fn copy_path_round_trips_without_mapping() {
         let (rreq, rid, rsegs) = w.fronts[0].indirect_spans(BLKIF_OP_READ, 1000, &[(0, 7); 40], 0);
         assert_eq!(w.io(0, 0, &[rreq]), [okay(rid, BLKIF_OP_READ)]);
         assert!(seg_bytes(&rsegs) == seg_bytes(&wsegs), "copy {copy}: indirect read returns the indirect write");
-        assert_eq!(&w.blk.disk_mut().contents()[1000 * SECT..1000 * SECT + 40 * PAGE], &seg_bytes(&wsegs)[..]);
+        assert_eq!(&w.disk().contents()[1000 * SECT..1000 * SECT + 40 * PAGE], &seg_bytes(&wsegs)[..]);
         if copy {
             assert_eq!(w.g.map_calls(), maps, "no grant mapped on a copy ring");
             assert_eq!(
@@ -76,7 +76,7 @@ fn copy_segments_split_at_frame_boundaries() {
     assert_eq!(w.io(0, 0, &[wreq]), [okay(wid, BLKIF_OP_WRITE)]);
     assert_eq!(w.g.copy_ops() - ops, 3, "3072 bytes, then 1024 + 3072 across the frame boundary");
     let written = seg_bytes(&wsegs);
-    assert_eq!(&w.blk.disk_mut().contents()[200 * SECT..214 * SECT], &written[..]);
+    assert_eq!(&w.disk().contents()[200 * SECT..214 * SECT], &written[..]);
     // The same 14 sectors as 5 + 8 + 1 at other offsets in their pages.
     let ops = w.g.copy_ops();
     let (rreq, rid, rsegs) = w.fronts[0].rw(BLKIF_OP_READ, 200, &[(3, 7), (0, 7), (7, 7)], 0, false);
@@ -131,7 +131,7 @@ fn failing_copy_fails_only_its_request() {
     assert_eq!(rsp[&gid], okay(gid, BLKIF_OP_WRITE));
     assert_eq!(seg_bytes(&csegs), seg_bytes(&asegs), "the read behind the failures got its data");
     assert_eq!(ro.page.snapshot(), vec![0x11; PAGE], "read-only page untouched");
-    let disk = w.blk.disk_mut().contents().to_vec();
+    let disk = w.disk().contents().to_vec();
     assert_eq!(&disk[..PAGE], &seg_bytes(&asegs)[..]);
     assert!(disk[64 * SECT..64 * SECT + 3 * PAGE].iter().all(|&x| x == 0), "the failed write wrote nothing");
     assert!(disk[128 * SECT..136 * SECT].iter().all(|&x| x == 0));
@@ -229,9 +229,9 @@ proptest! {
                 }
             }
         }
-        prop_assert!(w.blk.disk_mut().inner.contents() == &model[..], "disk differs from the model");
+        prop_assert!(w.disk().inner.contents() == &model[..], "disk differs from the model");
         prop_assert_eq!(w.g.map_calls(), maps, "nothing but the ring was mapped");
-        prop_assert!(w.blk.disk_mut().largest <= w.blk.disk_mut().max_transfer());
+        prop_assert!(w.disk().largest <= w.disk().max_transfer());
         prop_assert_eq!(w.blk.buffer_bytes(), 0);
     }
 }

@@ -31,7 +31,7 @@ fn write_read_abi(protocol: Option<Abi>, start: u32) {
     // The disk holds what the frontend wrote.
     let (req, id, segs) = w.fronts[0].rw(BLKIF_OP_WRITE, 8, &[(0, 7), (0, 7)], 77, true);
     assert_eq!(w.io(0, 0, &[req]), [okay(id, BLKIF_OP_WRITE)]);
-    assert_eq!(&w.blk.disk_mut().contents()[8 * SECT..24 * SECT], &seg_bytes(&segs)[..]);
+    assert_eq!(&w.disk().contents()[8 * SECT..24 * SECT], &seg_bytes(&segs)[..]);
     assert_eq!(w.blk.stats.rejected, 0);
 }
 
@@ -82,7 +82,7 @@ fn batch_of_requests_with_discard_and_small_disk_queue() {
         assert_eq!(rsp[id], okay(*id, BLKIF_OP_WRITE));
     }
     assert_eq!(rsp[&did], okay(did, BLKIF_OP_DISCARD));
-    let disk = w.blk.disk_mut().inner.contents().to_vec();
+    let disk = w.disk().inner.contents().to_vec();
     for (i, (_, sector, segs)) in writes.iter().enumerate() {
         let mut want = seg_bytes(segs);
         if i == 3 {
@@ -223,7 +223,7 @@ fn indirect_abi(abi: Abi) {
     let (wreq, wid, wpages) = w.fronts[0].indirect(BLKIF_OP_WRITE, 1000, 40, 5);
     assert_eq!(w.io(0, 0, &[wreq]), [okay(wid, BLKIF_OP_WRITE)]);
     let written: Vec<u8> = wpages.iter().flat_map(|p| p.page.snapshot()).collect();
-    assert_eq!(&w.blk.disk_mut().contents()[1000 * SECT..1000 * SECT + 40 * PAGE], &written[..]);
+    assert_eq!(&w.disk().contents()[1000 * SECT..1000 * SECT + 40 * PAGE], &written[..]);
     let (rreq, rid, rpages) = w.fronts[0].indirect(BLKIF_OP_READ, 1000, 40, 0);
     assert_eq!(w.io(0, 0, &[rreq]), [okay(rid, BLKIF_OP_READ)]);
     let read: Vec<u8> = rpages.iter().flat_map(|p| p.page.snapshot()).collect();
@@ -273,7 +273,7 @@ fn two_queues_with_two_page_rings() {
         for (id, sector, data) in &exp {
             assert_eq!(rsp[id], okay(*id, BLKIF_OP_WRITE), "queue {q}");
             let s = *sector as usize * SECT;
-            assert_eq!(&w.blk.disk_mut().contents()[s..s + PAGE], &data[..], "queue {q} sector {sector}");
+            assert_eq!(&w.disk().contents()[s..s + PAGE], &data[..], "queue {q} sector {sector}");
         }
         w.write_read_back(0, q, 2048 * q as u64 + 600, 9 + q as u32);
     }
@@ -308,7 +308,7 @@ fn flush_and_barrier_wait_for_earlier_writes() {
     let mut w = world(SlowDisk::new(DISK_SECTORS, 1, 3, 16), BackendConfig::default(), &[5]);
     w.attach(0);
     w.connect(0, Opts::default());
-    w.blk.disk_mut().log.clear();
+    w.disk_mut().log.clear();
     let f = &mut w.fronts[0];
     let (w1, id1, s1) = f.rw(BLKIF_OP_WRITE, 0, &[(0, 7)], 1, true);
     let (w2, id2, s2) = f.rw(BLKIF_OP_WRITE, 8, &[(0, 7)], 2, true);
@@ -332,19 +332,27 @@ fn flush_and_barrier_wait_for_earlier_writes() {
     }
     assert!(pos(fid) > pos(id1) && pos(fid) > pos(id2), "flush answered before earlier writes: {rsp:?}");
     assert!(pos(bid) > pos(id3) && pos(bid) > pos(fid), "barrier answered before earlier requests: {rsp:?}");
-    let log = w.blk.disk_mut().log.clone();
+    let log = w.disk().log.clone();
     let at = |e: DiskEv| log.iter().position(|x| *x == e).unwrap_or_else(|| panic!("{e:?} not in {log:?}"));
     let flushes: Vec<usize> =
         log.iter().enumerate().filter(|(_, e)| matches!(e, DiskEv::Submit('F', _))).map(|(i, _)| i).collect();
     assert_eq!(flushes.len(), 2, "one flush for FLUSH, one for the barrier: {log:?}");
     // FLUSH reaches the disk only after both earlier writes completed.
     assert!(flushes[0] > at(DiskEv::Done('W', 0)) && flushes[0] > at(DiskEv::Done('W', 8)), "{log:?}");
-    // The barrier's data goes down after everything before it completed,
-    // its flush after its data completed, and it is answered after that.
+    // Nothing after the flush goes down before the flush completed.
+    let done_f: Vec<usize> =
+        log.iter().enumerate().filter(|(_, e)| matches!(e, DiskEv::Done('F', _))).map(|(i, _)| i).collect();
+    assert_eq!(done_f.len(), 2, "{log:?}");
+    assert!(at(DiskEv::Submit('W', 16)) > done_f[0], "{log:?}");
+    // The barrier's preflush goes down after everything before it
+    // completed, its data (with FUA) after the preflush completed (never
+    // write-then-flush), and the write after the barrier only once the
+    // barrier's data is written.
     let bw = at(DiskEv::Submit('W', 24));
-    assert!(bw > at(DiskEv::Done('W', 16)) && bw > at(DiskEv::Done('F', 0)), "{log:?}");
-    assert!(flushes[1] > at(DiskEv::Done('W', 24)), "{log:?}");
-    let contents = w.blk.disk_mut().inner.contents().to_vec();
+    assert!(flushes[1] > at(DiskEv::Done('W', 16)) && flushes[1] > done_f[0], "{log:?}");
+    assert!(bw > done_f[1], "barrier data after its preflush: {log:?}");
+    assert!(at(DiskEv::Submit('W', 32)) > at(DiskEv::Done('W', 24)), "later write held behind the barrier: {log:?}");
+    let contents = w.disk().inner.contents().to_vec();
     assert_eq!(&contents[..PAGE], &seg_bytes(&s1)[..]);
     assert_eq!(&contents[8 * SECT..8 * SECT + PAGE], &seg_bytes(&s2)[..]);
     assert_eq!(&contents[24 * SECT..24 * SECT + PAGE], &seg_bytes(&bsegs)[..]);

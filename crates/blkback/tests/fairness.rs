@@ -4,7 +4,7 @@
 use blkback::abi::{self, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY};
 use blkback::testing::*;
 use blkback::xenbus::BackendConfig;
-use drivers::block::BlockDevice;
+use drivers::block::Volumes;
 use xen::evtchn::EventOps;
 
 // ---------------------------------------------------------------------------
@@ -13,7 +13,7 @@ use xen::evtchn::EventOps;
 /// Frontend 0 keeps its ring full of 1 MiB indirect reads (more than the
 /// buffer budget can hold); frontend 1 asks for one small write. It is
 /// answered within a few polls, and the flood keeps being served too.
-fn flood_does_not_starve<D: BlockDevice<Buffer = Buf> + DiskBytes>(disk: D, bound: u32) {
+fn flood_does_not_starve<D: Volumes<Buffer = Buf> + DiskBytes + 'static>(disk: D, bound: u32) {
     let mut w = world(disk, BackendConfig::default(), &[5, 6]);
     w.attach(0);
     w.attach(1);
@@ -75,7 +75,7 @@ fn flood_does_not_starve<D: BlockDevice<Buffer = Buf> + DiskBytes>(disk: D, boun
     }
     let at = answered.expect("the small write was starved by the flood");
     assert!(at <= bound, "answered after {at} polls (bound {bound})");
-    assert_eq!(&w.blk.disk_mut().bytes()[2048 * SECT..2048 * SECT + 2 * PAGE], &seg_bytes(&segs)[..]);
+    assert_eq!(&w.disk().bytes()[2048 * SECT..2048 * SECT + 2 * PAGE], &seg_bytes(&segs)[..]);
     // The flood was not stopped to make room: it was answered meanwhile,
     // and each ring had its own turns.
     assert!(flood_answers > before || at <= 2, "flood answered meanwhile");

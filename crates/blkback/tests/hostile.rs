@@ -57,8 +57,8 @@ fn hostile_requests_get_errors_and_the_ring_keeps_working() {
     for (_, want) in &cases {
         assert_eq!(rsp.get(&want.id), Some(want));
     }
-    assert_eq!(&w.blk.disk_mut().contents()[40 * SECT..40 * SECT + PAGE], &seg_bytes(&oksegs)[..]);
-    assert_eq!(&w.blk.disk_mut().contents()[..PAGE], &[0u8; PAGE][..], "nothing written by a failed request");
+    assert_eq!(&w.disk().contents()[40 * SECT..40 * SECT + PAGE], &seg_bytes(&oksegs)[..]);
+    assert_eq!(&w.disk().contents()[..PAGE], &[0u8; PAGE][..], "nothing written by a failed request");
     // The ring still serves.
     w.write_read_back(0, 0, 500, 4);
     // Nothing of the failed requests stays mapped.

@@ -5,7 +5,7 @@
 use blkback::abi::{Abi, BLKIF_OP_READ, BLKIF_OP_WRITE};
 use blkback::testing::*;
 use blkback::xenbus::BackendConfig;
-use drivers::block::{BlockDevice, RamDisk};
+use drivers::block::{RamDisk, Volumes};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantError, GrantOps};
 use xen::xenstore::fake::Fault;
@@ -142,7 +142,7 @@ fn frontend_closes_with_io_in_flight() {
     }
     w.fronts[0].publish(0);
     w.blk.poll(&mut w.g, &mut w.e);
-    assert!(w.blk.disk_mut().held[0].len() >= 2, "requests in flight");
+    assert!(w.disk().held[0].len() >= 2, "requests in flight");
     // Straight to Closed (blkfront on a crash), no Closing first.
     w.fe_state(0, 6);
     assert_eq!(w.be_state(0).as_deref(), Some("6"));
@@ -171,14 +171,14 @@ fn disconnect_gives_up_on_a_stuck_disk() {
     w.attach(0);
     w.connect(0, Opts { persistent: true, ..Opts::default() });
     w.write_read_back(0, 0, 0, 1);
-    w.blk.disk_mut().stuck = true;
+    w.disk_mut().stuck = true;
     let (r, _, _) = w.fronts[0].rw(BLKIF_OP_READ, 0, &[(0, 7), (0, 7)], 0, true);
     let (wr, _, _) = w.fronts[0].rw(BLKIF_OP_WRITE, 64, &[(0, 7)], 3, true);
     w.fronts[0].push(0, &r);
     w.fronts[0].push(0, &wr);
     w.fronts[0].publish(0);
     w.blk.poll(&mut w.g, &mut w.e);
-    assert_eq!(w.blk.disk_mut().held[0].len(), 2, "both requests on the hung disk");
+    assert_eq!(w.disk().held[0].len(), 2, "both requests on the hung disk");
     let t0 = w.e.now();
     w.fe_state(0, 6);
     assert!(w.e.now() - t0 >= 30_000_000_000, "gave up before the 30 s drain deadline");
@@ -189,11 +189,11 @@ fn disconnect_gives_up_on_a_stuck_disk() {
     // frontend reconnected with a new ring: they must be dropped.
     w.fe_state(0, 1);
     w.connect(0, Opts { start: 9, ..Opts::default() });
-    w.blk.disk_mut().stuck = false;
+    w.disk_mut().stuck = false;
     for _ in 0..10 {
         w.blk.poll(&mut w.g, &mut w.e);
     }
-    assert!(w.blk.disk_mut().held[0].is_empty());
+    assert!(w.disk().held[0].is_empty());
     assert!(w.fronts[0].take_responses(0).is_empty(), "stale answers on the new ring");
     w.write_read_back(0, 0, 100, 2);
 }
@@ -280,7 +280,7 @@ fn backend_directory_removed_alone() {
 
 /// A closed device's backend directory stays until `RM_DELAY_NS` has passed
 /// (libxl must read state 6 first), then `maintenance` removes it.
-fn remove_after_delay<D: BlockDevice<Buffer = Buf>>(w: &mut World<D>, be: &str) {
+fn remove_after_delay<D: Volumes<Buffer = Buf>>(w: &mut World<D>, be: &str) {
     w.blk.maintenance(&mut w.xs, &mut w.g, &mut w.e);
     assert_eq!(w.value(&format!("{be}/state")).as_deref(), Some("6"), "kept, Closed, until libxl has seen it");
     let later = w.e.now() + blkback::RM_DELAY_NS + 1;
@@ -357,7 +357,13 @@ fn vbd_found_by_maintenance_after_lost_or_early_events() {
     assert!(w.pump());
     assert_eq!(w.be_state(0), None, "incomplete directory: nothing written yet");
     // The rest arrives, but its watch events are lost.
-    for (k, v) in [("frontend", fe.clone()), ("params", "ram0".into()), ("online", "1".into()), ("state", "1".into())] {
+    for (k, v) in [
+        ("frontend", fe.clone()),
+        ("params", SHARED.into()),
+        ("mode", "w".into()),
+        ("online", "1".into()),
+        ("state", "1".into()),
+    ] {
         w.xsd.external_write(&format!("{be}/{k}"), v.as_bytes());
     }
     while w.xs.poll_watch().expect("client").is_some() {}
@@ -449,7 +455,8 @@ fn backend_written_before_frontend() {
     for (k, v) in [
         ("frontend", fe.clone()),
         ("frontend-id", dom.to_string()),
-        ("params", "ram0".into()),
+        ("params", SHARED.into()),
+        ("mode", "w".into()),
         ("online", "1".into()),
         ("state", "1".into()),
     ] {
@@ -486,12 +493,12 @@ fn large_requests_are_split_for_the_disk() {
     let (wreq, wid, wpages) = w.fronts[0].indirect(BLKIF_OP_WRITE, 64, 40, 21);
     assert_eq!(w.io(0, 0, &[wreq]), [okay(wid, BLKIF_OP_WRITE)], "one answer for the split write");
     let written: Vec<u8> = wpages.iter().flat_map(|p| p.page.snapshot()).collect();
-    assert_eq!(&w.blk.disk_mut().inner.contents()[64 * SECT..64 * SECT + 40 * PAGE], &written[..]);
+    assert_eq!(&w.disk().inner.contents()[64 * SECT..64 * SECT + 40 * PAGE], &written[..]);
     let (rreq, rid, rpages) = w.fronts[0].indirect(BLKIF_OP_READ, 64, 40, 0);
     assert_eq!(w.io(0, 0, &[rreq]), [okay(rid, BLKIF_OP_READ)]);
     let read: Vec<u8> = rpages.iter().flat_map(|p| p.page.snapshot()).collect();
     assert!(read == written, "the split read returns the split write");
-    assert_eq!(w.blk.disk_mut().largest, 16 * 1024, "no command above the limit");
+    assert_eq!(w.disk().largest, 16 * 1024, "no command above the limit");
     assert_eq!(w.blk.buffer_bytes(), 0);
 }
 

@@ -283,9 +283,9 @@ fn run(s: &Setup, batches: Vec<Vec<Op>>) -> Result<(World<SlowDisk>, Vec<u8>), T
 /// The world after `run`: disk equals the model, nothing held, closing
 /// gives every grant back.
 fn finish(mut w: World<SlowDisk>, model: &[u8]) -> Result<(), TestCaseError> {
-    prop_assert!(w.blk.disk_mut().inner.contents() == model, "disk differs from the model");
+    prop_assert!(w.disk().inner.contents() == model, "disk differs from the model");
     prop_assert_eq!(w.blk.buffer_bytes(), 0);
-    prop_assert!(w.blk.disk_mut().largest <= w.blk.disk_mut().max_transfer());
+    prop_assert!(w.disk().largest <= w.disk().max_transfer());
     w.fe_state(0, 5);
     w.fe_state(0, 6);
     prop_assert_eq!(w.fronts[0].end_all(), vec![]);
@@ -320,7 +320,7 @@ proptest! {
         let mut w = world(ram(1), BackendConfig::default(), &[5]);
         w.attach(0);
         w.connect(0, Opts { protocol: Some(abi), ..Opts::default() });
-        let model = w.blk.disk_mut().contents().to_vec();
+        let model = w.disk().contents().to_vec();
         for (k, p) in prods.iter().enumerate() {
             let f = &mut w.fronts[0];
             for raw in slots.iter().skip(k * 4).take(4) {
@@ -353,7 +353,7 @@ proptest! {
                 let _ = f.take_responses(0);
             }
         }
-        prop_assert!(w.blk.disk_mut().contents() == &model[..], "a read-only sequence changed the disk");
+        prop_assert!(w.disk().contents() == &model[..], "a read-only sequence changed the disk");
         w.fe_state(0, 5);
         w.fe_state(0, 6);
         prop_assert_eq!(w.fronts[0].end_all(), vec![]);

@@ -78,6 +78,17 @@ impl<'a, M: SharedMem, N: Notifier> DeviceXs<'a, M, N> {
         }
     }
 
+    /// Writes `msg` to the `error` node without logging it (for a kind
+    /// that logs within its own rate limit what a guest caused).
+    pub fn write_error_node(&mut self, msg: &str) {
+        if self.dev.gone {
+            return;
+        }
+        if let Ok(false) = write_existing(self.xs, &self.dev.be, "error", msg) {
+            self.dev.gone = true;
+        }
+    }
+
     /// Reads `{fe}/{key}` from the frontend's directory.
     pub fn read_frontend(&mut self, key: &str) -> Option<String> {
         self.xs.read_string(&format!("{}/{key}", self.dev.fe)).ok()

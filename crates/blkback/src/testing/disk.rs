@@ -1,7 +1,8 @@
 //! Disks for tests: a RAM disk, and one whose completions lag, whose
 //! queues fill, that can hang or refuse large transfers.
 
-use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, RamDisk, Token};
+use block::View;
+use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, RamDisk, Token, Volumes};
 use std::collections::VecDeque;
 use std::vec::Vec;
 use xen::evtchn::fake::FakeEvents;
@@ -157,5 +158,44 @@ impl DiskBytes for RamDisk<Buf> {
 impl DiskBytes for SlowDisk {
     fn bytes(&self) -> Vec<u8> {
         self.inner.contents().to_vec()
+    }
+}
+
+impl Volumes for SlowDisk {}
+
+/// What the test opener hands the backend: a [`View`] of a test disk that
+/// reports a volatile write cache when `cache` is set (so flush and
+/// barrier are offered over a RAM disk).
+pub struct TestDisk<D: Volumes<Buffer = Buf>> {
+    /// The view of the disk.
+    pub view: View<D>,
+    /// Report a volatile write cache.
+    pub cache: bool,
+}
+
+impl<D: Volumes<Buffer = Buf>> BlockDevice for TestDisk<D> {
+    type Buffer = Buf;
+    fn block_size(&self) -> u32 {
+        self.view.block_size()
+    }
+    fn capacity(&self) -> u64 {
+        self.view.capacity()
+    }
+    fn queue_count(&self) -> u16 {
+        self.view.queue_count()
+    }
+    fn max_transfer(&self) -> usize {
+        self.view.max_transfer()
+    }
+    fn features(&self) -> Features {
+        let mut f = self.view.features();
+        f.volatile_cache |= self.cache && !self.view.readonly();
+        f
+    }
+    fn submit(&mut self, queue: u16, request: BlockRequest<Buf>) -> Result<Token, (drivers::Error, BlockRequest<Buf>)> {
+        self.view.submit(queue, request)
+    }
+    fn poll(&mut self, queue: u16, now: u64) -> Option<BlockCompletion<Buf>> {
+        self.view.poll(queue, now)
     }
 }

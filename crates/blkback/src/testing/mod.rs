@@ -25,9 +25,9 @@ mod disk;
 mod frontend;
 mod world;
 
-pub use disk::{ram, Buf, DiskBytes, DiskEv, SlowDisk};
+pub use disk::{ram, Buf, DiskBytes, DiskEv, SlowDisk, TestDisk};
 pub use frontend::{seg_bytes, DPage, FRing, Frontend, Opts};
-pub use world::{world, world_with, World};
+pub use world::{world, world_with, World, SHARED};
 
 use crate::abi::{self, Abi, IndirectX32, IndirectX64, RequestX32, RequestX64, Response, MAX_REQUEST_SIZE};
 use crate::abi::{BLKIF_OP_INDIRECT, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
@@ -61,9 +61,30 @@ impl log::Log for StderrLog {
         true
     }
     fn log(&self, r: &log::Record) {
-        std::eprintln!("[{}] {}", r.level(), r.args());
+        let line = format!("[{}] {}", r.level(), r.args());
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push(line.clone());
+            }
+        });
+        std::eprintln!("{line}");
     }
     fn flush(&self) {}
+}
+
+std::thread_local! {
+    /// Lines logged by this thread while [`capture_logs`] runs.
+    static CAPTURED: core::cell::RefCell<Option<Vec<String>>> = const { core::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns what it returned and every log line this thread
+/// logged meanwhile (the backend runs on the test's thread).
+pub fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    init_log();
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, lines)
 }
 static LOGGER: StderrLog = StderrLog;
 

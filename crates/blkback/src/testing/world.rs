@@ -1,12 +1,17 @@
 //! The world of a test: the fake xenstore and hubs, the real backend, the
 //! frontends, and the main loop that drives them.
 
+use super::disk::TestDisk;
 use super::{init_log, seg_bytes, Buf, Frontend, Opts, Req, BE, DEV, SECT};
 use crate::abi::{Abi, Response, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY};
 use crate::xenbus::BackendConfig;
 use crate::{Blkback, WATCH_PREFIX};
-use drivers::block::BlockDevice;
+use block::{Registry, Shared, View};
+use core::cell::{Cell, Ref, RefCell, RefMut};
+use drivers::block::Volumes;
+use std::boxed::Box;
 use std::format;
+use std::rc::Rc;
 use std::string::{String, ToString};
 use std::sync::Arc;
 use std::vec;
@@ -20,7 +25,7 @@ use xen::xenstore::fake::{FakePage, FakeXenstored};
 use xen::xenstore::{Perm, PermKind, XsClient};
 
 /// Xenstore, the grant and event hubs, the backend, the frontends.
-pub struct World<D: BlockDevice<Buffer = Buf>> {
+pub struct World<D: Volumes<Buffer = Buf>> {
     /// The xenstore daemon (the toolstack writes through it).
     pub xsd: FakeXenstored,
     /// The backend's xenstore client.
@@ -30,18 +35,38 @@ pub struct World<D: BlockDevice<Buffer = Buf>> {
     /// The backend domain's event channels.
     pub e: FakeEvents,
     /// The backend under test.
-    pub blk: Blkback<Arc<VecShared>, D>,
+    pub blk: Blkback<Arc<VecShared>, TestDisk<D>>,
     /// The frontend domains.
     pub fronts: Vec<Frontend>,
+    /// The disks the opener looks targets up in: device 0 is the test's
+    /// disk, namespace `nvme0n1` (one writer or many readers, like the
+    /// product). The target [`SHARED`] is a writable view of all of device
+    /// 0 for every vbd that asks (tests of several guests on one disk).
+    pub reg: Rc<RefCell<Registry<D>>>,
+    /// Device 0.
+    pub dev0: Rc<RefCell<Shared<D>>>,
+    /// Whether disks opened from now on report a volatile write cache
+    /// (default: yes, so flush and barrier are offered).
+    pub volatile_cache: Rc<Cell<bool>>,
+    /// Whether the views the opener makes refuse writes on a read-only vbd
+    /// (default: yes, like `block::Registry`). Off: a lax disk layer that
+    /// would write, so a test sees blkback's own refusal.
+    pub view_enforces_readonly: Rc<Cell<bool>>,
+    /// Every open request the backend made: (params, readonly, holder).
+    pub opens: Rc<RefCell<Vec<(String, bool, String)>>>,
 }
 
+/// The target of [`World::attach`]: a writable view of all of device 0,
+/// shared by every vbd.
+pub const SHARED: &str = "test:shared";
+
 /// A world with frontend domains `fe_doms`, watching for vbds.
-pub fn world<D: BlockDevice<Buffer = Buf>>(disk: D, cfg: BackendConfig, fe_doms: &[u16]) -> World<D> {
+pub fn world<D: Volumes<Buffer = Buf> + 'static>(disk: D, cfg: BackendConfig, fe_doms: &[u16]) -> World<D> {
     world_with(|_| disk, cfg, fe_doms)
 }
 
 /// `make` gets a handle on the event hub's clock (a spare domain).
-pub fn world_with<D: BlockDevice<Buffer = Buf>>(
+pub fn world_with<D: Volumes<Buffer = Buf> + 'static>(
     make: impl FnOnce(FakeEvents) -> D,
     cfg: BackendConfig,
     fe_doms: &[u16],
@@ -60,13 +85,44 @@ pub fn world_with<D: BlockDevice<Buffer = Buf>>(
     let xsd = FakeXenstored::new(BE);
     let mut xs = xsd.client(1_000_000_000).with_event_capacity(1 << 16);
     let frames = g.frame_alloc();
-    let mut blk = Blkback::new(disk, cfg, move |n| Some(frames.alloc(n)));
+    let mut reg = Registry::new();
+    let d0 = reg.add_device(disk);
+    assert!(reg.add_namespace("nvme0n1", d0, 0, "test disk", "0"));
+    let dev0 = reg.device(d0).expect("device 0").clone();
+    let reg = Rc::new(RefCell::new(reg));
+    let volatile_cache = Rc::new(Cell::new(true));
+    let opens = Rc::new(RefCell::new(Vec::new()));
+    let view_enforces_readonly = Rc::new(Cell::new(true));
+    let (r, d, vc, log) = (reg.clone(), dev0.clone(), volatile_cache.clone(), opens.clone());
+    let strict = view_enforces_readonly.clone();
+    let open = move |o: &crate::OpenRequest<'_>| {
+        log.borrow_mut().push((o.params.to_string(), o.readonly, o.holder.to_string()));
+        let view = if o.params == SHARED {
+            let blocks = d.borrow().device().capacity();
+            let ro = o.readonly && strict.get();
+            View::new(&d, 0, block::Extent::new(0, blocks), ro).ok_or_else(|| "no view".to_string())?
+        } else {
+            r.borrow_mut().open(o.params, o.readonly, o.holder, |_| None).map_err(|e| e.to_string())?
+        };
+        Ok(TestDisk { view, cache: vc.get() })
+    };
+    let mut blk = Blkback::new(Box::new(open), cfg, move |n| Some(frames.alloc(n)));
     blk.start(&mut xs).expect("watch backend/vbd");
-    let mut w = World { xsd, xs, g, e, blk, fronts };
+    let mut w = World { xsd, xs, g, e, blk, fronts, reg, dev0, volatile_cache, view_enforces_readonly, opens };
     assert!(w.pump());
     w
 }
-impl<D: BlockDevice<Buffer = Buf>> World<D> {
+impl<D: Volumes<Buffer = Buf>> World<D> {
+    /// Device 0, the test's disk.
+    pub fn disk(&self) -> Ref<'_, D> {
+        Ref::map(self.dev0.borrow(), |s| s.device())
+    }
+
+    /// Device 0, mutably.
+    pub fn disk_mut(&self) -> RefMut<'_, D> {
+        RefMut::map(self.dev0.borrow_mut(), |s| s.device_mut())
+    }
+
     /// The main loop until idle: watch events to `on_watch`, then `poll`.
     /// Returns `false` if the backend was still busy after many rounds.
     /// Panics on a watch storm (the backend re-triggering itself).
@@ -130,6 +186,12 @@ impl<D: BlockDevice<Buffer = Buf>> World<D> {
     /// The toolstack's writes of [`attach`](Self::attach), without running
     /// the backend or checking anything.
     pub fn attach_nodes(&mut self, fi: usize) {
+        self.attach_nodes_with(fi, SHARED, Some("w"));
+    }
+
+    /// The toolstack's writes for a vbd of target `params`, `mode` (none
+    /// if `None`), without running the backend.
+    pub fn attach_nodes_with(&mut self, fi: usize, params: &str, mode: Option<&str>) {
         let f = &self.fronts[fi];
         let (be, fe, dom) = (f.be_dir(), f.fe_dir(), f.dom.0);
         self.xsd.external_write(&be, b"");
@@ -147,12 +209,15 @@ impl<D: BlockDevice<Buffer = Buf>> World<D> {
         for (k, v) in [
             ("frontend", fe.clone()),
             ("frontend-id", dom.to_string()),
-            ("params", "ram0".into()),
+            ("params", params.into()),
             ("online", "1".into()),
             ("removable", "0".into()),
             ("state", "1".into()),
         ] {
             self.xsd.external_write(&format!("{be}/{k}"), v.as_bytes());
+        }
+        if let Some(m) = mode {
+            self.xsd.external_write(&format!("{be}/mode"), m.as_bytes());
         }
     }
 
