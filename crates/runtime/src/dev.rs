@@ -34,7 +34,7 @@ impl Mmio {
     }
     fn at(&self, off: usize, size: usize) -> usize {
         assert!(
-            off % size == 0 && off + size <= self.len,
+            off.is_multiple_of(size) && off + size <= self.len,
             "MMIO access {off:#x}+{size} outside BAR of {:#x}",
             self.len
         );

@@ -91,6 +91,9 @@ pub struct PvhBoot {
 }
 
 /// The boot, as the application's `ferrite_main` receives it.
+// Built once at entry and moved once into `ferrite_main`: the size of the
+// PV variant costs nothing, a Box would only add a heap allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Boot {
     Pv(PvBoot),
     Pvh(PvhBoot),

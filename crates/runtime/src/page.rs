@@ -28,7 +28,7 @@ impl MappedPage {
     }
     fn atomic(&self, off: usize) -> &AtomicU32 {
         self.check(off, 4);
-        assert!(off % 4 == 0, "unaligned index access");
+        assert!(off.is_multiple_of(4), "unaligned index access");
         // SAFETY: in range and 4-byte aligned inside a page mapped for the
         // handle's lifetime (constructor contract); AtomicU32 has u32 layout.
         unsafe { &*((self.va + off) as *const AtomicU32) }

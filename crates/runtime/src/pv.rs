@@ -337,7 +337,7 @@ impl PvMm {
     /// that the toolstack gave us access to that I/O memory.
     pub fn map_mmio(&mut self, maddr: u64, size: u64) -> Result<u64, MmError> {
         let pages = size.div_ceil(PAGE);
-        if maddr % PAGE != 0 || pages == 0 || self.dyn_next + pages * PAGE > DYN_END {
+        if !maddr.is_multiple_of(PAGE) || pages == 0 || self.dyn_next + pages * PAGE > DYN_END {
             return Err(MmError::OutOfVa);
         }
         let base = self.dyn_next;

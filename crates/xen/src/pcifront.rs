@@ -257,7 +257,7 @@ impl<M: SharedMem, N: Notifier> PciChannel<M, N> {
     }
 
     fn check(offset: u16, size: u8) -> Result<(), PciError> {
-        let ok = matches!(size, 1 | 2 | 4) && offset % size as u16 == 0 && offset < 4096;
+        let ok = matches!(size, 1 | 2 | 4) && offset.is_multiple_of(size as u16) && offset < 4096;
         if ok {
             Ok(())
         } else {

@@ -1,7 +1,6 @@
 //! NVMe on Xen PV: find the controller passed through with `pci=[...]`
-//! via pcifront, map its BAR, bring it up and run the disk self-test.
+//! via pcifront, map its BAR, bring it up and hand it to the image's check.
 
-use crate::disktest;
 use alloc::format;
 use alloc::string::String;
 use drivers::nvme::{Config, Nvme};
@@ -20,17 +19,17 @@ use xen::xenstore::XsClient;
 /// The NVMe driver as Ferrite runs it on Xen PV.
 pub type PvNvme = Nvme<Mmio, HalDma, HalClock>;
 
-/// Connects pcifront, brings up the first NVMe controller and runs the
-/// self-test. Returns the controller (for serving) and a verdict line.
+/// Connects pcifront, brings up the first NVMe controller and runs `check`
+/// on it. Returns the controller (for serving) and a verdict line.
 pub fn setup<N: Notifier>(
     xs: &mut XsClient<MappedPage, N>,
     events: &mut XenEvents,
     grants: &mut impl GrantOps,
     mm: &'static spin::Mutex<PvMm>,
-    test_requests: usize,
     use_sgl: bool,
+    check: impl FnOnce(&mut PvNvme) -> Result<String, String>,
 ) -> (Option<PvNvme>, String) {
-    match try_setup(xs, events, grants, mm, test_requests, use_sgl) {
+    match try_setup(xs, events, grants, mm, use_sgl, check) {
         Ok((n, v)) => (Some(n), v),
         Err(e) => {
             warn!("nvme: {e}");
@@ -44,8 +43,8 @@ fn try_setup<N: Notifier>(
     events: &mut XenEvents,
     grants: &mut impl GrantOps,
     mm: &'static spin::Mutex<PvMm>,
-    test_requests: usize,
     use_sgl: bool,
+    check: impl FnOnce(&mut PvNvme) -> Result<String, String>,
 ) -> Result<(PvNvme, String), String> {
     let t0 = runtime::time::now();
     let pfn = mm.lock().alloc_frame().map_err(|e| format!("no frame for pcifront: {e:?}"))?;
@@ -105,12 +104,7 @@ fn try_setup<N: Notifier>(
     let mut nvme = Nvme::init(regs, dma, HalClock, config).map_err(|e| format!("bring-up: {e:?}"))?;
     let i = nvme.info().clone();
     info!("nvme: {i}, up in {} ms", (runtime::time::now() - t0) / 1_000_000);
-    let r = disktest::run(&mut nvme, 16 * 1024, test_requests)?;
-    let verdict = format!(
-        "pass: {} I/O queues, {} KiB written, flushed, read back and verified",
-        i.io_queues,
-        r.bytes_written / 1024
-    );
-    info!("nvme self-test {verdict}");
+    let verdict = check(&mut nvme)?;
+    info!("nvme check {verdict}");
     Ok((nvme, verdict))
 }

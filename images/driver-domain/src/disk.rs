@@ -7,6 +7,9 @@ use drivers::hal::Nanos;
 use drivers::Error;
 use runtime::dev::DmaBuf;
 
+// One per domain, built once at boot: the NVMe variant's size costs nothing,
+// a Box would add an indirection on every request.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyDisk {
     Nvme(PvNvme),
     Ram(drivers::block::RamDisk<DmaBuf>),
