@@ -207,6 +207,16 @@ test_lab() {
     if [ "$n" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q 'LAB-TEST .* FAIL' "$out"; }; then
         record lab-run FAIL "lab.sh exited $rc; see $out"
     fi
+    # blk-persist, checked from the host: the NVMe image file of the run holds
+    # the guest's data (nothing writes there after it in MODE test).
+    local run
+    run=$(cat "${LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrite-lab}/last-run" 2>/dev/null)
+    if grep -q 'LAB-TEST blk-persist SKIP' "$out"; then :
+    elif [ -n "$run" ] && [ -f "$run/nvme.img" ] && python3 "$ROOT/tests/check_persist.py" "$run/serial.log" "$run/nvme.img"; then
+        record lab:blk-persist-image OK
+    else
+        record lab:blk-persist-image FAIL "the run's nvme.img does not hold the blk-persist data (run ${run:-?})"
+    fi
 }
 
 # The driver-domain benchmark's short variant: a smoke test that every set-up

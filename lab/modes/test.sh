@@ -389,8 +389,8 @@ else
             LOADDOM=$GDOM
             detail="$tool; last counters before destroy: $last; xl destroy took $t_d s"
             # Ferrite must see the vbd go: its console says so, its backend dir goes.
-            i=0
-            while [ $i -lt 150 ] && ! flog_from "$foff" | grep -q "vbd .*: disconnected"; do sleep 0.2; i=$((i + 1)); done
+            end=$(now_after 30)
+            while ! flog_from "$foff" | grep -q "vbd .*: disconnected" && ! past "$end"; do sleep 0.2; done
             disc=$(flog_from "$foff" | grep -E "vbd .*(disconnected|removed)" | tr '\n' ' ' | sed 's/  */ /g')
             [ -n "$disc" ] || why="$why Ferrite's console shows no 'vbd ...: disconnected' within 30 s of xl destroy;"
             # The destroyed guest's vbd must be released: its backend directory
