@@ -6,8 +6,9 @@
 #                     (dom0 with xl) that happens directly; anywhere else the
 #                     lab is built (Xen 4.17 + Debian dom0 under QEMU TCG,
 #                     cached in .lab-cache/) and Ferrite is started inside it.
-#   ./run.sh test     every test: host cargo tests, image checks, the PVH boot
-#                     test under plain QEMU, the lab end-to-end tests and
+#   ./run.sh test     every test: fmt and clippy gates (host and bare metal,
+#                     each image on its own), host cargo tests, image checks, the PVH boot tests (self-test
+#                     image) under plain QEMU, the lab end-to-end tests and
 #                     `bench --quick` as a smoke test.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
 #   ./run.sh lint     only the fmt and clippy gates of ./run.sh test.
@@ -23,9 +24,13 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$PWD
 TARGET=x86_64-unknown-none
+# Two images: the product (serves guests, nothing else) and the self-test
+# image (PVH self-tests, disk test, benchmark, VT-d test, lab grant checks).
 IMAGE=${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/ferrite
+SELFTEST_IMAGE=${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/ferrite-selftest
 LOGS=$ROOT/results/logs
-MAX_IMAGE_BYTES=$((2 * 1024 * 1024))
+MAX_IMAGE_BYTES=$((512 * 1024))
+MAX_SELFTEST_IMAGE_BYTES=$((2 * 1024 * 1024))
 mkdir -p "$LOGS"
 
 T0=$(date +%s.%N)
@@ -39,13 +44,18 @@ ensure_toolchain() {
     fi
 }
 
+# build_image [PACKAGE]: ferrite (default) or ferrite-selftest. One cargo
+# invocation per image: built together, cargo would unify the self-test's
+# features (runtime/selftest) into the product.
 build_image() {
+    local pkg=${1:-ferrite} out
+    out=${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/$pkg
     ensure_toolchain || return 1
-    say "building the Ferrite image (release, $TARGET); log: $LOGS/build.log"
-    if ! cargo build -p ferrite --release --target "$TARGET" >"$LOGS/build.log" 2>&1; then
-        say "build FAILED:"; tail -n 30 "$LOGS/build.log"; return 1
+    say "building the $pkg image (release, $TARGET); log: $LOGS/build-$pkg.log"
+    if ! cargo build -p "$pkg" --release --target "$TARGET" >"$LOGS/build-$pkg.log" 2>&1; then
+        say "build FAILED:"; tail -n 30 "$LOGS/build-$pkg.log"; return 1
     fi
-    say "image: $IMAGE ($(stat -c %s "$IMAGE") bytes)"
+    say "image: $out ($(stat -c %s "$out") bytes)"
 }
 
 on_xen_host() {
@@ -149,19 +159,29 @@ test_lint() {
     fi
 }
 
-test_image() {
-    if ! build_image; then
-        record image-build FAIL; return 1
+# check_image PACKAGE PATH LIMIT: build, size limit, Xen ELF notes.
+check_image() {
+    local pkg=$1 path=$2 limit=$3 size
+    if ! build_image "$pkg"; then
+        record "image-build:$pkg" FAIL; return 1
     fi
-    record image-build OK
-    local size
-    size=$(stat -c %s "$IMAGE")
-    if [ "$size" -le "$MAX_IMAGE_BYTES" ]; then record image-size OK; say "image size $size bytes (limit $MAX_IMAGE_BYTES)"
-    else record image-size FAIL "$size bytes > $MAX_IMAGE_BYTES"; fi
-    if python3 "$ROOT/tests/elf_notes.py" "$IMAGE"; then record elf-notes OK; else record elf-notes FAIL; fi
+    record "image-build:$pkg" OK
+    size=$(stat -c %s "$path")
+    if [ "$size" -le "$limit" ]; then record "image-size:$pkg" OK; say "$pkg image size $size bytes (limit $limit)"
+    else record "image-size:$pkg" FAIL "$size bytes > $limit"; fi
+    if python3 "$ROOT/tests/elf_notes.py" "$path"; then record "elf-notes:$pkg" OK; else record "elf-notes:$pkg" FAIL; fi
 }
 
+test_image() {
+    local rc=0
+    check_image ferrite "$IMAGE" "$MAX_IMAGE_BYTES" || rc=1
+    check_image ferrite-selftest "$SELFTEST_IMAGE" "$MAX_SELFTEST_IMAGE_BYTES" || rc=1
+    return $rc
+}
+
+# The PVH boot tests run the self-test image.
 test_pvh() {
+    local IMAGE=$SELFTEST_IMAGE
     command -v qemu-system-x86_64 >/dev/null || "$ROOT/lab/lab.sh" host-tools >/dev/null 2>&1 || true
     if ! command -v qemu-system-x86_64 >/dev/null; then record pvh-boot FAIL "qemu-system-x86_64 missing"; return; fi
     say "PVH boot test under plain QEMU; serial log: $LOGS/pvh-boot.log"
@@ -201,14 +221,29 @@ test_lab() {
         record lab-build FAIL "see .lab-cache/logs/"; return
     fi
     local out=$LOGS/lab-test.log
-    "$ROOT/lab/lab.sh" run test "$IMAGE" 2>&1 | tee "$out"
+    LAB_SELFTEST_IMAGE=$SELFTEST_IMAGE "$ROOT/lab/lab.sh" run test "$IMAGE" 2>&1 | tee "$out"
     local rc=${PIPESTATUS[0]} n=0 name verdict
+    # One verdict per test name: FAIL if any of its lines failed (a test
+    # reported PASS and then FAIL has failed), in the order first reported.
     while read -r name verdict; do
         n=$((n + 1))
         if [ "$verdict" = PASS ]; then record "lab:$name" OK; else record "lab:$name" FAIL; fi
-    done < <(grep -oE 'LAB-TEST [A-Za-z0-9_.-]+ (PASS|FAIL)' "$out" | awk '{print $2, $3}' | sort -u -k1,1)
+    done < <(grep -oE 'LAB-TEST [A-Za-z0-9_.-]+ (PASS|FAIL)' "$out" | awk '
+        !($2 in v) { order[++n] = $2; v[$2] = $3 }
+        $3 == "FAIL" { v[$2] = "FAIL" }
+        END { for (i = 1; i <= n; i++) print order[i], v[order[i]] }')
     if [ "$n" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q 'LAB-TEST .* FAIL' "$out"; }; then
         record lab-run FAIL "lab.sh exited $rc; see $out"
+    fi
+    # blk-persist, checked from the host: the NVMe image file of the run holds
+    # the guest's data (nothing writes there after it in MODE test).
+    local run
+    run=$(cat "${LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrite-lab}/last-run" 2>/dev/null)
+    if grep -q 'LAB-TEST blk-persist SKIP' "$out"; then :
+    elif [ -n "$run" ] && [ -f "$run/nvme.img" ] && python3 "$ROOT/tests/check_persist.py" "$run/serial.log" "$run/nvme.img"; then
+        record lab:blk-persist-image OK
+    else
+        record lab:blk-persist-image FAIL "the run's nvme.img does not hold the blk-persist data (run ${run:-?})"
     fi
 }
 

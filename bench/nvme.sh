@@ -22,9 +22,10 @@ OUT=$ROOT/results/bench-nvme/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 say() { echo "[bench-nvme] $*"; }
 
-say "building the Ferrite image"
-cargo build -q -p ferrite --release --target x86_64-unknown-none --manifest-path "$ROOT/Cargo.toml"
-IMAGE=$ROOT/target/x86_64-unknown-none/release/ferrite
+# The NVMe benchmark is in the self-test image (PVH, kernel command line bench=SECS).
+say "building the Ferrite self-test image"
+cargo build -q -p ferrite-selftest --release --target x86_64-unknown-none --manifest-path "$ROOT/Cargo.toml"
+IMAGE=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-none/release/ferrite-selftest
 "$ROOT/lab/lab.sh" build >/dev/null
 FIO=$CACHE/fio/fio
 [ -x "$FIO" ] || { echo "no static fio in $FIO (lab/lab.sh build makes it)" >&2; exit 1; }

@@ -7,9 +7,13 @@
 #   lab/lab.sh run MODE IMAGE [EXTRA_DIR] boot Xen + dom0 once and run MODE inside dom0
 #        MODE   test  all lab tests (LAB-TEST lines), or  main  (create, show, shut down),
 #               or any lab/modes/MODE.sh / EXTRA_DIR/MODE.sh
-#        IMAGE  the Ferrite PV ELF, or the word "linux-peer" for a Linux guest that
-#               plays Ferrite's part (to check the lab itself)
+#        IMAGE  the Ferrite PV ELF (the product), or the word "linux-peer" for a Linux
+#               guest that plays Ferrite's part (to check the lab itself)
 #        EXTRA_DIR  copied to /extra in dom0
+#
+# LAB_SELFTEST_IMAGE: the self-test image (ferrite-selftest), put at
+# /ferrite/ferrite-selftest in dom0 for MODE test's grant/evtchn/nvme-selftest
+# checks; default: ferrite-selftest beside IMAGE, if it exists.
 #
 # Environment: LAB_TIMEOUT (seconds, default 900) caps a run; LAB_CACHE moves the cache;
 # LAB_DOM0_MEM (MiB) and LAB_XEN_ARGS change Xen's command line, LAB_DOM0_ARGS
@@ -391,6 +395,15 @@ cmd_run() {
     else
         cp "$image" "$run/tree/ferrite/ferrite"
         say "IMAGE: $image ($(stat -c %s "$image") bytes)"
+        local selftest=${LAB_SELFTEST_IMAGE:-$(dirname "$image")/ferrite-selftest}
+        if [ -f "$selftest" ]; then
+            cp "$selftest" "$run/tree/ferrite/ferrite-selftest"
+            say "self-test image: $selftest ($(stat -c %s "$selftest") bytes)"
+        elif [ -n "${LAB_SELFTEST_IMAGE:-}" ]; then
+            die "LAB_SELFTEST_IMAGE '$selftest' does not exist"
+        else
+            say "no self-test image ($selftest absent): tests that need it fail in MODE test"
+        fi
     fi
     cp "$REPO"/configs/* "$run/tree/ferrite/configs/" 2>/dev/null || true
     cp "$modescript" "$run/tree/lab/mode.sh"
@@ -453,5 +466,5 @@ case ${1:-} in
     build) shift; cmd_build "$@" ;;
     host-tools) mkdir -p "$CACHE"; ensure_host_tools ;;
     run) shift; cmd_run "$@" ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

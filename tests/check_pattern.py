@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks that a disk image holds Ferrite's self-test pattern.
 
-The pattern is the one in ferrite/src/disktest.rs: the little-endian 32-bit
+The pattern is the one in images/ferrite-selftest/src/disktest.rs: the little-endian 32-bit
 word at byte offset o is ((o/4) * 2654435761 mod 2^32) xor 0x5EED5EED.
     check_pattern.py IMAGE BYTES
 """

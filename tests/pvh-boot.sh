@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Boots the Ferrite image via PVH under plain QEMU (q35) and checks the
+# Boots the Ferrite self-test image (ferrite-selftest) via PVH under plain QEMU (q35) and checks the
 # isa-debug-exit code: 33 = the image's self-tests passed.
-#   tests/pvh-boot.sh IMAGE LOGFILE
+#   tests/pvh-boot.sh SELFTEST_IMAGE LOGFILE   (the product image refuses PVH)
 set -uo pipefail
 image=$1 log=$2
 timeout_s=${PVH_TIMEOUT:-60}

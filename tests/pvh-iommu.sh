@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boots the Ferrite image via PVH under QEMU q35 with QEMU's VT-d
+# Boots the Ferrite self-test image (ferrite-selftest) via PVH under QEMU q35 with QEMU's VT-d
 # (intel-iommu, caching mode, device-IOTLB capability) and an emulated
 # NVMe, kernel command line `iommu`: the image finds the unit through the
 # ACPI DMAR table, programs it through iommu-core (root/context tables,
@@ -7,7 +7,7 @@
 # IOVAs in a non-default PV-IOMMU context, provokes and reads a VT-d fault,
 # reattaches the device to a replayed context, and takes an MSI-X interrupt.
 # QEMU exits 33 on success; every step must log PASS.
-#   tests/pvh-iommu.sh IMAGE LOGFILE
+#   tests/pvh-iommu.sh SELFTEST_IMAGE LOGFILE   (the product image refuses PVH)
 set -uo pipefail
 image=$1 log=$2
 disk=${log%.log}.img

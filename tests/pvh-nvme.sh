@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Boots the Ferrite image via PVH under QEMU q35 with an emulated NVMe
+# Boots the Ferrite self-test image (ferrite-selftest) via PVH under QEMU q35 with an emulated NVMe
 # controller backed by a fresh image file. The image's self-test writes a
 # pattern over 4 queues, flushes, reads back, tests write-zeroes and
 # discard; QEMU exits 33 on success. Then the image file is checked from
 # the host: the data really reached the disk.
-#   tests/pvh-nvme.sh IMAGE LOGFILE
+#   tests/pvh-nvme.sh SELFTEST_IMAGE LOGFILE   (the product image refuses PVH)
 set -uo pipefail
 image=$1 log=$2
 disk=${log%.log}.img

@@ -35,6 +35,10 @@ lab_guest_cfg() {
     fi
 }
 
+# persist_data SEED BYTES: the blk-persist test's data, a function of SEED
+# (dom0 computes the expected sha256 with it, the test guest writes it).
+persist_data() { seq 0 999999 | sed "s/^/ferrite-persist-$1-/" | head -c "$2"; }
+
 # Print a file's last lines as LAB-INFO lines (so the host shows them).
 lab_show() { tail -n "${2:-20}" "$1" 2>/dev/null | sed "s/^/LAB-INFO ${3:-}  | /"; }
 

@@ -9,6 +9,11 @@
 #   fresh  always the mkfs path ("fs-fresh"; after a destroyed guest)
 #   load   fio (or a dd loop without fio) on raw xvda until the domain dies
 #   idle   nothing
+#   persist-write, persist-read  (blk-persist; lab.persist=SEED:SKIP:COUNT on the
+#          command line, SKIP and COUNT in 64 KiB blocks): write persist_data SEED
+#          (lab/dom0/common.sh) at that offset of raw xvda, fsync, drop caches and
+#          read it back ("persist-write"); or only read it ("persist-read"); both
+#          report the sha256 of what they read from xvda
 #   bench  the benchmark agent on xvda (lab/dom0/bench-agent.sh; never returns)
 #   fsbench  fs, then the benchmark agent (./run.sh's short fio run)
 # After its phase every guest reports "GUEST-DONE <phase>" and then watches for
@@ -18,6 +23,7 @@
 #   GUEST-RESULT <name> PASS|FAIL <detail>
 #   GUEST-EVENT <text>          GUEST-DONE <phase>      GUEST-LOAD <text>
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+. /lab/common.sh
 exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -134,6 +140,27 @@ verify_fs() {
     umount /mnt
 }
 
+# persist write|read: see the header; lab.persist=SEED:SKIP:COUNT (64 KiB blocks).
+persist() {
+    name=persist-$1
+    spec=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^lab\.persist=//p' | tail -n 1)
+    seed=$(echo "$spec" | cut -d: -f1) skip=$(echo "$spec" | cut -d: -f2) count=$(echo "$spec" | cut -d: -f3)
+    case "$seed:$skip:$count" in
+        *[!0-9a-f:]*|:*|*::*|*:) say "RESULT $name FAIL bad lab.persist='$spec' (SEED:SKIP:COUNT)"; return 1 ;;
+    esac
+    if [ "$1" = write ]; then
+        persist_data "$seed" $((count * 65536)) >/tmp/persist.bin
+        if ! dd if=/tmp/persist.bin of=/dev/xvda bs=64k seek="$skip" count="$count" conv=notrunc,fsync 2>/tmp/dd.log; then
+            say "RESULT $name FAIL dd to xvda: $(tr '\n' ' ' </tmp/dd.log)"; return 1
+        fi
+        rm -f /tmp/persist.bin
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+    fi
+    sum=$(dd if=/dev/xvda bs=64k skip="$skip" count="$count" 2>/dev/null | sha256sum | cut -d' ' -f1)
+    say "RESULT $name PASS bytes=$((count * 65536)) at=$((skip * 65536)) sha256=$sum"
+}
+
 load() {
     # Until the domain is destroyed: mixed random reads/writes, 4 KiB-256 KiB, queue depth 16 per job.
     if [ -x /usr/local/bin/fio ]; then
@@ -165,6 +192,8 @@ case $phase in
         fi ;;
     fresh) new_fs fs-fresh ;;
     load) load ;;
+    persist-write) persist write ;;
+    persist-read) persist read ;;
     bench) exec /lab/bench-agent.sh /dev/xvda ;;
     idle) ;;
     *) say "INFO unknown phase $phase" ;;
@@ -181,8 +210,15 @@ while :; do
             sleep 0.5
             a=$(dd if=/dev/xvda bs=64k count=16 2>/dev/null | sha256sum | cut -c1-16)
             b=$(dd if=/dev/xvdb bs=64k count=16 2>/dev/null | sha256sum | cut -c1-16)
+            z=$(dd if=/dev/zero bs=64k count=16 2>/dev/null | sha256sum | cut -c1-16)
             same=no; [ "$a" = "$b" ] && same=yes
-            say "EVENT xvdb present t=$(up) size_sectors=$(cat /sys/block/xvdb/size) first-MiB-equals-xvda=$same ($a $b)"
+            zero=no; [ "$b" = "$z" ] && zero=yes
+            # Then a write of one block, and whether the disk still reads zero.
+            wr=ok; dd if=/dev/urandom of=/dev/xvdb bs=4k count=1 oflag=direct 2>/dev/null || wr=fail
+            c=$(dd if=/dev/xvdb bs=4k count=1 iflag=direct 2>/dev/null | sha256sum | cut -c1-16)
+            zz=$(dd if=/dev/zero bs=4k count=1 2>/dev/null | sha256sum | cut -c1-16)
+            still=no; [ "$c" = "$zz" ] && still=yes
+            say "EVENT xvdb present t=$(up) size_sectors=$(cat /sys/block/xvdb/size) ro=$(cat /sys/block/xvdb/ro) first-MiB-equals-xvda=$same first-MiB-zero=$zero write=$wr after-write-zero=$still ($a $b)"
         fi
     elif [ $had = yes ]; then
         had=no

@@ -132,7 +132,7 @@ if ! want ferrite; then
 elif start_ferrite 32; then
     printf 'ferrite\txl-create\t%s\nferrite\tready\t%s\n' "$CREATE_S" "$READY_S" >>$R/setup.tsv
     lab_info "Ferrite ready ${READY_S} s after xl create"
-    if attach_guest ferrite guest-f nvme; then
+    if attach_guest ferrite guest-f nvme0n1; then
         printf 'ferrite\tguest-connected\t%s\n' "$CONNECT_S" >>$R/setup.tsv
         FERRITE_OK=yes
         lab_pass bench-ferrite "Ferrite ready ${READY_S} s after xl create; guest-f's disk Connected ${CONNECT_S} s after its xl create"
@@ -215,7 +215,7 @@ if [ "$MEMPROBE" = 1 ]; then
         for m in $FERRITE_MEMS; do
             xl destroy guest-f >/dev/null 2>&1; xl destroy ferrite >/dev/null 2>&1; sleep 2
             if ! start_ferrite "$m"; then res=fail det="not ready"
-            elif ! attach_guest ferrite guest-f nvme; then res=fail det="guest disk not connected"
+            elif ! attach_guest ferrite guest-f nvme0n1; then res=fail det="guest disk not connected"
             elif ! probe_jobs ferrite "$m"; then res=fail det="a job failed"
             else res=pass det="ready ${READY_S} s"; fi
             printf 'ferrite\t%s\t%s\t%s\n' "$m" $res "$det" >>$R/memprobe.tsv

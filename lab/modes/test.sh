@@ -1,14 +1,21 @@
 #!/bin/sh
 # MODE test: one Xen boot, every lab test; one LAB-TEST line each.
-# LAB-EXPECT: ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-copy blk-cycles shutdown
+# LAB-EXPECT: grant-map evtchn grant-to-dom0 nvme-selftest ready console nvme dma-fallback blk-features blk-fs blk-attach blk-ro blk-bogus blk-inuse blk-destroy blk-copy blk-cycles blk-persist shutdown
 #
-# Ferrite gets the emulated NVMe (0000:00:04.0) passed through; the Linux test
-# guest (configs/guest-linux.cfg, script lab/dom0/guest.sh) runs on a disk that
-# Ferrite serves.  With the Linux peer (IMAGE=linux-peer) the NVMe and blk-*
-# tests report SKIP: the peer has no NVMe driver or block backend.
+# Two images, one after the other, each created as domain "ferrite" with the
+# emulated NVMe (0000:00:04.0) passed through:
+# 1. the self-test image (/ferrite/ferrite-selftest): grant-to-dom0, grant-map,
+#    evtchn and its destructive NVMe disk test (nvme-selftest); then shut down;
+# 2. the product (/ferrite/ferrite): ready, console, its read-only disk check
+#    (nvme), dma-fallback, the blk-* tests with the Linux test guest
+#    (configs/guest-linux.cfg, script lab/dom0/guest.sh) on a disk Ferrite
+#    serves, blk-persist (restarts the product), shutdown.
+# With the Linux peer (IMAGE=linux-peer) the peer plays Ferrite for the
+# grant/evtchn tests; the NVMe and blk-* tests report SKIP.
 . /lab/common.sh
-ALL="ready console grant-map evtchn grant-to-dom0 nvme dma-fallback blk-features blk-fs blk-attach blk-destroy blk-copy blk-cycles shutdown"
-BLK="blk-features blk-fs blk-attach blk-destroy blk-copy blk-cycles"
+ALL="grant-map evtchn grant-to-dom0 nvme-selftest ready console nvme dma-fallback blk-features blk-fs blk-attach blk-ro blk-bogus blk-inuse blk-destroy blk-copy blk-cycles blk-persist shutdown"
+BLK="blk-features blk-fs blk-attach blk-ro blk-bogus blk-inuse blk-destroy blk-copy blk-cycles blk-persist"
+ST=/ferrite/ferrite-selftest
 PCI=0000:00:04.0
 GCFG=/ferrite/configs/guest-linux.cfg
 GNAME=guest
@@ -28,6 +35,24 @@ nopci=no
 [ -e /extra/no-pci ] && nopci=yes
 
 cfg=$(lab_guest_cfg)
+# Ferrite's console log holds every domain named "ferrite" (the self-test
+# image, then the product, restarted in blk-persist): checks read it from a
+# line offset.
+flog_size() { if [ -e "$GUEST_LOG" ]; then wc -l <"$GUEST_LOG"; else echo 0; fi; }
+flog_from() { [ -e "$GUEST_LOG" ] && sed -n "$(($1 + 1)),\$p" "$GUEST_LOG"; }
+# flog_wait OFFSET TEXT SECONDS: wait for a fixed string after OFFSET.
+flog_wait() {
+    _fw_end=$(now_after "$3")
+    until flog_from "$1" | grep -aqF "$2"; do
+        past "$_fw_end" && return 1
+        sleep 0.2
+    done
+}
+# ferrite_create [XL-OPTION...]: xl create of Ferrite's config, with the NVMe
+# passed through unless this run has none; prints the domid.
+ferrite_create() {
+    if [ $peer = no ] && [ $nopci = no ]; then lab_create "$cfg" "pci=['$PCI']" "$@"; else lab_create "$cfg" "$@"; fi
+}
 if [ $peer = no ] && [ $nopci = no ]; then
     # pciback takes the controller from dom0's nvme driver; Ferrite gets it with pci=[...].
     if xl pci-assignable-add $PCI >/tmp/pci.log 2>&1; then
@@ -35,10 +60,50 @@ if [ $peer = no ] && [ $nopci = no ]; then
     else
         lab_info "xl pci-assignable-add $PCI failed: $(tr '\n' ' ' </tmp/pci.log)"
     fi
-    domid=$(lab_create "$cfg" "pci=['$PCI']") || { skip_rest "xl create $cfg pci=['$PCI'] failed" $ALL; exit 1; }
-else
-    domid=$(lab_create "$cfg") || { skip_rest "xl create $cfg failed" $ALL; exit 1; }
 fi
+
+# ------------------------------------------------------------------ self-test image
+# grant-to-dom0, grant-map, evtchn (labtool prints their LAB-TEST lines) and
+# nvme-selftest: the self-test image's destructive disk test (2 MiB pattern
+# over 2 queues, flushed, read back; write-zeroes, discard after it).
+if [ $peer = yes ]; then
+    lab_skip nvme-selftest "the Linux peer does not drive the NVMe"
+elif [ ! -f $ST ]; then
+    failed=1
+    skip_rest "this run has no self-test image (lab.sh: LAB_SELFTEST_IMAGE)" grant-map evtchn grant-to-dom0 nvme-selftest
+else
+    stoff=$(flog_size)
+    if stdom=$(ferrite_create "kernel=\"$ST\""); then
+        lab_info "self-test image: domain $stdom"
+        if ! lab_wait_ready "$stdom" 60; then
+            lab_info "self-test image: data/ferrite/state = '$READY_STATE' after $READY_AFTER s"
+            flog_from "$stoff" | tail -n 15 | sed 's/^/LAB-INFO selftest | /'
+        fi
+        timeout 120 labtool dom0 "$stdom" || failed=1
+        if [ $nopci = yes ]; then
+            lab_skip nvme-selftest "no-pci run: no NVMe to test"
+        else
+            v=$(xenstore-read "/local/domain/$stdom/data/ferrite/nvme" 2>/dev/null) || v="<absent>"
+            case $v in
+                pass*written*verified*) lab_pass nvme-selftest "self-test image, data/ferrite/nvme = '$v'" ;;
+                *) failed=1; lab_fail nvme-selftest "self-test image, data/ferrite/nvme = '$v' (expected 'pass: ... written, flushed, read back and verified')"
+                   flog_from "$stoff" | grep -iE 'nvme|pci' | tail -n 15 | sed 's/^/LAB-INFO selftest | /' ;;
+            esac
+        fi
+        lab_shutdown 60
+        if [ $SHUTDOWN_RC -ne 0 ] || [ $SHUTDOWN_GONE = no ]; then
+            lab_info "self-test image: xl shutdown -w status $SHUTDOWN_RC, gone: $SHUTDOWN_GONE (destroyed)"
+        fi
+    else
+        failed=1
+        skip_rest "xl create of the self-test image failed" grant-map evtchn grant-to-dom0 nvme-selftest
+    fi
+fi
+lab_step selftest "self-test image done"
+
+# ------------------------------------------------------------------ the product
+PSTART=$(flog_size)
+domid=$(ferrite_create) || { skip_rest "xl create $cfg failed" ready console nvme dma-fallback $BLK shutdown; exit 1; }
 lab_info "guest domid $domid"
 FDOM=$domid
 
@@ -55,11 +120,11 @@ fi
 lab_step ready "guest readiness checked"
 
 # console
-if lab_wait_console "ferrite: ready" 5; then
-    lab_pass console "$GUEST_LOG contains 'ferrite: ready'"
+if flog_wait "$PSTART" "ferrite: ready" 5; then
+    lab_pass console "$GUEST_LOG contains 'ferrite: ready' after line $PSTART (the product's part)"
 else
     failed=1
-    lab_fail console "$GUEST_LOG has no 'ferrite: ready' ($(wc -c <"$GUEST_LOG" 2>/dev/null || echo 0) bytes; tail shown below)"
+    lab_fail console "$GUEST_LOG has no 'ferrite: ready' after line $PSTART ($(wc -c <"$GUEST_LOG" 2>/dev/null || echo 0) bytes; tail shown below)"
     lab_show "$GUEST_LOG" 15 console
 fi
 
@@ -67,16 +132,18 @@ fi
 lab_info "xenstore /local/domain/$domid/data (with permissions):"
 xenstore-ls -p "/local/domain/$domid/data" 2>&1 | head -n 20 | sed 's/^/LAB-INFO xs | /'
 
-# grant-to-dom0, grant-map, evtchn
-if xl list ferrite >/dev/null 2>&1; then
-    timeout 120 labtool dom0 "$domid" || failed=1
-else
-    failed=1
-    skip_rest "the guest is gone" grant-map evtchn grant-to-dom0
+# grant-to-dom0, grant-map, evtchn: with the peer here (Ferrite: the self-test image above).
+if [ $peer = yes ]; then
+    if xl list ferrite >/dev/null 2>&1; then
+        timeout 120 labtool dom0 "$domid" || failed=1
+    else
+        failed=1
+        skip_rest "the guest is gone" grant-map evtchn grant-to-dom0
+    fi
+    lab_step grant-evtchn "grant and event-channel tests done"
 fi
-lab_step grant-evtchn "grant and event-channel tests done"
 
-# nvme: Ferrite's verdict of its NVMe self-test (2 MiB over 2 queues, flushed, read back).
+# nvme: the product's boot check of its disk, read-only (identify, LBA 0 and the last LBA).
 if [ $peer = yes ]; then
     lab_skip nvme "the Linux peer does not drive the NVMe"
 elif [ $nopci = yes ]; then
@@ -84,9 +151,9 @@ elif [ $nopci = yes ]; then
 else
     v=$(xenstore-read "/local/domain/$FDOM/data/ferrite/nvme" 2>/dev/null) || v="<absent>"
     case $v in
-        pass*) lab_pass nvme "data/ferrite/nvme = '$v'" ;;
-        *) failed=1; lab_fail nvme "data/ferrite/nvme = '$v' (expected 'pass: ...')"
-           grep -iE 'nvme|pci' "$GUEST_LOG" | tail -n 15 | sed 's/^/LAB-INFO console | /' ;;
+        pass*read-only*) lab_pass nvme "data/ferrite/nvme = '$v'" ;;
+        *) failed=1; lab_fail nvme "data/ferrite/nvme = '$v' (expected 'pass: ... read-only check ...')"
+           flog_from "$PSTART" | grep -iE 'nvme|pci' | tail -n 15 | sed 's/^/LAB-INFO console | /' ;;
     esac
 fi
 
@@ -98,7 +165,7 @@ elif [ $nopci = yes ]; then
     lab_skip dma-fallback "no-pci run: no device, no DMA strategy"
 else
     v=$(xenstore-read "/local/domain/$FDOM/data/ferrite/dma" 2>/dev/null) || v="<absent>"
-    line=$(grep -F "DMA strategy" "$GUEST_LOG" | tail -n 1)
+    line=$(flog_from "$PSTART" | grep -F "DMA strategy" | tail -n 1)
     case "$v" in
         machine-frames)
             if echo "$line" | grep -q "no PV-IOMMU interface (ENOSYS)"; then
@@ -117,8 +184,6 @@ fi
 # "malloc(): invalid size") when polled on these logs in dom0.
 glog_size() { if [ -e "$GLOG" ]; then wc -l <"$GLOG"; else echo 0; fi; }
 glog_from() { [ -e "$GLOG" ] && sed -n "$(($1 + 1)),\$p" "$GLOG" | tr -d '\r'; }
-flog_size() { wc -l <"$GUEST_LOG"; }
-flog_from() { sed -n "$(($1 + 1)),\$p" "$GUEST_LOG"; }
 # glog_wait OFFSET PATTERN SECONDS: wait for an extended regexp after OFFSET; sets GLINE.
 glog_wait() {
     GLINE="" gw_end=$(awk -v a="$(lab_uptime)" -v s="$3" 'BEGIN { print a + s }')
@@ -140,7 +205,7 @@ evidence() {
     lab_info "test guest console ($GLOG), last lines:"
     lab_show "$GLOG" 30 guest
     lab_info "Ferrite console ($GUEST_LOG): warnings/errors (first 25), then the last lines:"
-    grep -E "WARN|ERROR|error|refused|broken|disconnected" "$GUEST_LOG" | head -n 25 | sed 's/^/LAB-INFO ferrite-warn | /'
+    flog_from "$PSTART" | grep -E "WARN|ERROR|error|refused|broken|disconnected" | head -n 25 | sed 's/^/LAB-INFO ferrite-warn | /'
     lab_show "$GUEST_LOG" 20 ferrite
     lab_info "xenstore backend (Ferrite, domain $FDOM):"
     timeout 10 xenstore-ls -fp "/local/domain/$FDOM/backend" 2>&1 | head -n 60 | sed 's/^/LAB-INFO xs-be | /'
@@ -180,6 +245,30 @@ gcreate() {
     fi
 }
 gdestroy() { xl destroy $GNAME >/dev/null 2>&1; }
+# Ferrite's own report of what it serves (data/ferrite/status, key=value ...).
+fstatus() { xenstore-read /local/domain/$FDOM/data/ferrite/status 2>/dev/null; }
+fval() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+# settled DOMID: within 20 s, Ferrite serves nothing (status vbds=0 buffers=0)
+# and DOMID's backend directory under Ferrite is gone.
+settled() {
+    _st_end=$(now_after 20)
+    while :; do
+        st=$(fstatus)
+        if [ "$(fval "$st" vbds)" = 0 ] && [ "$(fval "$st" buffers)" = 0 ] && \
+           ! xenstore-exists "/local/domain/$FDOM/backend/vbd/$1" >/dev/null 2>&1; then
+            sleep 0.6   # one more status period
+            return 0
+        fi
+        past "$_st_end" && return 1
+        sleep 0.2
+    done
+}
+# unsettled DOMID: what settled found missing.
+unsettled() {
+    _u="status '$(fstatus)'"
+    xenstore-exists "/local/domain/$FDOM/backend/vbd/$1" >/dev/null 2>&1 && _u="$_u, backend/vbd/$1 still there (state $(xenstore-read "/local/domain/$FDOM/backend/vbd/$1/51712/state" 2>/dev/null || echo ?))"
+    echo "$_u"
+}
 
 if [ $peer = yes ]; then
     for n in $BLK; do lab_skip "$n" "the Linux peer has no block backend"; done
@@ -236,7 +325,7 @@ else
         off=$(glog_size)
         t0=$(lab_uptime)
         why=""
-        if ! timeout 60 xl block-attach $GNAME 'backend=ferrite, vdev=xvdb, format=raw, target=nvme' >/tmp/xl-attach.log 2>&1; then
+        if ! timeout 60 xl block-attach $GNAME 'backend=ferrite, vdev=xvdb, format=raw, target=ram:4M' >/tmp/xl-attach.log 2>&1; then
             why="xl block-attach failed after $(lab_since "$t0") s: $(tr '\n' ' ' </tmp/xl-attach.log);"
         fi
         t_att=$(lab_since "$t0")
@@ -252,7 +341,9 @@ else
             else
                 why="$why xvdb still present in the guest 30 s after xl block-detach returned;"
             fi
-            case $present in *first-MiB-equals-xvda=yes*) ;; *) why="$why xvdb's first MiB differs from xvda's ($present);" ;; esac
+            # xvdb is its own disk (a fresh 4 MiB RAM disk), not xvda's.
+            case $present in *size_sectors=8192\ *first-MiB-zero=yes*write=ok*after-write-zero=no*) ;;
+                *) why="$why xvdb is not the 4 MiB RAM disk it names, or not writable ($present);" ;; esac
         elif [ -z "$why" ]; then
             why="xl block-attach returned after $t_att s but /sys/block/xvdb did not appear within 30 s;"
         fi
@@ -263,6 +354,54 @@ else
             evidence blk-attach
             xl block-detach -f $GNAME xvdb >/dev/null 2>&1
         fi
+
+        # --- blk-ro: access=ro is read-only: the guest sees ro=1, its write fails,
+        # the disk still reads zero.
+        off=$(glog_size)
+        why=""
+        if ! timeout 60 xl block-attach $GNAME 'backend=ferrite, vdev=xvdb, format=raw, access=ro, target=ram:1M' >/tmp/xl-attach.log 2>&1; then
+            why="xl block-attach (access=ro) failed: $(tr '\n' ' ' </tmp/xl-attach.log);"
+        elif glog_wait "$off" "GUEST-EVENT xvdb present" 30; then
+            present=$(echo "$GLINE" | sed 's/^.*GUEST-EVENT //')
+            case $present in *ro=1\ *write=fail\ after-write-zero=yes*) ;; *) why="$why read-only xvdb: $present;" ;; esac
+            mode=$(xenstore-read /local/domain/$FDOM/backend/vbd/$GDOM/51728/mode 2>/dev/null)
+            info=$(xenstore-read /local/domain/$FDOM/backend/vbd/$GDOM/51728/info 2>/dev/null)
+            [ "$mode" = r ] || why="$why backend mode='$mode' (expected r);"
+            [ $(( ${info:-0} & 4 )) -ne 0 ] || why="$why backend info=$info lacks VDISK_READONLY (4);"
+        else
+            why="read-only xvdb did not appear within 30 s;"
+        fi
+        off=$(glog_size)
+        timeout 60 xl block-detach $GNAME xvdb >/dev/null 2>&1 || xl block-detach -f $GNAME xvdb >/dev/null 2>&1
+        glog_wait "$off" "GUEST-EVENT xvdb absent" 30 || why="$why xvdb still present after detach;"
+        if [ -z "$why" ]; then lab_pass blk-ro "xl block-attach access=ro: $present; mode=$mode info=$info"
+        else failed=1; lab_fail blk-ro "$why"; fi
+
+        # --- blk-bogus / blk-inuse: a target that names no disk, and a second
+        # writer on the disk xvda uses: xl block-attach fails within seconds
+        # and Ferrite says why in data/ferrite/last-error; xvda keeps working.
+        for t in "blk-bogus nvme9n9 no_disk" "blk-inuse nvme0n1 in_use"; do
+            set -- $t
+            t0=$(lab_uptime)
+            if timeout 60 xl block-attach $GNAME "backend=ferrite, vdev=xvdc, format=raw, target=$2" >/tmp/xl-attach.log 2>&1; then
+                rc=0
+            else
+                rc=$?
+            fi
+            t_fail=$(lab_since "$t0")
+            sleep 1
+            err=$(xenstore-read /local/domain/$FDOM/data/ferrite/last-error 2>/dev/null)
+            timeout 30 xl block-detach $GNAME xvdc >/dev/null 2>&1 || xl block-detach -f $GNAME xvdc >/dev/null 2>&1
+            why=""
+            [ $rc -ne 0 ] || why="xl block-attach target=$2 succeeded;"
+            awk -v t="$t_fail" 'BEGIN { exit !(t <= 15) }' || why="$why it took $t_fail s to fail (limit 15 s);"
+            case $3 in
+                no_disk) case $err in *"no disk 'nvme9n9'"*) ;; *) why="$why last-error '$err' does not name the missing disk;" ;; esac ;;
+                in_use) case $err in *"in use by"*) ;; *) why="$why last-error '$err' does not say the disk is in use;" ;; esac ;;
+            esac
+            if [ -z "$why" ]; then lab_pass $1 "xl block-attach target=$2 failed after $t_fail s (rc $rc: $(tr '\n' ' ' </tmp/xl-attach.log | cut -c1-160)); data/ferrite/last-error: $err"
+            else failed=1; lab_fail $1 "$why"; fi
+        done
 
         # --- blk-fs, second half: xl reboot; the new domain checks the sums
         off=$(glog_size)
@@ -300,14 +439,17 @@ else
             LOADDOM=$GDOM
             detail="$tool; last counters before destroy: $last; xl destroy took $t_d s"
             # Ferrite must see the vbd go: its console says so, its backend dir goes.
-            i=0
-            while [ $i -lt 150 ] && ! flog_from "$foff" | grep -q "vbd .*: disconnected"; do sleep 0.2; i=$((i + 1)); done
+            end=$(now_after 30)
+            while ! flog_from "$foff" | grep -q "vbd .*: disconnected" && ! past "$end"; do sleep 0.2; done
             disc=$(flog_from "$foff" | grep -E "vbd .*(disconnected|removed)" | tr '\n' ' ' | sed 's/  */ /g')
             [ -n "$disc" ] || why="$why Ferrite's console shows no 'vbd ...: disconnected' within 30 s of xl destroy;"
-            i=0
-            while [ $i -lt 50 ] && xenstore-read "/local/domain/$FDOM/backend/vbd/$LOADDOM/51712/state" >/dev/null 2>&1; do sleep 0.2; i=$((i + 1)); done
-            left=$(xenstore-read "/local/domain/$FDOM/backend/vbd/$LOADDOM/51712/state" 2>/dev/null) && \
-                lab_info "backend dir of the destroyed domain still there 10 s later (state $left)"
+            # The destroyed guest's vbd must be released: its backend directory
+            # goes, Ferrite's status shows no vbd and no buffer left.
+            if settled "$LOADDOM"; then
+                detail="$detail; vbd released: backend/vbd/$LOADDOM gone, status '$(fstatus)'"
+            else
+                why="$why vbd of the destroyed domain $LOADDOM not released within 20 s: $(unsettled "$LOADDOM");"
+            fi
             fdom_ok || why="$why Ferrite's data/ferrite/state is '$(xenstore-read /local/domain/$FDOM/data/ferrite/state 2>/dev/null)' after the destroy;"
             xl list ferrite >/dev/null 2>&1 || why="$why Ferrite is gone;"
             detail="$detail; Ferrite: $disc"
@@ -337,8 +479,6 @@ else
         gdestroy
 
         # --- blk-copy: a frontend without persistent grants is served by grant copy
-        fstatus() { xenstore-read /local/domain/$FDOM/data/ferrite/status 2>/dev/null; }
-        fval() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
         c0=$(fval "$(fstatus)" copy-batches)
         off=$(glog_size); foff=$(flog_size)
         gcreate fresh "xen_blkfront.feature_persistent=0"
@@ -368,34 +508,25 @@ else
         # several times; Ferrite's status (data/ferrite/status) must come back to
         # its baseline each time: no device, no buffer, no mapped page left, and
         # the heap does not grow from cycle to cycle.
-        # settled DOMID: Ferrite serves nothing and DOMID's backend directory is gone.
-        settled() {
-            i=0
-            while [ $i -lt 100 ]; do
-                st=$(fstatus)
-                if [ "$(fval "$st" vbds)" = 0 ] && [ "$(fval "$st" buffers)" = 0 ] && \
-                   ! xenstore-read "/local/domain/$FDOM/backend/vbd/$1/51712/state" >/dev/null 2>&1; then
-                    sleep 0.6   # one more status period
-                    return 0
-                fi
-                sleep 0.2; i=$((i + 1))
-            done
-            return 1
-        }
-        settled none
+        # Every settle check is a verdict: the one before the first guest (the
+        # baseline) and the one after each destroy.
+        why="" detail="" heap1=""
+        settled none || why="no baseline: Ferrite did not settle with no guest: $(unsettled none);"
         base=$(fstatus)
         lab_info "Ferrite's status with no guest: $base"
-        why="" detail="" heap1=""
         for c in 1 2 3; do
             off=$(glog_size)
             gcreate load
-            if [ -z "$GDOM" ]; then why="cycle $c: xl create failed;"; break; fi
+            if [ -z "$GDOM" ]; then why="$why cycle $c: xl create failed;"; break; fi
             d=$GDOM
-            if ! glog_wait "$off" "GUEST-LOAD running" 120; then why="cycle $c: the guest did not start its I/O within 120 s;"; gdestroy; break; fi
+            if ! glog_wait "$off" "GUEST-LOAD running" 120; then why="$why cycle $c: the guest did not start its I/O within 120 s;"; gdestroy; break; fi
             sleep 3
             r0=$(fval "$(fstatus)" requests)
             xl destroy $GNAME >/dev/null 2>&1
-            if ! settled "$d"; then why="cycle $c: Ferrite did not settle within 20 s of xl destroy: $(fstatus);"; break; fi
+            if ! settled "$d"; then
+                why="$why cycle $c: Ferrite did not settle within 20 s of xl destroy: $(unsettled "$d");"
+                continue
+            fi
             st=$(fstatus)
             heap=$(fval "$st" heap-used)
             [ -n "$heap1" ] || heap1=$heap
@@ -404,13 +535,87 @@ else
                 why="$why cycle $c: $(fval "$st" mapped-pages) pages mapped, $(fval "$base" mapped-pages) before any guest;"
             fi
         done
-        if [ -z "$why" ] && [ -n "$heap1" ] && [ $((heap - heap1)) -gt 65536 ]; then
-            why="heap grew by $((heap - heap1)) bytes from cycle 1 to cycle 3;"
+        if [ -n "$heap1" ] && [ -n "${heap:-}" ] && [ $((heap - heap1)) -gt 65536 ]; then
+            why="$why heap grew by $((heap - heap1)) bytes from the first settled cycle to the last;"
         fi
         if [ -z "$why" ]; then
             lab_pass blk-cycles "3 guests destroyed during fio, Ferrite back to its baseline each time (baseline: $base);$detail"
         else
             failed=1; lab_fail blk-cycles "$why baseline: $base;$detail"; evidence blk-cycles
+        fi
+        gdestroy
+
+        # --- blk-persist: what a guest wrote survives a restart of Ferrite.
+        # A guest writes seeded data at 1 MiB..2 MiB of raw xvda (inside the
+        # first 2 MiB, which the old image overwrote with its disk test at
+        # every boot), fsyncs, is shut down; Ferrite is destroyed and created
+        # again with the same NVMe; a new guest reads the bytes back. dom0
+        # computes the expected sha256 from the seed itself.
+        if [ $nopci = yes ]; then
+            lab_skip blk-persist "no-pci run: the RAM disk does not outlive Ferrite"
+        else
+            seed=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+            pskip=16 pcount=16   # 64 KiB blocks
+            spec="lab.persist=$seed:$pskip:$pcount"
+            want=$(persist_data "$seed" $((pcount * 65536)) | sha256sum | cut -d' ' -f1)
+            lab_info "blk-persist: seed $seed, bytes $((pskip * 65536))..$(((pskip + pcount) * 65536)), sha256 $want"
+            why="" detail=""
+            off=$(glog_size)
+            gcreate persist-write "$spec"
+            if [ -z "$GDOM" ]; then
+                why="xl create of the writer failed;"
+            elif ! glog_wait "$off" "GUEST-DONE" 150; then
+                why="the writer did not finish within 150 s;"
+            else
+                r=$(gres "$off" persist-write)
+                got=$(echo "$r" | sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p')
+                [ -n "$got" ] && [ "$got" = "$want" ] || why="writer (domain $GDOM) read back '${got:-<no sha256>}' after fsync ($r);"
+                detail="writer domain $GDOM: $((pcount * 64)) KiB at $((pskip * 64)) KiB, sha256 match after fsync and drop_caches"
+            fi
+            timeout 60 xl shutdown -w $GNAME >/dev/null 2>&1 || why="$why xl shutdown -w of the writer failed;"
+            gdestroy
+            if [ -z "$why" ]; then
+                old=$FDOM
+                t0=$(lab_uptime)
+                xl destroy ferrite >/tmp/xl-fdestroy.log 2>&1 || why="xl destroy ferrite failed: $(tr '\n' ' ' </tmp/xl-fdestroy.log);"
+                end=$(now_after 30)
+                while xl list ferrite >/dev/null 2>&1 && ! past "$end"; do sleep 0.5; done
+                if [ -n "$why" ]; then
+                    :
+                elif ! FDOM=$(ferrite_create); then
+                    why="xl create of Ferrite after the destroy failed;"
+                elif ! lab_wait_ready "$FDOM" 30; then
+                    why="restarted Ferrite (domain $FDOM): data/ferrite/state = '$READY_STATE' after $READY_AFTER s;"
+                else
+                    v=$(xenstore-read "/local/domain/$FDOM/data/ferrite/nvme" 2>/dev/null)
+                    detail="$detail; Ferrite destroyed and created again (domain $old -> $FDOM, ready $READY_AFTER s, $(lab_since "$t0") s in all), its boot check: '$v'"
+                    off=$(glog_size)
+                    gcreate persist-read "$spec"
+                    if [ -z "$GDOM" ]; then
+                        why="xl create of the reader failed;"
+                    elif ! glog_wait "$off" "GUEST-DONE" 150; then
+                        why="the reader did not finish within 150 s;"
+                    else
+                        # The reader's disk is served by the restarted Ferrite (backend state 4 = Connected).
+                        bstate=$(xenstore-read "/local/domain/$FDOM/backend/vbd/$GDOM/51712/state" 2>/dev/null)
+                        [ "$bstate" = 4 ] || why="the reader's vbd under the restarted Ferrite has state '${bstate:-<absent>}' (expected 4);"
+                        r=$(gres "$off" persist-read)
+                        got=$(echo "$r" | sed -n 's/.*sha256=\([0-9a-f]*\).*/\1/p')
+                        if [ -n "$got" ] && [ "$got" = "$want" ]; then
+                            detail="$detail; reader domain $GDOM (served by $FDOM): sha256 matches"
+                        else
+                            why="$why reader (domain $GDOM) read sha256 '${got:-<none>}', expected $want ($r);"
+                        fi
+                    fi
+                    timeout 60 xl shutdown -w $GNAME >/dev/null 2>&1
+                    gdestroy
+                fi
+            fi
+            if [ -z "$why" ]; then
+                lab_pass blk-persist "$detail"
+            else
+                failed=1; lab_fail blk-persist "$why $detail"; evidence blk-persist
+            fi
         fi
         gdestroy
     fi
@@ -420,11 +625,11 @@ lab_step blk "block tests done"
 
 # shutdown
 lab_shutdown 60
-if [ $SHUTDOWN_RC -eq 0 ] && [ $SHUTDOWN_GONE = yes ] && lab_wait_console "ferrite: poweroff" 2; then
+if [ $SHUTDOWN_RC -eq 0 ] && [ $SHUTDOWN_GONE = yes ] && flog_wait "$PSTART" "ferrite: poweroff" 2; then
     lab_pass shutdown "xl shutdown -w returned after $SHUTDOWN_AFTER s, domain gone after $SHUTDOWN_GONE_AFTER s, console has 'ferrite: poweroff'"
 else
     failed=1
-    has=no; grep -qF "ferrite: poweroff" "$GUEST_LOG" 2>/dev/null && has=yes
+    has=no; flog_from "$PSTART" | grep -qF "ferrite: poweroff" && has=yes
     why="returned status $SHUTDOWN_RC"
     case $SHUTDOWN_RC in 124|143) why="did not return within 60 s" ;; esac
     lab_fail shutdown "xl shutdown -w $why after $SHUTDOWN_AFTER s; domain gone: $SHUTDOWN_GONE (15 s later); console line containing 'ferrite: poweroff': $has (expected: status 0, gone, yes)"
@@ -435,8 +640,8 @@ lab_step shutdown "guest shut down"
 if [ $failed -ne 0 ]; then
     lab_info "guest console log tail:"
     lab_show "$GUEST_LOG" 25 console
-    lab_info "Xen's messages about domain $domid (xl dmesg):"
-    xl dmesg 2>/dev/null | grep -E "d${domid}v|[Dd]omain ${domid}\b|dom${domid}\b" | tail -n 20 | sed 's/^/LAB-INFO xen | /'
+    lab_info "Xen's messages about domain $FDOM (xl dmesg):"
+    xl dmesg 2>/dev/null | grep -E "d${FDOM}v|[Dd]omain ${FDOM}\b|dom${FDOM}\b" | tail -n 20 | sed 's/^/LAB-INFO xen | /'
     lab_info "dom0 kernel log tail (Xen's own messages are in the serial log):"
     dmesg 2>/dev/null | tail -n 15 | sed 's/^/LAB-INFO dmesg | /'
 fi

@@ -1,32 +1,39 @@
-//! The Ferrite unikernel image.
-//!
-//! On Xen PV it is a driver domain: it connects to xenstore, marks itself
-//! ready under `data/ferrite/state`, answers the lab's grant and event-channel
-//! checks, and powers off when the toolstack asks. Booted via PVH under plain
-//! QEMU it runs its hardware self-tests and reports through isa-debug-exit.
+//! The Ferrite product image: a Xen PV driver domain that serves guests and
+//! nothing else. It claims the NVMe passed through to it, checks it
+//! read-only (identify, then LBA 0 and the last LBA), serves blkback and
+//! powers off on `xl shutdown`. It never writes to a disk except what guests
+//! write. Self-tests, benchmarks and lab hooks are in `ferrite-selftest`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
-mod bench;
-mod disk;
-mod disktest;
-mod dma_probe;
-mod iommu_test;
-mod pci_nvme;
-mod pv;
-mod pvh;
-
+use alloc::format;
+use alloc::string::String;
+use driver_domain::{Image, PvNvme};
+use drivers::block::BlockDevice;
+use log::error;
 use runtime::Boot;
+
+struct Product;
+
+impl Image for Product {
+    fn check_nvme(&mut self, nvme: &mut PvNvme) -> Result<String, String> {
+        let last = driver_domain::check::read_first_and_last(nvme)?;
+        Ok(format!("pass: {} I/O queues, read-only check of LBA 0 and LBA {last} ok", nvme.queue_count()))
+    }
+}
 
 // The runtime calls this by name; `no_mangle` is the only unsafe-lint item here.
 #[allow(unsafe_code)]
 #[no_mangle]
 fn ferrite_main(boot: Boot) -> ! {
     match boot {
-        Boot::Pv(b) => pv::run(b),
-        Boot::Pvh(b) => pvh::run(b),
+        Boot::Pv(b) => driver_domain::run(b, Product),
+        Boot::Pvh(_) => {
+            error!("the product image runs only as a Xen PV driver domain; the PVH self-tests are in ferrite-selftest");
+            runtime::crash();
+        }
     }
 }

@@ -1,11 +1,18 @@
-//! Ferrite as a Xen PV driver domain.
+//! Ferrite as a Xen PV driver domain: boot, the NVMe passed through, the
+//! blkback serve loop, `xl shutdown`. An [`Image`] decides how the disk is
+//! checked at boot and may add xenstore watches of its own.
 
 use crate::disk::AnyDisk;
+use crate::pci_nvme::PvNvme;
 use alloc::format;
-use alloc::string::String;
-use alloc::vec;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use blkback::xenbus::BackendConfig;
 use blkback::Blkback;
+use blkback::OpenRequest;
+use block::{Registry, View};
+use core::cell::RefCell;
 use log::{error, info, warn};
 use runtime::dev::DmaBuf;
 use runtime::events::{PortNotifier, XenEvents};
@@ -13,15 +20,12 @@ use runtime::grants::XenGrants;
 use runtime::page::MappedPage;
 use runtime::{pv as hpv, PvBoot};
 use xen::evtchn::EventOps;
-use xen::gnttab::{CopyEnd, CopyOp, GrantOps, MapRequest};
-use xen::shmem::SharedMem;
-use xen::types::{DomId, EvtchnPort, GrantRef, Pfn};
+use xen::types::EvtchnPort;
 use xen::xenstore::{XsClient, XsErrno, XsError};
 
-type Xs = XsClient<MappedPage, PortNotifier>;
+/// The xenstore client of a PV driver domain.
+pub type Xs = XsClient<MappedPage, PortNotifier>;
 
-/// Size of the RAM disk served when no NVMe controller is passed through.
-const RAMDISK_BYTES: u64 = 4 << 20;
 /// How often the backend's periodic work runs (and the longest idle sleep).
 const MAINTENANCE_NS: u64 = 250_000_000;
 /// Hybrid polling naps only when the disk usually takes at least this long
@@ -33,16 +37,29 @@ const NAP_MAX_NS: u64 = 2_000_000;
 const STATS_NS: u64 = 5_000_000_000;
 /// Per-request xenstore deadline.
 const XS_TIMEOUT_NS: u64 = 10_000_000_000;
-/// How long the lab's event-channel check waits for dom0's reply.
-const EVTCHN_TEST_TIMEOUT_NS: u64 = 20_000_000_000;
 
-/// Byte `i` of the page dom0 grants us in the lab check.
-pub fn dom0_pattern(i: usize) -> u8 {
-    ((i * 131) + 17 + (i >> 8)) as u8
+/// What an image adds to the shared driver domain.
+pub trait Image {
+    /// Checks the NVMe controller after bring-up, before it is served:
+    /// `Ok(verdict)` (written to `data/ferrite/nvme`, should start with
+    /// `pass`) or `Err(why)` (then the RAM disk is served instead).
+    fn check_nvme(&mut self, nvme: &mut PvNvme) -> Result<String, String>;
+    /// Runs once after the backend started, before `data/ferrite/state = ready`.
+    fn before_ready(&mut self, _s: &mut Services) {}
+    /// Extra xenstore watches as (path, token); events go to [`Image::on_watch`].
+    fn watches(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+    /// A watch event for one of [`Image::watches`].
+    fn on_watch(&mut self, _s: &mut Services, _token: &str) {}
 }
-/// Byte `i` of the page we grant dom0.
-pub fn our_pattern(i: usize) -> u8 {
-    ((i * 29) + 5) as u8
+
+/// The Xen services of the domain, lent to the [`Image`] hooks.
+pub struct Services {
+    pub xs: Xs,
+    pub events: XenEvents,
+    pub grants: XenGrants<'static>,
+    pub mm: &'static spin::Mutex<hpv::PvMm>,
 }
 
 /// How the main loop waits while only disk commands are outstanding.
@@ -80,17 +97,23 @@ struct LoopCounters {
     naps: u64,
 }
 
-struct Driver {
-    xs: Xs,
-    events: XenEvents,
-    grants: XenGrants<'static>,
-    mm: &'static spin::Mutex<hpv::PvMm>,
-    blk: Blkback<MappedPage, AnyDisk>,
+struct Driver<I: Image> {
+    s: Services,
+    blk: Blkback<MappedPage, View<AnyDisk>>,
+    /// Every disk found at boot (and RAM disks vbds named): the one lookup
+    /// from a vbd's target to what it may reach.
+    registry: Rc<RefCell<Registry<AnyDisk>>>,
+    /// What `data/ferrite/disks` says now.
+    disks_listed: String,
+    /// What `data/ferrite/last-error` says now.
+    last_error: Option<String>,
     store_port: EvtchnPort,
     poll_mode: PollMode,
+    image: I,
 }
 
-pub fn run(b: PvBoot) -> ! {
+/// Boots the driver domain and serves guests until `xl shutdown`.
+pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     let t0 = runtime::time::now();
     let si = &b.start_info;
     info!(
@@ -135,46 +158,52 @@ pub fn run(b: PvBoot) -> ! {
         .find_map(|w| w.strip_prefix("poll="))
         .and_then(PollMode::parse)
         .unwrap_or(PollMode::Hybrid);
-    let mut nvme = None;
+    let mut controllers = Vec::new();
     match xs.directory("device/pci") {
         Ok(devs) if devs.iter().any(|x| x == "0") => {
-            let (n, verdict) = crate::pci_nvme::setup(&mut xs, &mut events, &mut grants, b.mm, 128, use_sgl);
+            let (c, verdict) =
+                crate::pci_nvme::setup(&mut xs, &mut events, &mut grants, b.mm, use_sgl, |n| image.check_nvme(n));
             if let Err(e) = xs.write("data/ferrite/nvme", verdict.as_bytes()) {
-                warn!("cannot report the NVMe self-test: {e:?}");
+                warn!("cannot report the NVMe check: {e:?}");
             }
-            nvme = n;
+            controllers = c;
         }
         _ => info!("no PCI device passed through (device/pci/0 absent): not driving NVMe"),
     }
-    let disk = match nvme {
-        Some(n) => AnyDisk::Nvme(n),
-        None => AnyDisk::Ram(drivers::block::RamDisk::new(512, RAMDISK_BYTES / 512, 1, 64)),
-    };
-    info!("serving guests from the {} ({} sectors)", disk.describe(), {
-        use drivers::block::BlockDevice;
-        disk.capacity() * disk.block_size() as u64 / 512
-    });
-    let blk = Blkback::new(disk, BackendConfig::default(), DmaBuf::zeroed);
-    let store_port = EvtchnPort(si.store_evtchn);
-    let mut d = Driver { xs, events, grants, mm: b.mm, blk, store_port, poll_mode };
-    info!("polling mode: {poll_mode:?}");
-    if let Err(e) = d.self_checks() {
-        warn!("self-check: {e}");
+    let registry = Rc::new(RefCell::new(crate::disks::register(controllers)));
+    let listing = registry.borrow().describe();
+    if listing.is_empty() {
+        warn!("no disks: every vbd must name a RAM disk (target=ram:SIZE) until an NVMe controller is passed through");
     }
-    if let Err(e) = d.blk.start(&mut d.xs) {
+    for line in listing.lines() {
+        info!("disk {line}");
+    }
+    if let Err(e) = xs.write("data/ferrite/disks", listing.as_bytes()) {
+        warn!("cannot write data/ferrite/disks: {e:?}");
+    }
+    let opener = registry.clone();
+    let blk = Blkback::new(
+        move |o: &OpenRequest<'_>| {
+            opener.borrow_mut().open(o.params, o.readonly, o.holder, crate::disks::ram_disk).map_err(|e| e.to_string())
+        },
+        BackendConfig::default(),
+        DmaBuf::zeroed,
+    );
+    let store_port = EvtchnPort(si.store_evtchn);
+    let s = Services { xs, events, grants, mm: b.mm };
+    let mut d = Driver { s, blk, registry, store_port, poll_mode, image, disks_listed: listing, last_error: None };
+    info!("polling mode: {poll_mode:?}");
+    if let Err(e) = d.blk.start(&mut d.s.xs) {
         error!("cannot watch backend/vbd: {e:?}");
     }
-    if let Err(e) = d.offer_page_to_dom0() {
-        warn!("could not grant a page to dom0: {e}");
-    }
-    for (path, token) in
-        [("control/shutdown", "shutdown"), ("data/ferrite/test/request", "test"), ("data/ferrite/poll", "poll")]
-    {
-        if let Err(e) = d.xs.watch(path, token) {
+    d.image.before_ready(&mut d.s);
+    let own = [("control/shutdown", "shutdown"), ("data/ferrite/poll", "poll")];
+    for (path, token) in own.iter().chain(d.image.watches()) {
+        if let Err(e) = d.s.xs.watch(path, token) {
             error!("cannot watch {path}: {e:?}");
         }
     }
-    if let Err(e) = d.xs.write("data/ferrite/state", "ready") {
+    if let Err(e) = d.s.xs.write("data/ferrite/state", "ready") {
         error!("cannot write data/ferrite/state: {e:?}");
     }
     let ms = (runtime::time::now() - t0) / 1_000_000;
@@ -182,7 +211,7 @@ pub fn run(b: PvBoot) -> ! {
     d.main_loop()
 }
 
-impl Driver {
+impl<I: Image> Driver<I> {
     /// The polling loop: xenstore watch events, then every ring and the
     /// disk; when nothing is in flight and no ring has work, block on the
     /// event channels (xenstore and every ring) until the next maintenance.
@@ -207,7 +236,7 @@ impl Driver {
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
-                match self.xs.poll_watch() {
+                match self.s.xs.poll_watch() {
                     Ok(Some(ev)) => self.dispatch(&ev.token, &ev.path),
                     Ok(None) => break,
                     Err(e) => {
@@ -223,12 +252,12 @@ impl Driver {
                     }
                 }
             }
-            if self.xs.dropped_events() != dropped {
-                dropped = self.xs.dropped_events();
+            if self.s.xs.dropped_events() != dropped {
+                dropped = self.s.xs.dropped_events();
                 warn!("xenstore watch events were dropped ({dropped} so far): rescanning devices");
                 self.blk.request_rescan();
             }
-            let busy = self.blk.poll(&mut self.grants, &mut self.events);
+            let busy = self.blk.poll(&mut self.s.grants, &mut self.s.events);
             if let Some(before) = after_timeout.take() {
                 if self.blk.stats.requests != before {
                     c.late += 1;
@@ -239,11 +268,11 @@ impl Driver {
                 let mut ports = self.blk.ports();
                 ports.push(self.store_port);
                 c.waits += 1;
-                if let Ok(false) = self.events.wait_any(&ports, runtime::time::now() + MAINTENANCE_NS) {
+                if let Ok(false) = self.s.events.wait_any(&ports, runtime::time::now() + MAINTENANCE_NS) {
                     c.timeouts += 1;
                     after_timeout = Some(self.blk.stats.requests);
                 }
-                self.events.take_pending(self.store_port);
+                self.s.events.take_pending(self.store_port);
             } else if self.blk.progressed() {
                 if let Some(t0) = disk_wait_since.take() {
                     let sample = runtime::time::now().saturating_sub(t0);
@@ -263,7 +292,7 @@ impl Driver {
                     let nap = (disk_wait_mean / 2).min(NAP_MAX_NS);
                     // Wakes early for a ring event (a new request).
                     let ports = self.blk.ports();
-                    let _ = self.events.wait_any(&ports, now + nap);
+                    let _ = self.s.events.wait_any(&ports, now + nap);
                 }
             }
             let now = runtime::time::now();
@@ -296,8 +325,9 @@ impl Driver {
             }
             if runtime::time::now() >= next_maintenance {
                 next_maintenance = runtime::time::now() + MAINTENANCE_NS;
-                self.blk.maintenance(&mut self.xs, &mut self.grants, &mut self.events);
+                self.blk.maintenance(&mut self.s.xs, &mut self.s.grants, &mut self.s.events);
                 self.publish_status(&mut status);
+                self.publish_disks();
             }
         }
     }
@@ -312,34 +342,56 @@ impl Driver {
             "vbds={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={}",
             self.blk.vbd_count(),
             self.blk.buffer_bytes(),
-            self.mm.lock().va_in_use(),
+            self.s.mm.lock().va_in_use(),
             runtime::heap_used(),
             self.blk.stats.requests,
             self.blk.stats.grant_copies
         );
         if s != *last {
-            if let Err(e) = self.xs.write("data/ferrite/status", s.as_bytes()) {
+            if let Err(e) = self.s.xs.write("data/ferrite/status", s.as_bytes()) {
                 warn!("cannot write data/ferrite/status: {e:?}");
             }
             *last = s;
         }
     }
 
+    /// Keeps `data/ferrite/disks` (who uses which disk) and
+    /// `data/ferrite/last-error` (the last vbd that could not be served, and
+    /// why: libxl does not show the backend's reason) current.
+    fn publish_disks(&mut self) {
+        let listing = self.registry.borrow().describe();
+        if listing != self.disks_listed {
+            if let Err(e) = self.s.xs.write("data/ferrite/disks", listing.as_bytes()) {
+                warn!("cannot write data/ferrite/disks: {e:?}");
+            }
+            self.disks_listed = listing;
+        }
+        let err = self.blk.last_error().map(String::from);
+        if err.is_some() && err != self.last_error {
+            if let Some(e) = &err {
+                if let Err(x) = self.s.xs.write("data/ferrite/last-error", e.as_bytes()) {
+                    warn!("cannot write data/ferrite/last-error: {x:?}");
+                }
+            }
+            self.last_error = err;
+        }
+    }
+
     fn dispatch(&mut self, token: &str, path: &str) {
         match token {
             "shutdown" => self.on_shutdown(),
-            "test" => self.on_test_request(),
             "poll" => self.on_poll_mode(),
             t if t.starts_with(blkback::WATCH_PREFIX) => {
-                self.blk.on_watch(&mut self.xs, &mut self.grants, &mut self.events, t)
+                self.blk.on_watch(&mut self.s.xs, &mut self.s.grants, &mut self.s.events, t)
             }
+            t if self.image.watches().iter().any(|(_, tok)| *tok == t) => self.image.on_watch(&mut self.s, t),
             other => warn!("watch event with unknown token {other:?} for {path}"),
         }
     }
 
     /// `data/ferrite/poll` = `spin` | `hybrid` switches the polling mode.
     fn on_poll_mode(&mut self) {
-        let Ok(v) = self.xs.read_string("data/ferrite/poll") else { return };
+        let Ok(v) = self.s.xs.read_string("data/ferrite/poll") else { return };
         match PollMode::parse(&v) {
             Some(m) if m != self.poll_mode => {
                 info!("polling mode: {m:?} (was {:?}; data/ferrite/poll)", self.poll_mode);
@@ -351,7 +403,7 @@ impl Driver {
     }
 
     fn on_shutdown(&mut self) {
-        let req = match self.xs.read_string("control/shutdown") {
+        let req = match self.s.xs.read_string("control/shutdown") {
             Ok(s) => s,
             Err(XsError::Xs(XsErrno::NoEnt)) => return,
             Err(e) => {
@@ -363,158 +415,24 @@ impl Driver {
             "" => {}
             "poweroff" | "halt" => {
                 info!("poweroff (control/shutdown = {req})");
-                if let AnyDisk::Nvme(n) = self.blk.disk_mut() {
-                    if let Err(e) = n.shutdown() {
-                        warn!("nvme shutdown: {e:?}");
+                let reg = self.registry.borrow();
+                for i in 0.. {
+                    let Some(dev) = reg.device(i) else { break };
+                    if let AnyDisk::Nvme(n) = dev.borrow_mut().device_mut() {
+                        if let Err(e) = n.shutdown() {
+                            warn!("nvme shutdown: {e:?}");
+                        }
                     }
                 }
-                let _ = self.xs.write("control/shutdown", "");
-                let _ = self.xs.write("data/ferrite/state", "closing");
+                drop(reg);
+                let _ = self.s.xs.write("control/shutdown", "");
+                let _ = self.s.xs.write("data/ferrite/state", "closing");
                 runtime::poweroff();
             }
             other => {
                 warn!("shutdown request {other:?} refused: Ferrite only supports poweroff");
-                let _ = self.xs.write("control/shutdown", "");
+                let _ = self.s.xs.write("control/shutdown", "");
             }
         }
-    }
-
-    fn read_u32(&mut self, path: &str) -> Result<u32, String> {
-        let s = self.xs.read_string(path).map_err(|e| format!("read {path}: {e:?}"))?;
-        s.trim().parse::<u32>().map_err(|_| format!("{path} is not a number: {s:?}"))
-    }
-
-    fn on_test_request(&mut self) {
-        match self.xs.read_string("data/ferrite/test/request") {
-            Ok(s) if s == "go" => {}
-            _ => return, // initial watch event or cleared
-        }
-        let _ = self.xs.write("data/ferrite/test/request", "taken");
-        let grant = self.read_u32("data/ferrite/test/gref").map(GrantRef);
-        let port = self.read_u32("data/ferrite/test/port").map(EvtchnPort);
-        let verdict = match &grant {
-            Ok(g) => self.check_grant(*g),
-            Err(e) => Err(e.clone()),
-        };
-        report(&mut self.xs, "grant", &verdict);
-        let verdict = match port {
-            Ok(p) => self.check_evtchn(p),
-            Err(e) => Err(e),
-        };
-        report(&mut self.xs, "evtchn", &verdict);
-    }
-
-    /// Maps dom0's page, checks its pattern, copies it with GNTTABOP_copy,
-    /// signs it with `ferrite!` and unmaps it.
-    fn check_grant(&mut self, gref: GrantRef) -> Result<String, String> {
-        let req = [MapRequest { dom: DomId::DOM0, gref, readonly: false }];
-        let m = self.grants.map_batch(&req).remove(0).map_err(|e| format!("map gref {gref}: {e:?}"))?;
-        let page = self.grants.page(&m);
-        let mut buf = vec![0u8; 4096];
-        page.read(0, &mut buf);
-        let bad = (0..4096).find(|&i| buf[i] != dom0_pattern(i));
-        let copy = self.copy_check(gref);
-        if bad.is_none() {
-            page.write(0, b"ferrite!");
-        }
-        let un = self.grants.unmap_batch(&[m]).remove(0);
-        if let Some(i) = bad {
-            return Err(format!("byte {i} is {:#x}, expected {:#x}", buf[i], dom0_pattern(i)));
-        }
-        un.map_err(|e| format!("unmap: {e:?}"))?;
-        let copied = copy?;
-        info!("grant check: mapped dom0 gref {gref}, 4096 bytes match, grant copy of {copied} bytes matches, unmapped");
-        Ok(String::from("ok"))
-    }
-
-    fn copy_check(&mut self, gref: GrantRef) -> Result<usize, String> {
-        let pfn = self.mm.lock().alloc_frame().map_err(|e| format!("no frame: {e:?}"))?;
-        let op = CopyOp {
-            src: CopyEnd::Grant { dom: DomId::DOM0, gref, offset: 8 },
-            dst: CopyEnd::Local { pfn, offset: 0 },
-            len: 4088,
-        };
-        let r = self.grants.copy_batch(&[op]).remove(0);
-        let local = self.mm.lock().frame_page(pfn).map_err(|e| format!("{e:?}"))?;
-        let mut buf = vec![0u8; 4088];
-        local.read(0, &mut buf);
-        self.mm.lock().free_frame(pfn);
-        r.map_err(|e| format!("grant copy: {e:?}"))?;
-        match (0..4088).find(|&i| buf[i] != dom0_pattern(i + 8)) {
-            Some(i) => Err(format!("grant copy: byte {} differs", i + 8)),
-            None => Ok(4088),
-        }
-    }
-
-    /// Binds to dom0's port, sends one event and waits for one back.
-    fn check_evtchn(&mut self, remote: EvtchnPort) -> Result<String, String> {
-        let local = self
-            .events
-            .bind_interdomain(DomId::DOM0, remote)
-            .map_err(|e| format!("bind to dom0 port {remote}: {e:?}"))?;
-        self.events.take_pending(local);
-        let _ = self.xs.write("data/ferrite/test/evtchn", "sent");
-        let r = self.events.send(local).map_err(|e| format!("send: {e:?}")).and_then(|()| {
-            let deadline = runtime::time::now() + EVTCHN_TEST_TIMEOUT_NS;
-            match self.events.wait_any(&[local], deadline) {
-                Ok(true) => {
-                    self.events.take_pending(local);
-                    Ok(String::from("ok"))
-                }
-                Ok(false) => Err(String::from("timeout waiting for dom0's event")),
-                Err(e) => Err(format!("poll: {e:?}")),
-            }
-        });
-        let _ = self.events.close(local);
-        if r.is_ok() {
-            info!("event channel check: local port {local} <-> dom0 port {remote}, round trip ok");
-        }
-        r
-    }
-
-    /// Grants dom0 read access to one of our pages holding a pattern.
-    fn offer_page_to_dom0(&mut self) -> Result<(), String> {
-        let pfn: Pfn = self.mm.lock().alloc_frame().map_err(|e| format!("{e:?}"))?;
-        let page = self.mm.lock().frame_page(pfn).map_err(|e| format!("{e:?}"))?;
-        let data: alloc::vec::Vec<u8> = (0..4096).map(our_pattern).collect();
-        page.write(0, &data);
-        let gref = self.grants.grant_access(DomId::DOM0, pfn, true).map_err(|e| format!("{e:?}"))?;
-        self.xs.write("data/ferrite/test/our-gref", format!("{gref}")).map_err(|e| format!("{e:?}"))?;
-        info!("granted page (pfn {}) to dom0 as gref {gref}", pfn.0);
-        Ok(())
-    }
-
-    /// Exercises error paths against the real hypervisor and xenstored:
-    /// each must come back as a typed error, never a hang or a panic.
-    fn self_checks(&mut self) -> Result<(), String> {
-        match self.xs.read_string("data/ferrite/no-such-node") {
-            Err(XsError::Xs(e)) => info!("self-check: xenstore error reply for a missing node -> {e:?}"),
-            other => return Err(format!("missing node read gave {other:?}")),
-        }
-        match self.events.send(EvtchnPort(4000)) {
-            Err(e) => info!("self-check: EVTCHNOP_send on an unbound port -> {e}"),
-            Ok(()) => return Err(String::from("send on an unbound port succeeded")),
-        }
-        match self.grants.map_batch(&[MapRequest { dom: DomId(0x7FF0), gref: GrantRef(1), readonly: true }]).remove(0) {
-            Err(e) => info!("self-check: mapping a grant of an invalid domain -> {e:?}"),
-            Ok(m) => {
-                let _ = self.grants.unmap_batch(&[m]);
-                return Err(String::from("bogus grant map succeeded"));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn report(xs: &mut Xs, key: &str, verdict: &Result<String, String>) {
-    let value = match verdict {
-        Ok(v) => v.clone(),
-        Err(e) => {
-            warn!("{key} check failed: {e}");
-            format!("fail: {e}")
-        }
-    };
-    if let Err(e) = xs.write(&format!("data/ferrite/test/{key}"), value) {
-        warn!("cannot report {key}: {e:?}");
     }
 }

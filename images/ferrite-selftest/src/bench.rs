@@ -50,20 +50,25 @@ pub fn randread<D: BlockDevice<Buffer = DmaBuf>>(
         if t >= t_end && started.is_empty() {
             break;
         }
-        while t < t_end {
-            let Some(buf) = free.pop() else { break };
-            match dev.submit(0, BlockRequest::Read { lba: next_lba(), buffer: buf }) {
-                Ok(tok) => {
-                    started.insert(tok.0, now());
-                }
-                Err((e, r)) => {
-                    if let BlockRequest::Read { buffer, .. } = r {
-                        free.push(buffer);
+        // Until the run ends, keep every free buffer in flight (up to the
+        // device's queue limit). `t` is this iteration's time: the condition
+        // is decided once, the inner loop ends when the buffers or the queue
+        // run out.
+        if t < t_end {
+            while let Some(buf) = free.pop() {
+                match dev.submit(0, BlockRequest::Read { lba: next_lba(), buffer: buf }) {
+                    Ok(tok) => {
+                        started.insert(tok.0, now());
                     }
-                    if e == Error::QueueFull {
-                        break;
+                    Err((e, r)) => {
+                        if let BlockRequest::Read { buffer, .. } = r {
+                            free.push(buffer);
+                        }
+                        if e == Error::QueueFull {
+                            break;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
             }
         }

@@ -1,12 +1,15 @@
-//! The disk Ferrite serves: the NVMe controller passed through to it, or a
-//! small RAM disk when there is none (so a guest can still be served).
+//! A device Ferrite serves disks from: an NVMe controller passed through to
+//! it (every namespace a volume), or a RAM disk a vbd named (`ram:SIZE`).
 
 use crate::pci_nvme::PvNvme;
-use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token};
+use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token, Volumes};
 use drivers::hal::Nanos;
 use drivers::Error;
 use runtime::dev::DmaBuf;
 
+// One per domain, built once at boot: the NVMe variant's size costs nothing,
+// a Box would add an indirection on every request.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyDisk {
     Nvme(PvNvme),
     Ram(drivers::block::RamDisk<DmaBuf>),
@@ -52,5 +55,22 @@ impl BlockDevice for AnyDisk {
     }
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<DmaBuf>> {
         each!(self, d => d.poll(queue, now))
+    }
+}
+
+impl Volumes for AnyDisk {
+    fn volumes(&self) -> usize {
+        each!(self, d => Volumes::volumes(d))
+    }
+    fn volume_geometry(&self, v: usize) -> Option<(u32, u64)> {
+        each!(self, d => Volumes::volume_geometry(d, v))
+    }
+    fn submit_to(
+        &mut self,
+        v: usize,
+        queue: u16,
+        r: BlockRequest<DmaBuf>,
+    ) -> Result<Token, (Error, BlockRequest<DmaBuf>)> {
+        each!(self, d => Volumes::submit_to(d, v, queue, r))
     }
 }
