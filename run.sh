@@ -5,7 +5,7 @@
 #                     domain (`xl create configs/ferrite.cfg`). On a Xen host
 #                     (dom0 with xl) that happens directly; anywhere else the
 #                     lab is built (Xen 4.17 + Debian dom0 under QEMU TCG,
-#                     cached in .lab-cache/) and Ferrite is started inside it.
+#                     cached in ~/.cache/ferrite-lab/) and Ferrite is started inside it.
 #   ./run.sh test     every test: fmt and clippy gates (host and bare metal,
 #                     each image on its own), host cargo tests, image checks, the PVH boot tests (self-test
 #                     image) under plain QEMU, the lab end-to-end tests and
@@ -218,7 +218,7 @@ test_fuzz() {
 test_lab() {
     say "lab tests (one Xen boot under QEMU TCG)"
     if ! "$ROOT/lab/lab.sh" build; then
-        record lab-build FAIL "see .lab-cache/logs/"; return
+        record lab-build FAIL "see ${LAB_CACHE:-$HOME/.cache/ferrite-lab}/logs/"; return
     fi
     local out=$LOGS/lab-test.log
     LAB_SELFTEST_IMAGE=$SELFTEST_IMAGE "$ROOT/lab/lab.sh" run test "$IMAGE" 2>&1 | tee "$out"
