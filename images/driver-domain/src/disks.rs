@@ -19,8 +19,10 @@ const SCAN_TIMEOUT_NS: u64 = 10_000_000_000;
 /// Queues and depth of a RAM disk a vbd names.
 const RAM_QUEUES: u16 = 1;
 const RAM_DEPTH: usize = 64;
-/// The largest RAM disk Ferrite makes (it lives in an 8 MiB heap).
-const RAM_MAX_BYTES: u64 = 4 << 20;
+/// The largest RAM disk Ferrite makes (it lives in the 8 MiB heap).
+const RAM_MAX_BYTES: u64 = 2 << 20;
+/// Heap kept free beside RAM disks: blkback's disk buffers and the rest.
+const HEAP_RESERVE: u64 = blkback::MAX_BUFFER_BYTES as u64 + (1 << 20);
 
 fn text(field: &[u8]) -> String {
     String::from(core::str::from_utf8(field).unwrap_or("?").trim_end_matches(['\0', ' ']))
@@ -58,11 +60,11 @@ pub fn register(controllers: alloc::vec::Vec<Controller>) -> Registry<AnyDisk> {
 }
 
 /// Makes the RAM disk a `ram:SIZE` target asks for (512-byte blocks), at
-/// most [`RAM_MAX_BYTES`] and only while the heap has twice that free.
+/// most [`RAM_MAX_BYTES`] and only while the heap keeps [`HEAP_RESERVE`]
+/// free beside it.
 pub fn ram_disk(bytes: u64) -> Option<AnyDisk> {
     let (_, free) = runtime::heap_usage();
-    let free = free as u64;
-    if bytes > RAM_MAX_BYTES || bytes.saturating_mul(2) > free {
+    if bytes > RAM_MAX_BYTES || bytes.saturating_add(HEAP_RESERVE) > free as u64 {
         return None;
     }
     Some(AnyDisk::Ram(RamDisk::new(512, bytes / 512, RAM_QUEUES, RAM_DEPTH)))
