@@ -109,7 +109,10 @@ impl Drop for Claim {
 
 /// Every disk Ferrite may serve.
 pub struct Registry<D: Volumes> {
-    devices: Vec<Rc<RefCell<Shared<D>>>>,
+    /// By index; a RAM disk's slot empties when its last view is gone.
+    devices: Vec<Option<Rc<RefCell<Shared<D>>>>>,
+    /// Indices of RAM-disk devices (made by `open`, freed by `prune`).
+    ram_devices: Vec<usize>,
     disks: Vec<Disk>,
     claims: Rc<RefCell<ClaimTable>>,
     rams: u32,
@@ -117,7 +120,7 @@ pub struct Registry<D: Volumes> {
 
 impl<D: Volumes> Default for Registry<D> {
     fn default() -> Self {
-        Registry { devices: Vec::new(), disks: Vec::new(), claims: Rc::default(), rams: 0 }
+        Registry { devices: Vec::new(), ram_devices: Vec::new(), disks: Vec::new(), claims: Rc::default(), rams: 0 }
     }
 }
 
@@ -133,14 +136,14 @@ where
     /// Adds a device (a controller); its namespaces are added with
     /// [`Registry::add_namespace`]. Returns its index.
     pub fn add_device(&mut self, dev: D) -> usize {
-        self.devices.push(Shared::new(dev));
+        self.devices.push(Some(Shared::new(dev)));
         self.devices.len() - 1
     }
 
     /// Adds volume `volume` of device `device` as disk `name` (`nvme0n1`);
     /// false if the device has no such volume.
     pub fn add_namespace(&mut self, name: &str, device: usize, volume: usize, model: &str, serial: &str) -> bool {
-        let Some(geometry) = self.devices.get(device).and_then(|d| d.borrow().device().volume_geometry(volume)) else {
+        let Some(geometry) = self.device(device).and_then(|d| d.borrow().device().volume_geometry(volume)) else {
             return false;
         };
         let (lba_size, blocks) = geometry;
@@ -184,9 +187,14 @@ where
         &self.disks
     }
 
+    /// Device slots (`device(i)` for `i` below this; freed RAM disks are `None`).
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
     /// The shared device with index `i`.
     pub fn device(&self, i: usize) -> Option<&Rc<RefCell<Shared<D>>>> {
-        self.devices.get(i)
+        self.devices.get(i).and_then(Option::as_ref)
     }
 
     /// Holders of claims overlapping `disk`, with `(holder, writable)`.
@@ -235,22 +243,40 @@ where
         make_ram: impl FnOnce(u64) -> Option<D>,
     ) -> Result<View<D>, OpenError> {
         let target = target::parse(params)?;
+        self.prune();
         let disk = match &target {
             Target::Ram { bytes } => {
                 let dev = make_ram(*bytes).ok_or(OpenError::NoMemory)?;
                 let name = format!("ram{}", self.rams);
                 self.rams += 1;
                 let i = self.add_device(dev);
+                self.ram_devices.push(i);
                 self.add_namespace(&name, i, 0, "RAM disk", "-");
                 self.disks.iter().find(|d| d.device == i).cloned().ok_or(OpenError::NoMemory)?
             }
             _ => self.find(&target)?,
         };
         let claim = self.claim(&disk, !readonly, holder, &target)?;
-        let shared = self.devices.get(disk.device).ok_or(OpenError::NoMemory)?;
+        let shared = self.device(disk.device).ok_or(OpenError::NoMemory)?;
         let mut view = View::new(shared, disk.volume, disk.extent, readonly).ok_or(OpenError::NoMemory)?;
         view.hold(claim);
         Ok(view)
+    }
+
+    /// Frees every RAM disk no view uses any more (its memory, its entry in
+    /// [`Registry::disks`]). `open` does this first; call it before
+    /// [`Registry::describe`] to list only what exists.
+    pub fn prune(&mut self) {
+        let devices = &mut self.devices;
+        let disks = &mut self.disks;
+        self.ram_devices.retain(|&i| {
+            let unused = devices.get(i).and_then(Option::as_ref).is_some_and(|d| Rc::strong_count(d) == 1);
+            if unused {
+                devices[i] = None;
+                disks.retain(|d| d.device != i);
+            }
+            !unused
+        });
     }
 
     fn find(&self, t: &Target) -> Result<Disk, OpenError> {
@@ -403,6 +429,12 @@ mod tests {
         let t = v.submit(0, BlockRequest::Write { lba: 127, buffer: vec![1; 512], fua: false }).unwrap();
         assert_eq!(v.poll(0, 0).unwrap().token, t);
         assert_eq!(r.disks()[0].name, "ram0");
+        // Its memory goes with its last view; the next one is a new disk.
+        drop(v);
+        r.prune();
+        assert!(r.disks().is_empty() && r.device(0).is_none());
+        let w = r.open("ram:4K", false, "vbd 2/1", |b| Some(RamDisk::new(512, b / 512, 1, 8))).unwrap();
+        assert_eq!((r.disks().len(), r.disks()[0].name.as_str(), w.capacity()), (1, "ram1", 8));
     }
 
     #[test]

@@ -359,7 +359,11 @@ impl<I: Image> Driver<I> {
     /// `data/ferrite/last-error` (the last vbd that could not be served, and
     /// why: libxl does not show the backend's reason) current.
     fn publish_disks(&mut self) {
-        let listing = self.registry.borrow().describe();
+        let listing = {
+            let mut reg = self.registry.borrow_mut();
+            reg.prune();
+            reg.describe()
+        };
         if listing != self.disks_listed {
             if let Err(e) = self.s.xs.write("data/ferrite/disks", listing.as_bytes()) {
                 warn!("cannot write data/ferrite/disks: {e:?}");
@@ -416,8 +420,8 @@ impl<I: Image> Driver<I> {
             "poweroff" | "halt" => {
                 info!("poweroff (control/shutdown = {req})");
                 let reg = self.registry.borrow();
-                for i in 0.. {
-                    let Some(dev) = reg.device(i) else { break };
+                for i in 0..reg.device_count() {
+                    let Some(dev) = reg.device(i) else { continue };
                     if let AnyDisk::Nvme(n) = dev.borrow_mut().device_mut() {
                         if let Err(e) = n.shutdown() {
                             warn!("nvme shutdown: {e:?}");
