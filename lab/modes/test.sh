@@ -380,8 +380,9 @@ else
         elif glog_wait "$off" "GUEST-EVENT xvdb present" 30; then
             present=$(echo "$GLINE" | sed 's/^.*GUEST-EVENT //')
             case $present in *ro=1\ *write=fail\ after-write-zero=yes*) ;; *) why="$why read-only xvdb: $present;" ;; esac
-            mode=$(xenstore-read /local/domain/$FDOM/backend/vbd/$GDOM/51728/mode 2>/dev/null)
-            info=$(xenstore-read /local/domain/$FDOM/backend/vbd/$GDOM/51728/info 2>/dev/null)
+            g=$(gdomid) # the guest's domain since the reboot
+            mode=$(xenstore-read /local/domain/$FDOM/backend/vbd/$g/51728/mode 2>/dev/null)
+            info=$(xenstore-read /local/domain/$FDOM/backend/vbd/$g/51728/info 2>/dev/null)
             [ "$mode" = r ] || why="$why backend mode='$mode' (expected r);"
             [ $(( ${info:-0} & 4 )) -ne 0 ] || why="$why backend info=$info lacks VDISK_READONLY (4);"
         else
