@@ -498,6 +498,7 @@ cmd_run() {
     rm -f "$run/initrd"
     # Disk images above 64 MiB (benchmark disks) are not kept: runs/ would fill the disk.
     find "$run" -maxdepth 1 -name 'nvme*.img' -size +65536k -delete
+    find "$run" -maxdepth 1 -name 'nvme*.img' -xtype l -delete
     say "serial log: $run/serial.log"
     return $rc
 }
