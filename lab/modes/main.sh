@@ -33,7 +33,8 @@ lab_info "Ferrite's console ($GUEST_LOG), last lines:"
 lab_show "$GUEST_LOG" 14
 
 # data/ferrite/disks: the namespace and its two partitions.
-disks=$(xenstore-read /local/domain/$domid/data/ferrite/disks 2>/dev/null)
+# xenstore-read escapes the newlines between the lines (\n): undo that.
+disks=$(printf '%b\n' "$(xenstore-read /local/domain/$domid/data/ferrite/disks 2>/dev/null)" | grep .)
 echo "$disks" | sed 's/^/LAB-INFO disks | /'
 why=""
 for want in "nvme0n1p1 $((36 << 20)) main-1" "nvme0n1p2 $((36 << 20)) main-2"; do
@@ -66,7 +67,7 @@ for g in $GUESTS; do
 done
 lab_step guest-done "both guests finished their filesystem check after $(lab_since "$t_g") s"
 lab_info "data/ferrite/disks with both guests connected:"
-xenstore-read /local/domain/$domid/data/ferrite/disks 2>/dev/null | sed 's/^/LAB-INFO disks | /'
+printf '%b\n' "$(xenstore-read /local/domain/$domid/data/ferrite/disks 2>/dev/null)" | grep . | sed 's/^/LAB-INFO disks | /'
 n=0
 for g in $GUESTS; do
     n=$((n + 1))
