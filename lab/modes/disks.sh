@@ -208,6 +208,9 @@ else
     lab_info "Ferrite's console since xl shutdown:"
     sed -n "$((foff + 1)),\$p" "$GUEST_LOG" | tail -n 25 | sed 's/^/LAB-INFO ferrite | /'
     lab_info "xl dmesg, last lines:"; xl dmesg 2>/dev/null | tail -n 25 | sed 's/^/LAB-INFO xen | /'
+    lab_info "dom0 process crashes (the lab's known problem) and dom0's last kernel lines:"
+    dmesg 2>/dev/null | grep -E 'segfault at|traps:|general protection' | tail -n 5 | sed 's/^/LAB-INFO dom0-crash | /'
+    dmesg 2>/dev/null | tail -n 10 | sed 's/^/LAB-INFO dmesg | /'
     xl destroy ferrite >/dev/null 2>&1
 fi
 lab_info "timings: Ferrite xl create ${t_created} s, ready +${t_ready} s; four guests created in ${t_created_g} s, done after ${t_guests} s; shutdown ${SHUTDOWN_AFTER} s; mode $(lab_since "$t_all") s in all"
