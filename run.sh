@@ -270,8 +270,12 @@ collect_lab() {
 # tests/check_disks.py: each guest's data is exactly where its extent is and
 # every other byte of the images is as the host wrote it.
 test_lab_disks() {
-    say "lab disks tests (a second Xen boot: MODE disks)"
     local out=$LOGS/lab-disks.log run rc
+    # The host check itself first: it must fail on images where a vbd escaped its extent.
+    say "check_disks.py self-test (fake runs, correct and escaped mappings); log: $LOGS/check-disks-selftest.log"
+    if python3 "$ROOT/tests/check_disks_selftest.py" >"$LOGS/check-disks-selftest.log" 2>&1; then record disks-check-selftest OK
+    else record disks-check-selftest FAIL "see $LOGS/check-disks-selftest.log"; fi
+    say "lab disks tests (a second Xen boot: MODE disks)"
     "$ROOT/lab/lab.sh" run disks "$IMAGE" 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
     collect_lab "$out" "$rc"
