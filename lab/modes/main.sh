@@ -68,24 +68,25 @@ done
 lab_step guest-done "both guests finished their filesystem check after $(lab_since "$t_g") s"
 lab_info "data/ferrite/disks with both guests connected:"
 printf '%b\n' "$(xenstore-read /local/domain/$domid/data/ferrite/disks 2>/dev/null)" | grep . | sed 's/^/LAB-INFO disks | /'
-n=0
+# k, not n: lab_step/lab_pass/lab_fail (common.sh) set n.
+k=0
 for g in $GUESTS; do
-    n=$((n + 1))
+    k=$((k + 1))
     GLOG=/var/log/xen/console/guest-$g.log
     res=$(grep -a "GUEST-RESULT fs-new" "$GLOG" 2>/dev/null | head -n 1 | sed 's/^.*GUEST-RESULT fs-new //')
     grep -aE "GUEST-(FEATURES|RESULT)|blkfront: xvda" "$GLOG" 2>/dev/null | sed 's/^.*\(GUEST-\|blkfront\)/\1/' | sed "s/^/LAB-INFO $g | /"
     case "$res" in
-        PASS*) lab_pass guest-disk-$n "$g on partition $n of a Ferrite-served NVMe disk: ${res#PASS }" ;;
-        *) lab_fail guest-disk-$n "$g result: '${res:-<none within 180 s>}'"; lab_show "$GLOG" 20 $g ;;
+        PASS*) lab_pass guest-disk-$k "$g on partition $k of a Ferrite-served NVMe disk: ${res#PASS }" ;;
+        *) lab_fail guest-disk-$k "$g result: '${res:-<none within 180 s>}'"; lab_show "$GLOG" 20 $g ;;
     esac
 done
 # Short fio runs on each guest's raw disk (after the filesystem check, which they overwrite).
 common="--direct=1 --ioengine=libaio --time_based --runtime=5 --ramp_time=1 --size=256M --randseed=20261122"
-n=0 seq=0
+k=0 seq=0
 for g in $GUESTS; do
-    n=$((n + 1))
+    k=$((k + 1))
     GLOG=/var/log/xen/console/guest-$g.log
-    lab_step guest-fio "fio in $g on /dev/xvda (partition $n, served by Ferrite): three 5 s jobs"
+    lab_step guest-fio "fio in $g on /dev/xvda (partition $k, served by Ferrite): three 5 s jobs"
     figs="" fio_ok=yes
     for job in "randread-4k-qd32 --rw=randread --bs=4k --iodepth=32" "randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32" "seqread-128k-qd8 --rw=read --bs=128k --iodepth=8"; do
         seq=$((seq + 1))
@@ -101,9 +102,9 @@ for g in $GUESTS; do
         fi
     done
     if [ $fio_ok = yes ]; then
-        lab_pass guest-fio-$n "$g: $figs (QEMU TCG: compare ratios with ./run.sh bench, not absolute figures)"
+        lab_pass guest-fio-$k "$g: $figs (QEMU TCG: compare ratios with ./run.sh bench, not absolute figures)"
     else
-        lab_fail guest-fio-$n "a fio job did not complete in $g; see $GLOG"
+        lab_fail guest-fio-$k "a fio job did not complete in $g; see $GLOG"
         lab_show "$GLOG" 10 $g
     fi
 done
