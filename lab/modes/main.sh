@@ -111,6 +111,9 @@ done
 for g in $GUESTS; do xl destroy $g >/dev/null 2>&1; done
 lab_info "Ferrite after the guests left:"
 grep -E "vbd " "$GUEST_LOG" | tail -n 6 | sed 's/^/LAB-INFO   | /'
+# Ferrite's periodic I/O counters and any warning, for the figures above.
+lab_info "Ferrite's console: I/O counters and warnings during the run:"
+grep -aE "ferrite: io:|WARN|ERROR|refused|timed out" "$GUEST_LOG" | tail -n 40 | sed 's/^/LAB-INFO ferrite | /'
 lab_info "xl list:"
 xl list | sed 's/^/LAB-INFO   | /'
 lab_shutdown 60
