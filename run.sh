@@ -8,7 +8,8 @@
 #                     cached in ~/.cache/ferrite-lab/) and Ferrite is started inside it.
 #   ./run.sh test     every test: fmt and clippy gates (host and bare metal,
 #                     each image on its own), host cargo tests, image checks, the PVH boot tests (self-test
-#                     image) under plain QEMU, the lab end-to-end tests and
+#                     image) under plain QEMU, the lab end-to-end tests (MODE test,
+#                     then MODE disks + tests/check_disks.py) and
 #                     `bench --quick` as a smoke test.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
 #   ./run.sh lint     only the fmt and clippy gates of ./run.sh test.
@@ -222,19 +223,7 @@ test_lab() {
     fi
     local out=$LOGS/lab-test.log
     LAB_SELFTEST_IMAGE=$SELFTEST_IMAGE "$ROOT/lab/lab.sh" run test "$IMAGE" 2>&1 | tee "$out"
-    local rc=${PIPESTATUS[0]} n=0 name verdict
-    # One verdict per test name: FAIL if any of its lines failed (a test
-    # reported PASS and then FAIL has failed), in the order first reported.
-    while read -r name verdict; do
-        n=$((n + 1))
-        if [ "$verdict" = PASS ]; then record "lab:$name" OK; else record "lab:$name" FAIL; fi
-    done < <(grep -oE 'LAB-TEST [A-Za-z0-9_.-]+ (PASS|FAIL)' "$out" | awk '
-        !($2 in v) { order[++n] = $2; v[$2] = $3 }
-        $3 == "FAIL" { v[$2] = "FAIL" }
-        END { for (i = 1; i <= n; i++) print order[i], v[order[i]] }')
-    if [ "$n" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q 'LAB-TEST .* FAIL' "$out"; }; then
-        record lab-run FAIL "lab.sh exited $rc; see $out"
-    fi
+    collect_lab "$out" "${PIPESTATUS[0]}" lab
     # blk-persist, checked from the host: the NVMe image file of the run holds
     # the guest's data (nothing writes there after it in MODE test).
     local run
@@ -244,6 +233,46 @@ test_lab() {
         record lab:blk-persist-image OK
     else
         record lab:blk-persist-image FAIL "the run's nvme.img does not hold the blk-persist data (run ${run:-?})"
+    fi
+    test_lab_disks
+}
+
+# collect_lab OUT RC PREFIX: one verdict per LAB-TEST name in OUT, recorded as
+# PREFIX:name (FAIL if any of its lines failed: a test that reported PASS and
+# then FAIL has failed), in the order first reported.
+collect_lab() {
+    local out=$1 rc=$2 prefix=$3 n=0 name verdict
+    while read -r name verdict; do
+        n=$((n + 1))
+        if [ "$verdict" = PASS ]; then record "$prefix:$name" OK; else record "$prefix:$name" FAIL; fi
+    done < <(grep -oE 'LAB-TEST [A-Za-z0-9_.-]+ (PASS|FAIL)' "$out" | awk '
+        !($2 in v) { order[++n] = $2; v[$2] = $3 }
+        $3 == "FAIL" { v[$2] = "FAIL" }
+        END { for (i = 1; i <= n; i++) print order[i], v[order[i]] }')
+    if [ "$n" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q 'LAB-TEST .* FAIL' "$out"; }; then
+        record "$prefix-run" FAIL "lab.sh exited $rc; see $out"
+    fi
+}
+
+# MODE disks (its own Xen boot): two NVMe controllers, three namespaces (one
+# with 4 KiB LBAs), a GPT; four guests on four extents. Then, from the host,
+# tests/check_disks.py: each guest's data is exactly where its extent is and
+# every other byte of the images is as the host wrote it.
+test_lab_disks() {
+    local out=$LOGS/lab-disks.log run rc
+    # The host check itself first: it must fail on images where a vbd escaped its extent.
+    say "check_disks.py self-test (fake runs, correct and escaped mappings); log: $LOGS/check-disks-selftest.log"
+    if python3 "$ROOT/tests/check_disks_selftest.py" >"$LOGS/check-disks-selftest.log" 2>&1; then record disks-check-selftest OK
+    else record disks-check-selftest FAIL "see $LOGS/check-disks-selftest.log"; fi
+    say "lab disks tests (a second Xen boot: MODE disks)"
+    "$ROOT/lab/lab.sh" run disks "$IMAGE" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    collect_lab "$out" "$rc" lab-disks
+    run=$(cat "${LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrite-lab}/last-run" 2>/dev/null)
+    if [ -n "$run" ] && [ "${run%-disks}" != "$run" ] && python3 "$ROOT/tests/check_disks.py" "$run" 2>&1 | tee "$LOGS/check-disks.log"; then
+        record lab-disks:image OK
+    else
+        record lab-disks:image FAIL "the disks run's images are not as expected (run ${run:-?}); see $LOGS/check-disks.log"
     fi
 }
 

@@ -417,19 +417,59 @@ cmd_run() {
     head -c $(( (4 - $(stat -c %s "$run/initrd") % 4) % 4 )) /dev/zero >>"$run/initrd"
     cat "$run/run.cpio" >>"$run/initrd"
     rm -rf "$run/tree" "$run/run.cpio"
-    # NVMe controllers: one 64 MiB by default; a "# LAB-QEMU-NVME: SIZE SIZE ..." line
-    # in the mode script asks for one controller per SIZE, at PCI 00:04.0, 00:05.0, ...
-    # with serials ferrite-nvme0, ferrite-nvme1, ... and images nvme.img, nvme1.img, ...
-    local sizes nvme_args=() i=0 img sz
-    sizes=$(sed -n 's/^# LAB-QEMU-NVME: *//p' "$modescript" | head -n 1)
-    for sz in ${sizes:-64M}; do
-        img=$run/nvme.img; [ $i -gt 0 ] && img=$run/nvme$i.img
-        # Allocated up front: first writes then cost the same on every image.
-        fallocate -l "$sz" "$img" 2>/dev/null || truncate -s "$sz" "$img"
-        nvme_args+=(-drive "file=$img,if=none,id=nv$i,format=raw"
-                    -device "nvme,drive=nv$i,serial=ferrite-nvme$i,addr=0x$((4 + i))")
+    # NVMe controllers: one 64 MiB by default; a "# LAB-QEMU-NVME: CTRL CTRL ..." line
+    # in the mode script asks for one controller per CTRL, at PCI 00:04.0, 00:05.0, ...
+    # with serials ferrite-nvme0, ferrite-nvme1, ...  CTRL is SIZE (one namespace,
+    # 512-byte LBAs: the old form) or NS+NS+... with NS = SIZE[/LBA] (namespaces
+    # 1, 2, ... of that controller; LBA 512 or 4096).  Images: nvme.img for
+    # controller 0 namespace 1, nvme<c>.img for a controller given as a plain
+    # SIZE, nvme<c>n<n>.img otherwise; nvme<c>n1.img links to nvme.img / nvme<c>.img,
+    # so every namespace is nvme<c>n<n>.img too.  images.txt in the run directory
+    # lists "DISK FILE SIZE LBA FILL-ARGS..." per namespace.  A
+    # "# LAB-NVME-FILL: nvme<c>n<n> ARGS..." line pre-fills that image with
+    # tests/mkimage.py ARGS (background pattern, GPT) before QEMU starts.
+    local specs nvme_args=() i=0 img sz ctl ns n lba disk fill
+    specs=$(sed -n 's/^# LAB-QEMU-NVME: *//p' "$modescript" | head -n 1)
+    : >"$run/images.txt"
+    for ctl in ${specs:-64M}; do
+        case $ctl in
+            *[+/]*)
+                nvme_args+=(-device "nvme,id=nvme$i,serial=ferrite-nvme$i,addr=0x$((4 + i))")
+                n=0
+                for ns in $(echo "$ctl" | tr '+' ' '); do
+                    n=$((n + 1))
+                    sz=${ns%%/*} lba=512
+                    case $ns in */*) lba=${ns#*/} ;; esac
+                    case $lba in 512|4096) ;; *) die "LAB-QEMU-NVME: LBA size '$lba' in '$ctl' (512 or 4096)" ;; esac
+                    img=$run/nvme${i}n$n.img
+                    [ $i -eq 0 ] && [ $n -eq 1 ] && { img=$run/nvme.img; ln -sf nvme.img "$run/nvme0n1.img"; }
+                    fallocate -l "$sz" "$img" 2>/dev/null || truncate -s "$sz" "$img"
+                    local nsopt="nvme-ns,drive=nv${i}n$n,bus=nvme$i,nsid=$n"
+                    [ "$lba" = 512 ] || nsopt="$nsopt,logical_block_size=$lba,physical_block_size=$lba"
+                    nvme_args+=(-drive "file=$img,if=none,id=nv${i}n$n,format=raw" -device "$nsopt")
+                    echo "nvme${i}n$n $(basename "$img") $sz $lba" >>"$run/images.txt"
+                done ;;
+            *)
+                sz=$ctl
+                img=$run/nvme.img
+                if [ $i -gt 0 ]; then img=$run/nvme$i.img; ln -sf "nvme$i.img" "$run/nvme${i}n1.img"; else ln -sf nvme.img "$run/nvme0n1.img"; fi
+                # Allocated up front: first writes then cost the same on every image.
+                fallocate -l "$sz" "$img" 2>/dev/null || truncate -s "$sz" "$img"
+                nvme_args+=(-drive "file=$img,if=none,id=nv$i,format=raw"
+                            -device "nvme,drive=nv$i,serial=ferrite-nvme$i,addr=0x$((4 + i))")
+                echo "nvme${i}n1 $(basename "$img") $sz 512" >>"$run/images.txt" ;;
+        esac
         i=$((i + 1))
     done
+    # Pre-filled images (background pattern, GPT): the same tool the host checks use.
+    while read -r disk fill; do
+        [ -n "$disk" ] || continue
+        set -- $(awk -v d="$disk" '$1 == d' "$run/images.txt")
+        [ $# -ge 4 ] || die "LAB-NVME-FILL: no namespace '$disk' in LAB-QEMU-NVME"
+        python3 "$REPO/tests/mkimage.py" "$run/$2" --size "$3" --lba "$4" $fill || die "LAB-NVME-FILL $disk $fill failed"
+        awk -v d="$disk" -v f="$fill" '$1 == d { $0 = $0 " " f } { print }' "$run/images.txt" >"$run/images.txt.new"
+        mv "$run/images.txt.new" "$run/images.txt"
+    done < <(sed -n 's/^# LAB-NVME-FILL: *//p' "$modescript")
     echo "$run" >"$CACHE/last-run"
 
     local timeout=${LAB_TIMEOUT:-900}
@@ -458,6 +498,7 @@ cmd_run() {
     rm -f "$run/initrd"
     # Disk images above 64 MiB (benchmark disks) are not kept: runs/ would fill the disk.
     find "$run" -maxdepth 1 -name 'nvme*.img' -size +65536k -delete
+    find "$run" -maxdepth 1 -name 'nvme*.img' -xtype l -delete
     say "serial log: $run/serial.log"
     return $rc
 }

@@ -14,6 +14,13 @@
 #          (lab/dom0/common.sh) at that offset of raw xvda, fsync, drop caches and
 #          read it back ("persist-write"); or only read it ("persist-read"); both
 #          report the sha256 of what they read from xvda
+#   regions  (disks mode) with lab.blocksize=N first the mkfs path with
+#          `mke2fs -b N` ("fs-bsN"); then for each SEED:SKIP:COUNT of
+#          lab.regions= (comma-separated; SKIP and COUNT in 64 KiB blocks) what
+#          persist-write does, reported as "GUEST-RESULT region-SEED ..."
+#   ro     (disks mode; xvda attached access=ro) reports /sys/block/xvda/ro, then
+#          tries to write one 4 KiB block at offset 0 (after `blockdev --setrw`
+#          too) and reports whether the write failed ("GUEST-RESULT ro ...")
 #   bench  the benchmark agent on xvda (lab/dom0/bench-agent.sh; never returns)
 #   fsbench  fs, then the benchmark agent (./run.sh's short fio run)
 # After its phase every guest reports "GUEST-DONE <phase>" and then watches for
@@ -97,7 +104,7 @@ new_fs() {
     umount /mnt 2>/dev/null
     mkdir -p /mnt
     # Full path: busybox sh runs its own (ext2-only) mke2fs applet before PATH.
-    if ! /sbin/mke2fs -t ext4 -F -q /dev/xvda >/tmp/mkfs.log 2>&1; then
+    if ! /sbin/mke2fs -t ext4 -F -q ${MKFS_OPTS:-} /dev/xvda >/tmp/mkfs.log 2>&1; then
         say "RESULT $name FAIL mkfs.ext4 /dev/xvda failed: $(tail -n 3 /tmp/mkfs.log | tr '\n' ' ')"; return 1
     fi
     if ! mount -t ext4 /dev/xvda /mnt 2>/tmp/mount.log; then
@@ -140,10 +147,11 @@ verify_fs() {
     umount /mnt
 }
 
-# persist write|read: see the header; lab.persist=SEED:SKIP:COUNT (64 KiB blocks).
+# persist write|read [SPEC NAME]: see the header; SPEC (default: lab.persist=)
+# is SEED:SKIP:COUNT (64 KiB blocks); NAME defaults to persist-write|read.
 persist() {
-    name=persist-$1
-    spec=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^lab\.persist=//p' | tail -n 1)
+    name=${3:-persist-$1}
+    spec=${2:-$(tr ' ' '\n' </proc/cmdline | sed -n 's/^lab\.persist=//p' | tail -n 1)}
     seed=$(echo "$spec" | cut -d: -f1) skip=$(echo "$spec" | cut -d: -f2) count=$(echo "$spec" | cut -d: -f3)
     case "$seed:$skip:$count" in
         *[!0-9a-f:]*|:*|*::*|*:) say "RESULT $name FAIL bad lab.persist='$spec' (SEED:SKIP:COUNT)"; return 1 ;;
@@ -159,6 +167,33 @@ persist() {
     fi
     sum=$(dd if=/dev/xvda bs=64k skip="$skip" count="$count" 2>/dev/null | sha256sum | cut -d' ' -f1)
     say "RESULT $name PASS bytes=$((count * 65536)) at=$((skip * 65536)) sha256=$sum"
+}
+
+cmdarg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^lab\.$1=//p" | tail -n 1; }
+
+# regions: lab.blocksize=N (optional: ext4 with N-byte blocks first), then
+# every SEED:SKIP:COUNT of lab.regions= written and read back.
+regions() {
+    bsz=$(cmdarg blocksize)
+    if [ -n "$bsz" ]; then
+        MKFS_OPTS="-b $bsz"
+        new_fs "fs-bs$bsz"
+        MKFS_OPTS=""
+    fi
+    for r in $(cmdarg regions | tr ',' ' '); do
+        persist write "$r" "region-$(echo "$r" | cut -d: -f1)"
+    done
+}
+
+# ro: xvda is attached read-only: ro flag, and a write must fail.
+ro_probe() {
+    rof=$(cat /sys/block/xvda/ro)
+    w1=written; dd if=/dev/urandom of=/dev/xvda bs=4k count=1 oflag=direct conv=notrunc 2>/tmp/ro1.log || w1=failed
+    blockdev --setrw /dev/xvda 2>/dev/null
+    w2=written; dd if=/dev/urandom of=/dev/xvda bs=4k count=1 oflag=direct conv=notrunc 2>/tmp/ro2.log || w2=failed
+    head=$(dd if=/dev/xvda bs=64k count=1 2>/dev/null | sha256sum | cut -c1-16)
+    verdict=PASS; [ "$rof" = 1 ] && [ $w1 = failed ] && [ $w2 = failed ] || verdict=FAIL
+    say "RESULT ro $verdict ro=$rof write=$w1 write-after-setrw=$w2 size_sectors=$(cat /sys/block/xvda/size) first-64KiB-sha256=$head ($(tr '\n' ' ' </tmp/ro1.log | cut -c1-80))"
 }
 
 load() {
@@ -194,6 +229,8 @@ case $phase in
     load) load ;;
     persist-write) persist write ;;
     persist-read) persist read ;;
+    regions) regions ;;
+    ro) ro_probe ;;
     bench) exec /lab/bench-agent.sh /dev/xvda ;;
     idle) ;;
     *) say "INFO unknown phase $phase" ;;
