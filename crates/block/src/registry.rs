@@ -393,6 +393,16 @@ mod tests {
         assert!(matches!(r.open("ram:4M", false, "vbd 1/1", no_ram), Err(OpenError::NoMemory)));
     }
 
+    /// No disk found and none named: nothing is served, and the refusal says so.
+    #[test]
+    fn no_disks_serve_nothing_and_say_so() {
+        let mut r: Registry<Ram> = Registry::new();
+        assert_eq!(r.describe(), "");
+        let e = r.open("nvme0n1", false, "vbd 1/51712", no_ram).err().unwrap();
+        assert_eq!(e.to_string(), "no disk 'nvme0n1' (disks: none)");
+        assert!(r.disks().is_empty(), "no RAM disk appears unless one is named");
+    }
+
     #[test]
     fn one_writer_or_many_readers() {
         let mut r = registry();
