@@ -146,7 +146,8 @@ impl<D: Volumes> View<D> {
     {
         match r {
             BlockRequest::Read { lba, buffer } | BlockRequest::Write { lba, buffer, .. } => {
-                Some((*lba, (buffer.as_ref().len() / block_size.max(1) as usize) as u64))
+                // Rounded up: a partial last block still counts against the extent.
+                Some((*lba, buffer.as_ref().len().div_ceil(block_size.max(1) as usize) as u64))
             }
             BlockRequest::Discard { lba, blocks } | BlockRequest::WriteZeroes { lba, blocks } => Some((*lba, *blocks)),
             BlockRequest::Flush => None,
@@ -308,6 +309,9 @@ mod tests {
         assert_eq!(run(&mut a, BlockRequest::Read { lba: 20, buffer: vec![0; 512] }).unwrap_err(), Error::OutOfRange);
         assert_eq!(run(&mut a, BlockRequest::Read { lba: 19, buffer: vec![0; 1024] }).unwrap_err(), Error::OutOfRange);
         assert_eq!(run(&mut a, BlockRequest::Discard { lba: u64::MAX, blocks: 2 }).unwrap_err(), Error::OutOfRange);
+        // A buffer with a partial block past the end is checked as a whole block.
+        let e = a.submit(0, BlockRequest::Read { lba: 19, buffer: vec![0; 600] }).unwrap_err();
+        assert_eq!(e.0, Error::OutOfRange);
         let c = run(&mut a, BlockRequest::Read { lba: 19, buffer: vec![0; 512] }).unwrap();
         assert_eq!(c.request, BlockRequest::Read { lba: 19, buffer: vec![0xA; 512] }, "LBA given back in view terms");
     }
