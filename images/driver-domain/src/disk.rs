@@ -24,15 +24,6 @@ macro_rules! each {
     };
 }
 
-impl AnyDisk {
-    pub fn describe(&self) -> &'static str {
-        match self {
-            AnyDisk::Nvme(_) => "NVMe",
-            AnyDisk::Ram(_) => "RAM disk",
-        }
-    }
-}
-
 impl BlockDevice for AnyDisk {
     type Buffer = DmaBuf;
     fn block_size(&self) -> u32 {
