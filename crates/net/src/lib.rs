@@ -16,6 +16,13 @@
 
 extern crate alloc;
 
+pub mod csum;
+pub mod gso;
+pub mod packet;
+
+pub use csum::complete_csum;
+pub use gso::segment;
+
 use alloc::vec::Vec;
 use core::fmt;
 
