@@ -216,7 +216,7 @@ fn rate_limit_spreads_traffic() {
     w.advance(at - netback_now(&w));
     assert!(w.pump());
     assert_eq!(w.got.len(), 20);
-    assert_eq!(w.nb.next_deadline().is_some(), true);
+    assert!(w.nb.next_deadline().is_some());
     w.advance(10_000_000);
     assert!(w.pump());
     assert_eq!(w.got.len(), 30);

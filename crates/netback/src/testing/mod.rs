@@ -20,7 +20,7 @@ mod world;
 
 pub use front::{FQueue, FrontOpts, Netfront, RxPacket, TxPkt};
 pub use pkt::{tcp4, tcp6, udp4, udp6};
-pub use world::{world, World};
+pub use world::{world, world_with, TestBuf, World};
 
 use std::format;
 use std::string::String;

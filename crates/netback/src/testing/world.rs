@@ -13,8 +13,9 @@ use std::vec::Vec;
 use xen::evtchn::fake::FakeEvents;
 use xen::evtchn::EventOps;
 use xen::gnttab::fake::{FakeGrants, FrameBuf};
+use xen::gnttab::LocalFrames;
 use xen::shmem::VecShared;
-use xen::types::DomId;
+use xen::types::{DomId, Pfn};
 use xen::xenstore::fake::{FakePage, FakeXenstored};
 use xen::xenstore::{Perm, PermKind, XsClient};
 
@@ -29,7 +30,7 @@ pub struct World {
     /// The backend domain's event channels.
     pub e: FakeEvents,
     /// The backend under test.
-    pub nb: Netback<Arc<VecShared>, FrameBuf>,
+    pub nb: Netback<Arc<VecShared>, TestBuf>,
     /// The frontend domains.
     pub fronts: Vec<Netfront>,
     /// Frames the backend took from the guests, in order.
@@ -38,8 +39,61 @@ pub struct World {
     pub polls: usize,
 }
 
-/// A world with frontend domains `fe_doms`, watching for vifs.
+/// The staging buffer of a test backend: frames grant copies can name, or
+/// a plain vector (the backend then maps the guest's pages instead).
+pub enum TestBuf {
+    /// Frames of the backend domain ([`FrameBuf`]).
+    Frames(FrameBuf),
+    /// No frames: map, copy, unmap.
+    Plain(Vec<u8>),
+}
+
+impl AsRef<[u8]> for TestBuf {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            TestBuf::Frames(b) => b.as_ref(),
+            TestBuf::Plain(v) => v,
+        }
+    }
+}
+
+impl AsMut<[u8]> for TestBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            TestBuf::Frames(b) => b.as_mut(),
+            TestBuf::Plain(v) => v,
+        }
+    }
+}
+
+impl LocalFrames for TestBuf {
+    fn local_frame(&self, off: usize) -> Option<(Pfn, u16)> {
+        match self {
+            TestBuf::Frames(b) => b.local_frame(off),
+            TestBuf::Plain(_) => None,
+        }
+    }
+    fn sync_for_copy(&mut self) {
+        if let TestBuf::Frames(b) = self {
+            b.sync_for_copy();
+        }
+    }
+    fn sync_for_cpu(&mut self) {
+        if let TestBuf::Frames(b) = self {
+            b.sync_for_cpu();
+        }
+    }
+}
+
+/// A world with frontend domains `fe_doms`, watching for vifs; data moves
+/// by grant copy.
 pub fn world(cfg: NetConfig, fe_doms: &[u16]) -> World {
+    world_with(cfg, fe_doms, true)
+}
+
+/// Like [`world`]; `grant_copy: false` gives the backend buffers without
+/// frames, so data moves by mapping the guest's pages.
+pub fn world_with(cfg: NetConfig, fe_doms: &[u16], grant_copy: bool) -> World {
     init_log();
     let mut ids = vec![BE];
     ids.extend(fe_doms.iter().map(|&d| DomId(d)));
@@ -50,7 +104,9 @@ pub fn world(cfg: NetConfig, fe_doms: &[u16]) -> World {
     let xsd = FakeXenstored::new(BE);
     let mut xs = xsd.client(1_000_000_000).with_event_capacity(1 << 16);
     let frames = g.frame_alloc();
-    let mut nb = Netback::new(cfg, move |n| Some(frames.alloc(n)));
+    let mut nb = Netback::new(cfg, move |n| {
+        Some(if grant_copy { TestBuf::Frames(frames.alloc(n)) } else { TestBuf::Plain(vec![0; n]) })
+    });
     nb.start(&mut xs).expect("watch backend/vif");
     let mut w = World { xsd, xs, g, e, nb, fronts, got: Vec::new(), polls: 0 };
     assert!(w.pump());
