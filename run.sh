@@ -195,7 +195,7 @@ test_pvh() {
 
 # cargo-fuzz targets, a short run each (libFuzzer needs nightly flags:
 # RUSTC_BOOTSTRAP lets the stable toolchain accept them).
-FUZZ_TARGETS="parse_request decode blkback_ops"
+FUZZ_TARGETS="parse_request decode blkback_ops netif_tx netback_ops"
 FUZZ_SECS=${FERRITE_FUZZ_SECS:-20}
 test_fuzz() {
     if ! cargo fuzz --version >/dev/null 2>&1; then

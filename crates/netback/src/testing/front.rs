@@ -331,6 +331,19 @@ impl Netfront {
         self.queues[q].rx.publish();
     }
 
+    /// Posts one rx request naming grant `gref` as is (hostile: it may not
+    /// exist or not be ours).
+    pub fn post_rx_raw(&mut self, q: usize, gref: u32) {
+        let dummy = Arc::new(VecShared::new(PAGE));
+        let fq = &mut self.queues[q];
+        let id = fq.next_rx_id;
+        fq.next_rx_id = fq.next_rx_id.wrapping_add(1);
+        if fq.rx.push_request(&RxRequest { id, pad: 0, gref }) {
+            fq.rx_posted.insert(id, DPage { gref: GrantRef(gref), page: dummy });
+        }
+        fq.rx.publish();
+    }
+
     /// Takes received packets of queue `q` if its rx event fired.
     ///
     /// # Panics
