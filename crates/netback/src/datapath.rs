@@ -248,6 +248,25 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
                 return Err(d);
             }
         };
+        // All or nothing: every segment must fit and find its rx slots
+        // (the segments of one flow go to one queue) before any is copied.
+        let mut need = 0usize;
+        for f in &frames {
+            let len = f.data.len();
+            let slots = len.div_ceil(PAGE).max(1);
+            if len == 0 || len > MAX_FRAME || (slots > 1 && !v.rx.sg) {
+                v.stats.rx_drops += 1;
+                return Err(Drop::BadSize);
+            }
+            need += slots + usize::from(f.meta.gso.is_some());
+        }
+        let qi = flow_queue(&frames[0].data, v.queues.len());
+        if let Ok(n) = v.queues[qi].rx.pending() {
+            if (n as usize) < need {
+                v.stats.rx_drops += 1;
+                return Err(Drop::NoRxRequests);
+            }
+        }
         let mut res = Ok(());
         for f in frames {
             if let Err(d) = self.deliver_one(id, &f) {

@@ -149,3 +149,38 @@ fn frontend_domain_destroyed_with_rings_mapped() {
     let rsp = w.send(1, 0, &TxPkt::new(tcp4(b"still here")));
     assert_eq!(rsp[0].status, 0);
 }
+
+#[test]
+fn unmappable_ring_or_bad_event_channel_closes_cleanly() {
+    for key in ["tx-ring-ref", "rx-ring-ref", "event-channel-rx"] {
+        let mut w = world(NetConfig::default(), &[5]);
+        w.attach(0, None);
+        let keys = w.fronts[0].make_queues(&FrontOpts::default());
+        for (k, v) in &keys {
+            let v = if k == key { "4000" } else { v.as_str() };
+            w.fe_write(0, k, v);
+        }
+        let (_, logs) = capture_logs(|| w.fe_state(0, 4));
+        assert_eq!(w.be(0, "state").as_deref(), Some("5"), "{key}: Closing");
+        assert!(w.be(0, "error").is_some(), "{key}: error node written");
+        assert!(logs.iter().any(|l| l.contains("vif")), "{key}");
+        assert_eq!(w.nb.mappings(), 0, "{key}: nothing left mapped");
+        assert!(w.nb.ports().is_empty(), "{key}");
+        // The frontend can take back every grant.
+        let f = &mut w.fronts[0];
+        for g in f.granted.clone() {
+            f.end(xen::types::GrantRef(g));
+        }
+    }
+}
+
+#[test]
+fn malformed_rate_means_unlimited() {
+    let mut w = world(NetConfig::default(), &[5]);
+    w.attach(0, Some("lots,often"));
+    w.connect(0, FrontOpts::default());
+    assert_eq!(w.be(0, "state").as_deref(), Some("4"));
+    let rsp = w.send(0, 0, &TxPkt::new(tcp4(b"unlimited")));
+    assert_eq!(rsp[0].status, 0);
+    assert!(w.nb.next_deadline().is_none());
+}
