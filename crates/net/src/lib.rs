@@ -16,6 +16,8 @@
 
 extern crate alloc;
 
+pub mod switch;
+
 use alloc::vec::Vec;
 use core::fmt;
 
