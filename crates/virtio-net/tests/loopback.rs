@@ -47,6 +47,9 @@ unsafe impl MapperSlot for Slot {
 }
 type H = VirtioHal<Slot>;
 
+/// A descriptor chain as the device sees it: (address, length, device-writable).
+type Chain = Vec<(u64, usize, bool)>;
+
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 
@@ -89,7 +92,7 @@ impl Dev {
         u16::from_le_bytes(b)
     }
     /// The next available chain of queue `q`: head and (addr, len, writable).
-    fn next_chain(&mut self, q: u16) -> Option<(u16, Vec<(u64, usize, bool)>)> {
+    fn next_chain(&mut self, q: u16) -> Option<(u16, Chain)> {
         let qu = *self.queues.get(&q)?;
         let idx = self.r16(qu.avail + 2);
         if idx == qu.last_avail {
