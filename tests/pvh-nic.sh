@@ -4,12 +4,13 @@
 # 10.0.2.2, guest 10.0.2.15). The image brings its virtio-net driver up,
 # asks the gateway's MAC by ARP, pings it three times and checks the offload
 # contract and that every transmit buffer came back; QEMU exits 33 on
-# success. QEMU runs under the shared QEMU lock (/tmp/ferrite-qemu.lock).
+# success. Like the other PVH tests it takes no lock itself: on a shared
+# machine, run it (or ./run.sh) under `flock /tmp/ferrite-qemu.lock`.
 #   tests/pvh-nic.sh SELFTEST_IMAGE LOGFILE
 set -uo pipefail
 image=$1 log=$2
 start=$(date +%s.%N)
-flock /tmp/ferrite-qemu.lock timeout "${PVH_TIMEOUT:-120}" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 256M \
+timeout "${PVH_TIMEOUT:-120}" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 256M \
     -display none -vga none -no-reboot -monitor none -serial "file:$log" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
