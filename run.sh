@@ -189,6 +189,8 @@ test_pvh() {
     if "$ROOT/tests/pvh-boot.sh" "$IMAGE" "$LOGS/pvh-boot.log"; then record pvh-boot OK; else record pvh-boot FAIL; fi
     say "PVH NVMe test (q35 + emulated NVMe, then the image file checked from the host); log: $LOGS/pvh-nvme.log"
     if "$ROOT/tests/pvh-nvme.sh" "$IMAGE" "$LOGS/pvh-nvme.log"; then record pvh-nvme OK; else record pvh-nvme FAIL; fi
+    say "PVH NIC test (q35 + virtio-net on QEMU's user network: ARP and ping to 10.0.2.2, offload contract); log: $LOGS/pvh-nic.log"
+    if "$ROOT/tests/pvh-nic.sh" "$IMAGE" "$LOGS/pvh-nic.log"; then record pvh-nic OK; else record pvh-nic FAIL; fi
     say "PVH IOMMU test (q35 + intel-iommu + NVMe: DMAR, contexts, faults, replay, MSI-X); log: $LOGS/pvh-iommu.log"
     if "$ROOT/tests/pvh-iommu.sh" "$IMAGE" "$LOGS/pvh-iommu.log"; then record pvh-iommu OK; else record pvh-iommu FAIL; fi
 }

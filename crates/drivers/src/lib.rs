@@ -13,6 +13,7 @@
 //!   through a bounded pool of DMA-safe pages.
 //! - [`nvme`]: the polled NVMe driver (registers, queue entries, PRPs, queue
 //!   pairs, bring-up, split-phase I/O, timeout → abort → reset).
+//! - [`nic`]: the [`nic::Nic`] contract (polled, split-phase network devices).
 //! - `fake` (tests or feature `fakes`): host fakes that enforce the contracts.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod block;
 pub mod bounce;
 pub mod error;
 pub mod hal;
+pub mod nic;
 pub mod nvme;
 pub mod pci;
 

@@ -19,6 +19,7 @@ extern crate alloc;
 pub mod csum;
 pub mod gso;
 pub mod packet;
+pub mod switch;
 
 pub use csum::complete_csum;
 pub use gso::segment;

@@ -32,6 +32,10 @@ impl Mmio {
     pub unsafe fn new(base: u64, len: usize) -> Self {
         Self { base: base as usize, len }
     }
+    /// Virtual base and length of the window.
+    pub(crate) fn window(&self) -> (usize, usize) {
+        (self.base, self.len)
+    }
     fn at(&self, off: usize, size: usize) -> usize {
         assert!(
             off.is_multiple_of(size) && off + size <= self.len,

@@ -21,6 +21,7 @@ pub mod page;
 pub mod pv;
 pub mod pvh;
 pub mod time;
+pub mod virtio;
 #[cfg(feature = "selftest")]
 pub mod vtd;
 

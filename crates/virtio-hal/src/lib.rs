@@ -17,8 +17,9 @@
 //! In the unikernel that is a `static spin::Mutex<Option<HalState<M>>>`
 //! whose `with` uses `try_lock`; host tests use a thread-local.
 //!
-//! Only [`glue`]'s `Hal` implementation and raw-buffer accesses are
-//! `unsafe`; the bookkeeping in [`state`] is safe and host-tested.
+//! Only [`glue`]'s `Hal` implementation and raw-buffer accesses, and
+//! [`queue`]'s two calls into virtio-drivers' unsafe virtqueue API (behind
+//! the safe [`BufQueue`]), are `unsafe`; the bookkeeping in [`state`] is safe and host-tested.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -27,7 +28,10 @@
 extern crate alloc;
 
 pub mod glue;
+pub mod pci;
+pub mod queue;
 pub mod state;
 
 pub use glue::{MapperSlot, VirtioHal};
+pub use queue::{BufQueue, QueueError, Used};
 pub use state::{HalError, HalState, HalStats, StagingBuffer, POISON};

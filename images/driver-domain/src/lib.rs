@@ -14,8 +14,10 @@ pub mod check;
 pub mod disk;
 pub mod disks;
 pub mod dma_probe;
+pub mod pci_nic;
 pub mod pci_nvme;
 pub mod serve;
 
+pub use pci_nic::PvNic;
 pub use pci_nvme::PvNvme;
 pub use serve::{run, Image, Services, Xs};

@@ -1,5 +1,5 @@
-//! NVMe on Xen PV: find every controller passed through with `pci=[...]`
-//! via pcifront, map each one's BAR, bring it up and hand it to the image's
+//! NVMe on Xen PV: connect pcifront ([`connect`], shared with the NIC
+//! setup), find every controller passed through with `pci=[...]`, map each one's BAR, bring it up and hand it to the image's
 //! check.
 
 use alloc::format;
@@ -27,29 +27,21 @@ pub struct Controller {
     pub nvme: PvNvme,
 }
 
-/// Connects pcifront and brings up every NVMe controller passed through, in
-/// PCI address order, running `check` on each. Returns the controllers that
+/// Brings up every NVMe controller among the functions pcifront passed
+/// through (`bus`, see [`connect`]), in PCI address order, running `check` on each. Returns the controllers that
 /// came up and a verdict line for `data/ferrite/nvme` (`pass: ...` when all
 /// did, else `fail: ...` naming what failed).
 pub fn setup<N: Notifier>(
     xs: &mut XsClient<MappedPage, N>,
-    events: &mut XenEvents,
-    grants: &mut impl GrantOps,
+    bus: &mut PciBus,
     mm: &'static spin::Mutex<PvMm>,
     use_sgl: bool,
     mut check: impl FnMut(&mut PvNvme) -> Result<String, String>,
 ) -> (Vec<Controller>, String) {
     let t0 = runtime::time::now();
-    let mut chan = match connect(xs, events, grants, mm) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("nvme: {e}");
-            return (Vec::new(), format!("fail: {e}"));
-        }
-    };
     let mut addrs: Vec<PciAddr> = Vec::new();
-    for &addr in &chan.1 {
-        let mut dev = chan.0.device(addr);
+    for &addr in &bus.devices {
+        let mut dev = bus.chan.device(addr);
         let id = dev.config_read32(0);
         let class = dev.class_code();
         info!("pci {addr}: {:04x}:{:04x} class {:02x}{:02x}{:02x}", id & 0xFFFF, id >> 16, class.0, class.1, class.2);
@@ -68,7 +60,7 @@ pub fn setup<N: Notifier>(
     let mut verdicts = Vec::new();
     let mut failed = false;
     for (i, addr) in addrs.into_iter().enumerate() {
-        match bring_up(&mut chan.0, addr, mm, kind, use_sgl).and_then(|mut n| {
+        match bring_up(&mut bus.chan, addr, mm, kind, use_sgl).and_then(|mut n| {
             let v = check(&mut n)?;
             Ok((n, v))
         }) {
@@ -91,13 +83,20 @@ pub fn setup<N: Notifier>(
     (up, verdict)
 }
 
+/// pcifront's config-space channel and the functions passed through: one
+/// connection that the NVMe and NIC setups share.
+pub struct PciBus {
+    pub chan: PciChannel<MappedPage, PortNotifier>,
+    pub devices: Vec<PciAddr>,
+}
+
 /// pcifront up: the config-space channel and the functions passed through.
-fn connect<N: Notifier>(
+pub fn connect<N: Notifier>(
     xs: &mut XsClient<MappedPage, N>,
     events: &mut XenEvents,
     grants: &mut impl GrantOps,
     mm: &'static spin::Mutex<PvMm>,
-) -> Result<(PciChannel<MappedPage, PortNotifier>, Vec<PciAddr>), String> {
+) -> Result<PciBus, String> {
     let t0 = runtime::time::now();
     let pfn = mm.lock().alloc_frame().map_err(|e| format!("no frame for pcifront: {e:?}"))?;
     let p =
@@ -120,7 +119,7 @@ fn connect<N: Notifier>(
     );
     let page = mm.lock().frame_page(pfn).map_err(|e| format!("{e:?}"))?;
     let notifier: PortNotifier = events.notifier(p.port);
-    Ok((PciChannel::new(page, notifier, 2_000_000_000), conn.devices))
+    Ok(PciBus { chan: PciChannel::new(page, notifier, 2_000_000_000), devices: conn.devices })
 }
 
 /// Maps one controller's BAR0 and brings it up.

@@ -159,14 +159,28 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         .and_then(PollMode::parse)
         .unwrap_or(PollMode::Hybrid);
     let mut controllers = Vec::new();
+    let mut nic: Option<crate::pci_nic::NicDevice> = None;
     match xs.directory("device/pci") {
         Ok(devs) if devs.iter().any(|x| x == "0") => {
-            let (c, verdict) =
-                crate::pci_nvme::setup(&mut xs, &mut events, &mut grants, b.mm, use_sgl, |n| image.check_nvme(n));
-            if let Err(e) = xs.write("data/ferrite/nvme", verdict.as_bytes()) {
-                warn!("cannot report the NVMe check: {e:?}");
+            match crate::pci_nvme::connect(&mut xs, &mut events, &mut grants, b.mm) {
+                Ok(mut bus) => {
+                    let (c, verdict) =
+                        crate::pci_nvme::setup(&mut xs, &mut bus, b.mm, use_sgl, |n| image.check_nvme(n));
+                    if let Err(e) = xs.write("data/ferrite/nvme", verdict.as_bytes()) {
+                        warn!("cannot report the NVMe check: {e:?}");
+                    }
+                    controllers = c;
+                    // The NIC is brought up and kept; the switch and netback
+                    // are not wired to it yet.
+                    nic = crate::pci_nic::setup(&mut bus, b.mm);
+                }
+                Err(e) => {
+                    warn!("nvme: {e}");
+                    if let Err(e) = xs.write("data/ferrite/nvme", format!("fail: {e}").as_bytes()) {
+                        warn!("cannot report the NVMe check: {e:?}");
+                    }
+                }
             }
-            controllers = c;
         }
         _ => info!("no PCI device passed through (device/pci/0 absent): not driving NVMe"),
     }
@@ -191,6 +205,8 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     );
     let store_port = EvtchnPort(si.store_evtchn);
     let s = Services { xs, events, grants, mm: b.mm };
+    // Kept for the whole run (dropping it would reset the device).
+    let _nic = nic;
     let mut d = Driver { s, blk, registry, store_port, poll_mode, image, disks_listed: listing, last_error: None };
     info!("polling mode: {poll_mode:?}");
     if let Err(e) = d.blk.start(&mut d.s.xs) {

@@ -3,7 +3,8 @@
 //!
 //! Booted via PVH under plain QEMU it runs the hardware self-tests and
 //! reports through isa-debug-exit: runtime checks, the destructive NVMe disk
-//! test, the NVMe benchmark (`bench=SECS`) or the VT-d test (`iommu`). Booted
+//! test, the NVMe benchmark (`bench=SECS`) or the VT-d test (`iommu`),
+//! and the virtio-net test when a virtio-net device is present. Booted
 //! as a Xen PV driver domain it is the product's driver domain plus the
 //! destructive disk test at boot and the lab's grant and event-channel checks.
 #![no_std]
@@ -16,6 +17,7 @@ mod bench;
 mod disktest;
 mod iommu_test;
 mod lab;
+mod nic_test;
 mod pvh;
 
 use runtime::Boot;

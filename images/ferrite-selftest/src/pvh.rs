@@ -100,6 +100,12 @@ pub fn run(b: PvhBoot) -> ! {
         }
     }
 
+    // virtio-net on QEMU's user-mode network (tests/pvh-nic.sh).
+    match fns.iter().find(|f| virtio_net::is_virtio_net(f.vendor, f.device)) {
+        Some(f) => check("nic", crate::nic_test::run(f.bdf), &mut failures),
+        None => info!("no virtio-net device on bus 0: NIC test skipped"),
+    }
+
     if failures == 0 {
         info!("pvh self-test passed");
         runtime::poweroff();

@@ -5,10 +5,12 @@
 
 mod clock;
 mod dma;
+mod nic;
 mod nvme;
 mod pci;
 
 pub use clock::FakeClock;
 pub use dma::{FakeDma, FakeMemory, Memory};
+pub use nic::FakeNic;
 pub use nvme::{FakeNvme, FakeNvmeConfig, Injection, Stall};
 pub use pci::FakePci;
