@@ -11,6 +11,8 @@ use alloc::vec::Vec;
 use blkback::xenbus::BackendConfig;
 use blkback::Blkback;
 use blkback::OpenRequest;
+use netback::{NetConfig, Netback};
+use netpath::Fabric;
 use block::{Registry, View};
 use core::cell::RefCell;
 use log::{error, info, warn};
@@ -33,6 +35,9 @@ const MAINTENANCE_NS: u64 = 250_000_000;
 const NAP_WORTH_NS: u64 = 40_000;
 /// Longest nap while disk commands are outstanding.
 const NAP_MAX_NS: u64 = 2_000_000;
+/// Longest idle sleep while vifs are connected and a NIC is polled (it has
+/// no event channel: received frames wait at most this long).
+const NIC_IDLE_NS: u64 = 1_000_000;
 /// How often I/O counters are logged (only while requests arrive).
 const STATS_NS: u64 = 5_000_000_000;
 /// Per-request xenstore deadline.
@@ -100,6 +105,12 @@ struct LoopCounters {
 struct Driver<I: Image> {
     s: Services,
     blk: Blkback<MappedPage, View<AnyDisk>>,
+    /// Every vif assigned to us.
+    net: Netback<MappedPage, DmaBuf>,
+    /// The switch between the vifs and the NIC (if one was passed through).
+    fabric: Fabric<crate::PvNic>,
+    /// What `data/ferrite/net` says now.
+    net_listed: String,
     /// Every disk found at boot (and RAM disks vbds named): the one lookup
     /// from a vbd's target to what it may reach.
     registry: Rc<RefCell<Registry<AnyDisk>>>,
@@ -205,12 +216,27 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     );
     let store_port = EvtchnPort(si.store_evtchn);
     let s = Services { xs, events, grants, mm: b.mm };
-    // Kept for the whole run (dropping it would reset the device).
-    let _nic = nic;
-    let mut d = Driver { s, blk, registry, store_port, poll_mode, image, disks_listed: listing, last_error: None };
+    let net = Netback::new(NetConfig::default(), DmaBuf::zeroed);
+    let fabric = Fabric::new(net::switch::Config::default(), nic.map(|n| n.nic));
+    let mut d = Driver {
+        s,
+        blk,
+        net,
+        fabric,
+        net_listed: String::new(),
+        registry,
+        store_port,
+        poll_mode,
+        image,
+        disks_listed: listing,
+        last_error: None,
+    };
     info!("polling mode: {poll_mode:?}");
     if let Err(e) = d.blk.start(&mut d.s.xs) {
         error!("cannot watch backend/vbd: {e:?}");
+    }
+    if let Err(e) = d.net.start(&mut d.s.xs) {
+        error!("cannot watch backend/vif: {e:?}");
     }
     d.image.before_ready(&mut d.s);
     let own = [("control/shutdown", "shutdown"), ("data/ferrite/poll", "poll")];
@@ -272,8 +298,10 @@ impl<I: Image> Driver<I> {
                 dropped = self.s.xs.dropped_events();
                 warn!("xenstore watch events were dropped ({dropped} so far): rescanning devices");
                 self.blk.request_rescan();
+                self.net.request_rescan();
             }
-            let busy = self.blk.poll(&mut self.s.grants, &mut self.s.events);
+            let mut busy = self.blk.poll(&mut self.s.grants, &mut self.s.events);
+            busy |= self.fabric.poll(&mut self.net, &mut self.s.grants, &mut self.s.events);
             if let Some(before) = after_timeout.take() {
                 if self.blk.stats.requests != before {
                     c.late += 1;
@@ -282,9 +310,15 @@ impl<I: Image> Driver<I> {
             if !busy {
                 disk_wait_since = None;
                 let mut ports = self.blk.ports();
+                ports.extend(self.net.ports());
                 ports.push(self.store_port);
                 c.waits += 1;
-                if let Ok(false) = self.s.events.wait_any(&ports, runtime::time::now() + MAINTENANCE_NS) {
+                let now = runtime::time::now();
+                let mut until = now + if self.fabric.wants_polling() { NIC_IDLE_NS } else { MAINTENANCE_NS };
+                if let Some(t) = self.net.next_deadline() {
+                    until = until.min(t.max(now));
+                }
+                if let Ok(false) = self.s.events.wait_any(&ports, until) {
                     c.timeouts += 1;
                     after_timeout = Some(self.blk.stats.requests);
                 }
@@ -342,8 +376,10 @@ impl<I: Image> Driver<I> {
             if runtime::time::now() >= next_maintenance {
                 next_maintenance = runtime::time::now() + MAINTENANCE_NS;
                 self.blk.maintenance(&mut self.s.xs, &mut self.s.grants, &mut self.s.events);
+                self.net.maintenance(&mut self.s.xs, &mut self.s.grants, &mut self.s.events);
                 self.publish_status(&mut status);
                 self.publish_disks();
+                self.publish_net();
             }
         }
     }
@@ -355,8 +391,10 @@ impl<I: Image> Driver<I> {
     /// leaks once guests are gone.
     fn publish_status(&mut self, last: &mut String) {
         let s = format!(
-            "vbds={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={}",
+            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={}",
             self.blk.vbd_count(),
+            self.net.vifs().filter(|v| v.connected).count(),
+            self.net.mappings(),
             self.blk.buffer_bytes(),
             self.s.mm.lock().va_in_use(),
             runtime::heap_used(),
@@ -397,12 +435,27 @@ impl<I: Image> Driver<I> {
         }
     }
 
+    /// Keeps `data/ferrite/net` current: one line per vif (its counters),
+    /// the NIC's and the switch's.
+    fn publish_net(&mut self) {
+        let listing = self.fabric.describe(&self.net);
+        if listing != self.net_listed {
+            if let Err(e) = self.s.xs.write("data/ferrite/net", listing.as_bytes()) {
+                warn!("cannot write data/ferrite/net: {e:?}");
+            }
+            self.net_listed = listing;
+        }
+    }
+
     fn dispatch(&mut self, token: &str, path: &str) {
         match token {
             "shutdown" => self.on_shutdown(),
             "poll" => self.on_poll_mode(),
             t if t.starts_with(blkback::WATCH_PREFIX) => {
                 self.blk.on_watch(&mut self.s.xs, &mut self.s.grants, &mut self.s.events, t)
+            }
+            t if t.starts_with(netback::WATCH_PREFIX) => {
+                self.net.on_watch(&mut self.s.xs, &mut self.s.grants, &mut self.s.events, t)
             }
             t if self.image.watches().iter().any(|(_, tok)| *tok == t) => self.image.on_watch(&mut self.s, t),
             other => warn!("watch event with unknown token {other:?} for {path}"),
