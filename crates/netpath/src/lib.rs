@@ -232,7 +232,7 @@ impl<N: Nic> Fabric<N> {
                                 self.stats.vif_drops += 1;
                             }
                         }
-                        PortId::Uplink => self.to_nic(frame),
+                        PortId::Uplink => self.send_to_nic(frame),
                         PortId::Local => {}
                     }
                 }
@@ -242,7 +242,7 @@ impl<N: Nic> Fabric<N> {
     }
 
     /// Hands `frame` to the NIC, doing in software what it cannot.
-    fn to_nic(&mut self, frame: &Frame) {
+    fn send_to_nic(&mut self, frame: &Frame) {
         let Some(nic) = self.nic.as_mut() else { return };
         let o = nic.offloads();
         let segments = match frame.meta.gso {
