@@ -282,19 +282,45 @@ impl<N: Nic> Fabric<N> {
         }
     }
 
-    /// One line per vif and one for the NIC, for `data/ferrite/net`.
+    /// `data/ferrite/net`: a first line of `key=value` gauges and counters
+    /// (`vifs`, `queues`, `grant-maps` come back to their baseline once the
+    /// guests are gone), then one line per vif, `vif <domid>/<devid> ...`.
     pub fn describe<P: SharedMem, B>(&self, nb: &Netback<P, B>) -> String
     where
         B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
     {
-        let mut s = String::new();
+        let connected: Vec<_> = nb.vifs().filter(|v| v.connected).collect();
+        let queues: usize = connected.iter().map(|v| v.queues).sum();
+        let (mut spoof, mut runt, mut flood, mut no_egress) = (0, 0, 0, 0);
+        for (id, _) in self.switch.ports() {
+            if let Some(st) = self.switch.stats(id) {
+                spoof += st.drop_spoofed;
+                runt += st.drop_runt;
+                flood += st.drop_flood;
+                no_egress += st.drop_no_egress;
+            }
+        }
+        let p = &self.stats;
+        let mut s = format!(
+            "vifs={} queues={queues} grant-maps={} ports={} learned={} drops-spoof={spoof} drops-runt={runt} drops-flood={flood} drops-no-egress={no_egress} from-vifs={} from-nic={} to-nic={} nic-drops={} vif-drops={} sw-segmented={} sw-csum={}",
+            connected.len(),
+            nb.mappings(),
+            self.attached.len() + usize::from(self.nic.is_some()),
+            self.switch.switch_stats().learned,
+            p.from_vifs,
+            p.from_nic,
+            p.to_nic,
+            p.nic_drops,
+            p.vif_drops,
+            p.sw_segmented,
+            p.sw_csum
+        );
         for v in nb.vifs() {
             let st = v.stats;
             let mac = v.mac.map(|m| format!("{m}")).unwrap_or_else(|| String::from("none"));
+            let name = v.be.strip_prefix("backend/vif/").unwrap_or(&v.be);
             s.push_str(&format!(
-                "{} dom={} mac={mac} connected={} queues={} tx={}/{}B tx-errors={} tx-drops={} rx={}/{}B rx-errors={} rx-drops={}\n",
-                v.be,
-                v.fe_dom.0,
+                "\nvif {name} mac={mac} connected={} queues={} tx-packets={} tx-bytes={} tx-errors={} tx-drops={} rx-packets={} rx-bytes={} rx-errors={} rx-drops={}",
                 u8::from(v.connected),
                 v.queues,
                 st.tx_packets,
@@ -307,31 +333,33 @@ impl<N: Nic> Fabric<N> {
                 st.rx_drops
             ));
         }
-        if let Some(n) = self.nic.as_ref() {
-            let st = n.stats();
-            s.push_str(&format!(
-                "nic mac={} tx={}/{}B rx={}/{}B rx-dropped={} device-errors={} to-nic={} nic-drops={}\n",
-                n.mac(),
-                st.tx_frames,
-                st.tx_bytes,
-                st.rx_frames,
-                st.rx_bytes,
-                st.rx_dropped,
-                st.device_errors,
-                self.stats.to_nic,
-                self.stats.nic_drops
-            ));
-        }
-        let p = &self.stats;
-        s.push_str(&format!(
-            "switch ports={} learned={} drops={} from-vifs={} from-nic={} vif-drops={}\n",
-            self.attached.len() + usize::from(self.nic.is_some()),
-            self.switch.switch_stats().learned,
-            p.switch_drops,
-            p.from_vifs,
-            p.from_nic,
-            p.vif_drops
-        ));
         s
+    }
+
+    /// `data/ferrite/nic`: one line for the NIC, `eth0 pci=<addr> ...`, or
+    /// `None` without one.
+    pub fn describe_nic(&mut self, pci: &str, kind: &str) -> Option<String> {
+        let n = self.nic.as_mut()?;
+        let link = match n.link() {
+            drivers::nic::LinkStatus::Up => "up",
+            drivers::nic::LinkStatus::Down => "down",
+            drivers::nic::LinkStatus::Unknown => "unknown",
+        };
+        let (st, o) = (n.stats(), n.offloads());
+        Some(format!(
+            "eth0 pci={pci} kind={kind} mac={} link={link} queue-pairs={} tx-csum={} tso4={} tso6={} rx-csum={} tx-packets={} tx-bytes={} rx-packets={} rx-bytes={} rx-dropped={} device-errors={}",
+            n.mac(),
+            n.queue_pairs(),
+            u8::from(o.tx_csum),
+            u8::from(o.tso4),
+            u8::from(o.tso6),
+            u8::from(o.rx_csum),
+            st.tx_frames,
+            st.tx_bytes,
+            st.rx_frames,
+            st.rx_bytes,
+            st.rx_dropped,
+            st.device_errors
+        ))
     }
 }

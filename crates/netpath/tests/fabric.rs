@@ -70,6 +70,7 @@ fn spoofed_source_is_dropped_everywhere() {
     assert!(w.received(1).is_empty());
     assert!(f.nic_mut().unwrap().sent().is_empty());
     assert_eq!(f.stats.switch_drops, 2);
+    assert!(f.describe(&w.nb).contains(" drops-spoof=2 "));
     assert_eq!(f.stats.from_vifs, 0);
 }
 
@@ -174,8 +175,10 @@ fn a_disconnected_vif_loses_its_port() {
     send(&mut w, &mut f, 0, &TxPkt::new(data));
     assert_eq!(f.nic_mut().unwrap().sent().len(), 1);
     let d = f.describe(&w.nb);
-    assert!(d.contains("connected=0"), "{d}");
-    assert!(d.lines().any(|l| l.starts_with("nic mac=52:54:00:12:34:56")), "{d}");
+    assert!(d.starts_with("vifs=1 queues=1 "), "{d}");
+    assert!(d.lines().any(|l| l.starts_with("vif 2/0 mac=00:16:3e:00:00:02 connected=0")), "{d}");
+    let n = f.describe_nic("0000:00:0a.0", "fake").unwrap();
+    assert!(n.starts_with("eth0 pci=0000:00:0a.0 kind=fake mac=52:54:00:12:34:56 link=up"), "{n}");
 }
 
 #[test]

@@ -111,6 +111,9 @@ struct Driver<I: Image> {
     fabric: Fabric<crate::PvNic>,
     /// What `data/ferrite/net` says now.
     net_listed: String,
+    /// The NIC's PCI address, and what `data/ferrite/nic` says now.
+    nic_pci: String,
+    nic_listed: String,
     /// Every disk found at boot (and RAM disks vbds named): the one lookup
     /// from a vbd's target to what it may reach.
     registry: Rc<RefCell<Registry<AnyDisk>>>,
@@ -217,6 +220,7 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     let store_port = EvtchnPort(si.store_evtchn);
     let s = Services { xs, events, grants, mm: b.mm };
     let net = Netback::new(NetConfig::default(), DmaBuf::zeroed);
+    let nic_pci = nic.as_ref().map(|n| format!("{}", n.addr)).unwrap_or_default();
     let fabric = Fabric::new(net::switch::Config::default(), nic.map(|n| n.nic));
     let mut d = Driver {
         s,
@@ -224,6 +228,8 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         net,
         fabric,
         net_listed: String::new(),
+        nic_pci,
+        nic_listed: String::new(),
         registry,
         store_port,
         poll_mode,
@@ -238,6 +244,7 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     if let Err(e) = d.net.start(&mut d.s.xs) {
         error!("cannot watch backend/vif: {e:?}");
     }
+    d.publish_net();
     d.image.before_ready(&mut d.s);
     let own = [("control/shutdown", "shutdown"), ("data/ferrite/poll", "poll")];
     for (path, token) in own.iter().chain(d.image.watches()) {
@@ -435,8 +442,8 @@ impl<I: Image> Driver<I> {
         }
     }
 
-    /// Keeps `data/ferrite/net` current: one line per vif (its counters),
-    /// the NIC's and the switch's.
+    /// Keeps `data/ferrite/net` (the switch's gauges and counters, then
+    /// one line per vif) and `data/ferrite/nic` (the NIC, if any) current.
     fn publish_net(&mut self) {
         let listing = self.fabric.describe(&self.net);
         if listing != self.net_listed {
@@ -444,6 +451,14 @@ impl<I: Image> Driver<I> {
                 warn!("cannot write data/ferrite/net: {e:?}");
             }
             self.net_listed = listing;
+        }
+        if let Some(nic) = self.fabric.describe_nic(&self.nic_pci, "virtio-net") {
+            if nic != self.nic_listed {
+                if let Err(e) = self.s.xs.write("data/ferrite/nic", nic.as_bytes()) {
+                    warn!("cannot write data/ferrite/nic: {e:?}");
+                }
+                self.nic_listed = nic;
+            }
         }
     }
 
