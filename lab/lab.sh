@@ -34,6 +34,9 @@ GUEST_MODULES="xen-blkfront crc32c_generic ext4 xen-netfront"
 # The Linux driver domain of the benchmark (lab.role=dd, same initramfs as the test
 # guest): pcifront for the passed-through NVMe, the nvme driver, xen-blkback.
 DD_MODULES="xenfs xen-pcifront nvme xen-blkback"
+# MODE net's Linux stand-in for Ferrite's network half (lab.role=netdd, same
+# initramfs): pcifront, virtio_net for the passed-through NIC, xen-netback, a bridge.
+NETDD_MODULES="xenfs xen-pcifront virtio_pci virtio_net xen-netback bridge"
 XEN_PACKAGES="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
   libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6
@@ -213,8 +216,10 @@ common_tree() {
     install_libs "$dst"
     cp "$LAB_DIR/dom0/init" "$dst/init"
     cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" \
-        "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$LAB_DIR/dom0/net-agent.sh" "$dst/lab/"
-    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh" "$dst/lab/net-agent.sh"
+        "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$LAB_DIR/dom0/net-agent.sh" \
+        "$LAB_DIR/dom0/netdd.sh" "$dst/lab/"
+    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh" \
+        "$dst/lab/net-agent.sh" "$dst/lab/netdd.sh"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
     echo "root:x:0:" >"$dst/etc/group"
     # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
@@ -266,6 +271,7 @@ build_guest_tree() {
     cp "$CACHE/fio/fio" "$dst/usr/local/bin/fio"
     install_modules "$dst" modules-guest $GUEST_MODULES
     install_modules "$dst" modules-dd $DD_MODULES
+    install_modules "$dst" modules-netdd $NETDD_MODULES
     du -sh "$dst"
 }
 

@@ -41,11 +41,16 @@
 # Ferrite's options: FERRITE_EXTRA below, or /extra/ferrite-extra (lab.sh run
 # net IMAGE EXTRA_DIR) replaces it: Ferrite's extra= line (e.g. to enable its
 # metrics endpoint).
+# EXTRA_DIR/net-linux: a Linux network driver domain (lab/dom0/netdd.sh:
+# pcifront + virtio_net, xen-netback with max_queues=2, a bridge;
+# configs/linux-dd.cfg, only the NIC) plays Ferrite, named "ferrite", and publishes the
+# nodes below itself: this checks the mode and gives Linux's figures (a Linux
+# bridge does not drop spoofed MACs: net-spoof fails with it).
 # LAB-QEMU-NIC: user
 # LAB-EXPECT: net-ready net-features net-ping net-tcp net-gateway net-spoof net-metrics net-detach net-destroy
 . /lab/common.sh
 ALL="net-ready net-features net-ping net-tcp net-gateway net-spoof net-metrics net-detach net-destroy"
-BUDGET=330
+BUDGET=290
 NVME=0000:00:04.0
 NIC=$(awk '$1 == "nic0" { print $2 }' /lab/nics.txt 2>/dev/null)
 NICMAC=$(awk '$1 == "nic0" { print $4 }' /lab/nics.txt 2>/dev/null)
@@ -170,24 +175,32 @@ for p in $NVME $NIC; do
 done
 lab_info "xl pci-assignable-list: $(xl pci-assignable-list 2>&1 | tr '\n' ' ')"
 foff=$(wc -l <"$GUEST_LOG" 2>/dev/null || echo 0)
-set -- "pci=['$NVME','$NIC']"
-[ -n "$FERRITE_EXTRA" ] && set -- "$@" "extra=\"$FERRITE_EXTRA\""
-if ! FDOM=$(lab_create "$(lab_guest_cfg)" "$@"); then
-    fail_rest "xl create of Ferrite with the NVMe and the NIC failed"
+if [ -e /extra/net-linux ]; then
+    WHO="the Linux stand-in (netdd)" READY_LIMIT=120
+    set -- /ferrite/configs/linux-dd.cfg 'name="ferrite"' "pci=['$NIC']" 'memory=256' \
+        'extra="console=hvc0 lab.role=netdd loglevel=4 xen_netback.max_queues=2"'
+else
+    WHO="Ferrite" READY_LIMIT=30
+    set -- "$(lab_guest_cfg)" "pci=['$NVME','$NIC']"
+    [ -n "$FERRITE_EXTRA" ] && set -- "$@" "extra=\"$FERRITE_EXTRA\""
+fi
+lab_info "driver domain \"ferrite\": $WHO"
+if ! FDOM=$(lab_create "$@"); then
+    fail_rest "xl create of $WHO with the NIC failed"
     exit 1
 fi
-if lab_wait_ready "$FDOM" 30; then
-    lab_info "Ferrite (domain $FDOM, NVMe $NVME + NIC $NIC) ready $READY_AFTER s after xl create"
+if lab_wait_ready "$FDOM" $READY_LIMIT; then
+    lab_info "$WHO (domain $FDOM, NIC $NIC) ready $READY_AFTER s after xl create"
 else
-    lab_info "Ferrite (domain $FDOM): state '$READY_STATE' after $READY_AFTER s"
+    lab_info "$WHO (domain $FDOM): state '$READY_STATE' after $READY_AFTER s"
     lab_show "$GUEST_LOG" 20 ferrite
-    fail_rest "Ferrite (domain $FDOM) not ready within 30 s (state '$READY_STATE')"
+    fail_rest "$WHO (domain $FDOM) not ready within $READY_LIMIT s (state '$READY_STATE')"
     cleanup
     exit 1
 fi
 T_READY=$READY_AFTER
 lab_info "Ferrite's console: PCI devices and disks:"
-sed -n "$((foff + 1)),\$p" "$GUEST_LOG" | grep -aE "pci |pcifront|nvme[0-9]|virtio|nic|net" | head -n 20 | sed 's/^/LAB-INFO ferrite | /'
+sed -n "$((foff + 1)),\$p" "$GUEST_LOG" | grep -aE "pci |pcifront|nvme[0-9]|virtio|nic|net|NETDD" | head -n 20 | sed 's/^/LAB-INFO ferrite | /'
 lab_info "data/ferrite/nvme: $(fread data/ferrite/nvme)"
 flines data/ferrite/disks | sed 's/^/LAB-INFO disks | /'
 lab_info "data/ferrite/status: $(fread data/ferrite/status)"
@@ -262,9 +275,12 @@ ADOM=$(gid $A) BDOM=$(gid $B)
 
 # Both guests: eth0 up with its address, then the agent.
 why=""
+end=$(now_after 150)
 for g in $A $B; do
-    wait_log "$(glog $g)" "GUEST-DONE net" "$(secs_left 90)" || why="$why $g did not finish its network setup within 90 s;"
+    wait_log "$(glog $g)" "GUEST-DONE net" "$(secs_left "$(awk -v e="$end" -v a="$(lab_uptime)" 'BEGIN { s = int(e - a); print (s > 1 ? s : 1) }')")" \
+        || why="$why $g did not finish its network setup within 150 s of its creation;"
 done
+lab_step guests-up "both guests set up their eth0 after $(lab_since "$t_g") s"
 for g in $A $B; do
     gl $g | grep -aE "GUEST-(RESULT|FEATURES|INFO dmesg)" | sed "s/^.*GUEST-/LAB-INFO $g | /"
     r=$(gl $g | sed -n 's/^.*GUEST-RESULT net-if //p' | head -n 1)
@@ -289,6 +305,9 @@ features_of() { # features_of GUEST DOMID: sets WHY/DETAIL
     xenstore-exists $_fe/event-channel-tx 2>/dev/null && _split=yes
     _gf=$(gl $1 | sed -n 's/^.*GUEST-FEATURES net //p' | tail -n 1)
     b() { kv "$_bv" "$1"; }
+    # netfront says Connected (and carrier on) as soon as the backend is InitWait:
+    # the backend's own state tells whether it connected.
+    [ "$(kv "$_bv" state)" = 4 ] && [ "$(kv "$_bv" hotplug-status)" = connected ] || WHY="$WHY $1: backend state=$(kv "$_bv" state) hotplug-status=$(kv "$_bv" hotplug-status) (expected 4, connected);"
     f() { kv "$_fv" "$1"; }
     gv() { kv "$_gf" "$1"; }
     [ "$(b feature-sg)" = 1 ] && [ "$(f feature-sg)" = 1 ] && [ "$(gv sg)" = on ] || WHY="$WHY $1: sg (be $(b feature-sg), fe $(f feature-sg), guest $(gv sg));"
