@@ -13,6 +13,10 @@
 #                     `bench --quick` as a smoke test.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
 #   ./run.sh lint     only the fmt and clippy gates of ./run.sh test.
+#   ./run.sh test-net the lab's MODE net (issue 12: netback, switch, NIC) in
+#                     one Xen boot; not part of ./run.sh test yet.
+#                     FERRITE_NET_LINUX=1: a Linux network driver domain
+#                     plays Ferrite (checks the lab itself).
 #   ./run.sh bench    Ferrite vs a Linux driver domain (xen-blkback) vs raw
 #                     NVMe: fio from Linux guests, interleaved, in one lab boot;
 #                     table, summary JSON and plot in results/bench/<time>/.
@@ -279,6 +283,26 @@ test_lab_disks() {
     fi
 }
 
+# MODE net (issue 12; its own Xen boot): Ferrite with the NVMe and a
+# virtio-net NIC (QEMU user-mode network) passed through, two Linux guests with
+# vifs on Ferrite: net-ready, net-features, net-ping, net-tcp, net-gateway,
+# net-spoof, net-metrics (SKIP unless configured), net-detach, net-destroy.
+# Not part of `./run.sh test` yet: `./run.sh test-net` runs it on demand
+# (FERRITE_NET_LINUX=1: a Linux network driver domain plays Ferrite, to check
+# the lab itself). The mode ends by itself within ~6 min; LAB_TIMEOUT caps QEMU.
+test_lab_net() {
+    local out=$LOGS/lab-net.log extra="" rc
+    say "lab net tests (a Xen boot: MODE net); log: $out"
+    if [ "${FERRITE_NET_LINUX:-0}" = 1 ]; then
+        extra=$(mktemp -d) && touch "$extra/net-linux"
+        say "FERRITE_NET_LINUX=1: a Linux network driver domain plays Ferrite"
+    fi
+    LAB_TIMEOUT=${LAB_TIMEOUT:-480} "$ROOT/lab/lab.sh" run net "$IMAGE" $extra 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    [ -z "$extra" ] || rm -rf "$extra"
+    collect_lab "$out" "$rc" lab-net
+}
+
 # The driver-domain benchmark's short variant: a smoke test that every set-up
 # (ferrite, linux-dd, raw) produced a result for every job.
 test_bench_quick() {
@@ -311,6 +335,13 @@ run_tests() {
 case "${1:-main}" in
     main) main_job ;;
     test) run_tests ;;
+    test-net)
+        build_image || exit 1
+        "$ROOT/lab/lab.sh" build || exit 1
+        test_lab_net
+        for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done
+        echo "$PASSED passed, $FAILED failed"
+        [ "$FAILED" -eq 0 ] ;;
     lint) test_lint; for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done; echo "$PASSED passed, $FAILED failed"; [ "$FAILED" -eq 0 ] ;;
     bench)
         shift
@@ -318,6 +349,6 @@ case "${1:-main}" in
             nvme) shift; exec "$ROOT/bench/nvme.sh" "$@" ;;
             *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
-    -h|--help|help) sed -n '2,20p' "$0" ;;
-    *) echo "usage: ./run.sh [main|test|lint|bench]" >&2; exit 2 ;;
+    -h|--help|help) sed -n '2,/^# Logs go/p' "$0" ;;
+    *) echo "usage: ./run.sh [main|test|test-net|lint|bench]" >&2; exit 2 ;;
 esac

@@ -27,20 +27,24 @@ LOGS=$CACHE/logs
 XENVER=4.17
 DOM0_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-pciback xen-netback nvme"
 PEER_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc"
-# The Linux test guest (configs/guest-linux.cfg): blkfront, ext4 and crc32c (ext4's
-# metadata checksums ask the crypto API for it; no modprobe in the guest to load it).
-GUEST_MODULES="xen-blkfront crc32c_generic ext4"
+# The Linux test guest (configs/guest-linux.cfg, configs/guest-net.cfg): blkfront, ext4
+# and crc32c (ext4's metadata checksums ask the crypto API for it; no modprobe in the
+# guest to load it), netfront (MODE net's guests, vif on Ferrite).
+GUEST_MODULES="xen-blkfront crc32c_generic ext4 xen-netfront"
 # The Linux driver domain of the benchmark (lab.role=dd, same initramfs as the test
 # guest): pcifront for the passed-through NVMe, the nvme driver, xen-blkback.
 DD_MODULES="xenfs xen-pcifront nvme xen-blkback"
+# MODE net's Linux stand-in for Ferrite's network half (lab.role=netdd, same
+# initramfs): pcifront, virtio_net for the passed-through NIC, xen-netback, a bridge.
+NETDD_MODULES="xenfs xen-pcifront virtio_pci virtio_net xen-netback bridge"
 XEN_PACKAGES="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
   libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6
-  e2fsprogs"
+  e2fsprogs ethtool"
 # Programs whose shared libraries go into the initramfs (paths inside the package tree).
 XEN_PROGRAMS="usr/lib/xen-$XENVER/bin/xl usr/lib/xen-$XENVER/bin/xenstored usr/lib/xen-$XENVER/bin/xenconsoled
   usr/lib/xen-$XENVER/bin/xen-init-dom0 usr/lib/xen-$XENVER/bin/libxl-save-helper
-  usr/lib/xen-$XENVER/bin/xenconsole usr/bin/xenstore bin/bash sbin/mke2fs"
+  usr/lib/xen-$XENVER/bin/xenconsole usr/bin/xenstore bin/bash sbin/mke2fs sbin/ethtool"
 # Sonames the host cannot map to a package with dpkg -S (a fresh machine may lack them).
 declare -A SONAME_PKG=(
   [libc.so.6]=libc6 [libm.so.6]=libc6 [liblzma.so.5]=liblzma5 [libuuid.so.1]=libuuid1
@@ -49,7 +53,7 @@ declare -A SONAME_PKG=(
   [libyajl.so.2]=libyajl2 [libgcc_s.so.1]=libgcc-s1 [libnl-3.so.200]=libnl-3-200
   [libnl-route-3.so.200]=libnl-route-3-200 [libgnutls.so.30]=libgnutls30
   [libext2fs.so.2]=libext2fs2 [libe2p.so.2]=libext2fs2 [libcom_err.so.2]=libcom-err2
-  [libblkid.so.1]=libblkid1
+  [libblkid.so.1]=libblkid1 [libmnl.so.0]=libmnl0
 )
 
 T_START=$(date +%s.%N)
@@ -212,8 +216,10 @@ common_tree() {
     install_libs "$dst"
     cp "$LAB_DIR/dom0/init" "$dst/init"
     cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" \
-        "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$dst/lab/"
-    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh"
+        "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$LAB_DIR/dom0/net-agent.sh" \
+        "$LAB_DIR/dom0/netdd.sh" "$dst/lab/"
+    chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh" \
+        "$dst/lab/net-agent.sh" "$dst/lab/netdd.sh"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
     echo "root:x:0:" >"$dst/etc/group"
     # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
@@ -259,10 +265,13 @@ build_guest_tree() {
     rm -f "$dst/bin/bash" "$dst/usr/local/bin/labtool"
     copy_rel "$CACHE/root" "$dst" sbin/mke2fs
     ln -sf mke2fs "$dst/sbin/mkfs.ext4"
+    # ethtool -k: the offloads netfront negotiated (MODE net's GUEST-FEATURES).
+    copy_rel "$CACHE/root" "$dst" sbin/ethtool
     cp "$CACHE/root/etc/mke2fs.conf" "$dst/etc/mke2fs.conf"
     cp "$CACHE/fio/fio" "$dst/usr/local/bin/fio"
     install_modules "$dst" modules-guest $GUEST_MODULES
     install_modules "$dst" modules-dd $DD_MODULES
+    install_modules "$dst" modules-netdd $NETDD_MODULES
     du -sh "$dst"
 }
 
@@ -410,6 +419,29 @@ cmd_run() {
     chmod +x "$run/tree/lab/mode.sh"
     cp "$CACHE/labtool" "$run/tree/usr/local/bin/labtool"
     if [ -n "$extra" ]; then mkdir -p "$run/tree/extra" && cp -a "$extra/." "$run/tree/extra/"; fi
+    # NICs: a "# LAB-QEMU-NIC: KIND [KIND ...]" line in the mode script adds one
+    # virtio-net-pci per KIND at fixed PCI addresses 00:0a.0, 00:0b.0, ... (the NVMe
+    # controllers take 00:04.0 upwards), MAC 52:54:00:fe:0a:00, 52:54:00:fe:0a:01, ...
+    # KIND "user": a QEMU user-mode network of its own (slirp: gateway and host
+    # 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15), with an echo service at
+    # 10.0.2.100:7 (guestfwd to a `cat` per connection).  dom0 has no virtio driver,
+    # so nothing in dom0 binds them; /lab/nics.txt tells the mode script
+    # "NAME PCI-ADDRESS KIND MAC" per NIC (also nics.txt in the run directory).
+    local nic_args=() nspecs kind slot mac i=0
+    nspecs=$(sed -n 's/^# LAB-QEMU-NIC: *//p' "$modescript" | head -n 1)
+    : >"$run/nics.txt"
+    for kind in $nspecs; do
+        slot=$(printf '%02x' $((10 + i)))
+        mac=$(printf '52:54:00:fe:0a:%02x' $i)
+        case $kind in
+            user) nic_args+=(-netdev "user,id=nic$i,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:7-cmd:cat"
+                             -device "virtio-net-pci,netdev=nic$i,mac=$mac,addr=0x$slot") ;;
+            *) die "LAB-QEMU-NIC: unknown kind '$kind' (user)" ;;
+        esac
+        echo "nic$i 0000:00:$slot.0 $kind $mac" >>"$run/nics.txt"
+        i=$((i + 1))
+    done
+    cp "$run/nics.txt" "$run/tree/lab/nics.txt"
     python3 "$LAB_DIR/lib/mkcpio.py" "$run/tree" "$run/run.cpio"
     # Linux reads concatenated archives, but an uncompressed one must start on a
     # 4-byte boundary: pad the gzip member with NULs (the unpacker skips them).
@@ -431,6 +463,7 @@ cmd_run() {
     local specs nvme_args=() i=0 img sz ctl ns n lba disk fill
     specs=$(sed -n 's/^# LAB-QEMU-NVME: *//p' "$modescript" | head -n 1)
     : >"$run/images.txt"
+    [ "$(echo ${specs:-64M} | wc -w)" -le 6 ] || die "LAB-QEMU-NVME: at most 6 controllers (00:04.0..00:09.0; NICs start at 00:0a.0)"
     for ctl in ${specs:-64M}; do
         case $ctl in
             *[+/]*)
@@ -485,7 +518,7 @@ cmd_run() {
         -serial "file:$run/serial.log" \
         -kernel "$CACHE/xen" -append "$XEN_CMDLINE" \
         -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
-        "${nvme_args[@]}" &
+        "${nvme_args[@]}" "${nic_args[@]}" &
     # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.
     local mon=$!
     trap 'kill -TERM '"$mon"' 2>/dev/null' TERM HUP INT

@@ -23,6 +23,9 @@
 #          too) and reports whether the write failed ("GUEST-RESULT ro ...")
 #   bench  the benchmark agent on xvda (lab/dom0/bench-agent.sh; never returns)
 #   fsbench  fs, then the benchmark agent (./run.sh's short fio run)
+#   net    (MODE net; configs/guest-net.cfg, no disk) eth0 on a vif, static
+#          address lab.ip=, then the network agent (lab/dom0/net-agent.sh;
+#          never returns)
 # After its phase every guest reports "GUEST-DONE <phase>" and then watches for
 # xvdb (xl block-attach/-detach from dom0), reporting GUEST-EVENT lines.
 # Output lines for dom0 (read from /var/log/xen/console/guest-<name>.log):
@@ -75,6 +78,9 @@ wait_for() {
         sleep 0.2
     done
 }
+
+# MODE net's guests have no disk: eth0 and the network agent.
+[ "$phase" = net ] && exec /lab/net-agent.sh
 
 t=$(up)
 if ! wait_for /sys/block/xvda 60; then
