@@ -118,6 +118,7 @@ fuzz_target!(|data: &[u8]| {
                     csum_v4: sel & 16 != 0,
                     csum_v6: sel & 32 != 0,
                     rx_copy: if sel & 64 == 0 { Some("1") } else { None },
+                    ctrl: sel & 128 != 0,
                 };
                 w.connect(0, o);
             }

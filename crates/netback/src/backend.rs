@@ -30,6 +30,8 @@ use xen_ring::BackRing;
 pub const WATCH_PREFIX: &str = "vif";
 /// Tx slots one queue takes per turn (per [`Netback::poll`]).
 pub const TX_BUDGET: usize = 64;
+/// Control requests one vif's control ring gets answered per poll.
+pub const CTRL_BUDGET: usize = 8;
 /// Bytes of the staging buffer frames are copied through (one largest
 /// frame, in whole pages).
 pub const STAGING_BYTES: usize = 16 * 4096;
@@ -138,8 +140,19 @@ pub(crate) struct Queue<P: SharedMem> {
     pub(crate) throttled: Option<Nanos>,
 }
 
+/// A vif's control ring.
+pub(crate) struct CtrlRing<P: SharedMem> {
+    pub(crate) ring: BackRing<P, crate::abi::CtrlEntry>,
+    pub(crate) map: Mapping,
+    pub(crate) port: EvtchnPort,
+    /// The frontend broke the ring.
+    pub(crate) dead: bool,
+}
+
 /// One vif.
 pub(crate) struct Vif<P: SharedMem> {
+    pub(crate) ctrl: Option<CtrlRing<P>>,
+    pub(crate) hash: crate::ctrl::HashState,
     pub(crate) be: String,
     pub(crate) fe_dom: DomId,
     pub(crate) mac: Option<MacAddr>,
@@ -254,7 +267,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
 
     /// Event channels of every connected queue (to wait on when idle).
     pub fn ports(&self) -> Vec<EvtchnPort> {
-        let mut out = Vec::new();
+        let mut out: Vec<EvtchnPort> = self.vifs.values().filter_map(|v| v.ctrl.as_ref()).map(|c| c.port).collect();
         for q in self.vifs.values().flat_map(|v| &v.queues) {
             out.push(q.tx_port);
             if q.rx_port != q.tx_port {
@@ -314,9 +327,11 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
         self.generation
     }
 
-    /// Grant mappings held now (two ring pages per connected queue).
+    /// Grant mappings held now (two ring pages per connected queue, one
+    /// per control ring).
     pub fn mappings(&self) -> usize {
-        self.vifs.values().flat_map(|v| &v.queues).map(|q| q.maps.len()).sum()
+        let ctrl = self.vifs.values().filter(|v| v.ctrl.is_some()).count();
+        ctrl + self.vifs.values().flat_map(|v| &v.queues).map(|q| q.maps.len()).sum::<usize>()
     }
 
     /// The earliest time a queue waiting for transmit credit may go on

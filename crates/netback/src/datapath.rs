@@ -3,7 +3,7 @@
 //! through one staging buffer.
 
 use crate::abi::*;
-use crate::backend::{Drop, Queue, Serve, Vif, STAGING_BYTES, TX_BUDGET};
+use crate::backend::{Drop, Queue, Serve, Vif, CTRL_BUDGET, STAGING_BYTES, TX_BUDGET};
 use crate::tx::{self, Scan, TxError};
 use crate::VifId;
 use alloc::borrow::Cow;
@@ -115,11 +115,72 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         let start = *next % ctxs.len();
         *next = start.wrapping_add(1);
         let mut busy = false;
+        let with_ctrl: Vec<u32> = self.vifs.iter().filter(|(_, v)| v.ctrl.is_some()).map(|(&id, _)| id).collect();
+        for id in with_ctrl {
+            busy |= self.ctrl_turn(id);
+        }
         for k in 0..ctxs.len() {
             let (id, qi) = ctxs[(start + k) % ctxs.len()];
             busy |= self.tx_turn(id, qi, out);
         }
         busy
+    }
+
+    /// Answers up to [`CTRL_BUDGET`] control requests of vif `id`.
+    fn ctrl_turn(&mut self, id: u32) -> bool {
+        let now = self.e.now();
+        let mut left = false;
+        for _ in 0..CTRL_BUDGET {
+            let Some(v) = self.vifs.get_mut(&id) else { return false };
+            let Some(c) = v.ctrl.as_mut() else { return false };
+            let _ = self.e.take_pending(c.port);
+            if c.dead {
+                return false;
+            }
+            let mut req = None;
+            match c.ring.poll_requests(1, |r| req = Some(r)) {
+                Ok(_) => {}
+                Err(e) => {
+                    c.dead = true;
+                    limited!(v.log, now, warn, "vif {} control ring: {}", v.be, e.as_str());
+                    return false;
+                }
+            }
+            let Some(req) = req else { break };
+            let fe_dom = v.fe_dom;
+            let fetch = v.hash.fetch_for(&req);
+            let mut bytes = None;
+            if let Some(f) = fetch {
+                if self.staging().is_some() {
+                    let (g, stats) = (&mut *self.g, &mut *self.stats);
+                    if let Some(buf) = self.staging.as_mut() {
+                        let piece = Piece { gref: f.gref, page_off: 0, len: f.len as u16, at: 0 };
+                        if move_data(g, stats, fe_dom, buf, &[piece], true).is_ok() {
+                            bytes = Some(buf.as_ref()[..f.len].to_vec());
+                        }
+                    }
+                }
+            }
+            let Some(v) = self.vifs.get_mut(&id) else { return false };
+            let nq = v.queues.len();
+            let rsp = v.hash.handle(&req, bytes.as_deref(), nq);
+            let Some(c) = v.ctrl.as_mut() else { return false };
+            // Cannot fail: the request was just consumed.
+            let _ = c.ring.push_response(&rsp);
+            if c.ring.publish_responses() {
+                let _ = self.e.send(c.port);
+            }
+            left = true;
+        }
+        let Some(c) = self.vifs.get_mut(&id).and_then(|v| v.ctrl.as_mut()) else { return false };
+        if c.dead {
+            return false;
+        }
+        if left {
+            // Work done this turn; look again next poll.
+            return c.ring.pending().map(|n| n > 0).unwrap_or(false);
+        }
+        c.ring.final_check_for_requests().unwrap_or(false)
     }
 
     /// Takes up to [`TX_BUDGET`] slots from one queue. Returns whether work
@@ -260,7 +321,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
             }
             need += slots + usize::from(f.meta.gso.is_some());
         }
-        let qi = flow_queue(&frames[0].data, v.queues.len());
+        let qi = pick_queue(v, &frames[0].data);
         if let Ok(n) = v.queues[qi].rx.pending() {
             if (n as usize) < need {
                 v.stats.rx_drops += 1;
@@ -290,7 +351,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         }
         let gso = f.meta.gso;
         let need = data_slots + usize::from(gso.is_some());
-        let qi = flow_queue(&f.data, v.queues.len());
+        let qi = pick_queue(v, &f.data);
         let fe_dom = v.fe_dom;
         let q = &mut v.queues[qi];
         match q.rx.pending() {
@@ -399,6 +460,13 @@ fn deliver_prep<'f, P: SharedMem>(v: &Vif<P>, frame: &'f Frame) -> Result<Vec<Co
         }
     }
     Ok(out)
+}
+
+/// The queue for a frame: the frontend's hash mapping if it set one up
+/// (control ring), else our own flow hash.
+fn pick_queue<P: SharedMem>(v: &Vif<P>, data: &[u8]) -> usize {
+    let n = v.queues.len();
+    v.hash.queue_for(data, n).filter(|&q| q < n).unwrap_or_else(|| flow_queue(data, n))
 }
 
 /// The queue a frame's flow maps to (same flow, same queue).

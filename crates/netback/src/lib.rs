@@ -14,6 +14,8 @@
 //! * [`xenbus`]: the vif handshake as a state machine, and the frontend's
 //!   keys parsed.
 //! * [`credit`]: transmit rate limiting (the `rate` node).
+//! * [`ctrl`]: the control ring's messages (Toeplitz hash, key, mapping
+//!   table) that steer received frames to the frontend's queues.
 //!
 //! [`Netback`] drives them against xenstore, grants and event channels:
 //!
@@ -50,6 +52,7 @@ macro_rules! limited {
 pub mod abi;
 mod backend;
 pub mod credit;
+pub mod ctrl;
 mod datapath;
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -57,7 +60,9 @@ pub mod tx;
 mod vif;
 pub mod xenbus;
 
-pub use backend::{Drop, NetConfig, Netback, Stats, VifInfo, VifStats, STAGING_BYTES, TX_BUDGET, WATCH_PREFIX};
+pub use backend::{
+    Drop, NetConfig, Netback, Stats, VifInfo, VifStats, CTRL_BUDGET, STAGING_BYTES, TX_BUDGET, WATCH_PREFIX,
+};
 
 /// Event-channel ports, the workspace's one id type.
 pub use xen_types::EvtchnPort;
