@@ -7,6 +7,27 @@
 //! channels say: an event flood costs a guest nothing extra and buys it
 //! nothing. [`Netback::deliver`] never waits: a guest with no rx requests
 //! posted loses the frame (counted).
+//!
+//! Xenstore, per vif (`backend/vif/<domid>/<devid>` under our home):
+//!
+//! * read from our directory: `frontend`, `frontend-id`, `online`, `state`
+//!   (the lifecycle's), `mac` (at discovery; `aa:bb:cc:dd:ee:ff`, else
+//!   [`VifInfo::mac`] is `None`), `rate` (at each connect: `bytes,usec`,
+//!   per queue like Linux; absent or malformed: no limit). `script` and
+//!   everything else is ignored.
+//! * written to our directory: `hotplug-status` = `connected` (at
+//!   discovery, as dom0's hotplug script would), the features
+//!   (`feature-sg`, `feature-gso-tcpv4`, `feature-gso-tcpv6`,
+//!   `feature-ipv6-csum-offload`, `feature-rx-copy` = 1, `feature-rx-flip`
+//!   = 0, `feature-split-event-channels`, `multi-queue-max-queues`,
+//!   `feature-ctrl-ring`), `state`, `error`.
+//! * read from the frontend's: `request-rx-copy` (must be 1),
+//!   `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4/6`,
+//!   `feature-no-csum-offload`, `feature-ipv6-csum-offload`,
+//!   `multi-queue-num-queues`, `tx-ring-ref`, `rx-ring-ref`,
+//!   `event-channel` or `event-channel-tx`/`-rx` (at the top for one
+//!   queue, under `queue-N/` for several), `ctrl-ring-ref` and
+//!   `event-channel-ctrl` (optional).
 
 use crate::credit::Credit;
 use crate::xenbus::{RxFeatures, VifFsm};
