@@ -9,7 +9,7 @@
 //! | `netif_tx_response` | 4     | id u16 (0), status i16 (2)                       |
 //! | `netif_rx_request`  | 8     | id u16 (0), pad u16 (2), gref u32 (4)            |
 //! | `netif_rx_response` | 8     | id u16 (0), offset u16 (2), flags u16 (4), status i16 (6) |
-//! | `netif_ctrl_request`  | 16  | id u16 (0), type u16 (2), data u32[3] (4)        |
+//! | `netif_ctrl_request`  | 16  | id u16 (0), type u16 (2), data `[u32; 3]` (4)        |
 //! | `netif_ctrl_response` | 12  | id u16 (0), type u16 (2), status u32 (4), data u32 (8) |
 //!
 //! The GSO member of the extra union: size u16 (2), type u8 (4), pad u8
@@ -332,7 +332,7 @@ impl RingEntry for RxEntry {
 }
 
 /// Control ring (`struct xen_netif_ctrl_request`, 16 bytes: id u16 (0),
-/// type u16 (2), data u32[3] (4)).
+/// type u16 (2), data `[u32; 3]` (4)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtrlRequest {
