@@ -205,6 +205,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         }
         let mut taken = 0;
         let mut left = false;
+        // Bounded: each round consumes one slot (at most TX_BUDGET), or
+        // answers a complete packet (taking at least one slot off `carry`,
+        // which only grows by consumed slots), or leaves.
         loop {
             let Some(v) = self.vifs.get_mut(&id) else { return false };
             let Some(q) = v.queues.get_mut(qi) else { return false };
