@@ -11,7 +11,7 @@
 //! (`xen_ring::mock::FrontRing`); rx responses name posted ids, write
 //! nothing past their size and never cut a packet (`Netfront::take_rx`);
 //! frames taken from the guest are at most 64 KiB with offload offsets
-//! inside them; mappings stay at two per queue plus the control ring. At the end, closing the
+//! inside them; rx backlogs stay bounded; mappings stay at two per queue plus the control ring. At the end, closing the
 //! vif gives every grant back.
 #![no_main]
 
@@ -63,6 +63,7 @@ fn check(w: &mut World, max_queues: u32) {
         fr.queues[q].rx.check_frontend_fields();
     }
     assert!(w.nb.mappings() <= 2 * max_queues as usize + 1);
+    assert!(w.nb.backlog() <= netback::RX_BACKLOG_FRAMES * max_queues as usize);
     assert!(w.nb.vifs().count() <= 1);
 }
 
@@ -260,6 +261,7 @@ fuzz_target!(|data: &[u8]| {
     check(&mut w, max_queues);
     if w.info(0).map_or(true, |v| !v.connected) {
         assert_eq!(w.nb.mappings(), 0);
+        assert_eq!(w.nb.backlog(), 0);
         let f = &mut w.fronts[0];
         let grants: Vec<u32> = f.granted.iter().copied().collect();
         for g in grants {

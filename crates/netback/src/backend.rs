@@ -5,8 +5,10 @@
 //! every connected queue one turn of at most [`TX_BUDGET`] tx slots,
 //! starting one queue further each time (round-robin), whatever the event
 //! channels say: an event flood costs a guest nothing extra and buys it
-//! nothing. [`Netback::deliver`] never waits: a guest with no rx requests
-//! posted loses the frame (counted).
+//! nothing. [`Netback::deliver`] never waits: a frame for a guest that has
+//! not posted enough rx requests waits in its queue's backlog (bounded by
+//! [`RX_BACKLOG_FRAMES`] and [`RX_BACKLOG_BYTES`], flushed in order by
+//! `poll` as requests come); past that it is dropped (counted).
 //!
 //! Xenstore, per vif (`backend/vif/<domid>/<devid>` under our home):
 //!
@@ -51,6 +53,13 @@ use xen_ring::BackRing;
 pub const WATCH_PREFIX: &str = "vif";
 /// Tx slots one queue takes per turn (per [`Netback::poll`]).
 pub const TX_BUDGET: usize = 64;
+/// Frames one queue keeps while its guest has no rx requests for them.
+pub const RX_BACKLOG_FRAMES: usize = 64;
+/// Bytes one queue keeps while its guest has no rx requests for them.
+pub const RX_BACKLOG_BYTES: usize = 256 * 1024;
+/// How soon a queue whose guest posted too few rx requests for the next
+/// frame is looked at again.
+pub const RX_RETRY_NS: Nanos = 1_000_000;
 /// Control requests one vif's control ring gets answered per poll.
 pub const CTRL_BUDGET: usize = 8;
 /// Bytes of the staging buffer frames are copied through (one largest
@@ -159,6 +168,12 @@ pub(crate) struct Queue<P: SharedMem> {
     pub(crate) credit: Credit,
     /// Waiting for credit until this time.
     pub(crate) throttled: Option<Nanos>,
+    /// Frames waiting for rx requests, oldest first (at most
+    /// [`RX_BACKLOG_FRAMES`] and [`RX_BACKLOG_BYTES`]).
+    pub(crate) backlog: alloc::collections::VecDeque<Frame>,
+    pub(crate) backlog_bytes: usize,
+    /// Too few rx requests for the backlog's head: look again then.
+    pub(crate) rx_retry: Option<Nanos>,
 }
 
 /// A vif's control ring.
@@ -318,7 +333,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
 
     /// Copies `frame` into the guest of `vif` (its posted rx requests),
     /// segmenting or completing checksums in software when its frontend
-    /// cannot take the offload. Never waits.
+    /// cannot take the offload. Never waits: without enough rx requests the
+    /// frame joins the queue's bounded backlog (`Ok`, delivered by a later
+    /// [`poll`](Self::poll)), or is dropped when that is full.
     pub fn deliver<G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         g: &mut G,
@@ -355,9 +372,15 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
         ctrl + self.vifs.values().flat_map(|v| &v.queues).map(|q| q.maps.len()).sum::<usize>()
     }
 
-    /// The earliest time a queue waiting for transmit credit may go on
-    /// (poll again then), if any is waiting.
+    /// The earliest time [`poll`](Self::poll) has timed work (a queue
+    /// waiting for transmit credit, or a backlog waiting for more rx
+    /// requests than the guest posted): sleep no later than this.
     pub fn next_deadline(&self) -> Option<Nanos> {
-        self.vifs.values().flat_map(|v| &v.queues).filter_map(|q| q.throttled).min()
+        self.vifs.values().flat_map(|v| &v.queues).flat_map(|q| [q.throttled, q.rx_retry]).flatten().min()
+    }
+
+    /// Frames waiting in the vifs' rx backlogs.
+    pub fn backlog(&self) -> usize {
+        self.vifs.values().flat_map(|v| &v.queues).map(|q| q.backlog.len()).sum()
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::abi::*;
 use crate::backend::{Drop, Queue, Serve, Vif, CTRL_BUDGET, STAGING_BYTES, TX_BUDGET};
+use crate::backend::{RX_BACKLOG_BYTES, RX_BACKLOG_FRAMES, RX_RETRY_NS};
 use crate::tx::{self, Scan, TxError};
 use crate::VifId;
 use alloc::borrow::Cow;
@@ -119,9 +120,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         for id in with_ctrl {
             busy |= self.ctrl_turn(id);
         }
+        let now = self.e.now();
         for k in 0..ctxs.len() {
             let (id, qi) = ctxs[(start + k) % ctxs.len()];
             busy |= self.tx_turn(id, qi, out);
+            let flush = self
+                .vifs
+                .get(&id)
+                .and_then(|v| v.queues.get(qi))
+                .is_some_and(|q| !q.backlog.is_empty() && q.rx_retry.is_none_or(|t| t <= now));
+            if flush {
+                busy |= self.rx_flush(id, qi);
+            }
         }
         busy
     }
@@ -325,22 +335,74 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
             need += slots + usize::from(f.meta.gso.is_some());
         }
         let qi = pick_queue(v, &frames[0].data);
-        if let Ok(n) = v.queues[qi].rx.pending() {
-            if (n as usize) < need {
+        let Some(q) = v.queues.get_mut(qi) else { return Err(Drop::NotConnected) };
+        let room = match q.rx.pending() {
+            Ok(n) => n as usize >= need,
+            Err(_) => {
+                v.stats.rx_drops += 1;
+                return Err(Drop::RingBroken);
+            }
+        };
+        if !room || !q.backlog.is_empty() {
+            // Wait in the queue's backlog (in order, bounded) for the guest
+            // to post rx requests; flushed by `poll`.
+            let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
+            if q.backlog.len() + frames.len() > RX_BACKLOG_FRAMES || q.backlog_bytes + bytes > RX_BACKLOG_BYTES {
                 v.stats.rx_drops += 1;
                 return Err(Drop::NoRxRequests);
             }
+            q.backlog_bytes += bytes;
+            q.backlog.extend(frames.into_iter().map(Cow::into_owned));
+            return Ok(());
         }
         let mut res = Ok(());
         for f in frames {
-            if let Err(d) = self.deliver_one(id, &f) {
+            if let Err(d) = self.deliver_one(id, qi, &f) {
                 res = Err(d);
             }
         }
         res
     }
 
-    fn deliver_one(&mut self, id: u32, f: &Frame) -> Result<(), Drop> {
+    /// Delivers what waits in queue `qi`'s backlog while the guest has rx
+    /// requests for it. Returns whether to poll again at once.
+    fn rx_flush(&mut self, id: u32, qi: usize) -> bool {
+        let now = self.e.now();
+        // Bounded by the backlog's length, itself bounded.
+        for _ in 0..RX_BACKLOG_FRAMES {
+            let Some(q) = self.vifs.get_mut(&id).and_then(|v| v.queues.get_mut(qi)) else { return false };
+            let Some(f) = q.backlog.front() else { return false };
+            let need = f.data.len().div_ceil(PAGE).max(1) + usize::from(f.meta.gso.is_some());
+            match q.rx.pending() {
+                Ok(n) if n as usize >= need => {}
+                Ok(n) => {
+                    if n == 0 {
+                        // Ask for an event on the next rx request posted.
+                        if let Ok(true) = q.rx.final_check_for_requests() {
+                            return true;
+                        }
+                    } else {
+                        // Some posted, not enough: look again shortly (the
+                        // frontend's next post need not notify us).
+                        q.rx_retry = Some(now.saturating_add(RX_RETRY_NS));
+                    }
+                    return false;
+                }
+                Err(_) => {
+                    let Some(v) = self.vifs.get_mut(&id) else { return false };
+                    drop_backlog(v, qi);
+                    return false;
+                }
+            }
+            q.rx_retry = None;
+            let Some(f) = q.backlog.pop_front() else { return false };
+            q.backlog_bytes = q.backlog_bytes.saturating_sub(f.data.len());
+            let _ = self.deliver_one(id, qi, &f);
+        }
+        true
+    }
+
+    fn deliver_one(&mut self, id: u32, qi: usize, f: &Frame) -> Result<(), Drop> {
         let now = self.e.now();
         if self.staging().is_none() {
             return Err(Drop::CopyFailed);
@@ -354,9 +416,8 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         }
         let gso = f.meta.gso;
         let need = data_slots + usize::from(gso.is_some());
-        let qi = pick_queue(v, &f.data);
         let fe_dom = v.fe_dom;
-        let q = &mut v.queues[qi];
+        let Some(q) = v.queues.get_mut(qi) else { return Err(Drop::NotConnected) };
         match q.rx.pending() {
             Ok(n) if n as usize >= need => {}
             Ok(_) => {
@@ -393,7 +454,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
             Csum::None => {}
         }
         let v = self.vifs.get_mut(&id).ok_or(Drop::NoSuchVif)?;
-        let q = &mut v.queues[qi];
+        let q = v.queues.get_mut(qi).ok_or(Drop::NotConnected)?;
         for (k, (r, p)) in data_reqs.iter().zip(&pieces).enumerate() {
             let mut fl = if k == 0 { flags } else { 0 };
             if k + 1 < data_reqs.len() {
@@ -488,6 +549,16 @@ fn flow_queue(data: &[u8], n: usize) -> usize {
         acc = (acc ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
     acc as usize % n
+}
+
+/// Drops what waits in queue `qi`'s backlog (counted).
+pub(crate) fn drop_backlog<P: SharedMem>(v: &mut Vif<P>, qi: usize) {
+    if let Some(q) = v.queues.get_mut(qi) {
+        v.stats.rx_drops += q.backlog.len() as u64;
+        q.backlog.clear();
+        q.backlog_bytes = 0;
+        q.rx_retry = None;
+    }
 }
 
 /// One response per slot of a packet: `status` for data slots,

@@ -61,7 +61,8 @@ mod vif;
 pub mod xenbus;
 
 pub use backend::{
-    Drop, NetConfig, Netback, Stats, VifInfo, VifStats, CTRL_BUDGET, STAGING_BYTES, TX_BUDGET, WATCH_PREFIX,
+    Drop, NetConfig, Netback, Stats, VifInfo, VifStats, CTRL_BUDGET, RX_BACKLOG_BYTES, RX_BACKLOG_FRAMES, RX_RETRY_NS,
+    STAGING_BYTES, TX_BUDGET, WATCH_PREFIX,
 };
 
 /// Event-channel ports, the workspace's one id type.

@@ -182,6 +182,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
                 dead: false,
                 credit,
                 throttled: None,
+                backlog: Default::default(),
+                backlog_bytes: 0,
+                rx_retry: None,
             });
         }
         let mut ctrl = None;
@@ -223,6 +226,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         let Some(v) = self.vifs.get_mut(&id) else { return };
         if v.queues.is_empty() {
             return;
+        }
+        for qi in 0..v.queues.len() {
+            crate::datapath::drop_backlog(v, qi);
         }
         let queues = core::mem::take(&mut v.queues);
         let ctrl = v.ctrl.take();

@@ -369,7 +369,11 @@ impl Netfront {
             assert!(fq.rx.push_request(&RxRequest { id, pad: 0, gref: page.gref.0 }), "rx ring full");
             fq.rx_posted.insert(id, page);
         }
-        self.queues[q].rx.publish();
+        // Linux netfront notifies when the backend asked (req_event).
+        if self.queues[q].rx.publish() {
+            let port = self.queues[q].rx_port;
+            self.e.send(port).expect("send");
+        }
     }
 
     /// Posts one rx request naming grant `gref` as is (hostile: it may not
