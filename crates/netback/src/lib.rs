@@ -23,8 +23,12 @@
 //! * `vif`: netback as a [`xen_backend::DeviceKind`] (discovery, watches,
 //!   hotplug nodes, retire and directory removal are
 //!   [`xen_backend::Lifecycle`]'s); connect and disconnect.
-//! * `datapath`: tx rings polled into frames, frames delivered into rx
-//!   rings, data moved by batched grant copy through a staging buffer.
+//! * `datapath`: the poll: tx rings taken into frames (data of a turn's
+//!   packets moved by one batched grant copy into a staging buffer), the
+//!   control rings answered.
+//! * `deliver`: frames copied into rx rings, with the per-queue backlog.
+//! * `copy`: grant copy (or map fallback) between guest pages and the
+//!   staging buffer.
 //! * `testing` (feature `test-utils`): a simulated Linux netfront and
 //!   toolstack over the `xen` crate's fakes.
 //!
@@ -51,9 +55,11 @@ macro_rules! limited {
 
 pub mod abi;
 mod backend;
+mod copy;
 pub mod credit;
 pub mod ctrl;
 mod datapath;
+mod deliver;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod tx;

@@ -228,7 +228,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
             return;
         }
         for qi in 0..v.queues.len() {
-            crate::datapath::drop_backlog(v, qi);
+            crate::deliver::drop_backlog(v, qi);
         }
         let queues = core::mem::take(&mut v.queues);
         let ctrl = v.ctrl.take();
