@@ -3,7 +3,7 @@
 //! connects with odd queue counts, split or shared event channels and
 //! feature sets; well-formed and raw tx slots, bogus `req_prod` values;
 //! rx buffers (some naming bogus grants) and deliveries of plain, partial
-//! and GSO frames; frontend state changes, detach, directory removal,
+//! and GSO frames; control-ring requests of any type; frontend state changes, detach, directory removal,
 //! rescans and the passing of time.
 //!
 //! Checked after every operation: nothing panics; the backend never
@@ -11,13 +11,13 @@
 //! (`xen_ring::mock::FrontRing`); rx responses name posted ids, write
 //! nothing past their size and never cut a packet (`Netfront::take_rx`);
 //! frames taken from the guest are at most 64 KiB with offload offsets
-//! inside them; mappings stay at two per queue. At the end, closing the
+//! inside them; rx backlogs stay bounded; mappings stay at two per queue plus the control ring. At the end, closing the
 //! vif gives every grant back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use net::{Csum, Frame, Gso, GsoKind, Meta};
-use netback::abi::{ExtraInfo, NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED};
+use netback::abi::{CtrlRequest, ExtraInfo, NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED};
 use netback::testing::{tcp4, tcp6, udp4, world, FrontOpts, TxPkt, World};
 use netback::NetConfig;
 
@@ -52,13 +52,18 @@ fn check(w: &mut World, max_queues: u32) {
         assert!(f.meta.gso.is_none() || matches!(f.meta.csum, Csum::Partial { .. }));
     }
     let fr = &mut w.fronts[0];
+    let _ = fr.ctrl_take();
+    if let Some((r, _)) = fr.ctrl.as_ref() {
+        r.check_frontend_fields();
+    }
     for q in 0..fr.queues.len() {
         let _ = fr.take_tx(q);
         fr.queues[q].tx.check_frontend_fields();
         let _ = fr.take_rx(q);
         fr.queues[q].rx.check_frontend_fields();
     }
-    assert!(w.nb.mappings() <= 2 * max_queues as usize);
+    assert!(w.nb.mappings() <= 2 * max_queues as usize + 1);
+    assert!(w.nb.backlog() <= netback::RX_BACKLOG_FRAMES * max_queues as usize);
     assert!(w.nb.vifs().count() <= 1);
 }
 
@@ -106,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
         if b.0.is_empty() {
             break;
         }
-        match b.u8() % 12 {
+        match b.u8() % 13 {
             0 => {
                 let sel = b.u8();
                 let o = FrontOpts {
@@ -118,6 +123,7 @@ fuzz_target!(|data: &[u8]| {
                     csum_v4: sel & 16 != 0,
                     csum_v6: sel & 32 != 0,
                     rx_copy: if sel & 64 == 0 { Some("1") } else { None },
+                    ctrl: sel & 128 != 0,
                 };
                 w.connect(0, o);
             }
@@ -223,6 +229,20 @@ fuzz_target!(|data: &[u8]| {
                     w.xsd.external_rm(&p);
                 }
             }
+            12 => {
+                // A control request, any type and arguments (grants ours or not).
+                if w.fronts[0].ctrl.as_ref().is_some_and(|(r, _)| r.free_slots() > 0) {
+                    let ty = u16::from(b.u8() % 9);
+                    let gref = if b.u8() & 1 == 0 {
+                        let bytes: Vec<u8> = (0..64).map(|_| b.u8() % 4).collect();
+                        w.fronts[0].grant_page(&bytes, 0, 0, true).gref.0
+                    } else {
+                        b.u32()
+                    };
+                    let data = [if ty == 3 || ty == 6 { gref } else { b.u32() % 4 }, b.u32() % 200, b.u32() % 200];
+                    w.fronts[0].ctrl_send(&CtrlRequest { id: b.u16(), ty, data });
+                }
+            }
             _ => {
                 w.advance(u64::from(b.u8()) * 1_000_000);
                 w.nb.maintenance(&mut w.xs, &mut w.g, &mut w.e);
@@ -241,6 +261,7 @@ fuzz_target!(|data: &[u8]| {
     check(&mut w, max_queues);
     if w.info(0).map_or(true, |v| !v.connected) {
         assert_eq!(w.nb.mappings(), 0);
+        assert_eq!(w.nb.backlog(), 0);
         let f = &mut w.fronts[0];
         let grants: Vec<u32> = f.granted.iter().copied().collect();
         for g in grants {

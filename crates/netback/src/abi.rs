@@ -9,6 +9,8 @@
 //! | `netif_tx_response` | 4     | id u16 (0), status i16 (2)                       |
 //! | `netif_rx_request`  | 8     | id u16 (0), pad u16 (2), gref u32 (4)            |
 //! | `netif_rx_response` | 8     | id u16 (0), offset u16 (2), flags u16 (4), status i16 (6) |
+//! | `netif_ctrl_request`  | 16  | id u16 (0), type u16 (2), data `[u32; 3]` (4)        |
+//! | `netif_ctrl_response` | 12  | id u16 (0), type u16 (2), status u32 (4), data u32 (8) |
 //!
 //! The GSO member of the extra union: size u16 (2), type u8 (4), pad u8
 //! (5), features u16 (6). A tx ring slot is 12 bytes (the request); an
@@ -329,6 +331,115 @@ impl RingEntry for RxEntry {
     }
 }
 
+/// Control ring (`struct xen_netif_ctrl_request`, 16 bytes: id u16 (0),
+/// type u16 (2), data `[u32; 3]` (4)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtrlRequest {
+    /// Echoed in the response.
+    pub id: u16,
+    /// `XEN_NETIF_CTRL_TYPE_*`.
+    pub ty: u16,
+    /// Arguments.
+    pub data: [u32; 3],
+}
+
+/// `struct xen_netif_ctrl_response`, 12 bytes: id u16 (0), type u16 (2),
+/// status u32 (4), data u32 (8).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtrlResponse {
+    /// The request's id.
+    pub id: u16,
+    /// The request's type.
+    pub ty: u16,
+    /// `XEN_NETIF_CTRL_STATUS_*`.
+    pub status: u32,
+    /// Result.
+    pub data: u32,
+}
+
+const _: () = {
+    assert!(size_of::<CtrlRequest>() == 16);
+    assert!(offset_of!(CtrlRequest, data) == 4);
+    assert!(size_of::<CtrlResponse>() == 12);
+    assert!(offset_of!(CtrlResponse, status) == 4);
+    assert!(offset_of!(CtrlResponse, data) == 8);
+};
+
+/// Control message types.
+pub const XEN_NETIF_CTRL_TYPE_INVALID: u16 = 0;
+/// Which hash types the backend can compute.
+pub const XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS: u16 = 1;
+/// Which hash types to compute.
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS: u16 = 2;
+/// The hash key (grant of its page, length).
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_KEY: u16 = 3;
+/// Largest mapping table the backend takes.
+pub const XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE: u16 = 4;
+/// Size of the mapping table.
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE: u16 = 5;
+/// Part of the mapping table (grant, entries, offset).
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING: u16 = 6;
+/// The hash algorithm.
+pub const XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM: u16 = 7;
+
+/// Control status: done.
+pub const XEN_NETIF_CTRL_STATUS_SUCCESS: u32 = 0;
+/// Control status: not supported.
+pub const XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED: u32 = 1;
+/// Control status: a bad argument.
+pub const XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER: u32 = 2;
+/// Control status: larger than we take.
+pub const XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW: u32 = 3;
+
+/// No hash: the backend steers as it likes.
+pub const XEN_NETIF_CTRL_HASH_ALGORITHM_NONE: u32 = 0;
+/// Toeplitz hash.
+pub const XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ: u32 = 1;
+/// Hash over IPv4 addresses.
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV4: u32 = 1 << 0;
+/// Hash over IPv4 addresses and TCP ports.
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP: u32 = 1 << 1;
+/// Hash over IPv6 addresses.
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV6: u32 = 1 << 2;
+/// Hash over IPv6 addresses and TCP ports.
+pub const XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP: u32 = 1 << 3;
+
+/// The control ring's entry layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtrlEntry;
+
+impl RingEntry for CtrlEntry {
+    type Request = CtrlRequest;
+    type Response = CtrlResponse;
+    fn request_size(&self) -> usize {
+        16
+    }
+    fn response_size(&self) -> usize {
+        12
+    }
+    fn decode_request(&self, b: &[u8]) -> CtrlRequest {
+        CtrlRequest { id: u16_at(b, 0), ty: u16_at(b, 2), data: [u32_at(b, 4), u32_at(b, 8), u32_at(b, 12)] }
+    }
+    fn encode_response(&self, r: &CtrlResponse, out: &mut [u8]) {
+        put(out, 0, &r.id.to_le_bytes());
+        put(out, 2, &r.ty.to_le_bytes());
+        put(out, 4, &r.status.to_le_bytes());
+        put(out, 8, &r.data.to_le_bytes());
+    }
+    fn encode_request(&self, r: &CtrlRequest, out: &mut [u8]) {
+        put(out, 0, &r.id.to_le_bytes());
+        put(out, 2, &r.ty.to_le_bytes());
+        for (i, d) in r.data.iter().enumerate() {
+            put(out, 4 + 4 * i, &d.to_le_bytes());
+        }
+    }
+    fn decode_response(&self, b: &[u8]) -> CtrlResponse {
+        CtrlResponse { id: u16_at(b, 0), ty: u16_at(b, 2), status: u32_at(b, 4), data: u32_at(b, 8) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +465,14 @@ mod tests {
         RxResponse { id: 0x0201, offset: 0x0403, flags: NETRXF_MORE_DATA, status: 1514 }.encode(&mut b);
         assert_eq!(b, [1, 2, 3, 4, 4, 0, 0xea, 0x05]);
         assert_eq!(RxResponse::decode(&b).status, 1514);
+        let mut b = [0u8; 16];
+        CtrlEntry.encode_request(&CtrlRequest { id: 0x0201, ty: 7, data: [1, 0x0807_0605, 9] }, &mut b);
+        assert_eq!(b, [1, 2, 7, 0, 1, 0, 0, 0, 5, 6, 7, 8, 9, 0, 0, 0]);
+        assert_eq!(CtrlEntry.decode_request(&b).data[1], 0x0807_0605);
+        let mut b = [0u8; 12];
+        CtrlEntry.encode_response(&CtrlResponse { id: 3, ty: 4, status: 2, data: 128 }, &mut b);
+        assert_eq!(b, [3, 0, 4, 0, 2, 0, 0, 0, 128, 0, 0, 0]);
+        assert_eq!(xen_ring::ring_size(CtrlEntry.entry_size(), 0), 128);
         // Ring geometry: 256 slots on one page for both rings.
         assert_eq!(xen_ring::ring_size(TxEntry.entry_size(), 0), 256);
         assert_eq!(xen_ring::ring_size(RxEntry.entry_size(), 0), 256);

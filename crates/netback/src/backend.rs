@@ -5,8 +5,31 @@
 //! every connected queue one turn of at most [`TX_BUDGET`] tx slots,
 //! starting one queue further each time (round-robin), whatever the event
 //! channels say: an event flood costs a guest nothing extra and buys it
-//! nothing. [`Netback::deliver`] never waits: a guest with no rx requests
-//! posted loses the frame (counted).
+//! nothing. [`Netback::deliver`] never waits: a frame for a guest that has
+//! not posted enough rx requests waits in its queue's backlog (bounded by
+//! [`RX_BACKLOG_FRAMES`] and [`RX_BACKLOG_BYTES`], flushed in order by
+//! `poll` as requests come); past that it is dropped (counted).
+//!
+//! Xenstore, per vif (`backend/vif/<domid>/<devid>` under our home):
+//!
+//! * read from our directory: `frontend`, `frontend-id`, `online`, `state`
+//!   (the lifecycle's), `mac` (at discovery; `aa:bb:cc:dd:ee:ff`, else
+//!   [`VifInfo::mac`] is `None`), `rate` (at each connect: `bytes,usec`,
+//!   per queue like Linux; absent or malformed: no limit). `script` and
+//!   everything else is ignored.
+//! * written to our directory: `hotplug-status` = `connected` (at
+//!   discovery, as dom0's hotplug script would), the features
+//!   (`feature-sg`, `feature-gso-tcpv4`, `feature-gso-tcpv6`,
+//!   `feature-ipv6-csum-offload`, `feature-rx-copy` = 1, `feature-rx-flip`
+//!   = 0, `feature-split-event-channels`, `multi-queue-max-queues`,
+//!   `feature-ctrl-ring`), `state`, `error`.
+//! * read from the frontend's: `request-rx-copy` (must be 1),
+//!   `feature-rx-notify`, `feature-sg`, `feature-gso-tcpv4/6`,
+//!   `feature-no-csum-offload`, `feature-ipv6-csum-offload`,
+//!   `multi-queue-num-queues`, `tx-ring-ref`, `rx-ring-ref`,
+//!   `event-channel` or `event-channel-tx`/`-rx` (at the top for one
+//!   queue, under `queue-N/` for several), `ctrl-ring-ref` and
+//!   `event-channel-ctrl` (optional).
 
 use crate::credit::Credit;
 use crate::xenbus::{RxFeatures, VifFsm};
@@ -30,6 +53,15 @@ use xen_ring::BackRing;
 pub const WATCH_PREFIX: &str = "vif";
 /// Tx slots one queue takes per turn (per [`Netback::poll`]).
 pub const TX_BUDGET: usize = 64;
+/// Frames one queue keeps while its guest has no rx requests for them.
+pub const RX_BACKLOG_FRAMES: usize = 64;
+/// Bytes one queue keeps while its guest has no rx requests for them.
+pub const RX_BACKLOG_BYTES: usize = 256 * 1024;
+/// How soon a queue whose guest posted too few rx requests for the next
+/// frame is looked at again.
+pub const RX_RETRY_NS: Nanos = 1_000_000;
+/// Control requests one vif's control ring gets answered per poll.
+pub const CTRL_BUDGET: usize = 8;
 /// Bytes of the staging buffer frames are copied through (one largest
 /// frame, in whole pages).
 pub const STAGING_BYTES: usize = 16 * 4096;
@@ -136,10 +168,27 @@ pub(crate) struct Queue<P: SharedMem> {
     pub(crate) credit: Credit,
     /// Waiting for credit until this time.
     pub(crate) throttled: Option<Nanos>,
+    /// Frames waiting for rx requests, oldest first (at most
+    /// [`RX_BACKLOG_FRAMES`] and [`RX_BACKLOG_BYTES`]).
+    pub(crate) backlog: alloc::collections::VecDeque<Frame>,
+    pub(crate) backlog_bytes: usize,
+    /// Too few rx requests for the backlog's head: look again then.
+    pub(crate) rx_retry: Option<Nanos>,
+}
+
+/// A vif's control ring.
+pub(crate) struct CtrlRing<P: SharedMem> {
+    pub(crate) ring: BackRing<P, crate::abi::CtrlEntry>,
+    pub(crate) map: Mapping,
+    pub(crate) port: EvtchnPort,
+    /// The frontend broke the ring.
+    pub(crate) dead: bool,
 }
 
 /// One vif.
 pub(crate) struct Vif<P: SharedMem> {
+    pub(crate) ctrl: Option<CtrlRing<P>>,
+    pub(crate) hash: crate::ctrl::HashState,
     pub(crate) be: String,
     pub(crate) fe_dom: DomId,
     pub(crate) mac: Option<MacAddr>,
@@ -254,7 +303,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
 
     /// Event channels of every connected queue (to wait on when idle).
     pub fn ports(&self) -> Vec<EvtchnPort> {
-        let mut out = Vec::new();
+        let mut out: Vec<EvtchnPort> = self.vifs.values().filter_map(|v| v.ctrl.as_ref()).map(|c| c.port).collect();
         for q in self.vifs.values().flat_map(|v| &v.queues) {
             out.push(q.tx_port);
             if q.rx_port != q.tx_port {
@@ -284,7 +333,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
 
     /// Copies `frame` into the guest of `vif` (its posted rx requests),
     /// segmenting or completing checksums in software when its frontend
-    /// cannot take the offload. Never waits.
+    /// cannot take the offload. Never waits: without enough rx requests the
+    /// frame joins the queue's bounded backlog (`Ok`, delivered by a later
+    /// [`poll`](Self::poll)), or is dropped when that is full.
     pub fn deliver<G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         g: &mut G,
@@ -314,14 +365,22 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> Netback<P, B> {
         self.generation
     }
 
-    /// Grant mappings held now (two ring pages per connected queue).
+    /// Grant mappings held now (two ring pages per connected queue, one
+    /// per control ring).
     pub fn mappings(&self) -> usize {
-        self.vifs.values().flat_map(|v| &v.queues).map(|q| q.maps.len()).sum()
+        let ctrl = self.vifs.values().filter(|v| v.ctrl.is_some()).count();
+        ctrl + self.vifs.values().flat_map(|v| &v.queues).map(|q| q.maps.len()).sum::<usize>()
     }
 
-    /// The earliest time a queue waiting for transmit credit may go on
-    /// (poll again then), if any is waiting.
+    /// The earliest time [`poll`](Self::poll) has timed work (a queue
+    /// waiting for transmit credit, or a backlog waiting for more rx
+    /// requests than the guest posted): sleep no later than this.
     pub fn next_deadline(&self) -> Option<Nanos> {
-        self.vifs.values().flat_map(|v| &v.queues).filter_map(|q| q.throttled).min()
+        self.vifs.values().flat_map(|v| &v.queues).flat_map(|q| [q.throttled, q.rx_retry]).flatten().min()
+    }
+
+    /// Frames waiting in the vifs' rx backlogs.
+    pub fn backlog(&self) -> usize {
+        self.vifs.values().flat_map(|v| &v.queues).map(|q| q.backlog.len()).sum()
     }
 }

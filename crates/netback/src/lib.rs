@@ -14,6 +14,8 @@
 //! * [`xenbus`]: the vif handshake as a state machine, and the frontend's
 //!   keys parsed.
 //! * [`credit`]: transmit rate limiting (the `rate` node).
+//! * [`ctrl`]: the control ring's messages (Toeplitz hash, key, mapping
+//!   table) that steer received frames to the frontend's queues.
 //!
 //! [`Netback`] drives them against xenstore, grants and event channels:
 //!
@@ -21,8 +23,12 @@
 //! * `vif`: netback as a [`xen_backend::DeviceKind`] (discovery, watches,
 //!   hotplug nodes, retire and directory removal are
 //!   [`xen_backend::Lifecycle`]'s); connect and disconnect.
-//! * `datapath`: tx rings polled into frames, frames delivered into rx
-//!   rings, data moved by batched grant copy through a staging buffer.
+//! * `datapath`: the poll: tx rings taken into frames (data of a turn's
+//!   packets moved by one batched grant copy into a staging buffer), the
+//!   control rings answered.
+//! * `deliver`: frames copied into rx rings, with the per-queue backlog.
+//! * `copy`: grant copy (or map fallback) between guest pages and the
+//!   staging buffer.
 //! * `testing` (feature `test-utils`): a simulated Linux netfront and
 //!   toolstack over the `xen` crate's fakes.
 //!
@@ -49,15 +55,21 @@ macro_rules! limited {
 
 pub mod abi;
 mod backend;
+mod copy;
 pub mod credit;
+pub mod ctrl;
 mod datapath;
+mod deliver;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod tx;
 mod vif;
 pub mod xenbus;
 
-pub use backend::{Drop, NetConfig, Netback, Stats, VifInfo, VifStats, STAGING_BYTES, TX_BUDGET, WATCH_PREFIX};
+pub use backend::{
+    Drop, NetConfig, Netback, Stats, VifInfo, VifStats, CTRL_BUDGET, RX_BACKLOG_BYTES, RX_BACKLOG_FRAMES, RX_RETRY_NS,
+    STAGING_BYTES, TX_BUDGET, WATCH_PREFIX,
+};
 
 /// Event-channel ports, the workspace's one id type.
 pub use xen_types::EvtchnPort;

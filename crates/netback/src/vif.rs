@@ -7,8 +7,8 @@
 //! disconnect (never waiting: tx slots not yet answered are abandoned with
 //! the ring, rx has nothing in flight between calls).
 
-use crate::abi::{RxEntry, TxEntry};
-use crate::backend::{Queue, Serve, Vif, VifStats};
+use crate::abi::{CtrlEntry, RxEntry, TxEntry};
+use crate::backend::{CtrlRing, Queue, Serve, Vif, VifStats};
 use crate::credit::Credit;
 use crate::xenbus::{read_keys, ConnectParams, Effect, Event, RxFeatures, VifFsm};
 use alloc::collections::VecDeque;
@@ -45,6 +45,8 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
                     warn!("vif {be}: no valid mac node");
                 }
                 let vif = Vif {
+                    ctrl: None,
+                    hash: Default::default(),
                     be,
                     fe_dom,
                     mac,
@@ -180,13 +182,25 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
                 dead: false,
                 credit,
                 throttled: None,
+                backlog: Default::default(),
+                backlog_bytes: 0,
+                rx_retry: None,
             });
         }
+        let mut ctrl = None;
+        if let (None, Some(c)) = (&err, p.ctrl) {
+            match connect_ctrl(self.g, self.e, v.fe_dom, c.ring_ref, c.evtchn) {
+                Ok(r) => ctrl = Some(r),
+                Err(why) => err = Some(why),
+            }
+        }
         if let Some(why) = err {
-            release(self.g, self.e, &mut v.log, &v.be, now, queues);
+            release(self.g, self.e, &mut v.log, &v.be, now, queues, None);
             return Err(why);
         }
         v.queues = queues;
+        v.ctrl = ctrl;
+        v.hash = Default::default();
         v.rx = p.rx;
         *self.generation += 1;
         limited!(
@@ -213,13 +227,49 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames, G: GrantOps<Page 
         if v.queues.is_empty() {
             return;
         }
+        for qi in 0..v.queues.len() {
+            crate::deliver::drop_backlog(v, qi);
+        }
         let queues = core::mem::take(&mut v.queues);
-        release(self.g, self.e, &mut v.log, &v.be, now, queues);
+        let ctrl = v.ctrl.take();
+        release(self.g, self.e, &mut v.log, &v.be, now, queues, ctrl);
         *self.generation += 1;
     }
 }
 
-/// Unmaps the queues' rings and closes their event channels.
+/// Maps the control ring page, attaches the ring, binds its event channel.
+fn connect_ctrl<P: SharedMem, G: GrantOps<Page = P>, E: EventOps>(
+    g: &mut G,
+    e: &mut E,
+    dom: xen::types::DomId,
+    ring_ref: u32,
+    evtchn: EvtchnPort,
+) -> Result<CtrlRing<P>, String> {
+    let req = [MapRequest { dom, gref: GrantRef(ring_ref), readonly: false }];
+    let map = match g.map_batch(&req).pop() {
+        Some(Ok(m)) => m,
+        Some(Err(err)) => return Err(format!("mapping the control ring: {err:?}")),
+        None => return Err(String::from("mapping the control ring: no result")),
+    };
+    let ring = match BackRing::attach(g.page(&map), CtrlEntry, 0) {
+        Ok(r) => r,
+        Err(err) => {
+            let _ = g.unmap_batch(&[map]);
+            return Err(format!("control ring: {}", err.as_str()));
+        }
+    };
+    match e.bind_interdomain(dom, evtchn) {
+        Ok(port) => Ok(CtrlRing { ring, map, port, dead: false }),
+        Err(err) => {
+            drop(ring);
+            let _ = g.unmap_batch(&[map]);
+            Err(format!("binding control event channel {}: {err}", evtchn.0))
+        }
+    }
+}
+
+/// Unmaps the queues' rings and the control ring, closes their event
+/// channels.
 fn release<P: SharedMem, G: GrantOps<Page = P>, E: EventOps>(
     g: &mut G,
     e: &mut E,
@@ -227,8 +277,18 @@ fn release<P: SharedMem, G: GrantOps<Page = P>, E: EventOps>(
     be: &str,
     now: xen::wait::Nanos,
     queues: Vec<Queue<P>>,
+    ctrl: Option<CtrlRing<P>>,
 ) {
     let mut released = 0;
+    if let Some(c) = ctrl {
+        let (map, port) = (c.map, c.port);
+        drop(c.ring);
+        match g.unmap_batch(&[map]).pop() {
+            Some(Ok(())) => released += 1,
+            other => limited!(log, now, warn, "vif {be}: unmapping the control ring failed: {other:?}"),
+        }
+        let _ = e.close(port);
+    }
     for q in queues {
         let maps: Vec<Mapping> = q.maps.clone();
         // The rings (holding the mapped pages) go before the mappings.

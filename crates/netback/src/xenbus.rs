@@ -66,6 +66,15 @@ impl QueueKeys {
     }
 }
 
+/// The control ring, if the frontend set one up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtrlKeys {
+    /// `ctrl-ring-ref`.
+    pub ring_ref: u32,
+    /// `event-channel-ctrl`.
+    pub evtchn: EvtchnPort,
+}
+
 /// What a connect needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectParams {
@@ -73,6 +82,8 @@ pub struct ConnectParams {
     pub queues: Vec<QueueKeys>,
     /// What we may send the frontend.
     pub rx: RxFeatures,
+    /// The control ring (`feature-ctrl-ring`), if any.
+    pub ctrl: Option<CtrlKeys>,
 }
 
 /// Why the frontend's keys are refused.
@@ -137,7 +148,16 @@ pub fn read_keys(max_queues: u32, mut read: impl FnMut(&str) -> Option<String>) 
         };
         queues.push(QueueKeys { tx_ref, rx_ref, tx_evtchn: EvtchnPort(tx_evtchn), rx_evtchn: EvtchnPort(rx_evtchn) });
     }
-    Ok(ConnectParams { queues, rx })
+    let ctrl = match read("ctrl-ring-ref") {
+        None => None,
+        Some(r) => {
+            let ring_ref = parse_u32(r.trim()).ok_or(KeyError::Missing("ctrl-ring-ref".into()))?;
+            let ev = read("event-channel-ctrl").and_then(|v| parse_u32(v.trim()));
+            let evtchn = EvtchnPort(ev.ok_or(KeyError::Missing("event-channel-ctrl".into()))?);
+            Some(CtrlKeys { ring_ref, evtchn })
+        }
+    };
+    Ok(ConnectParams { queues, rx, ctrl })
 }
 
 /// What the shell observed.
@@ -225,6 +245,7 @@ impl VifFsm {
             ("feature-rx-flip", "0".to_string()),
             ("feature-split-event-channels", one()),
             ("multi-queue-max-queues", max_queues.to_string()),
+            ("feature-ctrl-ring", one()),
         ]
     }
 
@@ -417,7 +438,7 @@ mod tests {
         let fx = f.step(Event::Probe);
         assert_eq!(fx.last(), Some(&Effect::SwitchState(XenbusState::InitWait)));
         assert_eq!(f.step(Event::FrontendStateChanged(XenbusState::Connected)), [Effect::ReadFrontendKeys]);
-        let p = ConnectParams { queues: alloc::vec![], rx: RxFeatures::default() };
+        let p = ConnectParams { queues: alloc::vec![], rx: RxFeatures::default(), ctrl: None };
         let fx = f.step(Event::FrontendKeys(Ok(p.clone())));
         assert_eq!(fx, [Effect::Connect(p), Effect::SwitchState(XenbusState::Connected)]);
         // A second Connected event: nothing.
@@ -446,7 +467,7 @@ mod tests {
         let mut f = VifFsm::new(4);
         f.step(Event::Probe);
         f.step(Event::FrontendStateChanged(XenbusState::Initialised));
-        f.step(Event::FrontendKeys(Ok(ConnectParams { queues: alloc::vec![], rx: RxFeatures::default() })));
+        f.step(Event::FrontendKeys(Ok(ConnectParams { queues: alloc::vec![], rx: RxFeatures::default(), ctrl: None })));
         let fx = f.step(Event::ConnectFailed("no".into()));
         assert_eq!(fx, [Effect::WriteError("no".into()), Effect::SwitchState(XenbusState::Closing)]);
         assert!(!f.connected());

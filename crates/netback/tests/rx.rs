@@ -133,22 +133,80 @@ fn partial_csum_passed_or_completed() {
     assert_eq!(w.received(0)[0].flags, NETRXF_DATA_VALIDATED);
 }
 
+/// Frames for a guest that posted no rx requests wait, in order, and go
+/// as soon as it posts some (its post notifies us: we asked for it).
 #[test]
-fn no_requests_posted_drops_and_counts() {
+fn backlog_waits_for_requests_in_order() {
     let mut w = connected(FrontOpts::default());
-    let f = Frame::plain(udp4(&[0; 100]));
-    assert_eq!(w.deliver(0, &f), Err(Drop::NoRxRequests));
-    // Overfill: 4 posted, 10 frames.
+    let frames: Vec<Frame> = (0..10u8).map(|i| Frame::plain(udp4(&[i; 100]))).collect();
+    for f in &frames {
+        assert_eq!(w.deliver(0, f), Ok(()));
+    }
+    assert_eq!(w.nb.backlog(), 10);
+    assert!(w.pump());
+    assert!(w.received(0).is_empty());
     w.fronts[0].post_rx(0, 4);
-    let res: Vec<_> = (0..10).map(|_| w.deliver(0, &f)).collect();
-    assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 4);
-    assert_eq!(w.received(0).len(), 4);
+    let ports = w.nb.ports();
+    assert!(ports.iter().any(|p| w.e.is_pending(*p)), "posting rx requests woke the backend");
+    assert!(w.pump());
+    let mut got = w.received(0);
+    assert_eq!(got.len(), 4);
+    assert_eq!(w.nb.backlog(), 6);
+    // A new frame queues behind the old ones, even with requests posted.
+    w.fronts[0].post_rx(0, 20);
+    let last = Frame::plain(udp4(&[0xee; 10]));
+    assert_eq!(w.deliver(0, &last), Ok(()));
+    assert!(w.pump());
+    got.extend(w.received(0));
+    let want: Vec<Vec<u8>> = frames.iter().chain([&last]).map(|f| f.data.clone()).collect();
+    assert_eq!(got.into_iter().map(|p| p.data).collect::<Vec<_>>(), want);
     let s = w.info(0).unwrap().stats;
-    assert_eq!((s.rx_packets, s.rx_drops), (4, 7));
-    // A multi-slot frame needs all its slots: 2 posted, 3 needed.
+    assert_eq!((s.rx_packets, s.rx_drops), (11, 0));
+}
+
+#[test]
+fn backlog_bounded_then_drops() {
+    let mut w = connected(FrontOpts::default());
+    let small = Frame::plain(udp4(&[0; 100]));
+    for _ in 0..netback::RX_BACKLOG_FRAMES {
+        assert_eq!(w.deliver(0, &small), Ok(()));
+    }
+    for _ in 0..5 {
+        assert_eq!(w.deliver(0, &small), Err(Drop::NoRxRequests));
+    }
+    assert_eq!(w.info(0).unwrap().stats.rx_drops, 5);
+    // Bytes are bounded too.
+    let mut w = connected(FrontOpts::default());
+    let big = Frame::plain(tcp4(&[0; 60000]));
+    let fit = netback::RX_BACKLOG_BYTES / big.data.len();
+    for _ in 0..fit {
+        assert_eq!(w.deliver(0, &big), Ok(()));
+    }
+    assert_eq!(w.deliver(0, &big), Err(Drop::NoRxRequests));
+    // Disconnect: what waits is dropped and counted.
+    w.fe_state(0, 5);
+    assert_eq!(w.nb.backlog(), 0);
+    assert_eq!(w.info(0).unwrap().stats.rx_drops, 1 + fit as u64);
+}
+
+/// Too few requests for a multi-slot frame: it waits; the backend looks
+/// again after a short deadline (the frontend's next post need not notify).
+#[test]
+fn partial_requests_retry_after_deadline() {
+    let mut w = connected(FrontOpts::default());
     w.fronts[0].post_rx(0, 2);
-    assert_eq!(w.deliver(0, &Frame::plain(tcp4(&[0; 9000]))), Err(Drop::NoRxRequests));
-    assert_eq!(w.deliver(0, &f), Ok(()), "the posted requests were not consumed");
+    let f = Frame::plain(tcp4(&[9; 9000]));
+    assert_eq!(w.deliver(0, &f), Ok(()), "needs 3 slots, 2 posted: waits");
+    assert!(w.pump());
+    let at = w.nb.next_deadline().expect("a retry deadline");
+    w.fronts[0].post_rx(0, 1);
+    assert!(w.pump());
+    w.advance(at.saturating_sub(xen::evtchn::EventOps::now(&w.e)) + 1);
+    assert!(w.pump());
+    let got = w.received(0);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, f.data);
+    assert_eq!(w.nb.next_deadline(), None);
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub struct FrontOpts {
     pub csum_v6: bool,
     /// `request-rx-copy` value written (`None`: not written).
     pub rx_copy: Option<&'static str>,
+    /// Set up a control ring (`ctrl-ring-ref`, `event-channel-ctrl`).
+    pub ctrl: bool,
 }
 
 impl Default for FrontOpts {
@@ -53,6 +55,7 @@ impl Default for FrontOpts {
             csum_v4: true,
             csum_v6: true,
             rx_copy: Some("1"),
+            ctrl: false,
         }
     }
 }
@@ -152,13 +155,24 @@ pub struct Netfront {
     pub granted: BTreeSet<u32>,
     /// Keys last written (removed before the next connect).
     pub keys_written: Vec<String>,
+    /// The control ring and our end of its event channel.
+    pub ctrl: Option<(FrontRing<Arc<VecShared>, CtrlEntry>, EvtchnPort)>,
     next_pfn: u64,
 }
 
 impl Netfront {
     /// A netfront of domain `dom` (no rings yet).
     pub fn new(dom: DomId, g: FakeGrants, e: FakeEvents) -> Self {
-        Netfront { dom, g, e, queues: Vec::new(), granted: BTreeSet::new(), keys_written: Vec::new(), next_pfn: 0x100 }
+        Netfront {
+            dom,
+            g,
+            e,
+            queues: Vec::new(),
+            granted: BTreeSet::new(),
+            keys_written: Vec::new(),
+            ctrl: None,
+            next_pfn: 0x100,
+        }
     }
 
     /// The frontend's xenstore directory.
@@ -210,6 +224,15 @@ impl Netfront {
         }
         if o.queues > 1 {
             put("multi-queue-num-queues".into(), o.queues.to_string());
+        }
+        self.ctrl = None;
+        if o.ctrl {
+            let page = self.grant_page(&[], 0, 0, false);
+            let ring = FrontRing::init(page.page.clone(), CtrlEntry, 0, 0);
+            let port = self.e.alloc_unbound(BE).expect("alloc_unbound");
+            put("ctrl-ring-ref".into(), page.gref.0.to_string());
+            put("event-channel-ctrl".into(), port.0.to_string());
+            self.ctrl = Some((ring, port));
         }
         for qi in 0..o.queues {
             let tx_page = self.grant_page(&[], 0, 0, false);
@@ -285,6 +308,24 @@ impl Netfront {
         slots
     }
 
+    /// Places a control request and publishes it, notifying if asked.
+    pub fn ctrl_send(&mut self, req: &CtrlRequest) {
+        let (ring, port) = self.ctrl.as_mut().expect("no control ring");
+        assert!(ring.push_request(req), "control ring full");
+        if ring.publish() {
+            self.e.send(*port).expect("send");
+        }
+    }
+
+    /// Takes control responses if the control event fired.
+    pub fn ctrl_take(&mut self) -> Vec<CtrlResponse> {
+        let Some((ring, port)) = self.ctrl.as_mut() else { return Vec::new() };
+        if !self.e.take_pending(*port) {
+            return Vec::new();
+        }
+        ring.take_responses(4)
+    }
+
     /// Places slots on tx ring `q` (not yet published).
     pub fn push_slots(&mut self, q: usize, slots: &[TxSlot]) {
         for s in slots {
@@ -328,7 +369,11 @@ impl Netfront {
             assert!(fq.rx.push_request(&RxRequest { id, pad: 0, gref: page.gref.0 }), "rx ring full");
             fq.rx_posted.insert(id, page);
         }
-        self.queues[q].rx.publish();
+        // Linux netfront notifies when the backend asked (req_event).
+        if self.queues[q].rx.publish() {
+            let port = self.queues[q].rx_port;
+            self.e.send(port).expect("send");
+        }
     }
 
     /// Posts one rx request naming grant `gref` as is (hostile: it may not

@@ -248,6 +248,18 @@ impl World {
         self.send_slots(fi, q, &slots)
     }
 
+    /// Sends a control request from frontend `fi` and returns the answer.
+    pub fn ctrl(&mut self, fi: usize, req: crate::abi::CtrlRequest) -> crate::abi::CtrlResponse {
+        self.fronts[fi].ctrl_send(&req);
+        for _ in 0..10 {
+            self.pump();
+            if let Some(r) = self.fronts[fi].ctrl_take().pop() {
+                return r;
+            }
+        }
+        panic!("no control response (lost notification?)");
+    }
+
     /// Delivers `frame` to frontend `fi`'s vif.
     pub fn deliver(&mut self, fi: usize, frame: &Frame) -> Result<(), Drop> {
         let vif = self.vif(fi);
