@@ -408,9 +408,19 @@ impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
         if frame.data.len() > net::MAX_FRAME || (frame.meta.gso.is_none() && frame.data.len() > MAX_PLAIN_FRAME) {
             return Err(NicError::Unsupported);
         }
+        // With VERSION_1 the framing does not depend on the descriptors
+        // (§2.6.4): a frame that fits a page goes with its header in one
+        // descriptor; a larger one as the header, then page-sized pieces.
         let mut chain = Vec::with_capacity(1 + frame.data.len().div_ceil(TX_CHUNK));
-        chain.push(h.to_bytes().to_vec());
-        chain.extend(frame.data.chunks(TX_CHUNK).map(|c| c.to_vec()));
+        if HDR_LEN + frame.data.len() <= TX_CHUNK {
+            let mut one = Vec::with_capacity(HDR_LEN + frame.data.len());
+            one.extend_from_slice(&h.to_bytes());
+            one.extend_from_slice(&frame.data);
+            chain.push(one);
+        } else {
+            chain.push(h.to_bytes().to_vec());
+            chain.extend(frame.data.chunks(TX_CHUNK).map(|c| c.to_vec()));
+        }
         let i = flow_hash(frame) % self.pairs.len().max(1);
         let Some(pair) = self.pairs.get_mut(i) else { return Err(NicError::Device) };
         if chain.len() > pair.tx.free_descriptors() {

@@ -493,13 +493,27 @@ fn transmit_queue_full_then_reclaim() {
         }
         assert!(n <= 128);
     }
-    // Each frame takes two descriptors (header, data).
-    assert_eq!(n, 64);
+    // A small frame and its header share one descriptor.
+    assert_eq!(n, 128);
+    // A TSO frame needs 1 + 5 descriptors: refused as full, not split.
+    let tso = Frame {
+        data: frame(20_000, 3),
+        meta: Meta {
+            csum: Csum::Partial { start: 34, offset: 16 },
+            gso: Some(Gso { kind: GsoKind::TcpV4, mss: 1448 }),
+        },
+    };
+    assert_eq!(nic.transmit(&tso), Err(NicError::Full));
     dev.borrow_mut().queues.insert(1, q);
     let mut t2 = FakeNet(dev.clone());
     t2.notify(1);
-    assert_eq!(nic.reclaim(), 64);
+    assert_eq!(nic.reclaim(), 128);
+    nic.transmit(&tso).unwrap();
     nic.transmit(&Frame::plain(frame(60, 0))).unwrap();
+    assert_eq!(nic.reclaim(), 2);
+    let sent = dev.borrow().sent.clone();
+    assert_eq!(sent.len(), 130);
+    assert_eq!(&sent[128].1[HDR_LEN..], &tso.data[..]);
     drop(nic);
     Slot::take();
 }
