@@ -28,8 +28,9 @@ use alloc::vec::Vec;
 
 use crate::{Frame, MacAddr, ETH_HLEN};
 
-/// Nanoseconds of monotonic time, passed in by the caller.
-pub type Nanos = u64;
+/// Nanoseconds of monotonic time, passed in by the caller (the
+/// workspace's one time type).
+pub use xen_types::Nanos;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 

@@ -10,6 +10,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
 
 use drivers::hal::Clock;
 use drivers::nic::{LinkStatus, Nic, NicError, NicStats, Offloads};
@@ -90,7 +91,9 @@ struct Pair<H: Hal> {
 
 /// A polled virtio-net device over transport `T`, DMA through `H`.
 pub struct VirtioNet<H: Hal, T: Transport> {
-    transport: T,
+    /// Never dropped: virtio-drivers' PCI transport resets the device on
+    /// drop and waits for it without a bound; our `Drop` resets it with one.
+    transport: ManuallyDrop<T>,
     pairs: Vec<Pair<H>>,
     ctrl: Option<BufQueue<H, CTRL_SIZE>>,
     features: u64,
@@ -124,7 +127,12 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
     /// Resets the device, negotiates features, sets up the queue pairs (and
     /// the control queue for MQ), posts receive buffers, sets DRIVER_OK
     /// and, with MQ, asks the device to use the pairs set up.
-    pub fn new(mut transport: T, cfg: NetConfig, clock: &impl Clock) -> Result<Self, NetError> {
+    ///
+    /// On failure the transport is not dropped (virtio-drivers' PCI
+    /// transport would wait for a reset without a bound): the device is
+    /// left with FAILED set, or as it was if it never reset.
+    pub fn new(transport: T, cfg: NetConfig, clock: &impl Clock) -> Result<Self, NetError> {
+        let mut transport = ManuallyDrop::new(transport);
         if transport.device_type() != virtio_drivers::transport::DeviceType::Network {
             return Err(NetError::NotNet);
         }
@@ -174,7 +182,11 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
     }
 
     #[allow(clippy::result_large_err)]
-    fn setup(mut transport: T, features: u64, cfg: NetConfig) -> Result<Self, (T, NetError)> {
+    fn setup(
+        mut transport: ManuallyDrop<T>,
+        features: u64,
+        cfg: NetConfig,
+    ) -> Result<Self, (ManuallyDrop<T>, NetError)> {
         let mac = if features & feat::MAC != 0 {
             match transport.read_config_space::<[u8; 6]>(CFG_MAC) {
                 Ok(b) => MacAddr(b),
@@ -197,8 +209,8 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
         let mut pairs = Vec::with_capacity(usize::from(wanted));
         for i in 0..wanted {
             let pair = (|| {
-                let mut rx = BufQueue::new(&mut transport, 2 * i)?;
-                let mut tx = BufQueue::new(&mut transport, 2 * i + 1)?;
+                let mut rx = BufQueue::new(&mut *transport, 2 * i)?;
+                let mut tx = BufQueue::new(&mut *transport, 2 * i + 1)?;
                 rx.suppress_interrupts();
                 tx.suppress_interrupts();
                 for _ in 0..cfg.rx_buffers.clamp(1, QUEUE_SIZE) {
@@ -213,7 +225,7 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
         }
         // The control queue follows the device's last pair: index 2N.
         let ctrl = if features & feat::MQ != 0 && wanted > 1 {
-            match BufQueue::new(&mut transport, 2 * max_pairs) {
+            match BufQueue::new(&mut *transport, 2 * max_pairs) {
                 Ok(mut q) => {
                     q.suppress_interrupts();
                     Some(q)
@@ -341,6 +353,24 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
     }
 }
 
+/// Status reads a dropped device gets to show it reset (each is one MMIO
+/// read; there is no clock in `drop`).
+const RESET_POLLS: usize = 1_000_000;
+
+impl<H: Hal, T: Transport> Drop for VirtioNet<H, T> {
+    /// Resets the device (§3.1.1: writing 0) and frees the rings only once
+    /// it reads back 0; a device that does not reset keeps its rings and
+    /// buffers for ever (leaked), so it can never write freed memory.
+    fn drop(&mut self) {
+        self.transport.set_status(DeviceStatus::empty());
+        let reset = (0..RESET_POLLS).any(|_| self.transport.get_status() == DeviceStatus::empty());
+        if !reset {
+            core::mem::forget(core::mem::take(&mut self.pairs));
+            core::mem::forget(self.ctrl.take());
+        }
+    }
+}
+
 impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
     fn mac(&self) -> MacAddr {
         self.mac
@@ -378,9 +408,19 @@ impl<H: Hal, T: Transport> Nic for VirtioNet<H, T> {
         if frame.data.len() > net::MAX_FRAME || (frame.meta.gso.is_none() && frame.data.len() > MAX_PLAIN_FRAME) {
             return Err(NicError::Unsupported);
         }
+        // With VERSION_1 the framing does not depend on the descriptors
+        // (§2.6.4): a frame that fits a page goes with its header in one
+        // descriptor; a larger one as the header, then page-sized pieces.
         let mut chain = Vec::with_capacity(1 + frame.data.len().div_ceil(TX_CHUNK));
-        chain.push(h.to_bytes().to_vec());
-        chain.extend(frame.data.chunks(TX_CHUNK).map(|c| c.to_vec()));
+        if HDR_LEN + frame.data.len() <= TX_CHUNK {
+            let mut one = Vec::with_capacity(HDR_LEN + frame.data.len());
+            one.extend_from_slice(&h.to_bytes());
+            one.extend_from_slice(&frame.data);
+            chain.push(one);
+        } else {
+            chain.push(h.to_bytes().to_vec());
+            chain.extend(frame.data.chunks(TX_CHUNK).map(|c| c.to_vec()));
+        }
         let i = flow_hash(frame) % self.pairs.len().max(1);
         let Some(pair) = self.pairs.get_mut(i) else { return Err(NicError::Device) };
         if chain.len() > pair.tx.free_descriptors() {

@@ -69,6 +69,8 @@ struct Dev {
     features: u64,
     driver_features: u64,
     refuse_features: bool,
+    /// Never resets (status writes of 0 are ignored).
+    stuck: bool,
     status: u32,
     config: Vec<u8>,
     queues: BTreeMap<u16, Queue>,
@@ -193,6 +195,9 @@ impl Transport for FakeNet {
     fn set_status(&mut self, status: DeviceStatus) {
         let mut d = self.0.borrow_mut();
         let mut s = status.bits();
+        if d.stuck && s == 0 {
+            return;
+        }
         if d.refuse_features {
             s &= !DeviceStatus::FEATURES_OK.bits();
         }
@@ -365,6 +370,33 @@ fn refusals_at_bring_up() {
     );
     assert!(DeviceStatus::from_bits_truncate(dev.borrow().status).contains(DeviceStatus::FAILED));
     Slot::take();
+    // A device that never resets: bring-up gives up at the deadline.
+    let (dev, t, _) = device(QEMU_TAP, 1);
+    dev.borrow_mut().stuck = true;
+    dev.borrow_mut().status = DeviceStatus::DRIVER_OK.bits();
+    let cfg = NetConfig { timeout_ns: 1_000_000, ..NetConfig::default() };
+    assert_eq!(VirtioNet::<H, _>::new(t, cfg, &FakeClock::new(1000)).err(), Some(NetError::ResetTimeout));
+    Slot::take();
+}
+
+#[test]
+fn a_device_that_does_not_reset_keeps_its_rings() {
+    let (dev, t, mem) = device(QEMU_TAP, 1);
+    let nic = VirtioNet::<H, _>::new(t, NetConfig::default(), &FakeClock::new(0)).unwrap();
+    dev.borrow_mut().stuck = true;
+    drop(nic);
+    // Nothing freed: the rings and the posted receive buffers are still
+    // mapped for the device.
+    let rx = dev.borrow().queues[&0];
+    assert!(mem.borrow().is_mapped(rx.desc, 4096) && mem.borrow().is_mapped(rx.used, 1030));
+    let st = Slot::take().unwrap();
+    assert!(st.live_regions() >= 4 && st.live_shares() == 128, "{} {}", st.live_regions(), st.live_shares());
+    // A device that resets gets everything back.
+    let (_dev, t, _mem) = device(QEMU_TAP, 1);
+    let nic = VirtioNet::<H, _>::new(t, NetConfig::default(), &FakeClock::new(0)).unwrap();
+    drop(nic);
+    let st = Slot::take().unwrap();
+    assert_eq!((st.live_regions(), st.stats().failures), (0, 0));
 }
 
 #[test]
@@ -461,13 +493,27 @@ fn transmit_queue_full_then_reclaim() {
         }
         assert!(n <= 128);
     }
-    // Each frame takes two descriptors (header, data).
-    assert_eq!(n, 64);
+    // A small frame and its header share one descriptor.
+    assert_eq!(n, 128);
+    // A TSO frame needs 1 + 5 descriptors: refused as full, not split.
+    let tso = Frame {
+        data: frame(20_000, 3),
+        meta: Meta {
+            csum: Csum::Partial { start: 34, offset: 16 },
+            gso: Some(Gso { kind: GsoKind::TcpV4, mss: 1448 }),
+        },
+    };
+    assert_eq!(nic.transmit(&tso), Err(NicError::Full));
     dev.borrow_mut().queues.insert(1, q);
     let mut t2 = FakeNet(dev.clone());
     t2.notify(1);
-    assert_eq!(nic.reclaim(), 64);
+    assert_eq!(nic.reclaim(), 128);
+    nic.transmit(&tso).unwrap();
     nic.transmit(&Frame::plain(frame(60, 0))).unwrap();
+    assert_eq!(nic.reclaim(), 2);
+    let sent = dev.borrow().sent.clone();
+    assert_eq!(sent.len(), 130);
+    assert_eq!(&sent[128].1[HDR_LEN..], &tso.data[..]);
     drop(nic);
     Slot::take();
 }
