@@ -337,6 +337,6 @@ case "${1:-main}" in
             nvme) shift; exec "$ROOT/bench/nvme.sh" "$@" ;;
             *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
-    -h|--help|help) sed -n '2,20p' "$0" ;;
+    -h|--help|help) sed -n '2,26p' "$0" ;;
     *) echo "usage: ./run.sh [main|test|lint|bench|lab-xen]" >&2; exit 2 ;;
 esac
