@@ -6,6 +6,8 @@
 #   lab/xen-build.sh          build it unless a binary for the same inputs is cached
 #   lab/xen-build.sh --path   the same, then print only the binary's path on stdout
 #                             (progress goes to stderr; lab.sh uses this for LAB_XEN=ferrite)
+#   lab/xen-build.sh --lint   rustfmt --check and clippy -D warnings on hypervisor/xen-glue
+#                             (with and without lab-panic-test), with the build's flags
 #
 # Cache: $LAB_CACHE/xen-ferrite/ (default ~/.cache/ferrite-lab/xen-ferrite/): the
 # Debian source package, the build tree, and xen-<hash> binaries keyed by the
@@ -32,6 +34,16 @@ GLUE_RUSTFLAGS="-C relocation-model=pie -C code-model=small -Z plt=yes -Z direct
 
 PRINT_PATH=no
 [ "${1:-}" = --path ] && PRINT_PATH=yes
+if [ "${1:-}" = --lint ]; then
+    (cd "$GLUE" && rustfmt --edition 2021 --config-path "$REPO/rustfmt.toml" --check src/*.rs) || exit 1
+    for f in "" lab-panic-test; do
+        (cd "$GLUE" && RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(echo $GLUE_RUSTFLAGS)" nice -n 10 cargo clippy --release \
+            --target x86_64-unknown-none -Z build-std=core,alloc,compiler_builtins ${f:+--features $f} \
+            -j "${LAB_XEN_JOBS:-2}" --target-dir "$XB/target" -- -D warnings) || exit 1
+    done
+    echo "xen-glue: fmt and clippy clean"
+    exit 0
+fi
 T0=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 say() { echo "[xen-build $(since "$T0")s] $*" >&2; }

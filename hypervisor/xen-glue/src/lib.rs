@@ -124,7 +124,11 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     POISONED.store(true, Ordering::SeqCst);
     if !PANICKING.swap(true, Ordering::SeqCst) {
         let mut l = Line::new();
-        let _ = write!(l, "ferrite-iommu: PANIC in the Rust core: {info}; hypercall fails with -EIO, interface disabled");
+        let _ = write!(l, "ferrite-iommu: PANIC in the Rust core");
+        if let Some(at) = info.location() {
+            let _ = write!(l, " at {}:{}", at.file(), at.line());
+        }
+        let _ = write!(l, ": {}; hypercall fails with -EIO, interface disabled", info.message());
         l.emit();
     } else {
         xen::log("ferrite-iommu: nested panic\n");
@@ -166,7 +170,7 @@ enum State {
     /// Not set up yet (set up on the first call).
     Idle,
     /// Set up: the core and the hardware domain it was set up for.
-    Up(Core, DomId),
+    Up(alloc::boxed::Box<Core>, DomId),
     /// Xen runs without a usable VT-d unit, or setting up failed.
     Off,
 }
@@ -231,7 +235,7 @@ fn set_up(hwdom: DomId) -> State {
         hwdom.0,
         core.mem().pages(),
     );
-    State::Up(core, hwdom)
+    State::Up(alloc::boxed::Box::new(core), hwdom)
 }
 
 /// Sub-ops that reach the core in this step.

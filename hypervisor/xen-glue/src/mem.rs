@@ -28,7 +28,7 @@ impl XenMemory {
     }
 
     fn owned(&self, pa: u64) -> bool {
-        pa % 8 == 0 && self.frames.contains(&(pa >> PAGE_SHIFT))
+        pa.is_multiple_of(8) && self.frames.contains(&(pa >> PAGE_SHIFT))
     }
 }
 

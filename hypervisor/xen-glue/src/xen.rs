@@ -55,7 +55,7 @@ pub unsafe fn free(p: *mut u8) {
 pub fn page_alloc() -> Option<u64> {
     // SAFETY: no arguments; returns 0 on failure.
     let maddr = unsafe { ferrite_xen_page_alloc() };
-    (maddr != 0 && maddr % 4096 == 0).then_some(maddr)
+    (maddr != 0 && maddr.is_multiple_of(4096)).then_some(maddr)
 }
 
 /// Frees a page from [`page_alloc`].
