@@ -12,6 +12,9 @@
 #  iommu-unknown   sub-ops 13 and 0xffffffff: EOPNOTSUPP from the core (Debian: ENOSYS)
 #  iommu-notyet    init and alloc_context: EOPNOTSUPP, not implemented in this step
 #                  (Debian: ENOSYS)
+#  iommu-badarg    query_capabilities with a hostile argument pointer (unmapped 0x10,
+#                  Xen's direct map 0xffff830000000000): EFAULT, and Xen keeps running
+#                  (Debian: ENOSYS)
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
 #                  core; Debian: ENOSYS), its NVMe check passed
@@ -21,7 +24,7 @@
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet ferrite-ready guest-disk panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk panic-contained xen-alive shutdown
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -29,7 +32,7 @@ lab_info "hypervisor booted: $KIND"
 
 # labtool's answer for one sub-op: the whole LAB-IOMMU line in $OUT, errno name in $ERR.
 op() {
-    OUT=$(labtool iommu-op "$1" 2>&1 | grep '^LAB-IOMMU' | head -n 1)
+    OUT=$(labtool iommu-op "$@" 2>&1 | grep '^LAB-IOMMU' | head -n 1)
     echo "$OUT" | sed 's/^LAB-IOMMU/LAB-INFO iommu-op/'
     ERR=$(echo "$OUT" | sed -n 's/.* errno=\([A-Z?]*\).*/\1/p')
 }
@@ -73,13 +76,20 @@ if [ "$KIND" = ferrite ]; then
     op 2; e1=$ERR; op 3; e2=$ERR
     [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-notyet "init: $e1, alloc_context: $e2 (contexts on the real VT-d unit are the next step)" \
         || lab_fail iommu-notyet "init: $e1, alloc_context: $e2 (expected EOPNOTSUPP)"
+    op 1 0x10; e1=$ERR; op 1 0xffff830000000000; e2=$ERR
+    if [ "$e1" = EFAULT ] && [ "$e2" = EFAULT ] && xl info >/dev/null 2>&1; then
+        lab_pass iommu-badarg "argument at 0x10: EFAULT, at Xen's 0xffff830000000000: EFAULT; xl info still works"
+    else
+        lab_fail iommu-badarg "argument at 0x10: $e1, at 0xffff830000000000: $e2 (expected EFAULT)"
+    fi
 else
     [ "$boot_ok" = yes ] && lab_pass xen-boot "Debian's Xen $ver is running" || lab_fail xen-boot "xl info says '$ver'"
     [ "$ERR" = ENOSYS ] && lab_pass iommu-caps "stock Xen: query_capabilities gets ENOSYS (no PV-IOMMU)" || lab_fail iommu-caps "stock Xen: '$OUT' (expected ENOSYS)"
-    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-notyet 2"; do
+    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-notyet 2" "iommu-badarg 1 0x10"; do
         set -- $t
-        op "$2"
-        [ "$ERR" = ENOSYS ] && lab_pass "$1" "stock Xen: sub-op $2 gets ENOSYS" || lab_fail "$1" "stock Xen: '$OUT' (expected ENOSYS)"
+        name=$1; shift
+        op "$@"
+        [ "$ERR" = ENOSYS ] && lab_pass "$name" "stock Xen: iommu-op $* gets ENOSYS" || lab_fail "$name" "stock Xen: '$OUT' (expected ENOSYS)"
     done
 fi
 

@@ -7,11 +7,13 @@
  *                          line per test and exits 0 only if all passed.
  *   labtool peer           play Ferrite's part of the protocol from inside a Linux PV
  *                          guest (used to develop the lab before Ferrite exists).
- *   labtool iommu-op SUBOP issue hypercall 43 (__HYPERVISOR_iommu_op, PV-IOMMU) with
+ *   labtool iommu-op SUBOP [ADDR]
+ *                          issue hypercall 43 (__HYPERVISOR_iommu_op, PV-IOMMU) with
  *                          sub-op SUBOP and a zeroed 64-byte argument through privcmd;
  *                          prints one "LAB-IOMMU ..." line with the result (and, for
  *                          query_capabilities, the decoded capabilities). Stock Xen
- *                          answers ENOSYS.
+ *                          answers ENOSYS. ADDR: pass this address as the argument
+ *                          instead (a hostile pointer: unmapped, or Xen's own range).
  *
  * Protocol keys live under /local/domain/<domid>/data/ferrite/test/ (see lab/README.md).
  * Ioctl numbers and structures come from the kernel's uapi headers
@@ -422,7 +424,7 @@ static const char *errno_name(long e)
     }
 }
 
-static int run_iommu_op(unsigned long subop)
+static int run_iommu_op(unsigned long subop, const char *addr)
 {
     int fd = open("/dev/xen/privcmd", O_RDWR);
     if (fd < 0)
@@ -438,11 +440,14 @@ static int run_iommu_op(unsigned long subop)
         return 2;
     }
     memset(arg, 0, PAGE);
-    struct privcmd_hypercall h = { .op = HYPERCALL_IOMMU_OP, .arg = { subop, (uintptr_t)arg } };
+    uint64_t where = addr ? strtoull(addr, NULL, 0) : (uintptr_t)arg;
+    struct privcmd_hypercall h = { .op = HYPERCALL_IOMMU_OP, .arg = { subop, where } };
     long r = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h);
     long e = r < 0 ? errno : 0;
     printf("LAB-IOMMU op=%lu rc=%ld errno=%s", subop, r < 0 ? -e : r, errno_name(e));
-    if (r == 0 && subop == IOMMU_QUERY_CAPABILITIES) {
+    if (addr)
+        printf(" arg=0x%llx", (unsigned long long)where);
+    if (r == 0 && subop == IOMMU_QUERY_CAPABILITIES && !addr) {
         uint64_t max_iova;
         uint32_t flags, pgsize, max_pasid;
         uint16_t max_ctx;
@@ -462,12 +467,12 @@ static int run_iommu_op(unsigned long subop)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "iommu-op") == 0)
-        return run_iommu_op(strtoul(argv[2], NULL, 0));
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "iommu-op") == 0)
+        return run_iommu_op(strtoul(argv[2], NULL, 0), argc == 4 ? argv[3] : NULL);
     if (argc == 3 && strcmp(argv[1], "dom0") == 0)
         return run_dom0(atoi(argv[2])) ? 0 : 1;
     if (argc == 2 && strcmp(argv[1], "peer") == 0)
         return run_peer();
-    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer | labtool iommu-op SUBOP\n");
+    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer | labtool iommu-op SUBOP [ADDR]\n");
     return 2;
 }
