@@ -92,6 +92,8 @@ ensure_deps() {
     command -v flex >/dev/null || need+=(flex)
     command -v make >/dev/null || need+=(make)
     command -v gcc >/dev/null || need+=(gcc)
+    command -v patch >/dev/null || need+=(patch)
+    command -v dpkg-source >/dev/null || need+=(dpkg-dev)
     if [ ${#need[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" \
             || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"; }
@@ -183,6 +185,8 @@ main() {
         run make "make -C xen -j$JOBS" build_xen
         run check "check the image (symbols, name lengths, no GOT)" check_binary
         cp "$XB/build/xen/xen" "$bin.new" && mv "$bin.new" "$bin"
+        # Keep the five newest binaries of this cache directory (each is 2.6 MB).
+        ls -t "$XB"/xen-???????????????? 2>/dev/null | tail -n +6 | xargs -r rm -f
         local stock=$CACHE/xen
         if [ -e "$stock" ]; then
             say "size: $(stat -c %s "$bin") bytes vs Debian's xen-4.17-amd64 $(stat -c %s "$stock") bytes" \
