@@ -6,8 +6,9 @@
 #   lab/xen-build.sh          build it unless a binary for the same inputs is cached
 #   lab/xen-build.sh --path   the same, then print only the binary's path on stdout
 #                             (progress goes to stderr; lab.sh uses this for LAB_XEN=ferrite)
-#   lab/xen-build.sh --lint   rustfmt --check and clippy -D warnings on hypervisor/xen-glue
-#                             (with and without lab-panic-test), with the build's flags
+#   lab/xen-build.sh --lint   hypervisor/xen-glue: rustfmt --check, clippy -D warnings with the
+#                             build's flags (with and without lab-panic-test), and its host
+#                             unit tests (cargo test, over a fake of the Xen services)
 #
 # Cache: $LAB_CACHE/xen-ferrite/ (default ~/.cache/ferrite-lab/xen-ferrite/): the
 # Debian source package, the build tree, and xen-<hash> binaries keyed by the
@@ -41,7 +42,9 @@ if [ "${1:-}" = --lint ]; then
             --target x86_64-unknown-none -Z build-std=core,alloc,compiler_builtins ${f:+--features $f} \
             -j "${LAB_XEN_JOBS:-2}" --target-dir "$XB/target" -- -D warnings) || exit 1
     done
-    echo "xen-glue: fmt and clippy clean"
+    (cd "$GLUE" && nice -n 10 cargo clippy --tests -j "${LAB_XEN_JOBS:-2}" --target-dir "$XB/target-host" -- -D warnings \
+        && nice -n 10 cargo test -j "${LAB_XEN_JOBS:-2}" --target-dir "$XB/target-host") || exit 1
+    echo "xen-glue: fmt and clippy clean, host tests pass"
     exit 0
 fi
 T0=$(date +%s.%N)
