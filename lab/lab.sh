@@ -15,6 +15,10 @@
 # /ferrite/ferrite-selftest in dom0 for MODE test's grant/evtchn/nvme-selftest
 # checks; default: ferrite-selftest beside IMAGE, if it exists.
 #
+# LAB_XEN picks the hypervisor: unset or "debian" = Debian's xen-hypervisor-4.17-amd64;
+# "ferrite" = the project's (Debian's 4.17.5 source + hypervisor/xen/patches + the Rust
+# PV-IOMMU core, built and cached by lab/xen-build.sh); or a path to a Xen binary.
+#
 # Environment: LAB_TIMEOUT (seconds, default 900) caps a run; LAB_CACHE moves the cache;
 # LAB_DOM0_MEM (MiB) and LAB_XEN_ARGS change Xen's command line, LAB_DOM0_ARGS
 # (default loglevel=6) dom0's.  See lab/README.md.
@@ -388,6 +392,15 @@ cmd_run() {
     done
     cmd_build
     # cmd_build is a no-op unless lab/ changed (labtool.c and dom0/ are in the stamp).
+    local xen_image xen_kind
+    case ${LAB_XEN:-debian} in
+        debian|stock) xen_image=$CACHE/xen xen_kind=debian ;;
+        ferrite) xen_image=$("$LAB_DIR/xen-build.sh" --path) || die "lab/xen-build.sh failed"
+                 xen_kind=ferrite ;;
+        /*) [ -f "$LAB_XEN" ] || die "LAB_XEN '$LAB_XEN' does not exist"; xen_image=$LAB_XEN xen_kind=other ;;
+        *) die "LAB_XEN '$LAB_XEN': debian, ferrite or a path" ;;
+    esac
+    say "hypervisor: $xen_kind ($xen_image, $(stat -c %s "$xen_image") bytes)"
     local run old
     # Keep the last 20 run directories.
     for old in $(ls -d "$CACHE"/runs/*/ 2>/dev/null | sort | head -n -19); do rm -rf "$old"; done
@@ -418,6 +431,7 @@ cmd_run() {
     cp "$modescript" "$run/tree/lab/mode.sh"
     chmod +x "$run/tree/lab/mode.sh"
     cp "$CACHE/labtool" "$run/tree/usr/local/bin/labtool"
+    echo "$xen_kind" >"$run/tree/lab/xen-kind"
     if [ -n "$extra" ]; then mkdir -p "$run/tree/extra" && cp -a "$extra/." "$run/tree/extra/"; fi
     # NICs: a "# LAB-QEMU-NIC: KIND [KIND ...]" line in the mode script adds one
     # virtio-net-pci per KIND at fixed PCI addresses 00:0a.0, 00:0b.0, ... (the NVMe
@@ -516,7 +530,7 @@ cmd_run() {
         -device intel-iommu,intremap=on,caching-mode=on \
         -display none -vga none -nic none -no-reboot -monitor none \
         -serial "file:$run/serial.log" \
-        -kernel "$CACHE/xen" -append "$XEN_CMDLINE" \
+        -kernel "$xen_image" -append "$XEN_CMDLINE" \
         -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
         "${nvme_args[@]}" "${nic_args[@]}" &
     # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.

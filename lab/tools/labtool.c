@@ -7,6 +7,13 @@
  *                          line per test and exits 0 only if all passed.
  *   labtool peer           play Ferrite's part of the protocol from inside a Linux PV
  *                          guest (used to develop the lab before Ferrite exists).
+ *   labtool iommu-op SUBOP [ADDR]
+ *                          issue hypercall 43 (__HYPERVISOR_iommu_op, PV-IOMMU) with
+ *                          sub-op SUBOP and a zeroed 64-byte argument through privcmd;
+ *                          prints one "LAB-IOMMU ..." line with the result (and, for
+ *                          query_capabilities, the decoded capabilities). Stock Xen
+ *                          answers ENOSYS. ADDR: pass this address as the argument
+ *                          instead (a hostile pointer: unmapped, or Xen's own range).
  *
  * Protocol keys live under /local/domain/<domid>/data/ferrite/test/ (see lab/README.md).
  * Ioctl numbers and structures come from the kernel's uapi headers
@@ -32,6 +39,13 @@ typedef uint32_t grant_ref_t;
 #include <xen/evtchn.h>
 #include <xen/gntalloc.h>
 #include <xen/gntdev.h>
+/* <xen/privcmd.h> needs kernel-internal headers: its hypercall ioctl, as the
+ * uapi header defines it. */
+struct privcmd_hypercall {
+    uint64_t op;
+    uint64_t arg[5];
+};
+#define IOCTL_PRIVCMD_HYPERCALL _IOC(_IOC_NONE, 'P', 0, sizeof(struct privcmd_hypercall))
 
 #define PAGE 4096
 
@@ -388,12 +402,77 @@ static int run_peer(void)
     return 0;
 }
 
+/* PV-IOMMU (hypercall 43): sub-op numbers and struct pv_iommu_capabilities
+ * as in /work/shared/pv-iommu-abi.md (crates/pv-iommu-abi). */
+#define HYPERCALL_IOMMU_OP 43
+#define IOMMU_QUERY_CAPABILITIES 1
+
+static const char *errno_name(long e)
+{
+    switch (e) {
+    case 0: return "OK";
+    case 1: return "EPERM";
+    case 2: return "ENOENT";
+    case 5: return "EIO";
+    case 14: return "EFAULT";
+    case 16: return "EBUSY";
+    case 19: return "ENODEV";
+    case 22: return "EINVAL";
+    case 38: return "ENOSYS";
+    case 95: return "EOPNOTSUPP";
+    default: return "E?";
+    }
+}
+
+static int run_iommu_op(unsigned long subop, const char *addr)
+{
+    int fd = open("/dev/xen/privcmd", O_RDWR);
+    if (fd < 0)
+        fd = open("/proc/xen/privcmd", O_RDWR);
+    if (fd < 0) {
+        printf("LAB-IOMMU op=%lu error=open-privcmd:%s\n", subop, strerror(errno));
+        return 2;
+    }
+    /* One locked page: Xen copies the argument straight from this address. */
+    uint8_t *arg = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED, -1, 0);
+    if (arg == MAP_FAILED) {
+        printf("LAB-IOMMU op=%lu error=mmap:%s\n", subop, strerror(errno));
+        return 2;
+    }
+    memset(arg, 0, PAGE);
+    uint64_t where = addr ? strtoull(addr, NULL, 0) : (uintptr_t)arg;
+    struct privcmd_hypercall h = { .op = HYPERCALL_IOMMU_OP, .arg = { subop, where } };
+    long r = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h);
+    long e = r < 0 ? errno : 0;
+    printf("LAB-IOMMU op=%lu rc=%ld errno=%s", subop, r < 0 ? -e : r, errno_name(e));
+    if (addr)
+        printf(" arg=0x%llx", (unsigned long long)where);
+    if (r == 0 && subop == IOMMU_QUERY_CAPABILITIES && !addr) {
+        uint64_t max_iova;
+        uint32_t flags, pgsize, max_pasid;
+        uint16_t max_ctx;
+        memcpy(&max_iova, arg + 0, 8);
+        memcpy(&flags, arg + 8, 4);
+        memcpy(&pgsize, arg + 12, 4);
+        memcpy(&max_pasid, arg + 16, 4);
+        memcpy(&max_ctx, arg + 20, 2);
+        printf(" max_iova=0x%llx cap_flags=0x%x pgsize_mask=0x%x max_pasid=%u max_ctx_no=%u",
+               (unsigned long long)max_iova, flags, pgsize, max_pasid, max_ctx);
+    }
+    printf("\n");
+    fflush(stdout);
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "iommu-op") == 0)
+        return run_iommu_op(strtoul(argv[2], NULL, 0), argc == 4 ? argv[3] : NULL);
     if (argc == 3 && strcmp(argv[1], "dom0") == 0)
         return run_dom0(atoi(argv[2])) ? 0 : 1;
     if (argc == 2 && strcmp(argv[1], "peer") == 0)
         return run_peer();
-    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer\n");
+    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer | labtool iommu-op SUBOP [ADDR]\n");
     return 2;
 }

@@ -1,0 +1,106 @@
+//! The C side of the glue (`xen/drivers/passthrough/vtd/ferrite-iommu.c` in
+//! the project's Xen patch): the only `unsafe` of this crate, behind safe
+//! wrappers.
+//!
+//! Every function here is implemented in C inside Xen; the names and types
+//! must match that file.
+
+use core::ffi::{c_char, c_void};
+
+extern "C" {
+    fn ferrite_xen_log(s: *const c_char, len: usize);
+    fn ferrite_xen_alloc(size: usize, align: usize) -> *mut c_void;
+    fn ferrite_xen_free(p: *mut c_void);
+    fn ferrite_xen_page_alloc() -> u64;
+    fn ferrite_xen_page_free(maddr: u64);
+    fn ferrite_xen_page_va(maddr: u64) -> *mut u64;
+    fn ferrite_xen_vtd_caps(cap: *mut u64, ecap: *mut u64) -> i32;
+    fn ferrite_xen_now() -> u64;
+    fn ferrite_xen_panic_exit() -> !;
+}
+
+/// Writes `s` to Xen's console (printk), as is: callers end lines with `\n`.
+pub fn log(s: &str) {
+    // SAFETY: the pointer and length describe `s`, which outlives the call;
+    // the C side prints with "%.*s" and does not keep the pointer.
+    unsafe { ferrite_xen_log(s.as_ptr().cast(), s.len()) }
+}
+
+/// Xen's system time (`NOW()`), in nanoseconds since boot.
+pub fn now_ns() -> u64 {
+    // SAFETY: reads Xen's clock; no arguments.
+    unsafe { ferrite_xen_now() }
+}
+
+/// `_xmalloc(size, align)`: null when Xen is out of memory.
+///
+/// # Safety
+/// `size` is not zero; `align` is a power of two (GlobalAlloc's layout rules).
+pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: the caller passes a valid layout; _xmalloc returns null or a
+    // block of at least `size` bytes aligned to `align`.
+    unsafe { ferrite_xen_alloc(size, align).cast() }
+}
+
+/// `xfree(p)`.
+///
+/// # Safety
+/// `p` came from [`alloc`] and is not used afterwards.
+pub unsafe fn free(p: *mut u8) {
+    // SAFETY: per the contract above, `p` is a live _xmalloc block.
+    unsafe { ferrite_xen_free(p.cast()) }
+}
+
+/// A zeroed 4 KiB xenheap page: its machine address, or `None`.
+pub fn page_alloc() -> Option<u64> {
+    // SAFETY: no arguments; returns 0 on failure.
+    let maddr = unsafe { ferrite_xen_page_alloc() };
+    (maddr != 0 && maddr.is_multiple_of(4096)).then_some(maddr)
+}
+
+/// Frees a page from [`page_alloc`].
+///
+/// # Safety
+/// `maddr` came from [`page_alloc`], is freed once, and nothing (CPU or
+/// device) uses it afterwards.
+pub unsafe fn page_free(maddr: u64) {
+    // SAFETY: per the contract above.
+    unsafe { ferrite_xen_page_free(maddr) }
+}
+
+/// Reads the 8-byte word at `maddr` (8-aligned, inside a page from [`page_alloc`]).
+///
+/// # Safety
+/// `maddr` lies in a live page from [`page_alloc`] and is 8-byte aligned.
+pub unsafe fn read_word(maddr: u64) -> u64 {
+    // SAFETY: the page is mapped in Xen's direct map (xenheap) for as long
+    // as it is allocated; the caller checked ownership and alignment. A
+    // volatile access because a VT-d unit may also read this memory.
+    unsafe { ferrite_xen_page_va(maddr & !0xfff).add(((maddr & 0xfff) / 8) as usize).read_volatile() }
+}
+
+/// Writes the 8-byte word at `maddr`.
+///
+/// # Safety
+/// As [`read_word`].
+pub unsafe fn write_word(maddr: u64, v: u64) {
+    // SAFETY: as in read_word.
+    unsafe { ferrite_xen_page_va(maddr & !0xfff).add(((maddr & 0xfff) / 8) as usize).write_volatile(v) }
+}
+
+/// CAP_REG and ECAP_REG of the first VT-d unit Xen set up, or `None`
+/// when Xen runs without VT-d.
+pub fn vtd_caps() -> Option<(u64, u64)> {
+    let (mut cap, mut ecap) = (0u64, 0u64);
+    // SAFETY: both pointers are valid for one u64 write each.
+    let rc = unsafe { ferrite_xen_vtd_caps(&mut cap, &mut ecap) };
+    (rc == 0).then_some((cap, ecap))
+}
+
+/// Leaves the current hypercall with -EIO without returning through the
+/// Rust frames: releases the glue's lock and resumes the calling vCPU
+/// (Xen's context-switch tail, which resets this CPU's stack).
+pub fn panic_exit() -> ! {
+    // SAFETY: called only from the panic handler, inside do_iommu_op.
+    unsafe { ferrite_xen_panic_exit() }
+}

@@ -1,0 +1,166 @@
+#!/bin/sh
+# MODE xen: the hypervisor the lab booted (LAB_XEN=ferrite: the project's Xen,
+# lab/xen-build.sh; default: Debian's) and hypercall 43 (PV-IOMMU).
+# /lab/xen-kind says which one lab.sh booted: "ferrite" or "debian".
+#  xen-boot        the expected hypervisor runs (xl info: version; Ferrite's: the
+#                  Rust core's start-up line in xl dmesg after the first call)
+#  iommu-caps      query_capabilities from dom0 (labtool iommu-op 1 through privcmd):
+#                  Ferrite's Xen answers from the Rust core (cap_flags 0x11 =
+#                  default_identity|identity, 4 KiB pages, max IOVA from the VT-d
+#                  unit's address width, 0 contexts before init); Debian's: ENOSYS
+#  iommu-noop      noop: 0 (Debian: ENOSYS)
+#  iommu-unknown   sub-ops 13 and 0xffffffff: EOPNOTSUPP from the core (Debian: ENOSYS)
+#  iommu-notyet    init and alloc_context: EOPNOTSUPP, not implemented in this step
+#                  (Debian: ENOSYS)
+#  iommu-badarg    query_capabilities with a hostile argument pointer (unmapped 0x10,
+#                  Xen's direct map 0xffff830000000000): EFAULT, and Xen keeps running
+#                  (Debian: ENOSYS)
+#  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
+#                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
+#                  core; Debian: ENOSYS), its NVMe check passed
+#  guest-disk      a Linux guest's filesystem check on the NVMe Ferrite serves
+#  panic-contained Ferrite's Xen only: the lab-only sub-op 0xfe7e0001 panics in Rust;
+#                  the call fails with EIO, Xen keeps running (xl info, xl list),
+#                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
+#  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
+#  shutdown        xl shutdown of Ferrite
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk panic-contained xen-alive shutdown
+. /lab/common.sh
+KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
+PCI=0000:00:04.0
+lab_info "hypervisor booted: $KIND"
+
+# labtool's answer for one sub-op: the whole LAB-IOMMU line in $OUT, errno name in $ERR.
+op() {
+    OUT=$(labtool iommu-op "$@" 2>&1 | grep '^LAB-IOMMU' | head -n 1)
+    echo "$OUT" | sed 's/^LAB-IOMMU/LAB-INFO iommu-op/'
+    ERR=$(echo "$OUT" | sed -n 's/.* errno=\([A-Z?]*\).*/\1/p')
+}
+field() { echo "$OUT" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+
+# ---- the hypervisor
+info=$(xl info 2>&1)
+ver="$(echo "$info" | awk -F': ' '/^xen_major/ {a=$2} /^xen_minor/ {b=$2} /^xen_extra/ {c=$2} END {print a "." b c}')"
+lab_info "xl info: xen $ver; $(echo "$info" | grep -E '^(xen_caps|virt_caps)' | tr -s ' ' | tr '\n' ';')"
+case "$KIND:$ver" in
+    ferrite:4.17.5*) boot_ok=yes ;;
+    debian:4.17.*) boot_ok=yes ;;
+    *) boot_ok=no ;;
+esac
+
+# ---- hypercall 43 from dom0
+op 1
+if [ "$KIND" = ferrite ]; then
+    # The Rust core's start-up line (printed on the first call) names the unit's width.
+    sleep 0.5
+    core=$(xl dmesg | grep -a 'ferrite-iommu: Rust core up' | tail -n 1)
+    lab_info "xl dmesg: ${core:-<no ferrite-iommu start-up line>}"
+    bits=$(echo "$core" | sed -n 's/.*(\([0-9]*\)-bit.*/\1/p')
+    case $bits in 39) want_iova=0x7fffffffff ;; 48) want_iova=0xffffffffffff ;; *) want_iova=unknown ;; esac
+    if [ "$boot_ok" = yes ] && [ -n "$core" ]; then
+        lab_pass xen-boot "the project's Xen $ver is running and its Rust core started: ${core#*ferrite-iommu: }"
+    else
+        lab_fail xen-boot "expected Ferrite's Xen 4.17.5 with the Rust core; xl info says $ver; core line '${core:-none}'"
+    fi
+    if [ "$ERR" = OK ] && [ "$(field cap_flags)" = 0x11 ] && [ "$(field pgsize_mask)" = 0x1000 ] \
+        && [ "$(field max_iova)" = "$want_iova" ] && [ "$(field max_pasid)" = 0 ] && [ "$(field max_ctx_no)" = 0 ]; then
+        lab_pass iommu-caps "hypercall 43 query_capabilities answered by the Rust core: ${OUT#*errno=OK }"
+    else
+        lab_fail iommu-caps "got '$OUT'; expected rc=0 max_iova=$want_iova cap_flags=0x11 pgsize_mask=0x1000 max_pasid=0 max_ctx_no=0"
+    fi
+    op 0
+    [ "$ERR" = OK ] && lab_pass iommu-noop "noop: 0" || lab_fail iommu-noop "noop: '$OUT'"
+    op 13; e1=$ERR; op 0xffffffff; e2=$ERR
+    [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-unknown "sub-ops 13 and 0xffffffff: EOPNOTSUPP" \
+        || lab_fail iommu-unknown "sub-op 13: $e1, 0xffffffff: $e2 (expected EOPNOTSUPP)"
+    op 2; e1=$ERR; op 3; e2=$ERR
+    [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-notyet "init: $e1, alloc_context: $e2 (contexts on the real VT-d unit are the next step)" \
+        || lab_fail iommu-notyet "init: $e1, alloc_context: $e2 (expected EOPNOTSUPP)"
+    op 1 0x10; e1=$ERR; op 1 0xffff830000000000; e2=$ERR
+    if [ "$e1" = EFAULT ] && [ "$e2" = EFAULT ] && xl info >/dev/null 2>&1; then
+        lab_pass iommu-badarg "argument at 0x10: EFAULT, at Xen's 0xffff830000000000: EFAULT; xl info still works"
+    else
+        lab_fail iommu-badarg "argument at 0x10: $e1, at 0xffff830000000000: $e2 (expected EFAULT)"
+    fi
+else
+    [ "$boot_ok" = yes ] && lab_pass xen-boot "Debian's Xen $ver is running" || lab_fail xen-boot "xl info says '$ver'"
+    [ "$ERR" = ENOSYS ] && lab_pass iommu-caps "stock Xen: query_capabilities gets ENOSYS (no PV-IOMMU)" || lab_fail iommu-caps "stock Xen: '$OUT' (expected ENOSYS)"
+    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-notyet 2" "iommu-badarg 1 0x10"; do
+        set -- $t
+        name=$1; shift
+        op "$@"
+        [ "$ERR" = ENOSYS ] && lab_pass "$name" "stock Xen: iommu-op $* gets ENOSYS" || lab_fail "$name" "stock Xen: '$OUT' (expected ENOSYS)"
+    done
+fi
+
+# ---- Ferrite (the product) under this hypervisor
+if xl pci-assignable-add $PCI >/tmp/pci.log 2>&1; then
+    lab_info "NVMe $PCI made assignable"
+else
+    lab_info "xl pci-assignable-add $PCI failed: $(tr '\n' ' ' </tmp/pci.log)"
+fi
+cfg=$(lab_guest_cfg)
+domid=$(lab_create "$cfg" "pci=['$PCI']") || domid=""
+if [ -n "$domid" ] && lab_wait_ready "$domid" 60; then
+    dma=$(xenstore-read /local/domain/$domid/data/ferrite/dma 2>/dev/null)
+    nvme=$(xenstore-read /local/domain/$domid/data/ferrite/nvme 2>/dev/null)
+    why=$(grep -a "DMA strategy" "$GUEST_LOG" | head -n 1 | sed 's/^.*DMA strategy //')
+    lab_info "Ferrite: dma=$dma; $why"
+    case $KIND in ferrite) want_why="ENODEV" ;; *) want_why="ENOSYS" ;; esac
+    case "$dma|$nvme|$why" in
+        machine-frames\|pass*\|*"$want_why"*)
+            lab_pass ferrite-ready "Ferrite (domain $domid) ready after $READY_AFTER s; DMA machine-frames because hypercall 43 answered $want_why; NVMe check: $nvme" ;;
+        *) lab_fail ferrite-ready "dma='$dma' nvme='$nvme' why='$why' (expected machine-frames, pass, $want_why)"; lab_show "$GUEST_LOG" 20 ferrite ;;
+    esac
+else
+    lab_fail ferrite-ready "Ferrite not ready: state '${READY_STATE:-<no domain>}'"
+    lab_show "$GUEST_LOG" 20 ferrite
+fi
+
+# One Linux guest on the disk Ferrite serves (filesystem, files, sha256).
+GLOG=/var/log/xen/console/guest-guest.log
+if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tmp/xl-guest.log 2>&1; then
+    wait_log "$GLOG" GUEST-DONE 180 || true
+    res=$(grep -a "GUEST-RESULT fs-new" "$GLOG" 2>/dev/null | head -n 1 | sed 's/^.*GUEST-RESULT fs-new //')
+    case "$res" in
+        PASS*) lab_pass guest-disk "a Linux guest's filesystem on Ferrite's NVMe under this Xen: ${res#PASS }" ;;
+        *) lab_fail guest-disk "guest result '${res:-<none within 180 s>}'"; lab_show "$GLOG" 20 guest ;;
+    esac
+    xl destroy guest >/dev/null 2>&1
+else
+    lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
+fi
+
+# ---- a panic in the Rust core fails one hypercall, not the host
+if [ "$KIND" = ferrite ]; then
+    op 0xfe7e0001; e1=$ERR
+    alive=no; xl info >/dev/null 2>&1 && xl list ferrite >/dev/null 2>&1 && alive=yes
+    op 1; e2=$ERR
+    pl=$(xl dmesg | grep -a 'PANIC in the Rust core' | tail -n 1)
+    lab_info "xl dmesg: ${pl:-<no panic line>}"
+    if [ "$e1" = EIO ] && [ $alive = yes ] && [ "$e2" = ENODEV ] && [ -n "$pl" ]; then
+        lab_pass panic-contained "a Rust panic failed its hypercall with EIO; Xen and Ferrite kept running; later calls get ENODEV (interface disabled)"
+    else
+        lab_fail panic-contained "panic sub-op: $e1 (want EIO); xl info/list after: $alive; next query: $e2 (want ENODEV); log: '${pl:-none}'"
+    fi
+else
+    op 0xfe7e0001
+    [ "$ERR" = ENOSYS ] && lab_pass panic-contained "stock Xen: ENOSYS" || lab_fail panic-contained "stock Xen: '$OUT'"
+fi
+
+# ---- the hypervisor is still fine
+bad=$(xl dmesg 2>/dev/null | grep -aE 'Panic on CPU|FATAL|Xen BUG|Assertion' | head -n 3 | tr '\n' ' ')
+if xl info >/dev/null 2>&1 && [ -z "$bad" ]; then
+    lab_pass xen-alive "xl info works at the end; no Xen panic, BUG or assertion in xl dmesg"
+else
+    lab_fail xen-alive "xl info status $?; xl dmesg: ${bad:-<nothing>}"
+fi
+lab_info "xl dmesg, ferrite-iommu lines:"
+xl dmesg | grep -a 'ferrite-iommu' | tail -n 8 | sed 's/^/LAB-INFO   | /'
+
+lab_shutdown 60
+if [ $SHUTDOWN_RC -eq 0 ] && [ $SHUTDOWN_GONE = yes ]; then
+    lab_pass shutdown "xl shutdown -w took $SHUTDOWN_AFTER s"
+else
+    lab_fail shutdown "xl shutdown -w status $SHUTDOWN_RC after $SHUTDOWN_AFTER s; gone: $SHUTDOWN_GONE"
+fi
