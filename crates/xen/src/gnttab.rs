@@ -444,6 +444,14 @@ pub mod fake {
         }
     }
 
+    /// A disk buffer the NVMe driver can map (host tests and benchmarks of
+    /// blkback over the fake controller).
+    impl drivers::hal::DmaBuffer for FrameBuf {
+        fn len(&self) -> usize {
+            self.data.len()
+        }
+    }
+
     impl AsRef<[u8]> for FrameBuf {
         fn as_ref(&self) -> &[u8] {
             &self.data
