@@ -201,10 +201,10 @@ def parse_dump(path):
                 ir = int(parts[1])
                 st = attribute(fn_ctx, cur_file, ln, ctx_cache)
                 cost[st] += ir
-                if DEBUG == st:
+                if DEBUG == st or (DEBUG == "all" and st != "fake"):
                     rel = repo_path(cur_file) if cur_file and cur_file != "???" else None
                     where = f"{rel}:{fn_at(rel, ln)}" if rel else os.path.basename(cur_file or "?")
-                    k = (fn_ctx.split("'")[0][:90], where)
+                    k = (st + " " + fn_ctx.split("'")[0][:80], where)
                     TOP[k] = TOP.get(k, 0) + ir
                 continue
             if line.startswith("fn="):
@@ -280,7 +280,7 @@ def main():
         counted = sum(cost.values())
         if DEBUG:
             print(f"== {name}: top {DEBUG} (per request)")
-            for (fr, where), ir in sorted(TOP.items(), key=lambda x: -x[1])[:25]:
+            for (fr, where), ir in sorted(TOP.items(), key=lambda x: -x[1])[: int(os.environ.get("CPU_DEBUG_TOP", "25"))]:
                 print(f"{ir / n:>8.0f}  {where:<50} {fr}")
             TOP.clear()
         if summary and abs(counted - summary) > summary // 1000:

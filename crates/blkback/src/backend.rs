@@ -154,11 +154,14 @@ where
             budget: Budget::default(),
             groups: BTreeMap::new(),
             next_group: 1,
-            tokens: BTreeMap::new(),
+            tokens: Default::default(),
             grant_copy: true,
             next_serial: 1,
             persistent_cap: MAX_PERSISTENT_PER_RING,
             retired: Vec::new(),
+            sweep_tokens: false,
+            scratch_ctxs: Vec::new(),
+            scratch_vids: Vec::new(),
         };
         Self {
             cfg,

@@ -6,6 +6,7 @@
 //! How the data moves between the guest's pages and the disk buffers lives
 //! in [`grants`](crate::grants); the buffer budget in [`budget`](crate::budget).
 
+use crate::abi::Response;
 use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES, PAGE, RING_BUDGET};
 use crate::budget::{charge, Budget, Charge};
 use crate::engine::Core;
@@ -40,8 +41,28 @@ pub(crate) enum Step {
     },
 }
 
+/// What answering a request takes (its id and operation): all of the
+/// request its disk work keeps.
+#[derive(Clone, Copy)]
+pub(crate) struct Reply {
+    id: u64,
+    op: u8,
+}
+
+impl Reply {
+    pub(crate) fn of(req: &Request) -> Self {
+        Reply { id: req.id(), op: req.response_operation() }
+    }
+    pub(crate) fn id(self) -> u64 {
+        self.id
+    }
+    fn response(self, status: Status) -> Response {
+        Response { id: self.id, operation: self.op, status: status.to_wire() }
+    }
+}
+
 pub(crate) struct Work<B> {
-    pub(crate) req: Request,
+    pub(crate) req: Reply,
     pub(crate) segs: Vec<Segment>,
     pub(crate) step: Step,
     pub(crate) buf: Option<B>,
@@ -242,7 +263,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     }
 
     /// Pushes and publishes an answer, notifying the frontend if it asked.
-    pub(crate) fn respond<E: EventOps>(&mut self, e: &mut E, req: &Request, status: Status) {
+    pub(crate) fn respond<E: EventOps>(&mut self, e: &mut E, req: Reply, status: Status) {
         if self.ring.push_response(&req.response(status)).is_err() {
             self.dead = true;
             return;
@@ -356,7 +377,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         Ok(built
             .into_iter()
             .map(|(segs, step, len, buf)| Work {
-                req,
+                req: Reply::of(&req),
                 segs,
                 step,
                 buf,
@@ -461,7 +482,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         status: Status,
     ) {
         let Some(gid) = work.group else {
-            self.respond(t.e, &work.req, status);
+            self.respond(t.e, work.req, status);
             return;
         };
         let Some(gr) = t.core.groups.get_mut(&gid) else { return };
@@ -470,7 +491,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if gr.remaining == 0 {
             let failed = gr.failed;
             t.core.groups.remove(&gid);
-            self.respond(t.e, &work.req, if failed { Status::Error } else { Status::Okay });
+            self.respond(t.e, work.req, if failed { Status::Error } else { Status::Okay });
         }
     }
 }

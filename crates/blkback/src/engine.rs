@@ -7,7 +7,8 @@ use crate::backend::{
     Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, MAX_REQUEST_BYTES, TRANSIENT_RESERVE,
 };
 use crate::budget::Budget;
-use crate::datapath::{DevRef, Group, RingCtx, Turn, Work};
+use crate::datapath::{DevRef, Group, RingCtx, Turn};
+use crate::inflight::Tokens;
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
 use alloc::boxed::Box;
@@ -19,9 +20,6 @@ use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames};
 use xen::shmem::SharedMem;
-
-/// Work on a disk: (serial of the ring context that submitted it, the work).
-pub(crate) type InFlight<B> = (u64, Work<B>);
 
 /// The disk of a removed vbd whose requests are still on it: kept (and
 /// polled, its completions dropped) until they completed or `deadline`.
@@ -47,9 +45,8 @@ pub(crate) struct Core<D: BlockDevice> {
     /// Split requests still in progress.
     pub(crate) groups: BTreeMap<u64, Group>,
     pub(crate) next_group: u64,
-    /// (vbd id, disk token) → (ring index, work). Each vbd has its own
-    /// disk, whose tokens may collide with another disk's.
-    pub(crate) tokens: BTreeMap<(u32, u64), InFlight<D::Buffer>>,
+    /// (vbd id, disk token) → (ring serial, work).
+    pub(crate) tokens: Tokens<D::Buffer>,
     /// Serial of the next ring context (never reused: a late completion of
     /// a closed ring cannot reach its successor).
     pub(crate) next_serial: u64,
@@ -60,6 +57,13 @@ pub(crate) struct Core<D: BlockDevice> {
     pub(crate) retired: Vec<Retired<D>>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
+    /// A vbd was removed since the last sweep of `tokens` (see
+    /// `poll_retired`).
+    pub(crate) sweep_tokens: bool,
+    /// Reused by every poll (no allocation per poll): the ring contexts
+    /// in turn order, and the vbd ids.
+    pub(crate) scratch_ctxs: Vec<(u32, usize)>,
+    pub(crate) scratch_vids: Vec<u32>,
 }
 
 /// Everything the data path of all vbds borrows for one call: the disk
@@ -89,9 +93,11 @@ where
         // Waiting for a draining disk is not progress (the caller may nap:
         // the orphans keep `tokens` non-empty, so we still report busy).
         self.drain_check();
-        let ctxs: Vec<(u32, usize)> =
-            self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))).collect();
+        let mut ctxs = core::mem::take(&mut self.core.scratch_ctxs);
+        ctxs.clear();
+        ctxs.extend(self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))));
         if ctxs.is_empty() {
+            self.core.scratch_ctxs = ctxs;
             return (busy, busy || !self.core.tokens.is_empty());
         }
         // While several rings wait for buffers, each may hold an equal
@@ -117,6 +123,7 @@ where
             }
             busy |= self.with_ring(vid, ri, |r, t, d| r.turn(t, d, share)).unwrap_or(false);
         }
+        self.core.scratch_ctxs = ctxs;
         (busy, busy || !self.core.tokens.is_empty())
     }
 
@@ -147,16 +154,25 @@ where
     pub(crate) fn poll_disk(&mut self) -> bool {
         let mut any = false;
         let now = self.e.now();
-        let vids: Vec<u32> = self.vbds.keys().copied().collect();
-        for vid in vids {
+        let mut vids = core::mem::take(&mut self.core.scratch_vids);
+        vids.clear();
+        vids.extend(self.vbds.keys().copied());
+        for &vid in &vids {
             any |= self.poll_vbd_disk(vid, now);
         }
+        self.core.scratch_vids = vids;
         any | self.poll_retired(now)
     }
 
     /// Polls the disks of removed vbds, dropping their completions; a disk
     /// is dropped once its requests completed or its deadline passed.
     fn poll_retired(&mut self, now: xen::wait::Nanos) -> bool {
+        // Tokens of a vbd neither served nor retired are dropped below; such
+        // tokens appear only when a vbd is removed. Nothing retired and no
+        // removal since the last sweep: nothing to do.
+        if self.core.retired.is_empty() && !core::mem::take(&mut self.core.sweep_tokens) {
+            return false;
+        }
         let mut any = false;
         let tokens = &mut self.core.tokens;
         for r in self.core.retired.iter_mut() {
@@ -214,7 +230,7 @@ where
             warn!("vbd {}: {} request(s) still on the disk after 30 s; their answers dropped", v.be, v.orphans);
             v.orphans = 0;
             let (vid, live): (u32, Vec<u64>) = (v.id, v.rings.iter().map(|r| r.serial).collect());
-            self.core.tokens.retain(|k, (serial, _)| k.0 != vid || live.contains(serial));
+            self.core.tokens.retain(|k, serial| k.0 != vid || live.contains(&serial));
         }
     }
 

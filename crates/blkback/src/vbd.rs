@@ -139,6 +139,7 @@ where
                     Effect::Remove => {
                         self.disconnect(id);
                         if let Some(v) = self.vbds.remove(&id) {
+                            self.core.sweep_tokens = true;
                             if v.orphans > 0 {
                                 // Its requests still use its disk: keep the
                                 // disk (and its claim) until they completed.

@@ -266,6 +266,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         }
         let _ = self.admin.drain();
         self.admin_done = None;
+        self.next_check.iter_mut().for_each(|n| *n = 0);
         if stopped.is_err() {
             return;
         }

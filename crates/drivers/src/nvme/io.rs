@@ -196,6 +196,8 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         match self.io[qi].submit(&mut self.dma, &mut self.regs, sqe, slot) {
             Ok(_) => {
                 self.next_token += 1;
+                // Its deadline is set at the next poll.
+                self.next_check[qi] = 0;
                 Ok(token)
             }
             Err((e, slot)) => {
@@ -251,7 +253,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         // answer about it.
         self.reap_io(qi);
         self.reap_admin();
-        if self.pending[qi].is_empty() && self.check_timeouts(qi, now) {
+        if self.pending[qi].is_empty() && now >= self.next_check[qi] && self.check_timeouts(qi, now) {
             self.reset();
         }
         self.pending[qi].pop_front()
@@ -331,12 +333,15 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         }
     }
 
-    /// Stamps and checks deadlines on queue `qi`; sends Aborts. Returns
+    /// Stamps and checks deadlines on queue `qi`; sends Aborts; records
+    /// the earliest deadline left (until then, polls skip this scan: a
+    /// completion only makes it later, a submit asks for a scan). Returns
     /// true if the controller must be reset.
     pub(super) fn check_timeouts(&mut self, qi: usize, now: Nanos) -> bool {
         let io_timeout = self.config.io_timeout_ns;
         let mut overdue = Vec::new();
         let mut need_reset = false;
+        let mut next = Nanos::MAX;
         for (cid, slot) in self.io[qi].iter_mut() {
             match slot.deadline {
                 None => slot.deadline = Some(now.saturating_add(io_timeout)),
@@ -346,7 +351,11 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 },
                 Some(_) => {}
             }
+            next = next.min(slot.deadline.unwrap_or(0));
         }
+        // Overdue commands get an Abort and a new deadline below; if that
+        // fails the controller is reset (which asks for a scan again).
+        self.next_check[qi] = if overdue.is_empty() { next } else { now };
         if need_reset || overdue.is_empty() {
             return need_reset;
         }
