@@ -77,6 +77,10 @@ pub(crate) struct Work<B> {
     pub(crate) _charge: Charge,
 }
 
+/// One disk part of a request being built: its segments, step, length
+/// and buffer.
+pub(crate) type Part<B> = (Vec<Segment>, Step, usize, Option<B>);
+
 /// A request split into parts.
 pub(crate) struct Group {
     pub(crate) vbd: u32,
@@ -132,6 +136,8 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
+    /// The parts of the request being prepared (kept for its capacity).
+    pub(crate) parts: Vec<Part<B>>,
     pub(crate) in_flight: usize,
     /// Flush/barrier parts on the disk: while any is, nothing else of this
     /// ring is submitted.
@@ -230,8 +236,8 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
             };
             match self.prepare(t, d, req) {
-                Ok(works) if works.is_empty() => self.push_answer(&req, Status::Okay),
-                Ok(works) => self.deferred.extend(works),
+                Ok(0) => self.push_answer(&req, Status::Okay),
+                Ok(_) => {}
                 Err(()) => self.push_answer(&req, Status::Error),
             }
         }
@@ -278,13 +284,14 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         !self.persistent && t.core.grant_copy
     }
 
-    /// Turns a validated request into disk work (empty: nothing to do).
+    /// Turns a validated request into disk work, queued in order; returns
+    /// how many parts (0: nothing to do).
     fn prepare<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
         req: Request,
-    ) -> Result<Vec<Work<B>>, ()> {
+    ) -> Result<usize, ()> {
         let bs = u64::from(t.disk.block_size().max(512));
         let lba_of = |sector: u64| -> Result<u64, ()> {
             let byte = sector.checked_mul(512).ok_or(())?;
@@ -317,7 +324,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             Request::Discard { sector, nr_sectors, .. } => {
                 let blocks = nr_sectors.checked_mul(512).ok_or(())? / bs;
                 if blocks == 0 {
-                    return Ok(Vec::new());
+                    return Ok(0);
                 }
                 (Vec::new(), Step::Discard { lba: lba_of(sector)?, blocks }, false, false)
             }
@@ -329,19 +336,57 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
             }
         };
-        // The disk takes at most `max_transfer` bytes per command: split a
-        // larger read or write (indirect requests reach 1 MiB) into parts
-        // answered together (a flush's data too: its parts go down one
-        // after another).
-        let max = t.disk.max_transfer().max(PAGE);
-        let parts: Vec<Vec<Segment>> = match step {
-            Step::Read { .. } | Step::Write { .. } => split_segments(segs, max),
-            _ => alloc::vec![segs],
+        // Each part: its segments, its disk step and its buffer (in a list
+        // reused by every request).
+        let mut built = core::mem::take(&mut self.parts);
+        built.clear();
+        let n = match self.build_parts(t, d, segs, step, write, &mut built) {
+            Ok(()) => {
+                if exclusive && write {
+                    // The preflush goes first.
+                    built.insert(0, (Vec::new(), Step::Flush, 0, None));
+                }
+                let group = if built.len() > 1 {
+                    let gid = t.core.next_group;
+                    t.core.next_group += 1;
+                    t.core.groups.insert(gid, Group { vbd: d.id, remaining: built.len(), failed: false });
+                    Some(gid)
+                } else {
+                    None
+                };
+                let n = built.len();
+                let reply = Reply::of(&req);
+                for (segs, step, len, buf) in built.drain(..) {
+                    let _charge = charge(&t.core.budget, &self.held, len);
+                    self.deferred.push_back(Work { req: reply, segs, step, buf, exclusive, group, _charge });
+                }
+                Ok(n)
+            }
+            Err(()) => Err(()),
         };
-        // Each part: its segments, its disk step and its buffer.
-        let mut built: Vec<(Vec<Segment>, Step, usize, Option<B>)> = Vec::with_capacity(parts.len());
+        built.clear();
+        self.parts = built;
+        n
+    }
+
+    /// The disk parts of a request's data (or its one part without data),
+    /// with their buffers, filled from the guest for a write. The disk
+    /// takes at most `max_transfer` bytes per command: a larger read or
+    /// write (indirect requests reach 1 MiB) is split into parts answered
+    /// together (a flush's data too: its parts go down one after another).
+    fn build_parts<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        segs: Vec<Segment>,
+        step: Step,
+        write: bool,
+        built: &mut Vec<Part<B>>,
+    ) -> Result<(), ()> {
+        let bs = u64::from(t.disk.block_size().max(512));
+        let max = t.disk.max_transfer().max(PAGE);
         let mut offset = 0u64;
-        for part in parts {
+        let mut add = |part: Vec<Segment>, built: &mut Vec<Part<B>>| -> Result<(), ()> {
             let len: usize = part.iter().map(|s| s.len()).sum();
             let step = match step {
                 Step::Read { lba } => Step::Read { lba: lba + offset / bs },
@@ -358,34 +403,20 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
             offset += len as u64;
             built.push((part, step, len, buf));
+            Ok(())
+        };
+        let data = matches!(step, Step::Read { .. } | Step::Write { .. });
+        if data && segs.iter().map(|s| s.len()).sum::<usize>() > max {
+            for part in split_segments(segs, max) {
+                add(part, built)?;
+            }
+        } else {
+            add(segs, built)?;
         }
         if write {
-            self.fill_from_guest(t, d, &mut built)?;
+            self.fill_from_guest(t, d, built)?;
         }
-        if exclusive && write {
-            // The preflush goes first.
-            built.insert(0, (Vec::new(), Step::Flush, 0, None));
-        }
-        let group = if built.len() > 1 {
-            let gid = t.core.next_group;
-            t.core.next_group += 1;
-            t.core.groups.insert(gid, Group { vbd: d.id, remaining: built.len(), failed: false });
-            Some(gid)
-        } else {
-            None
-        };
-        Ok(built
-            .into_iter()
-            .map(|(segs, step, len, buf)| Work {
-                req: Reply::of(&req),
-                segs,
-                step,
-                buf,
-                exclusive,
-                group,
-                _charge: charge(&t.core.budget, &self.held, len),
-            })
-            .collect())
+        Ok(())
     }
 
     /// Submits deferred work in order while the disk takes it.

@@ -89,13 +89,29 @@ where
     /// context, round-robin from `*next_turn`. Returns (anything happened,
     /// busy: poll again at once).
     pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
-        let mut busy = self.poll_disk();
+        // One pass over the vbds (into buffers reused by every poll): their
+        // ids, the ring contexts in order, how many rings wait for buffers,
+        // whether any vbd has orphans.
+        let mut vids = core::mem::take(&mut self.core.scratch_vids);
+        let mut ctxs = core::mem::take(&mut self.core.scratch_ctxs);
+        vids.clear();
+        ctxs.clear();
+        let (mut waiting, mut orphaned) = (0, false);
+        for (&vid, v) in self.vbds.iter() {
+            vids.push(vid);
+            orphaned |= v.orphans > 0;
+            for (ri, r) in v.rings.iter().enumerate() {
+                ctxs.push((vid, ri));
+                waiting += usize::from(r.waiting && !r.dead);
+            }
+        }
+        let mut busy = self.poll_disk(&vids);
+        self.core.scratch_vids = vids;
         // Waiting for a draining disk is not progress (the caller may nap:
         // the orphans keep `tokens` non-empty, so we still report busy).
-        self.drain_check();
-        let mut ctxs = core::mem::take(&mut self.core.scratch_ctxs);
-        ctxs.clear();
-        ctxs.extend(self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))));
+        if orphaned {
+            self.drain_check();
+        }
         if ctxs.is_empty() {
             self.core.scratch_ctxs = ctxs;
             return (busy, busy || !self.core.tokens.is_empty());
@@ -103,7 +119,6 @@ where
         // While several rings wait for buffers, each may hold an equal
         // share (never less than one largest request); a ring alone may
         // use the whole budget.
-        let waiting = self.vbds.values().flat_map(|v| &v.rings).filter(|r| r.waiting && !r.dead).count();
         let share = (MAX_BUFFER_BYTES / waiting.max(1)).max(MAX_REQUEST_BYTES);
         // A different context goes first each time: none is always served
         // after the others have taken what was free.
@@ -111,20 +126,32 @@ where
         *next_turn = start + 1;
         for k in 0..ctxs.len() {
             let (vid, ri) = ctxs[(start + k) % ctxs.len()];
-            let Some(v) = self.vbds.get(&vid) else { continue };
-            // A reconnected vbd whose old requests are still on the disk
-            // takes no new ones yet: they could overtake the old.
-            if v.orphans > 0 {
-                continue;
-            }
-            let Some(port) = v.rings.get(ri).map(|r| r.port) else { continue };
-            if self.e.take_pending(port) {
-                busy = true;
-            }
-            busy |= self.with_ring(vid, ri, |r, t, d| r.turn(t, d, share)).unwrap_or(false);
+            busy |= self.turn(vid, ri, share);
         }
         self.core.scratch_ctxs = ctxs;
         (busy, busy || !self.core.tokens.is_empty())
+    }
+
+    /// Ring `ri` of vbd `vid` takes its turn (if it exists and may).
+    fn turn(&mut self, vid: u32, ri: usize, share: usize) -> bool {
+        let Some(v) = self.vbds.get_mut(&vid) else { return false };
+        // A reconnected vbd whose old requests are still on the disk
+        // takes no new ones yet: they could overtake the old.
+        if v.orphans > 0 {
+            return false;
+        }
+        let Some(ring) = v.rings.get_mut(ri) else { return false };
+        let pending = self.e.take_pending(ring.port);
+        let mut t = Turn {
+            core: &mut *self.core,
+            disk: &mut v.disk,
+            info: &v.info,
+            stats: &mut *self.stats,
+            g: &mut *self.g,
+            e: &mut *self.e,
+        };
+        let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
+        ring.turn(&mut t, &mut d, share) || pending
     }
 
     /// Runs `f` on ring `ri` of vbd `vid` with what its data path borrows
@@ -151,16 +178,12 @@ where
 
     /// Hands every disk completion to its ring. Returns whether there were
     /// any.
-    pub(crate) fn poll_disk(&mut self) -> bool {
+    pub(crate) fn poll_disk(&mut self, vids: &[u32]) -> bool {
         let mut any = false;
         let now = self.e.now();
-        let mut vids = core::mem::take(&mut self.core.scratch_vids);
-        vids.clear();
-        vids.extend(self.vbds.keys().copied());
-        for &vid in &vids {
+        for &vid in vids {
             any |= self.poll_vbd_disk(vid, now);
         }
-        self.core.scratch_vids = vids;
         any | self.poll_retired(now)
     }
 

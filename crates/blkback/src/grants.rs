@@ -7,7 +7,7 @@
 //! device).
 
 use crate::backend::{MAX_PERSISTENT_PER_RING, PAGE};
-use crate::datapath::{DevRef, RingCtx, Step, Turn, Work};
+use crate::datapath::{DevRef, Part, RingCtx, Turn, Work};
 use crate::request::{self, Segment};
 use alloc::vec::Vec;
 use drivers::block::BlockDevice;
@@ -136,7 +136,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
-        parts: &mut [(Vec<Segment>, Step, usize, Option<B>)],
+        parts: &mut [Part<B>],
     ) -> Result<(), ()> {
         if self.copies(t) {
             let mut ops = Vec::new();

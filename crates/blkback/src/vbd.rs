@@ -263,6 +263,7 @@ where
                 pgrants: BTreeMap::new(),
                 tick: 0,
                 deferred: VecDeque::new(),
+                parts: Vec::new(),
                 in_flight: 0,
                 ordered_in_flight: 0,
                 dead: false,

@@ -252,7 +252,12 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         // I/O first, so a command that finished is seen before an Abort
         // answer about it.
         self.reap_io(qi);
-        self.reap_admin();
+        // Only Aborts are answered here (blocking sequences reap their own
+        // commands); with none out, there is nothing to reap. A stray entry
+        // is seen (and counted spurious) with the next admin command.
+        if self.admin.in_flight() > 0 {
+            self.reap_admin();
+        }
         if self.pending[qi].is_empty() && now >= self.next_check[qi] && self.check_timeouts(qi, now) {
             self.reset();
         }
