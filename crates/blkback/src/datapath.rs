@@ -20,7 +20,7 @@ use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, Mapping};
 use xen::ratelimit::LogLimit;
 use xen::shmem::SharedMem;
-use xen::types::{DomId, EvtchnPort};
+use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen_ring::PagesMem;
 
 /// Disk work derived from one request.
@@ -138,6 +138,11 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) deferred: VecDeque<Work<B>>,
     /// The parts of the request being prepared (kept for its capacity).
     pub(crate) parts: Vec<Part<B>>,
+    /// Lists reused by every request (kept for their capacity): grants
+    /// being mapped, their mappings, copies of indirect pages.
+    pub(crate) grefs: Vec<GrantRef>,
+    pub(crate) maps: Vec<Option<(Mapping, bool)>>,
+    pub(crate) indirect_pages: Vec<u8>,
     pub(crate) in_flight: usize,
     /// Flush/barrier parts on the disk: while any is, nothing else of this
     /// ring is submitted.
