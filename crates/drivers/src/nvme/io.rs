@@ -124,6 +124,12 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     }
 
     pub(super) fn build_prp(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+        // One or two pages (4 KiB requests): no list, nothing allocated.
+        if let Some((prp1, prp2)) = prp::direct(mapping.segments(), PAGE_SIZE, self.max_prp_entries) {
+            sqe.prp1 = prp1;
+            sqe.prp2 = prp2;
+            return Ok((sqe, Vec::new()));
+        }
         let entries = prp::entries(mapping.segments(), PAGE_SIZE, self.max_prp_entries)?;
         let need = prp::list_pages_needed(entries.len(), PAGE_SIZE);
         let mut pages = Vec::with_capacity(need);
