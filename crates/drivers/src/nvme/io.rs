@@ -200,10 +200,10 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         let token = Token(self.next_token);
         let slot = IoSlot { token, request, mapping, pages, deadline: None, abort: AbortState::NotSent };
         match self.io[qi].submit(&mut self.dma, &mut self.regs, sqe, slot) {
-            Ok(_) => {
+            Ok(cid) => {
                 self.next_token += 1;
                 // Its deadline is set at the next poll.
-                self.next_check[qi] = 0;
+                self.unstamped[qi].push(cid);
                 Ok(token)
             }
             Err((e, slot)) => {
@@ -249,6 +249,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     /// CSTS.CFS or a full admin queue when an Abort is due).
     pub fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {
         let qi = usize::from(queue);
+        self.stamp_deadlines(qi, now);
         if let Some(c) = self.pending.get_mut(qi)?.pop_front() {
             return Some(c);
         }
@@ -344,9 +345,27 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         }
     }
 
+    /// Sets the deadlines of the commands submitted on queue `qi` since the
+    /// last poll (the first poll that sees a command starts its clock).
+    fn stamp_deadlines(&mut self, qi: usize, now: Nanos) {
+        let Some(cids) = self.unstamped.get_mut(qi) else { return };
+        if cids.is_empty() {
+            return;
+        }
+        let deadline = now.saturating_add(self.config.io_timeout_ns);
+        for cid in cids.drain(..) {
+            if let Some(slot) = self.io[qi].get_mut(cid) {
+                if slot.deadline.is_none() {
+                    slot.deadline = Some(deadline);
+                    self.next_check[qi] = self.next_check[qi].min(deadline);
+                }
+            }
+        }
+    }
+
     /// Stamps and checks deadlines on queue `qi`; sends Aborts; records
     /// the earliest deadline left (until then, polls skip this scan: a
-    /// completion only makes it later, a submit asks for a scan). Returns
+    /// completion only makes it later; `stamp_deadlines` lowers it). Returns
     /// true if the controller must be reset.
     pub(super) fn check_timeouts(&mut self, qi: usize, now: Nanos) -> bool {
         let io_timeout = self.config.io_timeout_ns;

@@ -209,6 +209,9 @@ pub struct Nvme<R: RegisterIo, D: DmaMapper, C: Clock> {
     /// something to do (the earliest deadline of its commands; 0 when a
     /// command has no deadline yet). Polls before it skip the scan.
     next_check: Vec<Nanos>,
+    /// Per I/O queue: command ids submitted since the last poll, whose
+    /// deadlines that poll sets (no scan of the whole queue per command).
+    unstamped: Vec<Vec<u16>>,
     /// Identify data page.
     scratch: DmaRegion,
     /// Free PRP-list/DSM pages.
@@ -279,6 +282,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             io: Vec::new(),
             pending: Vec::new(),
             next_check: Vec::new(),
+            unstamped: Vec::new(),
             scratch,
             page_pool: Vec::new(),
             primary: 0,
@@ -305,6 +309,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             nvme.io.push(qp);
             nvme.pending.push(VecDeque::new());
             nvme.next_check.push(Nanos::MAX);
+            nvme.unstamped.push(Vec::with_capacity(usize::from(depth)));
         }
         nvme.create_io_queues()?;
         Ok(nvme)
