@@ -206,6 +206,7 @@ impl<B> FakeDma<B> {
 impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
     type Buffer = B;
 
+    #[inline(never)]
     fn alloc_zeroed(&mut self, pages: usize) -> Result<DmaRegion, DmaError> {
         if pages == 0 {
             return Err(DmaError::OutOfBounds);
@@ -219,12 +220,14 @@ impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
         Ok(DmaRegion::new(id, BusAddr(pfn * PS), pages))
     }
 
+    #[inline(never)]
     fn free(&mut self, region: DmaRegion) {
         let (pfn, pages) = self.region(&region);
         self.regions.remove(&region.id());
         self.mem.borrow_mut().release(pfn, pages);
     }
 
+    #[inline(never)]
     fn read(&self, region: &DmaRegion, offset: usize, out: &mut [u8]) -> Result<(), DmaError> {
         let (pfn, pages) = self.region(region);
         if offset.checked_add(out.len()).is_none_or(|end| end > pages * PAGE_SIZE) {
@@ -234,6 +237,7 @@ impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
         Ok(())
     }
 
+    #[inline(never)]
     fn write(&mut self, region: &DmaRegion, offset: usize, data: &[u8]) -> Result<(), DmaError> {
         let (pfn, pages) = self.region(region);
         if offset.checked_add(data.len()).is_none_or(|end| end > pages * PAGE_SIZE) {
@@ -243,6 +247,7 @@ impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
         Ok(())
     }
 
+    #[inline(never)]
     fn map(&mut self, buffer: &mut B, direction: DmaDirection) -> Result<Mapping, DmaError> {
         if DmaBuffer::is_empty(buffer) {
             return Err(DmaError::MapFailed);
@@ -278,6 +283,7 @@ impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
         Ok(Mapping::new(id, direction, segments))
     }
 
+    #[inline(never)]
     fn unmap(&mut self, mapping: Mapping, buffer: &mut B) -> Result<(), DmaError> {
         let Some(rec) = self.maps.remove(&mapping.id()) else {
             if self.retired.contains(&mapping.id()) {
@@ -304,6 +310,7 @@ impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
         Ok(())
     }
 
+    #[inline(never)]
     fn abandon(&mut self, mapping: Mapping, buffer: &mut B) {
         let Some(rec) = self.maps.remove(&mapping.id()) else {
             panic!("abandon of unknown or retired mapping {}", mapping.id());
