@@ -143,12 +143,15 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             }
         }
         let addrs: Vec<_> = pages.iter().map(|p| p.bus()).collect();
+        let mut bytes = core::mem::take(&mut self.list_bytes);
         let built = prp::build(&entries, &addrs, PAGE_SIZE).and_then(|prp| {
             for (page, list) in pages.iter().zip(prp.lists.iter()) {
-                self.dma.write(page, 0, &prp::list_bytes(list))?;
+                prp::list_bytes_into(list, &mut bytes);
+                self.dma.write(page, 0, &bytes)?;
             }
             Ok(prp)
         });
+        self.list_bytes = bytes;
         match built {
             Ok(prp) => {
                 sqe.prp1 = prp.prp1;

@@ -212,6 +212,9 @@ pub struct Nvme<R: RegisterIo, D: DmaMapper, C: Clock> {
     /// Per I/O queue: command ids submitted since the last poll, whose
     /// deadlines that poll sets (no scan of the whole queue per command).
     unstamped: Vec<Vec<u16>>,
+    /// A PRP list page's bytes on their way to the page (kept for its
+    /// capacity).
+    list_bytes: Vec<u8>,
     /// Identify data page.
     scratch: DmaRegion,
     /// Free PRP-list/DSM pages.
@@ -283,6 +286,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             pending: Vec::new(),
             next_check: Vec::new(),
             unstamped: Vec::new(),
+            list_bytes: Vec::new(),
             scratch,
             page_pool: Vec::new(),
             primary: 0,

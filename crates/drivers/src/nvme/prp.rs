@@ -40,7 +40,7 @@ pub fn entries(segments: &[DmaSegment], page_size: usize, max_entries: usize) ->
     if segments.is_empty() || total == 0 {
         return Err(Error::BadBuffer);
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(total / page_size + 2);
     let last = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
         if seg.len == 0 {
@@ -140,7 +140,18 @@ pub fn build(entries: &[u64], list_pages: &[BusAddr], page_size: usize) -> Resul
 
 /// Serialises one list page's entries (little endian).
 pub fn list_bytes(list: &[u64]) -> Vec<u8> {
-    list.iter().flat_map(|e| e.to_le_bytes()).collect()
+    let mut out = Vec::new();
+    list_bytes_into(list, &mut out);
+    out
+}
+
+/// [`list_bytes`] into `out` (cleared first; its capacity reused).
+pub fn list_bytes_into(list: &[u64], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(list.len() * 8);
+    for e in list {
+        out.extend_from_slice(&e.to_le_bytes());
+    }
 }
 
 /// Walks a PRP (as a device does) and returns the (address, length) chunks
