@@ -259,9 +259,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             // at the next poll.
             return matches!(self.ring.final_check_for_requests(), Ok(true)) || busy;
         }
-        if self.ring.publish_responses() {
-            let _ = t.e.send(self.port);
-        }
+        self.publish(t.e);
         self.submit_deferred(t, d);
         busy || taken > 0 || out_of_buffers
     }
@@ -273,12 +271,19 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         }
     }
 
-    /// Pushes and publishes an answer, notifying the frontend if it asked.
-    pub(crate) fn respond<E: EventOps>(&mut self, e: &mut E, req: Reply, status: Status) {
+    /// Pushes the answer of finished disk work. It is published, with one
+    /// event at most for all the answers of the poll, by
+    /// [`publish`](Self::publish) at the end of this ring's turn (every
+    /// poll gives every ring one).
+    pub(crate) fn respond(&mut self, req: Reply, status: Status) {
         if self.ring.push_response(&req.response(status)).is_err() {
             self.dead = true;
-            return;
         }
+    }
+
+    /// Publishes the answers pushed so far, notifying the frontend if it
+    /// asked.
+    pub(crate) fn publish<E: EventOps>(&mut self, e: &mut E) {
         if self.ring.publish_responses() {
             let _ = e.send(self.port);
         }
@@ -518,7 +523,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         status: Status,
     ) {
         let Some(gid) = work.group else {
-            self.respond(t.e, work.req, status);
+            self.respond(work.req, status);
             return;
         };
         let Some(gr) = t.core.groups.get_mut(&gid) else { return };
@@ -527,7 +532,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if gr.remaining == 0 {
             let failed = gr.failed;
             t.core.groups.remove(&gid);
-            self.respond(t.e, work.req, if failed { Status::Error } else { Status::Okay });
+            self.respond(work.req, if failed { Status::Error } else { Status::Okay });
         }
     }
 }

@@ -135,12 +135,13 @@ where
     /// Ring `ri` of vbd `vid` takes its turn (if it exists and may).
     fn turn(&mut self, vid: u32, ri: usize, share: usize) -> bool {
         let Some(v) = self.vbds.get_mut(&vid) else { return false };
+        let Some(ring) = v.rings.get_mut(ri) else { return false };
         // A reconnected vbd whose old requests are still on the disk
         // takes no new ones yet: they could overtake the old.
         if v.orphans > 0 {
+            ring.publish(self.e);
             return false;
         }
-        let Some(ring) = v.rings.get_mut(ri) else { return false };
         let pending = self.e.take_pending(ring.port);
         let mut t = Turn {
             core: &mut *self.core,
@@ -151,7 +152,11 @@ where
             e: &mut *self.e,
         };
         let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
-        ring.turn(&mut t, &mut d, share) || pending
+        let busy = ring.turn(&mut t, &mut d, share) || pending;
+        // The answers of this poll's completions and of this turn: one
+        // publish, one event at most.
+        ring.publish(self.e);
+        busy
     }
 
     /// Runs `f` on ring `ri` of vbd `vid` with what its data path borrows
