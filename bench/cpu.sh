@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run.sh bench cpu [--quick] [--requests N] [--grant-copy]
+# ./run.sh bench cpu [--quick] [--requests N] [--grant-copy] [--baseline JSON]
 #
 # The deterministic cost benchmark: instructions per request in Ferrite's
 # own data path, split by stage. The real blkback and NVMe driver run on the
@@ -11,7 +11,8 @@
 # negotiate; --grant-copy: a frontend without them).
 #
 # Output: the table, with the stored figures of the nearest earlier commit
-# beside it; results/bench-cpu/<commit>[-dirty][-copy].json.
+# beside it (or those of --baseline JSON, e.g. bench/cpu/before-issue14.json);
+# results/bench-cpu/<commit>[-dirty][-copy].json.
 # --quick: 100 requests per workload (a smoke test; ./run.sh test).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,12 +20,14 @@ ROOT=$PWD
 REQUESTS=2000
 EXTRA=()
 SUFFIX=""
+BASE=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) REQUESTS=100 ;;
         --requests) REQUESTS=$2; shift ;;
         --grant-copy) EXTRA+=(--grant-copy); SUFFIX=-copy ;;
-        *) echo "usage: ./run.sh bench cpu [--quick] [--requests N] [--grant-copy]" >&2; exit 2 ;;
+        --baseline) BASE=(--baseline "$2"); shift ;;
+        *) echo "usage: ./run.sh bench cpu [--quick] [--requests N] [--grant-copy] [--baseline JSON]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -60,8 +63,7 @@ DUMPS=$(ls "$WORK"/cg.out.* 2>/dev/null | sort -t. -k3 -n)
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && COMMIT=$COMMIT-dirty
 # The nearest stored result of this commit (if the tree changed) or an earlier one.
-BASE=()
-for c in $( (git rev-parse --short=12 HEAD; git rev-list --abbrev-commit --abbrev=12 -n 200 HEAD~1) 2>/dev/null); do
+[ ${#BASE[@]} -eq 0 ] && for c in $( (git rev-parse --short=12 HEAD; git rev-list --abbrev-commit --abbrev=12 -n 200 HEAD~1) 2>/dev/null); do
     f=$ROOT/results/bench-cpu/$c$SUFFIX.json
     if [ "$c$SUFFIX" != "$COMMIT$SUFFIX" ] && [ -f "$f" ]; then BASE=(--baseline "$f"); break; fi
 done
