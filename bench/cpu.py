@@ -46,7 +46,7 @@ STAGE_NAMES = ["ring+parse", "grant", "data", "submit", "complete", "respond", "
 STAGE_TITLES = {
     "ring+parse": "ring read + parse (request -> disk work)",
     "grant": "grant lookup / mapping",
-    "data": "data movement (buffers, copies)",
+    "data": "data movement (zeroed buffer allocation, copies)",
     "submit": "NVMe submit (blkback, view, driver)",
     "complete": "completion (disk poll, driver reap)",
     "respond": "response + notify",
@@ -229,6 +229,13 @@ def attribute(ctx, file, line, cache):
         return hit
     frames = ctx.split("'")
     rel = repo_path(file) if file and file != "???" else None
+    # The disk buffer's zeroed allocation is the product's too (its
+    # allocator is DmaBuf::zeroed): counted as data movement, not as the
+    # fake's (whose frame bookkeeping stays excluded).
+    for k in range(1, len(frames)):
+        if "FrameAlloc::alloc" in frames[k] and "alloc::vec::from_elem" in frames[k - 1]:
+            cache[key] = "data"
+            return "data"
     if any(any(p in fr for p in FAKE_FRAMES) for fr in frames) or is_fake_source(rel, line):
         st = "fake"
     else:
