@@ -111,6 +111,8 @@ pub struct Stats {
     pub persistent_hits: u64,
     /// Grant copy hypercall batches (`GrantOps::copy_batch` calls).
     pub grant_copies: u64,
+    /// Writes served from a spare buffer (no allocation, no zero-fill).
+    pub buffers_reused: u64,
 }
 
 /// The block backend.
@@ -162,6 +164,8 @@ where
             sweep_tokens: false,
             scratch_ctxs: Vec::new(),
             scratch_vids: Vec::new(),
+            spare: Vec::new(),
+            spare_bytes: 0,
         };
         Self {
             cfg,

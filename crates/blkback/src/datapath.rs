@@ -9,7 +9,7 @@
 use crate::abi::Response;
 use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES, PAGE, RING_BUDGET};
 use crate::budget::{charge, Budget, Charge};
-use crate::engine::Core;
+use crate::engine::{Core, SPARE_BYTES};
 use crate::request::{self, DataOp, Request, Segment, Status};
 use crate::ring::BlkRing;
 use crate::DiskInfo;
@@ -409,7 +409,14 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 if !(len as u64).is_multiple_of(bs) || !offset.is_multiple_of(bs) {
                     return Err(());
                 }
-                buf = Some((t.core.alloc)(len).ok_or(())?);
+                // A write's buffer is filled from the guest right below
+                // (every byte: its segments cover it), so a spare one does.
+                let spare = if write { take_spare(&mut t.core.spare, &mut t.core.spare_bytes, len) } else { None };
+                t.stats.buffers_reused += u64::from(spare.is_some());
+                buf = Some(match spare {
+                    Some(b) => b,
+                    None => (t.core.alloc)(len).ok_or(())?,
+                });
             }
             offset += len as u64;
             built.push((part, step, len, buf));
@@ -512,6 +519,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             };
         }
         self.finish(t, &work, status);
+        if let Some(b) = work.buf.take() {
+            keep_spare(&mut t.core.spare, &mut t.core.spare_bytes, b);
+        }
     }
 
     /// Answers a finished piece of work; a part of a split request answers
@@ -534,5 +544,22 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             t.core.groups.remove(&gid);
             self.respond(work.req, if failed { Status::Error } else { Status::Okay });
         }
+    }
+}
+
+/// A spare buffer of exactly `len` bytes, if one is kept.
+fn take_spare<B: AsRef<[u8]>>(spare: &mut Vec<B>, bytes: &mut usize, len: usize) -> Option<B> {
+    let i = spare.iter().position(|b| b.as_ref().len() == len)?;
+    *bytes -= len;
+    Some(spare.swap_remove(i))
+}
+
+/// Keeps a finished request's buffer for a later write while the spares
+/// stay within [`SPARE_BYTES`]; drops it otherwise.
+fn keep_spare<B: AsRef<[u8]>>(spare: &mut Vec<B>, bytes: &mut usize, b: B) {
+    let len = b.as_ref().len();
+    if len > 0 && *bytes + len <= SPARE_BYTES {
+        *bytes += len;
+        spare.push(b);
     }
 }

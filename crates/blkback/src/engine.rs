@@ -64,7 +64,18 @@ pub(crate) struct Core<D: BlockDevice> {
     /// in turn order, and the vbd ids.
     pub(crate) scratch_ctxs: Vec<(u32, usize)>,
     pub(crate) scratch_vids: Vec<u32>,
+    /// Disk buffers of finished requests, kept (at most [`SPARE_BYTES`])
+    /// for writes only: a write's buffer is overwritten entirely from the
+    /// guest's pages before the disk reads it, so it needs no zero-fill.
+    /// Reads always get a fresh zeroed buffer (a device that reports
+    /// success without writing all of it must not hand old bytes, maybe
+    /// another guest's, to the guest).
+    pub(crate) spare: Vec<D::Buffer>,
+    pub(crate) spare_bytes: usize,
 }
+
+/// Bytes of spare disk buffers kept for writes (see `Core::spare`).
+pub(crate) const SPARE_BYTES: usize = 1 << 20;
 
 /// Everything the data path of all vbds borrows for one call: the disk
 /// side, every vbd's rings, the counters, and the grant and event
