@@ -12,7 +12,7 @@
 #
 # Output: the table, with the stored figures of the nearest earlier commit
 # beside it (or those of --baseline JSON, e.g. bench/cpu/before-issue14.json);
-# results/bench-cpu/<commit>[-dirty][-copy].json.
+# results/bench-cpu/<commit>[-dirty][-copy][-quick].json.
 # --quick: 100 requests per workload (a smoke test; ./run.sh test).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,10 +20,11 @@ ROOT=$PWD
 REQUESTS=2000
 EXTRA=()
 SUFFIX=""
+QUICK=""
 BASE=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) REQUESTS=100 ;;
+        --quick) REQUESTS=100; QUICK=-quick ;;
         --requests) REQUESTS=$2; shift ;;
         --grant-copy) EXTRA+=(--grant-copy); SUFFIX=-copy ;;
         --baseline) BASE=(--baseline "$2"); shift ;;
@@ -57,6 +58,8 @@ if ! (cd "$WORK" && valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out
     "$BIN" --requests "$REQUESTS" "${EXTRA[@]}" >"$WORK/workloads.txt" 2>"$LOGS/bench-cpu.log"); then
     echo "[bench cpu] the workload failed:" >&2; tail -n 20 "$LOGS/bench-cpu.log" >&2; exit 1
 fi
+# Quick runs are stored (and compared) apart from full ones.
+SUFFIX=$SUFFIX$QUICK
 DUMPS=$(ls "$WORK"/cg.out.* 2>/dev/null | sort -t. -k3 -n)
 
 # Stored figures are keyed by commit; a tree with changes gets "-dirty".
