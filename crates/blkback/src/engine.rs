@@ -7,7 +7,7 @@ use crate::backend::{
     Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, MAX_REQUEST_BYTES, TRANSIENT_RESERVE,
 };
 use crate::budget::Budget;
-use crate::datapath::{DevRef, Group, RingCtx, Turn};
+use crate::datapath::{DevRef, Group, Turn};
 use crate::inflight::Tokens;
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
@@ -170,28 +170,6 @@ where
         busy
     }
 
-    /// Runs `f` on ring `ri` of vbd `vid` with what its data path borrows
-    /// (`None` if there is no such ring).
-    pub(crate) fn with_ring<R>(
-        &mut self,
-        vid: u32,
-        ri: usize,
-        f: impl FnOnce(&mut RingCtx<P, D::Buffer>, &mut Turn<'_, D, G, E>, &mut DevRef<'_>) -> R,
-    ) -> Option<R> {
-        let v = self.vbds.get_mut(&vid)?;
-        let ring = v.rings.get_mut(ri)?;
-        let mut t = Turn {
-            core: &mut *self.core,
-            disk: &mut v.disk,
-            info: &v.info,
-            stats: &mut *self.stats,
-            g: &mut *self.g,
-            e: &mut *self.e,
-        };
-        let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
-        Some(f(ring, &mut t, &mut d))
-    }
-
     /// Hands every disk completion to its ring. Returns whether there were
     /// any.
     pub(crate) fn poll_disk(&mut self, vids: &[u32]) -> bool {
@@ -277,15 +255,17 @@ where
     /// whether there were any.
     pub(crate) fn poll_vbd_disk(&mut self, vid: u32, now: xen::wait::Nanos) -> bool {
         let mut any = false;
-        let Some(nq) = self.vbds.get(&vid).map(|v| v.disk.queue_count().max(1)) else { return false };
+        // One lookup: the vbd's disk, rings and the shared state are
+        // borrowed apart for every completion.
+        let Some(v) = self.vbds.get_mut(&vid) else { return false };
+        let nq = v.disk.queue_count().max(1);
         for q in 0..nq {
             // Bounded: a queue holds at most its depth of completions.
             for _ in 0..1024 {
-                let Some(c) = self.vbds.get_mut(&vid).and_then(|v| v.disk.poll(q, now)) else { break };
+                let Some(c) = v.disk.poll(q, now) else { break };
                 any = true;
                 let Some((serial, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
-                let Some(v) = self.vbds.get_mut(&vid) else { continue };
-                let Some(ri) = v.rings.iter().position(|r| r.serial == serial) else {
+                let Some(ring) = v.rings.iter_mut().find(|r| r.serial == serial) else {
                     // A ring that is gone: the work (and its buffer charge)
                     // is dropped unanswered.
                     v.orphans = v.orphans.saturating_sub(1);
@@ -295,8 +275,16 @@ where
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
                     _ => {}
                 }
-                let result = c.result;
-                let _ = self.with_ring(vid, ri, |r, t, d| r.complete(t, d, work, result));
+                let mut t = Turn {
+                    core: &mut *self.core,
+                    disk: &mut v.disk,
+                    info: &v.info,
+                    stats: &mut *self.stats,
+                    g: &mut *self.g,
+                    e: &mut *self.e,
+                };
+                let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
+                ring.complete(&mut t, &mut d, work, c.result);
             }
         }
         any
