@@ -23,6 +23,9 @@
 #                     --quick: a short smoke run; see bench/dd.sh for options.
 #   ./run.sh bench nvme   NVMe benchmark: Ferrite's polled driver vs Linux's
 #                     nvme driver + fio on the same emulated device (ratios).
+#   ./run.sh bench cpu    deterministic cost: instructions per request in
+#                     blkback + the NVMe driver on the host (callgrind), by
+#                     stage; results/bench-cpu/<commit>.json. See bench/cpu.sh.
 #   ./run.sh lab-xen  on demand (not in ./run.sh test yet): build the project's
 #                     Xen (lab/xen-build.sh: Debian's 4.17.5 + the Rust PV-IOMMU
 #                     core, cached) and boot it in the lab, MODE xen: hypercall 43
@@ -156,7 +159,8 @@ test_lint() {
     ensure_toolchain || { record clippy-bare-metal FAIL "no $TARGET target"; return; }
     log=$LOGS/clippy-host.log
     say "lint: cargo clippy -D warnings, host (library crates, all targets and features); log: $log"
-    if cargo clippy --all-targets --all-features -- -D warnings >"$log" 2>&1; then record clippy-host OK
+    if cargo clippy --all-targets --all-features -- -D warnings >"$log" 2>&1 \
+        && cargo clippy -p cpubench --all-targets -- -D warnings >>"$log" 2>&1; then record clippy-host OK
     else record clippy-host FAIL "see $log"; grep -E '^(error|warning)' -A4 "$log" | head -n 20; fi
     log=$LOGS/clippy-bare-metal.log
     args=()
@@ -322,9 +326,23 @@ test_bench_quick() {
     fi
 }
 
+# The cost benchmark's smoke run: figures printed, every workload must have
+# one (no assertion on the figures themselves).
+test_bench_cpu() {
+    local out=$LOGS/bench-cpu-quick.log
+    say "bench cpu --quick (instructions per request, callgrind); log: $out"
+    if "$ROOT/bench/cpu.sh" --quick >"$out" 2>&1; then
+        record bench-cpu OK
+        sed -n '/^workload /,/^  -data/p' "$out"
+    else
+        record bench-cpu FAIL "see $out"; tail -n 15 "$out"
+    fi
+}
+
 run_tests() {
     test_lint
     test_host
+    test_bench_cpu
     test_image && test_pvh
     test_fuzz
     if [ "${FERRITE_SKIP_LAB:-0}" = 1 ]; then say "FERRITE_SKIP_LAB=1: lab tests skipped"; else
@@ -369,6 +387,7 @@ case "${1:-main}" in
         shift
         case "${1:-}" in
             nvme) shift; exec "$ROOT/bench/nvme.sh" "$@" ;;
+            cpu) shift; exec "$ROOT/bench/cpu.sh" "$@" ;;
             *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
     -h|--help|help) sed -n '2,/^# Logs go/p' "$0" ;;

@@ -28,7 +28,12 @@
 //! data (per part on reads split for the disk), one more for an indirect
 //! request's segment pages; a buffer that names no frames falls back to
 //! map + unmap per batch. A write is answered only after the disk
-//! completed it. Flush and barrier wait until the ring has nothing else in
+//! completed it. Reads get a fresh zeroed buffer from the allocator (a
+//! device that reports success without writing all of it cannot hand old
+//! bytes to a guest); writes reuse the buffers of finished requests (at
+//! most 1 MiB kept), which their data overwrites entirely before the disk
+//! reads them. The answers of a poll are published once per ring, with at
+//! most one event. Flush and barrier wait until the ring has nothing else in
 //! flight, flush the disk (preflush), then write their data (if any) with
 //! FUA; the ring's later requests wait until all of that completed. Flush
 //! and barrier are offered only on a disk with a volatile write cache.
@@ -111,6 +116,8 @@ pub struct Stats {
     pub persistent_hits: u64,
     /// Grant copy hypercall batches (`GrantOps::copy_batch` calls).
     pub grant_copies: u64,
+    /// Writes served from a spare buffer (no allocation, no zero-fill).
+    pub buffers_reused: u64,
 }
 
 /// The block backend.
@@ -154,11 +161,16 @@ where
             budget: Budget::default(),
             groups: BTreeMap::new(),
             next_group: 1,
-            tokens: BTreeMap::new(),
+            tokens: Default::default(),
             grant_copy: true,
             next_serial: 1,
             persistent_cap: MAX_PERSISTENT_PER_RING,
             retired: Vec::new(),
+            sweep_tokens: false,
+            scratch_ctxs: Vec::new(),
+            scratch_vids: Vec::new(),
+            spare: Vec::new(),
+            spare_bytes: 0,
         };
         Self {
             cfg,

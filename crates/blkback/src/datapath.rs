@@ -6,9 +6,10 @@
 //! How the data moves between the guest's pages and the disk buffers lives
 //! in [`grants`](crate::grants); the buffer budget in [`budget`](crate::budget).
 
+use crate::abi::Response;
 use crate::backend::{Stats, MAX_BUFFER_BYTES, MAX_REQUEST_BYTES, PAGE, RING_BUDGET};
 use crate::budget::{charge, Budget, Charge};
-use crate::engine::Core;
+use crate::engine::{Core, SPARE_BYTES};
 use crate::request::{self, DataOp, Request, Segment, Status};
 use crate::ring::BlkRing;
 use crate::DiskInfo;
@@ -19,7 +20,7 @@ use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, Mapping};
 use xen::ratelimit::LogLimit;
 use xen::shmem::SharedMem;
-use xen::types::{DomId, EvtchnPort};
+use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen_ring::PagesMem;
 
 /// Disk work derived from one request.
@@ -40,8 +41,28 @@ pub(crate) enum Step {
     },
 }
 
+/// What answering a request takes (its id and operation): all of the
+/// request its disk work keeps.
+#[derive(Clone, Copy)]
+pub(crate) struct Reply {
+    id: u64,
+    op: u8,
+}
+
+impl Reply {
+    pub(crate) fn of(req: &Request) -> Self {
+        Reply { id: req.id(), op: req.response_operation() }
+    }
+    pub(crate) fn id(self) -> u64 {
+        self.id
+    }
+    fn response(self, status: Status) -> Response {
+        Response { id: self.id, operation: self.op, status: status.to_wire() }
+    }
+}
+
 pub(crate) struct Work<B> {
-    pub(crate) req: Request,
+    pub(crate) req: Reply,
     pub(crate) segs: Vec<Segment>,
     pub(crate) step: Step,
     pub(crate) buf: Option<B>,
@@ -55,6 +76,10 @@ pub(crate) struct Work<B> {
     /// The buffer's share of the memory budgets, given back on drop.
     pub(crate) _charge: Charge,
 }
+
+/// One disk part of a request being built: its segments, step, length
+/// and buffer.
+pub(crate) type Part<B> = (Vec<Segment>, Step, usize, Option<B>);
 
 /// A request split into parts.
 pub(crate) struct Group {
@@ -111,6 +136,13 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
+    /// The parts of the request being prepared (kept for its capacity).
+    pub(crate) parts: Vec<Part<B>>,
+    /// Lists reused by every request (kept for their capacity): grants
+    /// being mapped, their mappings, copies of indirect pages.
+    pub(crate) grefs: Vec<GrantRef>,
+    pub(crate) maps: Vec<Option<(Mapping, bool)>>,
+    pub(crate) indirect_pages: Vec<u8>,
     pub(crate) in_flight: usize,
     /// Flush/barrier parts on the disk: while any is, nothing else of this
     /// ring is submitted.
@@ -209,8 +241,8 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
             };
             match self.prepare(t, d, req) {
-                Ok(works) if works.is_empty() => self.push_answer(&req, Status::Okay),
-                Ok(works) => self.deferred.extend(works),
+                Ok(0) => self.push_answer(&req, Status::Okay),
+                Ok(_) => {}
                 Err(()) => self.push_answer(&req, Status::Error),
             }
         }
@@ -227,9 +259,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             // at the next poll.
             return matches!(self.ring.final_check_for_requests(), Ok(true)) || busy;
         }
-        if self.ring.publish_responses() {
-            let _ = t.e.send(self.port);
-        }
+        self.publish(t.e);
         self.submit_deferred(t, d);
         busy || taken > 0 || out_of_buffers
     }
@@ -241,12 +271,19 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         }
     }
 
-    /// Pushes and publishes an answer, notifying the frontend if it asked.
-    pub(crate) fn respond<E: EventOps>(&mut self, e: &mut E, req: &Request, status: Status) {
+    /// Pushes the answer of finished disk work. It is published, with one
+    /// event at most for all the answers of the poll, by
+    /// [`publish`](Self::publish) at the end of this ring's turn (every
+    /// poll gives every ring one).
+    pub(crate) fn respond(&mut self, req: Reply, status: Status) {
         if self.ring.push_response(&req.response(status)).is_err() {
             self.dead = true;
-            return;
         }
+    }
+
+    /// Publishes the answers pushed so far, notifying the frontend if it
+    /// asked.
+    pub(crate) fn publish<E: EventOps>(&mut self, e: &mut E) {
         if self.ring.publish_responses() {
             let _ = e.send(self.port);
         }
@@ -257,13 +294,14 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         !self.persistent && t.core.grant_copy
     }
 
-    /// Turns a validated request into disk work (empty: nothing to do).
+    /// Turns a validated request into disk work, queued in order; returns
+    /// how many parts (0: nothing to do).
     fn prepare<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
         req: Request,
-    ) -> Result<Vec<Work<B>>, ()> {
+    ) -> Result<usize, ()> {
         let bs = u64::from(t.disk.block_size().max(512));
         let lba_of = |sector: u64| -> Result<u64, ()> {
             let byte = sector.checked_mul(512).ok_or(())?;
@@ -296,7 +334,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             Request::Discard { sector, nr_sectors, .. } => {
                 let blocks = nr_sectors.checked_mul(512).ok_or(())? / bs;
                 if blocks == 0 {
-                    return Ok(Vec::new());
+                    return Ok(0);
                 }
                 (Vec::new(), Step::Discard { lba: lba_of(sector)?, blocks }, false, false)
             }
@@ -308,19 +346,57 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
             }
         };
-        // The disk takes at most `max_transfer` bytes per command: split a
-        // larger read or write (indirect requests reach 1 MiB) into parts
-        // answered together (a flush's data too: its parts go down one
-        // after another).
-        let max = t.disk.max_transfer().max(PAGE);
-        let parts: Vec<Vec<Segment>> = match step {
-            Step::Read { .. } | Step::Write { .. } => split_segments(segs, max),
-            _ => alloc::vec![segs],
+        // Each part: its segments, its disk step and its buffer (in a list
+        // reused by every request).
+        let mut built = core::mem::take(&mut self.parts);
+        built.clear();
+        let n = match self.build_parts(t, d, segs, step, write, &mut built) {
+            Ok(()) => {
+                if exclusive && write {
+                    // The preflush goes first.
+                    built.insert(0, (Vec::new(), Step::Flush, 0, None));
+                }
+                let group = if built.len() > 1 {
+                    let gid = t.core.next_group;
+                    t.core.next_group += 1;
+                    t.core.groups.insert(gid, Group { vbd: d.id, remaining: built.len(), failed: false });
+                    Some(gid)
+                } else {
+                    None
+                };
+                let n = built.len();
+                let reply = Reply::of(&req);
+                for (segs, step, len, buf) in built.drain(..) {
+                    let _charge = charge(&t.core.budget, &self.held, len);
+                    self.deferred.push_back(Work { req: reply, segs, step, buf, exclusive, group, _charge });
+                }
+                Ok(n)
+            }
+            Err(()) => Err(()),
         };
-        // Each part: its segments, its disk step and its buffer.
-        let mut built: Vec<(Vec<Segment>, Step, usize, Option<B>)> = Vec::with_capacity(parts.len());
+        built.clear();
+        self.parts = built;
+        n
+    }
+
+    /// The disk parts of a request's data (or its one part without data),
+    /// with their buffers, filled from the guest for a write. The disk
+    /// takes at most `max_transfer` bytes per command: a larger read or
+    /// write (indirect requests reach 1 MiB) is split into parts answered
+    /// together (a flush's data too: its parts go down one after another).
+    fn build_parts<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        segs: Vec<Segment>,
+        step: Step,
+        write: bool,
+        built: &mut Vec<Part<B>>,
+    ) -> Result<(), ()> {
+        let bs = u64::from(t.disk.block_size().max(512));
+        let max = t.disk.max_transfer().max(PAGE);
         let mut offset = 0u64;
-        for part in parts {
+        let mut add = |part: Vec<Segment>, built: &mut Vec<Part<B>>| -> Result<(), ()> {
             let len: usize = part.iter().map(|s| s.len()).sum();
             let step = match step {
                 Step::Read { lba } => Step::Read { lba: lba + offset / bs },
@@ -333,38 +409,31 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 if !(len as u64).is_multiple_of(bs) || !offset.is_multiple_of(bs) {
                     return Err(());
                 }
-                buf = Some((t.core.alloc)(len).ok_or(())?);
+                // A write's buffer is filled from the guest right below
+                // (every byte: its segments cover it), so a spare one does.
+                let spare = if write { take_spare(&mut t.core.spare, &mut t.core.spare_bytes, len) } else { None };
+                t.stats.buffers_reused += u64::from(spare.is_some());
+                buf = Some(match spare {
+                    Some(b) => b,
+                    None => (t.core.alloc)(len).ok_or(())?,
+                });
             }
             offset += len as u64;
             built.push((part, step, len, buf));
+            Ok(())
+        };
+        let data = matches!(step, Step::Read { .. } | Step::Write { .. });
+        if data && segs.iter().map(|s| s.len()).sum::<usize>() > max {
+            for part in split_segments(segs, max) {
+                add(part, built)?;
+            }
+        } else {
+            add(segs, built)?;
         }
         if write {
-            self.fill_from_guest(t, d, &mut built)?;
+            self.fill_from_guest(t, d, built)?;
         }
-        if exclusive && write {
-            // The preflush goes first.
-            built.insert(0, (Vec::new(), Step::Flush, 0, None));
-        }
-        let group = if built.len() > 1 {
-            let gid = t.core.next_group;
-            t.core.next_group += 1;
-            t.core.groups.insert(gid, Group { vbd: d.id, remaining: built.len(), failed: false });
-            Some(gid)
-        } else {
-            None
-        };
-        Ok(built
-            .into_iter()
-            .map(|(segs, step, len, buf)| Work {
-                req,
-                segs,
-                step,
-                buf,
-                exclusive,
-                group,
-                _charge: charge(&t.core.budget, &self.held, len),
-            })
-            .collect())
+        Ok(())
     }
 
     /// Submits deferred work in order while the disk takes it.
@@ -450,6 +519,9 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             };
         }
         self.finish(t, &work, status);
+        if let Some(b) = work.buf.take() {
+            keep_spare(&mut t.core.spare, &mut t.core.spare_bytes, b);
+        }
     }
 
     /// Answers a finished piece of work; a part of a split request answers
@@ -461,7 +533,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         status: Status,
     ) {
         let Some(gid) = work.group else {
-            self.respond(t.e, &work.req, status);
+            self.respond(work.req, status);
             return;
         };
         let Some(gr) = t.core.groups.get_mut(&gid) else { return };
@@ -470,7 +542,24 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if gr.remaining == 0 {
             let failed = gr.failed;
             t.core.groups.remove(&gid);
-            self.respond(t.e, &work.req, if failed { Status::Error } else { Status::Okay });
+            self.respond(work.req, if failed { Status::Error } else { Status::Okay });
         }
+    }
+}
+
+/// A spare buffer of exactly `len` bytes, if one is kept.
+fn take_spare<B: AsRef<[u8]>>(spare: &mut Vec<B>, bytes: &mut usize, len: usize) -> Option<B> {
+    let i = spare.iter().position(|b| b.as_ref().len() == len)?;
+    *bytes -= len;
+    Some(spare.swap_remove(i))
+}
+
+/// Keeps a finished request's buffer for a later write while the spares
+/// stay within [`SPARE_BYTES`]; drops it otherwise.
+fn keep_spare<B: AsRef<[u8]>>(spare: &mut Vec<B>, bytes: &mut usize, b: B) {
+    let len = b.as_ref().len();
+    if len > 0 && *bytes + len <= SPARE_BYTES {
+        *bytes += len;
+        spare.push(b);
     }
 }

@@ -7,7 +7,8 @@ use crate::backend::{
     Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, MAX_REQUEST_BYTES, TRANSIENT_RESERVE,
 };
 use crate::budget::Budget;
-use crate::datapath::{DevRef, Group, RingCtx, Turn, Work};
+use crate::datapath::{DevRef, Group, Turn};
+use crate::inflight::Tokens;
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
 use alloc::boxed::Box;
@@ -19,9 +20,6 @@ use log::warn;
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames};
 use xen::shmem::SharedMem;
-
-/// Work on a disk: (serial of the ring context that submitted it, the work).
-pub(crate) type InFlight<B> = (u64, Work<B>);
 
 /// The disk of a removed vbd whose requests are still on it: kept (and
 /// polled, its completions dropped) until they completed or `deadline`.
@@ -47,9 +45,8 @@ pub(crate) struct Core<D: BlockDevice> {
     /// Split requests still in progress.
     pub(crate) groups: BTreeMap<u64, Group>,
     pub(crate) next_group: u64,
-    /// (vbd id, disk token) → (ring index, work). Each vbd has its own
-    /// disk, whose tokens may collide with another disk's.
-    pub(crate) tokens: BTreeMap<(u32, u64), InFlight<D::Buffer>>,
+    /// (vbd id, disk token) → (ring serial, work).
+    pub(crate) tokens: Tokens<D::Buffer>,
     /// Serial of the next ring context (never reused: a late completion of
     /// a closed ring cannot reach its successor).
     pub(crate) next_serial: u64,
@@ -60,7 +57,25 @@ pub(crate) struct Core<D: BlockDevice> {
     pub(crate) retired: Vec<Retired<D>>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
+    /// A vbd was removed since the last sweep of `tokens` (see
+    /// `poll_retired`).
+    pub(crate) sweep_tokens: bool,
+    /// Reused by every poll (no allocation per poll): the ring contexts
+    /// in turn order, and the vbd ids.
+    pub(crate) scratch_ctxs: Vec<(u32, usize)>,
+    pub(crate) scratch_vids: Vec<u32>,
+    /// Disk buffers of finished requests, kept (at most [`SPARE_BYTES`])
+    /// for writes only: a write's buffer is overwritten entirely from the
+    /// guest's pages before the disk reads it, so it needs no zero-fill.
+    /// Reads always get a fresh zeroed buffer (a device that reports
+    /// success without writing all of it must not hand old bytes, maybe
+    /// another guest's, to the guest).
+    pub(crate) spare: Vec<D::Buffer>,
+    pub(crate) spare_bytes: usize,
 }
+
+/// Bytes of spare disk buffers kept for writes (see `Core::spare`).
+pub(crate) const SPARE_BYTES: usize = 1 << 20;
 
 /// Everything the data path of all vbds borrows for one call: the disk
 /// side, every vbd's rings, the counters, and the grant and event
@@ -85,19 +100,36 @@ where
     /// context, round-robin from `*next_turn`. Returns (anything happened,
     /// busy: poll again at once).
     pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
-        let mut busy = self.poll_disk();
+        // One pass over the vbds (into buffers reused by every poll): their
+        // ids, the ring contexts in order, how many rings wait for buffers,
+        // whether any vbd has orphans.
+        let mut vids = core::mem::take(&mut self.core.scratch_vids);
+        let mut ctxs = core::mem::take(&mut self.core.scratch_ctxs);
+        vids.clear();
+        ctxs.clear();
+        let (mut waiting, mut orphaned) = (0, false);
+        for (&vid, v) in self.vbds.iter() {
+            vids.push(vid);
+            orphaned |= v.orphans > 0;
+            for (ri, r) in v.rings.iter().enumerate() {
+                ctxs.push((vid, ri));
+                waiting += usize::from(r.waiting && !r.dead);
+            }
+        }
+        let mut busy = self.poll_disk(&vids);
+        self.core.scratch_vids = vids;
         // Waiting for a draining disk is not progress (the caller may nap:
         // the orphans keep `tokens` non-empty, so we still report busy).
-        self.drain_check();
-        let ctxs: Vec<(u32, usize)> =
-            self.vbds.iter().flat_map(|(&vid, v)| (0..v.rings.len()).map(move |ri| (vid, ri))).collect();
+        if orphaned {
+            self.drain_check();
+        }
         if ctxs.is_empty() {
+            self.core.scratch_ctxs = ctxs;
             return (busy, busy || !self.core.tokens.is_empty());
         }
         // While several rings wait for buffers, each may hold an equal
         // share (never less than one largest request); a ring alone may
         // use the whole budget.
-        let waiting = self.vbds.values().flat_map(|v| &v.rings).filter(|r| r.waiting && !r.dead).count();
         let share = (MAX_BUFFER_BYTES / waiting.max(1)).max(MAX_REQUEST_BYTES);
         // A different context goes first each time: none is always served
         // after the others have taken what was free.
@@ -105,31 +137,23 @@ where
         *next_turn = start + 1;
         for k in 0..ctxs.len() {
             let (vid, ri) = ctxs[(start + k) % ctxs.len()];
-            let Some(v) = self.vbds.get(&vid) else { continue };
-            // A reconnected vbd whose old requests are still on the disk
-            // takes no new ones yet: they could overtake the old.
-            if v.orphans > 0 {
-                continue;
-            }
-            let Some(port) = v.rings.get(ri).map(|r| r.port) else { continue };
-            if self.e.take_pending(port) {
-                busy = true;
-            }
-            busy |= self.with_ring(vid, ri, |r, t, d| r.turn(t, d, share)).unwrap_or(false);
+            busy |= self.turn(vid, ri, share);
         }
+        self.core.scratch_ctxs = ctxs;
         (busy, busy || !self.core.tokens.is_empty())
     }
 
-    /// Runs `f` on ring `ri` of vbd `vid` with what its data path borrows
-    /// (`None` if there is no such ring).
-    pub(crate) fn with_ring<R>(
-        &mut self,
-        vid: u32,
-        ri: usize,
-        f: impl FnOnce(&mut RingCtx<P, D::Buffer>, &mut Turn<'_, D, G, E>, &mut DevRef<'_>) -> R,
-    ) -> Option<R> {
-        let v = self.vbds.get_mut(&vid)?;
-        let ring = v.rings.get_mut(ri)?;
+    /// Ring `ri` of vbd `vid` takes its turn (if it exists and may).
+    fn turn(&mut self, vid: u32, ri: usize, share: usize) -> bool {
+        let Some(v) = self.vbds.get_mut(&vid) else { return false };
+        let Some(ring) = v.rings.get_mut(ri) else { return false };
+        // A reconnected vbd whose old requests are still on the disk
+        // takes no new ones yet: they could overtake the old.
+        if v.orphans > 0 {
+            ring.publish(self.e);
+            return false;
+        }
+        let pending = self.e.take_pending(ring.port);
         let mut t = Turn {
             core: &mut *self.core,
             disk: &mut v.disk,
@@ -139,16 +163,19 @@ where
             e: &mut *self.e,
         };
         let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
-        Some(f(ring, &mut t, &mut d))
+        let busy = ring.turn(&mut t, &mut d, share) || pending;
+        // The answers of this poll's completions and of this turn: one
+        // publish, one event at most.
+        ring.publish(self.e);
+        busy
     }
 
     /// Hands every disk completion to its ring. Returns whether there were
     /// any.
-    pub(crate) fn poll_disk(&mut self) -> bool {
+    pub(crate) fn poll_disk(&mut self, vids: &[u32]) -> bool {
         let mut any = false;
         let now = self.e.now();
-        let vids: Vec<u32> = self.vbds.keys().copied().collect();
-        for vid in vids {
+        for &vid in vids {
             any |= self.poll_vbd_disk(vid, now);
         }
         any | self.poll_retired(now)
@@ -157,6 +184,12 @@ where
     /// Polls the disks of removed vbds, dropping their completions; a disk
     /// is dropped once its requests completed or its deadline passed.
     fn poll_retired(&mut self, now: xen::wait::Nanos) -> bool {
+        // Tokens of a vbd neither served nor retired are dropped below; such
+        // tokens appear only when a vbd is removed. Nothing retired and no
+        // removal since the last sweep: nothing to do.
+        if self.core.retired.is_empty() && !core::mem::take(&mut self.core.sweep_tokens) {
+            return false;
+        }
         let mut any = false;
         let tokens = &mut self.core.tokens;
         for r in self.core.retired.iter_mut() {
@@ -214,7 +247,7 @@ where
             warn!("vbd {}: {} request(s) still on the disk after 30 s; their answers dropped", v.be, v.orphans);
             v.orphans = 0;
             let (vid, live): (u32, Vec<u64>) = (v.id, v.rings.iter().map(|r| r.serial).collect());
-            self.core.tokens.retain(|k, (serial, _)| k.0 != vid || live.contains(serial));
+            self.core.tokens.retain(|k, serial| k.0 != vid || live.contains(&serial));
         }
     }
 
@@ -222,15 +255,17 @@ where
     /// whether there were any.
     pub(crate) fn poll_vbd_disk(&mut self, vid: u32, now: xen::wait::Nanos) -> bool {
         let mut any = false;
-        let Some(nq) = self.vbds.get(&vid).map(|v| v.disk.queue_count().max(1)) else { return false };
+        // One lookup: the vbd's disk, rings and the shared state are
+        // borrowed apart for every completion.
+        let Some(v) = self.vbds.get_mut(&vid) else { return false };
+        let nq = v.disk.queue_count().max(1);
         for q in 0..nq {
             // Bounded: a queue holds at most its depth of completions.
             for _ in 0..1024 {
-                let Some(c) = self.vbds.get_mut(&vid).and_then(|v| v.disk.poll(q, now)) else { break };
+                let Some(c) = v.disk.poll(q, now) else { break };
                 any = true;
                 let Some((serial, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
-                let Some(v) = self.vbds.get_mut(&vid) else { continue };
-                let Some(ri) = v.rings.iter().position(|r| r.serial == serial) else {
+                let Some(ring) = v.rings.iter_mut().find(|r| r.serial == serial) else {
                     // A ring that is gone: the work (and its buffer charge)
                     // is dropped unanswered.
                     v.orphans = v.orphans.saturating_sub(1);
@@ -240,8 +275,16 @@ where
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
                     _ => {}
                 }
-                let result = c.result;
-                let _ = self.with_ring(vid, ri, |r, t, d| r.complete(t, d, work, result));
+                let mut t = Turn {
+                    core: &mut *self.core,
+                    disk: &mut v.disk,
+                    info: &v.info,
+                    stats: &mut *self.stats,
+                    g: &mut *self.g,
+                    e: &mut *self.e,
+                };
+                let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
+                ring.complete(&mut t, &mut d, work, c.result);
             }
         }
         any

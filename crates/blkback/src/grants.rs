@@ -6,8 +6,9 @@
 //! are parsed. A failed grant fails only its request (logged once per
 //! device).
 
+use crate::abi::MAX_INDIRECT_PAGES_PER_REQUEST;
 use crate::backend::{MAX_PERSISTENT_PER_RING, PAGE};
-use crate::datapath::{DevRef, RingCtx, Step, Turn, Work};
+use crate::datapath::{DevRef, Part, RingCtx, Turn, Work};
 use crate::request::{self, Segment};
 use alloc::vec::Vec;
 use drivers::block::BlockDevice;
@@ -64,36 +65,44 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         d: &mut DevRef<'_>,
         ind: &request::IndirectRequest,
     ) -> Result<Vec<Segment>, ()> {
-        let grefs: Vec<GrantRef> = ind.pages().iter().map(|r| GrantRef(r.0)).collect();
-        let mut copies: Vec<Vec<u8>> = Vec::with_capacity(grefs.len());
+        let mut grefs = [GrantRef(0); MAX_INDIRECT_PAGES_PER_REQUEST];
+        let n = ind.pages().len().min(MAX_INDIRECT_PAGES_PER_REQUEST);
+        for (g, r) in grefs.iter_mut().zip(ind.pages()) {
+            *g = GrantRef(r.0);
+        }
+        let grefs = &grefs[..n];
         // By copy into a buffer of our own frames (at most 8 pages, freed
         // at once), when this ring copies and the buffer names frames.
-        let by_copy = if self.copies(t) { (t.core.alloc)(grefs.len() * PAGE) } else { None };
+        let by_copy = if self.copies(t) { (t.core.alloc)(n * PAGE) } else { None };
         let ops = by_copy.as_ref().and_then(|b| copy_ops(b, d.fe_dom, grefs.iter().map(|g| (*g, 0, PAGE)), false));
-        match (by_copy, ops) {
+        let parsed = match (by_copy, ops) {
             (Some(mut buf), Some(ops)) => {
                 self.grant_copy(t, d, &ops)?;
                 buf.sync_for_cpu();
-                copies.extend(buf.as_ref().chunks(PAGE).map(|c| c.to_vec()));
+                parse_pages(ind, buf.as_ref(), n, t.info)
             }
             _ => {
-                let maps = self.map_grants(t, d, &grefs, true)?;
-                for (m, _) in &maps {
-                    let mut page = alloc::vec![0u8; PAGE];
-                    t.g.page(m).read(0, &mut page);
-                    copies.push(page);
+                // Copied into this ring's page list (allocated once; every
+                // byte parsed is overwritten by the copy first).
+                let mut maps = self.map_grants(t, d, grefs, true)?;
+                let mut pages = core::mem::take(&mut self.indirect_pages);
+                if pages.len() < n * PAGE {
+                    pages.resize(n * PAGE, 0);
+                }
+                for (k, (m, _)) in maps.iter().flatten().enumerate() {
+                    t.g.page(m).read(0, &mut pages[k * PAGE..(k + 1) * PAGE]);
                 }
                 self.release_transient(t, &maps);
+                maps.clear();
+                self.maps = maps;
+                let parsed = parse_pages(ind, &pages, n, t.info);
+                self.indirect_pages = pages;
+                parsed
             }
-        }
-        let refs: Vec<&[u8]> = copies.iter().map(|p| p.as_slice()).collect();
-        match request::parse_indirect_segments(ind, &refs, t.info) {
-            Ok(s) => Ok(s),
-            Err(rej) => {
-                limited!(d.log, t.e.now(), warn, "vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
-                Err(())
-            }
-        }
+        };
+        parsed.map_err(|rej| {
+            limited!(d.log, t.e.now(), warn, "vbd {}: refused an indirect request: {}", d.be, rej.reason.as_str());
+        })
     }
 
     /// One batch of grant copies; any failed element fails the request
@@ -136,7 +145,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
-        parts: &mut [(Vec<Segment>, Step, usize, Option<B>)],
+        parts: &mut [Part<B>],
     ) -> Result<(), ()> {
         if self.copies(t) {
             let mut ops = Vec::new();
@@ -203,40 +212,50 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 return self.grant_copy(t, d, &ops);
             }
         }
-        let grefs: Vec<GrantRef> = work.segs.iter().map(|s| GrantRef(s.gref().0)).collect();
-        let maps = self.map_grants(t, d, &grefs, false)?;
+        let mut grefs = core::mem::take(&mut self.grefs);
+        grefs.clear();
+        grefs.extend(work.segs.iter().map(|s| GrantRef(s.gref().0)));
+        let maps = self.map_grants(t, d, &grefs, false);
+        self.grefs = grefs;
+        let mut maps = maps?;
         let data = buf.as_ref();
         let mut off = 0;
-        for (s, (m, _)) in work.segs.iter().zip(&maps) {
+        for (s, (m, _)) in work.segs.iter().zip(maps.iter().flatten()) {
             t.g.page(m).write(s.offset(), &data[off..off + s.len()]);
             off += s.len();
         }
         self.release_transient(t, &maps);
+        maps.clear();
+        self.maps = maps;
         Ok(())
     }
 
     /// Maps `grefs` (persistent cache first, the rest in one batch).
-    /// Returns each mapping and whether it is transient (unmap after use).
+    /// Returns each mapping and whether it is transient (unmap after use),
+    /// in this ring's list of mappings (all `Some`; hand it back to
+    /// `self.maps` after use to keep its capacity).
     fn map_grants<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
         grefs: &[GrantRef],
         readonly: bool,
-    ) -> Result<Vec<(Mapping, bool)>, ()> {
+    ) -> Result<Vec<Option<(Mapping, bool)>>, ()> {
         self.tick += 1;
         let tick = self.tick;
-        let mut out: Vec<Option<(Mapping, bool)>> = alloc::vec![None; grefs.len()];
+        let mut out = core::mem::take(&mut self.maps);
+        out.clear();
         let mut missing = Vec::new();
         for (k, gr) in grefs.iter().enumerate() {
             if self.persistent {
                 if let Some((m, last)) = self.pgrants.get_mut(&gr.0) {
                     *last = tick;
-                    out[k] = Some((*m, false));
+                    out.push(Some((*m, false)));
                     t.stats.persistent_hits += 1;
                     continue;
                 }
             }
+            out.push(None);
             missing.push(k);
         }
         if !missing.is_empty() {
@@ -270,27 +289,31 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     }
                 }
             }
+            // An element without an answer failed too.
+            failed |= out.iter().any(Option::is_none);
             // Past the bound (this ring's share of the global mapping
             // budget): release the least recently used mappings.
             self.shrink_persistent(t.g, t.core.persistent_cap, Some(tick));
             if failed {
-                let done: Vec<(Mapping, bool)> = out.into_iter().flatten().collect();
-                self.release_transient(t, &done);
+                self.release_transient(t, &out);
+                out.clear();
+                self.maps = out;
                 return Err(());
             }
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(out)
     }
 
     fn release_transient<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
-        maps: &[(Mapping, bool)],
+        maps: &[Option<(Mapping, bool)>],
     ) {
-        let tr: Vec<Mapping> = maps.iter().filter(|(_, tr)| *tr).map(|(m, _)| *m).collect();
-        if !tr.is_empty() {
-            let _ = t.g.unmap_batch(&tr);
+        if !maps.iter().flatten().any(|(_, tr)| *tr) {
+            return;
         }
+        let tr: Vec<Mapping> = maps.iter().flatten().filter(|(_, tr)| *tr).map(|(m, _)| *m).collect();
+        let _ = t.g.unmap_batch(&tr);
     }
 
     fn map_from_guest<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
@@ -300,14 +323,35 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         segs: &[Segment],
         buf: &mut [u8],
     ) -> Result<(), ()> {
-        let grefs: Vec<GrantRef> = segs.iter().map(|s| GrantRef(s.gref().0)).collect();
-        let maps = self.map_grants(t, d, &grefs, true)?;
+        let mut grefs = core::mem::take(&mut self.grefs);
+        grefs.clear();
+        grefs.extend(segs.iter().map(|s| GrantRef(s.gref().0)));
+        let maps = self.map_grants(t, d, &grefs, true);
+        self.grefs = grefs;
+        let mut maps = maps?;
         let mut off = 0;
-        for (s, (m, _)) in segs.iter().zip(&maps) {
+        for (s, (m, _)) in segs.iter().zip(maps.iter().flatten()) {
             t.g.page(m).read(s.offset(), &mut buf[off..off + s.len()]);
             off += s.len();
         }
         self.release_transient(t, &maps);
+        maps.clear();
+        self.maps = maps;
         Ok(())
     }
+}
+
+/// Parses the segments of an indirect request from its `n` pages, copied
+/// one after another into `bytes`.
+fn parse_pages(
+    ind: &request::IndirectRequest,
+    bytes: &[u8],
+    n: usize,
+    info: &crate::DiskInfo,
+) -> Result<Vec<Segment>, request::Reject> {
+    let mut refs: [&[u8]; MAX_INDIRECT_PAGES_PER_REQUEST] = [&[]; MAX_INDIRECT_PAGES_PER_REQUEST];
+    for (r, page) in refs.iter_mut().zip(bytes.chunks(PAGE).take(n)) {
+        *r = page;
+    }
+    request::parse_indirect_segments(ind, &refs[..n], info)
 }

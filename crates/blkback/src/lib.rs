@@ -59,6 +59,7 @@ mod budget;
 mod datapath;
 mod engine;
 mod grants;
+mod inflight;
 pub mod request;
 pub mod ring;
 #[cfg(feature = "test-utils")]

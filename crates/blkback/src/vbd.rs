@@ -139,6 +139,7 @@ where
                     Effect::Remove => {
                         self.disconnect(id);
                         if let Some(v) = self.vbds.remove(&id) {
+                            self.core.sweep_tokens = true;
                             if v.orphans > 0 {
                                 // Its requests still use its disk: keep the
                                 // disk (and its claim) until they completed.
@@ -262,6 +263,10 @@ where
                 pgrants: BTreeMap::new(),
                 tick: 0,
                 deferred: VecDeque::new(),
+                parts: Vec::new(),
+                grefs: Vec::new(),
+                maps: Vec::new(),
+                indirect_pages: Vec::new(),
                 in_flight: 0,
                 ordered_in_flight: 0,
                 dead: false,

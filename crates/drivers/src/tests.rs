@@ -402,6 +402,32 @@ fn timeout_then_abort_succeeds() {
     assert_eq!(run(&mut r.nvme, 0, BlockRequest::Flush).result, Ok(()));
 }
 
+/// Polls skip the deadline scan until a deadline can be due: a command
+/// submitted while another is in flight (after that one's scan) still gets
+/// its own deadline at the next poll and is aborted when it passes, not
+/// when the first one's would.
+#[test]
+fn later_command_gets_its_own_deadline() {
+    let mut r = rig();
+    r.ctrl.inject(Injection::Drop);
+    let t1 =
+        r.nvme.submit(0, BlockRequest::Write { lba: 1, buffer: vec![1; 512], fua: false }).map_err(|(e, _)| e).unwrap();
+    assert!(r.nvme.poll(0, 0).is_none()); // t1: deadline 100 ms
+    r.ctrl.inject(Injection::Drop);
+    let t2 =
+        r.nvme.submit(0, BlockRequest::Write { lba: 2, buffer: vec![2; 512], fua: false }).map_err(|(e, _)| e).unwrap();
+    assert!(r.nvme.poll(0, 50 * MS).is_none()); // t2: deadline 150 ms
+    let c = r.nvme.poll(0, 100 * MS).or_else(|| r.nvme.poll(0, 100 * MS)).expect("t1 aborted");
+    assert_eq!((c.token, c.result), (t1, Err(Error::Aborted)));
+    assert!(r.nvme.poll(0, 149 * MS).is_none(), "t2 is not due yet");
+    assert_eq!(r.nvme.stats().aborts_sent, 1);
+    let c = r.nvme.poll(0, 150 * MS).or_else(|| r.nvme.poll(0, 150 * MS)).expect("t2 aborted");
+    assert_eq!((c.token, c.result), (t2, Err(Error::Aborted)));
+    assert_eq!(r.nvme.stats().aborts_sent, 2);
+    assert_eq!(r.nvme.stats().resets, 0);
+    assert_eq!(r.nvme.dma().live_mappings(), 0);
+}
+
 /// Commands in flight on two queues; one is swallowed and its Abort fails:
 /// the controller is reset and *every* in-flight command comes back with
 /// `Error::Reset`, then service resumes.

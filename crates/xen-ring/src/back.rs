@@ -231,6 +231,10 @@ impl<M: RingMem, E: RingEntry> BackRing<M, E> {
     pub fn publish_responses(&mut self) -> bool {
         let old = self.rsp_published;
         let new = self.rsp_prod_pvt;
+        if old == new {
+            // Nothing new: rsp_event cannot lie in an empty range.
+            return false;
+        }
         // Release: the response bodies written by push_response are visible
         // before the new producer index (the macro's wmb).
         self.mem.store_u32_release(RSP_PROD, new);

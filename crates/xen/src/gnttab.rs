@@ -306,12 +306,15 @@ pub mod fake {
     impl GrantOps for FakeGrants {
         type Page = Arc<VecShared>;
 
+        // Fakes are never inlined: `./run.sh bench cpu` excludes their cost by call chain.
+        #[inline(never)]
         fn grant_access(&mut self, to: DomId, pfn: Pfn, readonly: bool) -> Result<GrantRef, GrantError> {
             self.local_page(pfn);
             let r = self.refs.alloc()?;
             self.hub.borrow_mut().grants.insert((self.me, r), Entry { to, pfn, readonly, maps: 0 });
             Ok(r)
         }
+        #[inline(never)]
         fn end_access(&mut self, r: GrantRef) -> Result<(), GrantError> {
             let mut hub = self.hub.borrow_mut();
             match hub.grants.get(&(self.me, r)) {
@@ -323,6 +326,7 @@ pub mod fake {
             drop(hub);
             self.refs.free(r)
         }
+        #[inline(never)]
         fn map_batch(&mut self, reqs: &[MapRequest]) -> Vec<Result<Mapping, GrantError>> {
             let mut hub = self.hub.borrow_mut();
             hub.map_calls += 1;
@@ -348,6 +352,7 @@ pub mod fake {
             }
             out
         }
+        #[inline(never)]
         fn unmap_batch(&mut self, maps: &[Mapping]) -> Vec<Result<(), GrantError>> {
             let mut hub = self.hub.borrow_mut();
             maps.iter()
@@ -363,6 +368,7 @@ pub mod fake {
                 })
                 .collect()
         }
+        #[inline(never)]
         fn copy_batch(&mut self, ops: &[CopyOp]) -> Vec<Result<(), GrantError>> {
             {
                 let mut hub = self.hub.borrow_mut();
@@ -384,6 +390,7 @@ pub mod fake {
                 })
                 .collect()
         }
+        #[inline(never)]
         fn page(&self, m: &Mapping) -> Arc<VecShared> {
             let hub = self.hub.borrow();
             let pfn = hub.grants.get(&(m.dom, m.gref)).map(|e| e.pfn).unwrap_or(Pfn(u64::MAX));
@@ -401,6 +408,7 @@ pub mod fake {
     impl FrameAlloc {
         /// A zeroed buffer of `len` bytes on fresh, contiguous frames
         /// (which hold [`FRAME_POISON`] until the first `sync_for_copy`).
+        #[inline(never)]
         pub fn alloc(&self, len: usize) -> FrameBuf {
             let pages = len.div_ceil(PAGE_SIZE).max(1);
             let mut hub = self.hub.borrow_mut();
@@ -444,6 +452,14 @@ pub mod fake {
         }
     }
 
+    /// A disk buffer the NVMe driver can map (host tests and benchmarks of
+    /// blkback over the fake controller).
+    impl drivers::hal::DmaBuffer for FrameBuf {
+        fn len(&self) -> usize {
+            self.data.len()
+        }
+    }
+
     impl AsRef<[u8]> for FrameBuf {
         fn as_ref(&self) -> &[u8] {
             &self.data
@@ -456,14 +472,17 @@ pub mod fake {
     }
 
     impl LocalFrames for FrameBuf {
+        #[inline(never)]
         fn local_frame(&self, off: usize) -> Option<(Pfn, u16)> {
             (off < self.data.len()).then(|| (Pfn(self.first.0 + (off / PAGE_SIZE) as u64), (off % PAGE_SIZE) as u16))
         }
+        #[inline(never)]
         fn sync_for_copy(&mut self) {
             for (page, chunk) in self.frames().iter().zip(self.data.chunks(PAGE_SIZE)) {
                 page.write(0, chunk);
             }
         }
+        #[inline(never)]
         fn sync_for_cpu(&mut self) {
             let frames = self.frames();
             for (page, chunk) in frames.iter().zip(self.data.chunks_mut(PAGE_SIZE)) {
@@ -473,6 +492,7 @@ pub mod fake {
     }
 
     impl Drop for FrameBuf {
+        #[inline(never)]
         fn drop(&mut self) {
             let mut hub = self.hub.borrow_mut();
             for k in 0..self.pages as u64 {

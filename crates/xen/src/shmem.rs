@@ -52,22 +52,29 @@ impl VecShared {
 }
 
 impl SharedMem for VecShared {
+    // Fakes are never inlined: `./run.sh bench cpu` excludes their cost by call chain.
+    #[inline(never)]
     fn len(&self) -> usize {
         self.buf.lock().len()
     }
+    #[inline(never)]
     fn load_u32_acquire(&self, off: usize) -> u32 {
         let b = self.buf.lock();
         u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
     }
+    #[inline(never)]
     fn store_u32_release(&self, off: usize, val: u32) {
         self.buf.lock()[off..off + 4].copy_from_slice(&val.to_le_bytes());
     }
+    #[inline(never)]
     fn read(&self, off: usize, buf: &mut [u8]) {
         buf.copy_from_slice(&self.buf.lock()[off..off + buf.len()]);
     }
+    #[inline(never)]
     fn write(&self, off: usize, data: &[u8]) {
         self.buf.lock()[off..off + data.len()].copy_from_slice(data);
     }
+    #[inline(never)]
     fn fence(&self) {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }

@@ -626,6 +626,39 @@ impl RawRequest {
         }
     }
 
+    /// The header of a read/write/barrier/flush request, in x86_64 form,
+    /// without its segments (all zero: read the `nr_segments` used with
+    /// [`rw_segment`](Self::rw_segment), not the whole array).
+    pub fn rw_header(&self) -> RequestX64 {
+        let (id, sector) = match self.abi {
+            Abi::X86_64 => (offset_of!(RequestX64, id), offset_of!(RequestX64, sector_number)),
+            Abi::X86_32 => (offset_of!(RequestX32, id), offset_of!(RequestX32, sector_number)),
+        };
+        RequestX64 {
+            operation: self.bytes[0],
+            nr_segments: self.bytes[1],
+            handle: u16::get(&self.bytes, offset_of!(RequestX64, handle)),
+            id: u64::get(&self.bytes, id),
+            sector_number: u64::get(&self.bytes, sector),
+            seg: Default::default(),
+        }
+    }
+
+    /// Segment slot `k` (below [`MAX_SEGMENTS_PER_REQUEST`]) of a
+    /// read/write/barrier/flush request.
+    ///
+    /// # Panics
+    /// If `k` is out of range (a caller bug: checked against
+    /// `nr_segments` first).
+    pub fn rw_segment(&self, k: usize) -> Segment {
+        let seg = match self.abi {
+            Abi::X86_64 => offset_of!(RequestX64, seg),
+            Abi::X86_32 => offset_of!(RequestX32, seg),
+        };
+        assert!(k < MAX_SEGMENTS_PER_REQUEST);
+        Segment::decode(&self.bytes[seg + k * Segment::SIZE..])
+    }
+
     /// Decodes as a discard request, in x86_64 form.
     pub fn as_discard(&self) -> DiscardX64 {
         match self.abi {

@@ -45,6 +45,8 @@ fn golden_request_x64() {
     let raw = RawRequest { abi: Abi::X86_64, bytes: want };
     assert_eq!(raw.id(), 0x0102030405060708);
     assert_eq!(raw.as_rw(), r);
+    assert_eq!(raw.rw_header(), RequestX64 { seg: Default::default(), ..r });
+    assert!((0..11).all(|k| raw.rw_segment(k) == r.seg[k]));
 }
 
 /// Hand-built bytes for the x86_32 layout: id at 4, sector at 12, seg at 20.
@@ -79,6 +81,8 @@ fn golden_request_x32() {
     assert_eq!(raw.id(), 0x0102030405060708);
     let n: RequestX64 = r.into();
     assert_eq!(raw.as_rw(), n);
+    assert_eq!(raw.rw_header(), RequestX64 { seg: Default::default(), ..n });
+    assert!((0..11).all(|k| raw.rw_segment(k) == n.seg[k]));
 }
 
 #[test]

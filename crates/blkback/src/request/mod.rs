@@ -419,7 +419,9 @@ pub fn parse(raw: &RawRequest, disk: &DiskInfo) -> Result<Request, Reject> {
     let reject = |operation: u8, reason: RejectReason| Reject { id, operation, reason };
     match op {
         BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER | BLKIF_OP_FLUSH_DISKCACHE => {
-            let r = raw.as_rw();
+            // The header, then only the segments used (read once each
+            // from the private copy).
+            let r = raw.rw_header();
             let err = |reason| reject(op, reason);
             match op {
                 BLKIF_OP_WRITE_BARRIER if !disk.barrier => return Err(err(RejectReason::FeatureNotOffered)),
@@ -440,7 +442,7 @@ pub fn parse(raw: &RawRequest, disk: &DiskInfo) -> Result<Request, Reject> {
                 len: 0,
                 segs: [Segment { gref: GrantRef(0), first_sect: 0, last_sect: 0 }; MAX_SEGMENTS_PER_REQUEST],
             };
-            check_segments(disk, r.sector_number, r.seg[..n].iter().copied(), |s| {
+            check_segments(disk, r.sector_number, (0..n).map(|k| raw.rw_segment(k)), |s| {
                 segs.segs[usize::from(segs.len)] = s;
                 segs.len += 1;
             })

@@ -25,6 +25,7 @@ impl FakeClock {
 }
 
 impl Clock for FakeClock {
+    #[inline(never)]
     fn now(&self) -> Nanos {
         let t = self.now.get();
         self.now.set(t + self.step);

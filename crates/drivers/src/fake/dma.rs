@@ -3,10 +3,13 @@ use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use crate::error::DmaError;
-use crate::hal::{BusAddr, DmaCpuAccess, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, PAGE_SIZE};
+use crate::hal::{
+    BusAddr, DmaBuffer, DmaCpuAccess, DmaDirection, DmaMapper, DmaRegion, DmaSegment, Mapping, PAGE_SIZE,
+};
 
 const PS: u64 = PAGE_SIZE as u64;
 
@@ -126,8 +129,12 @@ struct MapRecord {
 /// A driver that forgets to unmap never sees read data; one that unmaps
 /// twice, frees twice or uses a freed region panics; a device access after
 /// unmap panics.
+///
+/// Caller buffers are `B` (`Vec<u8>` unless a test needs another buffer
+/// type, e.g. blkback's grant-copy frames): any [`DmaBuffer`] whose bytes
+/// the CPU can see.
 #[derive(Debug)]
-pub struct FakeDma {
+pub struct FakeDma<B = Vec<u8>> {
     mem: Memory,
     regions: BTreeMap<u64, (u64, usize)>,
     maps: BTreeMap<u64, MapRecord>,
@@ -141,10 +148,18 @@ pub struct FakeDma {
     pub scatter: bool,
     /// Refuse allocations beyond this many live regions.
     pub region_limit: Option<usize>,
+    _buffer: PhantomData<fn(B) -> B>,
 }
 
-impl FakeDma {
+impl FakeDma<Vec<u8>> {
     pub fn new(mem: Memory) -> Self {
+        FakeDma::for_buffers(mem)
+    }
+}
+
+impl<B> FakeDma<B> {
+    /// A mapper of caller buffers of type `B`.
+    pub fn for_buffers(mem: Memory) -> Self {
         FakeDma {
             mem,
             regions: BTreeMap::new(),
@@ -155,6 +170,7 @@ impl FakeDma {
             map_offset: 0,
             scatter: false,
             region_limit: None,
+            _buffer: PhantomData,
         }
     }
     pub fn memory(&self) -> Memory {
@@ -187,9 +203,10 @@ impl FakeDma {
     }
 }
 
-impl DmaMapper for FakeDma {
-    type Buffer = Vec<u8>;
+impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaMapper for FakeDma<B> {
+    type Buffer = B;
 
+    #[inline(never)]
     fn alloc_zeroed(&mut self, pages: usize) -> Result<DmaRegion, DmaError> {
         if pages == 0 {
             return Err(DmaError::OutOfBounds);
@@ -203,12 +220,14 @@ impl DmaMapper for FakeDma {
         Ok(DmaRegion::new(id, BusAddr(pfn * PS), pages))
     }
 
+    #[inline(never)]
     fn free(&mut self, region: DmaRegion) {
         let (pfn, pages) = self.region(&region);
         self.regions.remove(&region.id());
         self.mem.borrow_mut().release(pfn, pages);
     }
 
+    #[inline(never)]
     fn read(&self, region: &DmaRegion, offset: usize, out: &mut [u8]) -> Result<(), DmaError> {
         let (pfn, pages) = self.region(region);
         if offset.checked_add(out.len()).is_none_or(|end| end > pages * PAGE_SIZE) {
@@ -218,6 +237,7 @@ impl DmaMapper for FakeDma {
         Ok(())
     }
 
+    #[inline(never)]
     fn write(&mut self, region: &DmaRegion, offset: usize, data: &[u8]) -> Result<(), DmaError> {
         let (pfn, pages) = self.region(region);
         if offset.checked_add(data.len()).is_none_or(|end| end > pages * PAGE_SIZE) {
@@ -227,13 +247,14 @@ impl DmaMapper for FakeDma {
         Ok(())
     }
 
-    fn map(&mut self, buffer: &mut Vec<u8>, direction: DmaDirection) -> Result<Mapping, DmaError> {
-        if buffer.is_empty() {
+    #[inline(never)]
+    fn map(&mut self, buffer: &mut B, direction: DmaDirection) -> Result<Mapping, DmaError> {
+        if DmaBuffer::is_empty(buffer) {
             return Err(DmaError::MapFailed);
         }
         assert!(self.map_offset.is_multiple_of(4) && self.map_offset < PAGE_SIZE, "bad fake map_offset");
         let off = self.map_offset;
-        let len = buffer.len();
+        let len = DmaBuffer::len(buffer);
         let pages = (off + len).div_ceil(PAGE_SIZE);
         // Device-bound data is copied in; device-written memory starts as
         // poison so a read that transfers nothing is noticed.
@@ -251,7 +272,7 @@ impl DmaMapper for FakeDma {
             let seg_len = (n * PAGE_SIZE - start).min(len - done);
             let bus = pfn * PS + start as u64;
             if direction == DmaDirection::ToDevice {
-                mem.write(bus, &buffer[done..done + seg_len]);
+                mem.write(bus, &buffer.as_ref()[done..done + seg_len]);
             }
             segments.push(DmaSegment { bus: BusAddr(bus), len: seg_len });
             done += seg_len;
@@ -262,14 +283,15 @@ impl DmaMapper for FakeDma {
         Ok(Mapping::new(id, direction, segments))
     }
 
-    fn unmap(&mut self, mapping: Mapping, buffer: &mut Vec<u8>) -> Result<(), DmaError> {
+    #[inline(never)]
+    fn unmap(&mut self, mapping: Mapping, buffer: &mut B) -> Result<(), DmaError> {
         let Some(rec) = self.maps.remove(&mapping.id()) else {
             if self.retired.contains(&mapping.id()) {
                 panic!("double unmap of mapping {}", mapping.id());
             }
             panic!("unmap of unknown mapping {}", mapping.id());
         };
-        assert_eq!(rec.len, buffer.len(), "unmap with a different buffer than was mapped");
+        assert_eq!(rec.len, DmaBuffer::len(buffer), "unmap with a different buffer than was mapped");
         assert_eq!(rec.direction, mapping.direction());
         let mut mem = self.mem.borrow_mut();
         if rec.direction == DmaDirection::FromDevice {
@@ -277,7 +299,7 @@ impl DmaMapper for FakeDma {
             for &(pfn, n) in &rec.runs {
                 let start = if done == 0 { rec.offset } else { 0 };
                 let seg_len = (n * PAGE_SIZE - start).min(rec.len - done);
-                mem.read(pfn * PS + start as u64, &mut buffer[done..done + seg_len]);
+                mem.read(pfn * PS + start as u64, &mut buffer.as_mut()[done..done + seg_len]);
                 done += seg_len;
             }
         }
@@ -288,20 +310,21 @@ impl DmaMapper for FakeDma {
         Ok(())
     }
 
-    fn abandon(&mut self, mapping: Mapping, buffer: &mut Vec<u8>) {
+    #[inline(never)]
+    fn abandon(&mut self, mapping: Mapping, buffer: &mut B) {
         let Some(rec) = self.maps.remove(&mapping.id()) else {
             panic!("abandon of unknown or retired mapping {}", mapping.id());
         };
-        assert_eq!(rec.len, buffer.len(), "abandon with a different buffer than was mapped");
+        assert_eq!(rec.len, DmaBuffer::len(buffer), "abandon with a different buffer than was mapped");
         // The device memory stays allocated (never reused); the caller's
         // buffer gets fresh zeroes, as a mapper without an IOMMU must do.
-        buffer.iter_mut().for_each(|b| *b = 0);
+        buffer.as_mut().fill(0);
         self.retired.insert(mapping.id());
         self.abandoned.push(rec);
     }
 }
 
-impl DmaCpuAccess for FakeDma {
+impl<B: DmaBuffer + AsRef<[u8]> + AsMut<[u8]>> DmaCpuAccess for FakeDma<B> {
     fn region_ptr(&self, region: &DmaRegion) -> Option<NonNull<u8>> {
         let &(pfn, _) = self.regions.get(&region.id())?;
         if BusAddr(pfn * PS) != region.bus() {

@@ -682,9 +682,11 @@ impl Inner {
 }
 
 impl RegisterIo for FakeNvme {
+    #[inline(never)]
     fn size(&self) -> usize {
         self.0.borrow().cfg.bar_size
     }
+    #[inline(never)]
     fn read32(&mut self, off: usize) -> u32 {
         let mut i = self.0.borrow_mut();
         if i.gone {
@@ -700,6 +702,7 @@ impl RegisterIo for FakeNvme {
             _ => 0,
         }
     }
+    #[inline(never)]
     fn write32(&mut self, off: usize, v: u32) {
         let mut i = self.0.borrow_mut();
         if i.gone {
@@ -713,6 +716,7 @@ impl RegisterIo for FakeNvme {
             o => panic!("write32 to read-only or unknown register {o:#x}"),
         }
     }
+    #[inline(never)]
     fn read64(&mut self, off: usize) -> u64 {
         let i = self.0.borrow();
         if i.gone {
@@ -725,6 +729,7 @@ impl RegisterIo for FakeNvme {
             o => panic!("read64 of {o:#x}"),
         }
     }
+    #[inline(never)]
     fn write64(&mut self, off: usize, v: u64) {
         let mut i = self.0.borrow_mut();
         if i.gone {

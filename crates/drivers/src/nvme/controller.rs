@@ -266,6 +266,8 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         }
         let _ = self.admin.drain();
         self.admin_done = None;
+        self.next_check.iter_mut().for_each(|n| *n = 0);
+        self.unstamped.iter_mut().for_each(Vec::clear);
         if stopped.is_err() {
             return;
         }

@@ -124,6 +124,12 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     }
 
     pub(super) fn build_prp(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+        // One or two pages (4 KiB requests): no list, nothing allocated.
+        if let Some((prp1, prp2)) = prp::direct(mapping.segments(), PAGE_SIZE, self.max_prp_entries) {
+            sqe.prp1 = prp1;
+            sqe.prp2 = prp2;
+            return Ok((sqe, Vec::new()));
+        }
         let entries = prp::entries(mapping.segments(), PAGE_SIZE, self.max_prp_entries)?;
         let need = prp::list_pages_needed(entries.len(), PAGE_SIZE);
         let mut pages = Vec::with_capacity(need);
@@ -137,12 +143,15 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             }
         }
         let addrs: Vec<_> = pages.iter().map(|p| p.bus()).collect();
+        let mut bytes = core::mem::take(&mut self.list_bytes);
         let built = prp::build(&entries, &addrs, PAGE_SIZE).and_then(|prp| {
             for (page, list) in pages.iter().zip(prp.lists.iter()) {
-                self.dma.write(page, 0, &prp::list_bytes(list))?;
+                prp::list_bytes_into(list, &mut bytes);
+                self.dma.write(page, 0, &bytes)?;
             }
             Ok(prp)
         });
+        self.list_bytes = bytes;
         match built {
             Ok(prp) => {
                 sqe.prp1 = prp.prp1;
@@ -194,8 +203,10 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         let token = Token(self.next_token);
         let slot = IoSlot { token, request, mapping, pages, deadline: None, abort: AbortState::NotSent };
         match self.io[qi].submit(&mut self.dma, &mut self.regs, sqe, slot) {
-            Ok(_) => {
+            Ok(cid) => {
                 self.next_token += 1;
+                // Its deadline is set at the next poll.
+                self.unstamped[qi].push(cid);
                 Ok(token)
             }
             Err((e, slot)) => {
@@ -241,6 +252,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     /// CSTS.CFS or a full admin queue when an Abort is due).
     pub fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {
         let qi = usize::from(queue);
+        self.stamp_deadlines(qi, now);
         if let Some(c) = self.pending.get_mut(qi)?.pop_front() {
             return Some(c);
         }
@@ -250,8 +262,13 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         // I/O first, so a command that finished is seen before an Abort
         // answer about it.
         self.reap_io(qi);
-        self.reap_admin();
-        if self.pending[qi].is_empty() && self.check_timeouts(qi, now) {
+        // Only Aborts are answered here (blocking sequences reap their own
+        // commands); with none out, there is nothing to reap. A stray entry
+        // is seen (and counted spurious) with the next admin command.
+        if self.admin.in_flight() > 0 {
+            self.reap_admin();
+        }
+        if self.pending[qi].is_empty() && now >= self.next_check[qi] && self.check_timeouts(qi, now) {
             self.reset();
         }
         self.pending[qi].pop_front()
@@ -331,12 +348,33 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
         }
     }
 
-    /// Stamps and checks deadlines on queue `qi`; sends Aborts. Returns
+    /// Sets the deadlines of the commands submitted on queue `qi` since the
+    /// last poll (the first poll that sees a command starts its clock).
+    fn stamp_deadlines(&mut self, qi: usize, now: Nanos) {
+        let Some(cids) = self.unstamped.get_mut(qi) else { return };
+        if cids.is_empty() {
+            return;
+        }
+        let deadline = now.saturating_add(self.config.io_timeout_ns);
+        for cid in cids.drain(..) {
+            if let Some(slot) = self.io[qi].get_mut(cid) {
+                if slot.deadline.is_none() {
+                    slot.deadline = Some(deadline);
+                    self.next_check[qi] = self.next_check[qi].min(deadline);
+                }
+            }
+        }
+    }
+
+    /// Stamps and checks deadlines on queue `qi`; sends Aborts; records
+    /// the earliest deadline left (until then, polls skip this scan: a
+    /// completion only makes it later; `stamp_deadlines` lowers it). Returns
     /// true if the controller must be reset.
     pub(super) fn check_timeouts(&mut self, qi: usize, now: Nanos) -> bool {
         let io_timeout = self.config.io_timeout_ns;
         let mut overdue = Vec::new();
         let mut need_reset = false;
+        let mut next = Nanos::MAX;
         for (cid, slot) in self.io[qi].iter_mut() {
             match slot.deadline {
                 None => slot.deadline = Some(now.saturating_add(io_timeout)),
@@ -346,7 +384,11 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 },
                 Some(_) => {}
             }
+            next = next.min(slot.deadline.unwrap_or(0));
         }
+        // Overdue commands get an Abort and a new deadline below; if that
+        // fails the controller is reset (which asks for a scan again).
+        self.next_check[qi] = if overdue.is_empty() { next } else { now };
         if need_reset || overdue.is_empty() {
             return need_reset;
         }

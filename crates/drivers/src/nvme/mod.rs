@@ -205,6 +205,16 @@ pub struct Nvme<R: RegisterIo, D: DmaMapper, C: Clock> {
     io: Vec<QueuePair<IoSlot<D::Buffer>>>,
     /// Completions ready for `poll`, per I/O queue.
     pending: Vec<VecDeque<BlockCompletion<D::Buffer>>>,
+    /// Per I/O queue: the earliest time at which `check_timeouts` can find
+    /// something to do (the earliest deadline of its commands; 0 when a
+    /// command has no deadline yet). Polls before it skip the scan.
+    next_check: Vec<Nanos>,
+    /// Per I/O queue: command ids submitted since the last poll, whose
+    /// deadlines that poll sets (no scan of the whole queue per command).
+    unstamped: Vec<Vec<u16>>,
+    /// A PRP list page's bytes on their way to the page (kept for its
+    /// capacity).
+    list_bytes: Vec<u8>,
     /// Identify data page.
     scratch: DmaRegion,
     /// Free PRP-list/DSM pages.
@@ -274,6 +284,9 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             admin_done: None,
             io: Vec::new(),
             pending: Vec::new(),
+            next_check: Vec::new(),
+            unstamped: Vec::new(),
+            list_bytes: Vec::new(),
             scratch,
             page_pool: Vec::new(),
             primary: 0,
@@ -299,6 +312,8 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             let qp = QueuePair::new(i + 1, depth, cap.dstrd(), &mut nvme.dma)?;
             nvme.io.push(qp);
             nvme.pending.push(VecDeque::new());
+            nvme.next_check.push(Nanos::MAX);
+            nvme.unstamped.push(Vec::with_capacity(usize::from(depth)));
         }
         nvme.create_io_queues()?;
         Ok(nvme)

@@ -40,7 +40,7 @@ pub fn entries(segments: &[DmaSegment], page_size: usize, max_entries: usize) ->
     if segments.is_empty() || total == 0 {
         return Err(Error::BadBuffer);
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(total / page_size + 2);
     let last = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
         if seg.len == 0 {
@@ -68,6 +68,27 @@ pub fn entries(segments: &[DmaSegment], page_size: usize, max_entries: usize) ->
         }
     }
     Ok(out)
+}
+
+/// PRP1 and PRP2 of a one-segment buffer that spans at most two pages
+/// (no list, nothing allocated): what [`entries`] and [`build`] give for
+/// it. `None` for anything else (the general path then decides).
+pub fn direct(segments: &[DmaSegment], page_size: usize, max_entries: usize) -> Option<(u64, u64)> {
+    let ps = page_size as u64;
+    let [seg] = segments else { return None };
+    let start = seg.bus.0;
+    let end = start.checked_add(seg.len as u64)?;
+    if seg.len == 0 || start & 0x3 != 0 || max_entries < 2 {
+        return None;
+    }
+    let second = (start & !(ps - 1)) + ps;
+    if second >= end {
+        Some((start, 0))
+    } else if second + ps >= end {
+        Some((start, second))
+    } else {
+        None
+    }
 }
 
 /// How many PRP list pages `entry_count` entries need.
@@ -119,7 +140,18 @@ pub fn build(entries: &[u64], list_pages: &[BusAddr], page_size: usize) -> Resul
 
 /// Serialises one list page's entries (little endian).
 pub fn list_bytes(list: &[u64]) -> Vec<u8> {
-    list.iter().flat_map(|e| e.to_le_bytes()).collect()
+    let mut out = Vec::new();
+    list_bytes_into(list, &mut out);
+    out
+}
+
+/// [`list_bytes`] into `out` (cleared first; its capacity reused).
+pub fn list_bytes_into(list: &[u64], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(list.len() * 8);
+    for e in list {
+        out.extend_from_slice(&e.to_le_bytes());
+    }
 }
 
 /// Walks a PRP (as a device does) and returns the (address, length) chunks
@@ -194,6 +226,26 @@ mod tests {
 
     fn seg(bus: u64, len: usize) -> DmaSegment {
         DmaSegment { bus: BusAddr(bus), len }
+    }
+
+    #[test]
+    fn direct_is_the_general_path_without_a_list() {
+        let base = 0x1_0000_0000u64;
+        for &(off, len) in &[(0, 512), (0, 4096), (4, 4092), (0x800, 4096), (0x800, 8192), (0, 8192), (0, 8196), (2, 8)]
+        {
+            let segs = [seg(base + off, len)];
+            let general = entries(&segs, PS, 512).and_then(|e| build(&e, &[], PS));
+            match direct(&segs, PS, 512) {
+                Some((p1, p2)) => {
+                    let g = general.unwrap_or_else(|e| panic!("direct accepted {off:#x}+{len}: {e:?}"));
+                    assert_eq!((g.prp1, g.prp2, g.lists.len()), (p1, p2, 0), "{off:#x}+{len}");
+                }
+                // Refused: either the general path refuses too, or it needs a list.
+                None => assert!(general.is_err() || len + (off as usize % PS) > 2 * PS, "{off:#x}+{len}"),
+            }
+        }
+        assert_eq!(direct(&[seg(base, 4096), seg(base + 8192, 4096)], PS, 512), None, "two segments");
+        assert_eq!(direct(&[seg(base, 0)], PS, 512), None);
     }
 
     /// Builds the PRP for `segs`, stores list pages in a map, walks it back
