@@ -452,8 +452,10 @@ impl Local {
                     Ok(n) => c.req.extend_from_slice(&buf[..n]),
                 }
             }
+            // The peer closed its side before finishing its request.
+            let peer_done = matches!(s.state(), tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing);
             match http::parse(&c.req) {
-                http::Request::Incomplete if s.may_recv() => {}
+                http::Request::Incomplete if !peer_done => {}
                 http::Request::Metrics => c.wants_body = true,
                 http::Request::NotFound => {
                     st.refused += 1;
