@@ -392,6 +392,53 @@ impl<N: Nic> Fabric<N> {
         s
     }
 
+    /// Fills the network part of a metrics snapshot: every vif, the NIC
+    /// (as `eth0`) and the switch's drops.
+    pub fn fill_metrics<P: SharedMem, B>(&self, nb: &Netback<P, B>, snap: &mut metrics::Snapshot)
+    where
+        B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+    {
+        for v in nb.vifs() {
+            let st = v.stats;
+            snap.vifs.push(metrics::Vif {
+                name: v.be.clone(),
+                mac: v.mac.map(|m| format!("{m}")).unwrap_or_default(),
+                connected: v.connected,
+                tx_packets: st.tx_packets,
+                tx_bytes: st.tx_bytes,
+                tx_errors: st.tx_errors,
+                tx_drops: st.tx_drops,
+                rx_packets: st.rx_packets,
+                rx_bytes: st.rx_bytes,
+                rx_errors: st.rx_errors,
+                rx_drops: st.rx_drops,
+            });
+        }
+        if let Some(st) = self.nic_stats() {
+            snap.nic = Some(metrics::Nic {
+                name: String::from("eth0"),
+                rx_packets: st.rx_frames,
+                rx_bytes: st.rx_bytes,
+                rx_drops: st.rx_dropped,
+                tx_packets: st.tx_frames,
+                tx_bytes: st.tx_bytes,
+                tx_drops: self.stats.nic_drops,
+                device_errors: st.device_errors,
+            });
+        }
+        let d = &mut snap.switch;
+        for (id, _) in self.switch.ports() {
+            if let Some(st) = self.switch.stats(id) {
+                d.spoofed += st.drop_spoofed;
+                d.runt += st.drop_runt;
+                d.flood += st.drop_flood;
+                d.no_egress += st.drop_no_egress;
+            }
+        }
+        d.local_denied = self.stats.local_denied;
+        snap.switch_learned = self.switch.switch_stats().learned as u64;
+    }
+
     /// `data/ferrite/nic`: one line for the NIC, `eth0 pci=<addr> ...`, or
     /// `None` without one.
     pub fn describe_nic(&mut self, pci: &str, kind: &str) -> Option<String> {
