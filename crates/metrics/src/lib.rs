@@ -328,18 +328,14 @@ pub fn render(s: &Snapshot) -> String {
     let mut w = Writer::new();
     let vbd: (&str, fn(&Vbd) -> &str) = ("vbd", |v| v.name.as_str());
     let v = &s.vbds[..];
-    each(&mut w, v, "ferrite_vbd_requests_total", Counter, "Requests taken from the vbd's rings.", vbd, |x| {
-        x.requests
-    });
+    each(&mut w, v, "ferrite_vbd_requests_total", Counter, "Requests taken from the vbd's rings.", vbd, |x| x.requests);
     each(&mut w, v, "ferrite_vbd_read_bytes_total", Counter, "Bytes read from the disk for the vbd.", vbd, |x| {
         x.read_bytes
     });
     each(&mut w, v, "ferrite_vbd_written_bytes_total", Counter, "Bytes written to the disk for the vbd.", vbd, |x| {
         x.write_bytes
     });
-    each(&mut w, v, "ferrite_vbd_errors_total", Counter, "Disk operations of the vbd that failed.", vbd, |x| {
-        x.errors
-    });
+    each(&mut w, v, "ferrite_vbd_errors_total", Counter, "Disk operations of the vbd that failed.", vbd, |x| x.errors);
     each(&mut w, v, "ferrite_vbd_in_flight", Gauge, "Disk operations of the vbd in flight.", vbd, |x| x.in_flight);
     each(&mut w, v, "ferrite_vbd_queued", Gauge, "Disk operations of the vbd waiting to be submitted.", vbd, |x| {
         x.queued
@@ -375,9 +371,7 @@ pub fn render(s: &Snapshot) -> String {
     let n = &s.nvme[..];
     each(&mut w, n, "ferrite_nvme_resets_total", Counter, "NVMe controller resets.", ctl, |x| x.resets);
     each(&mut w, n, "ferrite_nvme_timeouts_total", Counter, "NVMe commands that timed out.", ctl, |x| x.timeouts);
-    each(&mut w, n, "ferrite_nvme_errors_total", Counter, "NVMe completions naming no command.", ctl, |x| {
-        x.spurious
-    });
+    each(&mut w, n, "ferrite_nvme_errors_total", Counter, "NVMe completions naming no command.", ctl, |x| x.spurious);
 
     let nic: &[Nic] = s.nic.as_slice();
     let dev: (&str, fn(&Nic) -> &str) = ("device", |x| x.name.as_str());

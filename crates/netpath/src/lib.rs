@@ -32,8 +32,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::nic::{Nic, NicError, NicStats};
-use log::{info, warn};
 use local::{Local, LocalConfig, LocalPoll};
+use log::{info, warn};
 use net::switch::{Config, PortId, PortKind, Switch, SwitchError, SwitchStats, Verdict};
 use net::{Frame, MacAddr};
 use netback::{Netback, VifId};
@@ -273,7 +273,8 @@ impl<N: Nic> Fabric<N> {
                 }
                 let vifs_allowed = self.local.as_ref().is_some_and(|l| l.config().vifs);
                 for &port in &out {
-                    let vif_local = matches!((ingress, port), (PortId::Vif(_), PortId::Local) | (PortId::Local, PortId::Vif(_)));
+                    let vif_local =
+                        matches!((ingress, port), (PortId::Vif(_), PortId::Local) | (PortId::Local, PortId::Vif(_)));
                     if vif_local && !vifs_allowed {
                         self.stats.local_denied += 1;
                         continue;

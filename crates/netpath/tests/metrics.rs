@@ -13,7 +13,7 @@ use netback::testing::{world, FrontOpts, TxPkt, World};
 use netback::NetConfig;
 use netpath::local::{Addressing, LocalConfig};
 use netpath::Fabric;
-use smoltcp::iface::{Config as IfConfig, Interface, SocketSet};
+use smoltcp::iface::{Config as IfConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
@@ -97,29 +97,88 @@ fn static_cfg(vifs: bool) -> LocalConfig {
     LocalConfig { addressing: Addressing::Static { ip: [10, 0, 2, 15], prefix: 24, gw: None }, port: 9100, vifs }
 }
 
+/// A client stack at `via`.
+struct Client {
+    wire: Wire,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    via: Via,
+}
+
+fn instant(w: &World) -> Instant {
+    Instant::from_micros((w.e.now() / 1000) as i64)
+}
+
+impl Client {
+    fn new(w: &World, via: Via, mac: [u8; 6], ip: [u8; 4]) -> Client {
+        let mut wire = Wire::default();
+        let cfg = IfConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut iface = Interface::new(cfg, &mut wire, instant(w));
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3])), 24)).unwrap();
+        });
+        Client { wire, iface, sockets: SocketSet::new(vec![]), via }
+    }
+
+    /// A connection to 10.0.2.15:9100 from a fresh port.
+    fn connect(&mut self) -> SocketHandle {
+        let sock = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 4096]));
+        let h = self.sockets.add(sock);
+        let port = 49152 + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let remote = (IpAddress::v4(10, 0, 2, 15), 9100);
+        self.sockets.get_mut::<tcp::Socket>(h).connect(self.iface.context(), remote, port).unwrap();
+        h
+    }
+
+    fn socket(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    /// One millisecond: the client's frames in, the fabric and Ferrite's
+    /// stack polled as the main loop does, the answers out.
+    fn step(&mut self, w: &mut World, f: &mut Fabric<FakeNic>) {
+        w.advance(1_000_000);
+        self.iface.poll(instant(w), &mut self.wire, &mut self.sockets);
+        for frame in self.wire.tx.drain(..) {
+            match self.via {
+                Via::Nic => f.nic_mut().unwrap().inject(Frame::plain(frame)),
+                Via::Vif(fi) => {
+                    let slots = w.fronts[fi].tx_slots(0, &TxPkt::new(frame));
+                    w.fronts[fi].push_slots(0, &slots);
+                    w.fronts[fi].publish_tx(0);
+                }
+            }
+        }
+        f.poll(&mut w.nb, &mut w.g, &mut w.e);
+        let now = w.e.now();
+        if f.poll_local(now).wants_metrics {
+            f.answer_local(BODY, now);
+        }
+        f.poll(&mut w.nb, &mut w.g, &mut w.e);
+        match self.via {
+            Via::Nic => self.wire.rx.extend(f.nic_mut().unwrap().sent().into_iter().map(|fr| fr.data)),
+            Via::Vif(fi) => {
+                let got = w.received(fi);
+                w.fronts[fi].post_rx(0, got.len());
+                self.wire.rx.extend(got.into_iter().map(|p| p.data));
+            }
+        }
+        self.iface.poll(instant(w), &mut self.wire, &mut self.sockets);
+    }
+}
+
 /// Fetches `path` from 10.0.2.15:9100 as a client at `via` (MAC `mac`, IP
 /// `ip`); returns what the server sent before closing, or `None` if the
 /// connection never got anywhere.
 fn fetch(w: &mut World, f: &mut Fabric<FakeNic>, via: Via, mac: [u8; 6], ip: [u8; 4], path: &str) -> Option<String> {
-    let mut wire = Wire::default();
-    let t = |w: &World| Instant::from_micros((w.e.now() / 1000) as i64);
-    let mut iface = Interface::new(IfConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac))), &mut wire, t(w));
-    iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3])), 24)).unwrap();
-    });
-    let mut sockets = SocketSet::new(vec![]);
-    let sock = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 4096]));
-    let h = sockets.add(sock);
-    let remote = (IpAddress::v4(10, 0, 2, 15), 9100);
-    let port = 49152 + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    sockets.get_mut::<tcp::Socket>(h).connect(iface.context(), remote, port).unwrap();
+    let mut c = Client::new(w, via, mac, ip);
+    let h = c.connect();
     let mut sent = false;
     let mut got = Vec::new();
     let mut established = false;
     for _ in 0..3000 {
-        w.advance(1_000_000);
-        iface.poll(t(w), &mut wire, &mut sockets);
-        let s = sockets.get_mut::<tcp::Socket>(h);
+        c.step(w, f);
+        let s = c.socket(h);
         established |= s.may_send() || s.may_recv();
         if s.may_send() && !sent {
             s.send_slice(format!("GET {path} HTTP/1.0\r\nUser-Agent: test\r\n\r\n").as_bytes()).unwrap();
@@ -135,31 +194,6 @@ fn fetch(w: &mut World, f: &mut Fabric<FakeNic>, via: Via, mac: [u8; 6], ip: [u8
             s.close();
             if matches!(s.state(), tcp::State::TimeWait | tcp::State::Closed) {
                 return Some(String::from_utf8(got).unwrap());
-            }
-        }
-        iface.poll(t(w), &mut wire, &mut sockets);
-        for frame in wire.tx.drain(..) {
-            match via {
-                Via::Nic => f.nic_mut().unwrap().inject(Frame::plain(frame)),
-                Via::Vif(fi) => {
-                    let slots = w.fronts[fi].tx_slots(0, &TxPkt::new(frame));
-                    w.fronts[fi].push_slots(0, &slots);
-                    w.fronts[fi].publish_tx(0);
-                }
-            }
-        }
-        f.poll(&mut w.nb, &mut w.g, &mut w.e);
-        let now = w.e.now();
-        if f.poll_local(now).wants_metrics {
-            f.answer_local(BODY, now);
-        }
-        f.poll(&mut w.nb, &mut w.g, &mut w.e);
-        match via {
-            Via::Nic => wire.rx.extend(f.nic_mut().unwrap().sent().into_iter().map(|fr| fr.data)),
-            Via::Vif(fi) => {
-                let got = w.received(fi);
-                w.fronts[fi].post_rx(0, got.len());
-                wire.rx.extend(got.into_iter().map(|p| p.data));
             }
         }
     }
@@ -215,4 +249,57 @@ fn off_unless_configured() {
     let (mut w, mut f) = setup(None);
     assert!(f.local().is_none());
     assert_eq!(fetch(&mut w, &mut f, Via::Nic, OUTSIDE, [10, 0, 2, 2], "/metrics"), None);
+}
+
+#[test]
+fn the_fabric_fills_the_network_metrics() {
+    let (mut w, mut f) = setup(Some(static_cfg(false)));
+    assert_eq!(fetch(&mut w, &mut f, Via::Vif(0), GUEST1, [10, 0, 2, 50], "/metrics"), None);
+    let mut snap = metrics::Snapshot::default();
+    f.fill_metrics(&w.nb, &mut snap);
+    assert_eq!(snap.vifs.len(), 2);
+    let sent = snap.vifs.iter().find(|v| v.mac == "00:16:3e:00:00:01").unwrap().tx_packets;
+    assert!(sent > 0);
+    assert_eq!(snap.switch.local_denied, f.stats.local_denied);
+    let t = metrics::render(&snap);
+    for line in [
+        format!("ferrite_vif_tx_packets_total{{vif=\"backend/vif/1/0\"}} {sent}\n"),
+        "ferrite_vif_info{vif=\"backend/vif/1/0\",mac=\"00:16:3e:00:00:01\"} 1\n".to_string(),
+        format!("ferrite_switch_drops_total{{reason=\"local_denied\"}} {}\n", f.stats.local_denied),
+        "ferrite_nic_device_errors_total{device=\"eth0\"} 0\n".to_string(),
+    ] {
+        assert!(t.contains(&line), "missing {line:?} in\n{t}");
+    }
+}
+
+/// Clients that connect and never send hold a slot at most
+/// `CONN_TIMEOUT_NS`; there are never more than `MAX_CONNECTIONS` of them,
+/// and once they time out a scraper is served again.
+#[test]
+fn idle_connections_are_bounded_and_time_out() {
+    use netpath::local::{CONN_TIMEOUT_NS, MAX_CONNECTIONS};
+    let (mut w, mut f) = setup(Some(static_cfg(false)));
+    let mut c = Client::new(&w, Via::Nic, OUTSIDE, [10, 0, 2, 2]);
+    let hs: Vec<_> = (0..MAX_CONNECTIONS + 3).map(|_| c.connect()).collect();
+    for _ in 0..200 {
+        c.step(&mut w, &mut f);
+    }
+    let up = hs.iter().filter(|h| c.socket(**h).state() == tcp::State::Established).count();
+    assert_eq!(up, MAX_CONNECTIONS, "only {MAX_CONNECTIONS} slots");
+    // A scraper now finds no slot.
+    let mut busy = Client::new(&w, Via::Nic, [0x52, 0x55, 0x0a, 0, 2, 3], [10, 0, 2, 3]);
+    let b = busy.connect();
+    for _ in 0..50 {
+        busy.step(&mut w, &mut f);
+    }
+    assert_ne!(busy.socket(b).state(), tcp::State::Established);
+    drop(busy);
+    // Past the deadline the idle ones are aborted.
+    for _ in 0..(CONN_TIMEOUT_NS / 1_000_000 + 500) {
+        c.step(&mut w, &mut f);
+    }
+    assert!(f.local().unwrap().stats.timeouts >= MAX_CONNECTIONS as u64);
+    drop(c);
+    let r = fetch(&mut w, &mut f, Via::Nic, OUTSIDE, [10, 0, 2, 2], "/metrics").expect("served again");
+    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
 }
