@@ -183,7 +183,8 @@ impl phy::RxToken for RxTok {
 
 impl phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len.min(ETH_MTU)];
+        // smoltcp asks for at most the MTU we gave it.
+        let mut buf = vec![0u8; len];
         let r = f(&mut buf);
         self.0.push_back(buf);
         r
