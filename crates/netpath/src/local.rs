@@ -41,6 +41,9 @@ pub const CONN_TIMEOUT_NS: u64 = 10_000_000_000;
 pub const DEFAULT_PORT: u16 = 9100;
 /// Largest answer body (a larger one is refused with 400).
 pub const MAX_BODY: usize = 1 << 20;
+/// Longest the stack goes unpolled while idle (connection deadlines, slots
+/// to re-arm).
+const IDLE_POLL_NS: u64 = 100_000_000;
 /// Ethernet frame without FCS, as smoltcp counts its MTU.
 const ETH_MTU: usize = 1514;
 const TCP_RX_BUF: usize = http::MAX_REQUEST;
@@ -255,6 +258,9 @@ pub struct Local {
     dhcp: Option<SocketHandle>,
     conns: Vec<Conn>,
     addr: Option<[u8; 4]>,
+    /// Nothing to do before this (ns) unless a frame arrives: the main loop
+    /// spins while disks work, smoltcp need not run on every pass.
+    next_poll: u64,
     /// Counters.
     pub stats: LocalStats,
 }
@@ -295,7 +301,7 @@ impl Local {
             let handle = sockets.add(s);
             conns.push(Conn { handle, req: Vec::new(), resp: None, wants_body: false, since: None });
         }
-        Local { cfg, mac, dev, iface, sockets, dhcp, conns, addr, stats: LocalStats::default() }
+        Local { cfg, mac, dev, iface, sockets, dhcp, conns, addr, next_poll: 0, stats: LocalStats::default() }
     }
 
     /// Its configuration.
@@ -359,6 +365,9 @@ impl Local {
     /// One round of the stack at `now` (ns): received frames, timers,
     /// DHCP, the HTTP connections. Bounded: at most [`RX_QUEUE`] frames.
     pub fn poll(&mut self, now: u64) -> LocalPoll {
+        if self.dev.rx.is_empty() && now < self.next_poll {
+            return LocalPoll { wants_metrics: false, busy: !self.dev.tx.is_empty() };
+        }
         let t = instant(now);
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         self.dhcp_events();
@@ -369,6 +378,7 @@ impl Local {
             wants |= c.wants_body;
         }
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
+        self.plan(now);
         LocalPoll { wants_metrics: wants, busy: !self.dev.tx.is_empty() }
     }
 
@@ -391,6 +401,23 @@ impl Local {
             Self::serve(&mut self.stats, c, s, self.cfg.port, now);
         }
         self.iface.poll(instant(now), &mut self.dev, &mut self.sockets);
+        self.plan(now);
+    }
+
+    /// When smoltcp next needs a poll (timers, data to send), at most
+    /// [`IDLE_POLL_NS`] away.
+    fn plan(&mut self, now: u64) {
+        let mut next = now.saturating_add(IDLE_POLL_NS);
+        if let Some(at) = self.iface.poll_at(instant(now), &self.sockets) {
+            let at = u64::try_from(at.total_micros()).unwrap_or(0).saturating_mul(1000);
+            next = next.min(at);
+        }
+        for c in &self.conns {
+            if let Some(since) = c.since {
+                next = next.min(since.saturating_add(CONN_TIMEOUT_NS + 1));
+            }
+        }
+        self.next_poll = next;
     }
 
     fn dhcp_events(&mut self) {
@@ -423,7 +450,9 @@ impl Local {
         if !s.is_open() {
             c.reset();
             if s.listen(port).is_ok() {
-                s.set_timeout(Some(Duration::from_secs(CONN_TIMEOUT_NS / 1_000_000_000)));
+                // A backstop: our own deadline (the whole connection's
+                // life, trickling peers included) comes first.
+                s.set_timeout(Some(Duration::from_secs(2 * CONN_TIMEOUT_NS / 1_000_000_000)));
             }
             return;
         }
