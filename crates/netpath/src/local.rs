@@ -429,7 +429,7 @@ impl Local {
         };
         self.iface.update_ip_addrs(|a| a.clear());
         self.iface.routes_mut().remove_default_ipv4_route();
-        self.addr = None;
+        let had = self.addr.take().is_some();
         if let Some((cidr, router)) = ev {
             self.iface.update_ip_addrs(|a| {
                 let _ = a.push(IpCidr::Ipv4(cidr));
@@ -439,7 +439,8 @@ impl Local {
             }
             self.addr = Some(cidr.address().octets());
             log::info!("metrics: DHCP gave {cidr}, router {router:?}");
-        } else {
+        } else if had {
+            // smoltcp also reports "deconfigured" once at start: no news.
             log::warn!("metrics: DHCP lease lost");
         }
     }
