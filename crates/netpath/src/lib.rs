@@ -169,7 +169,15 @@ impl<N: Nic> Fabric<N> {
     /// Whether anything can arrive without an event channel telling us (the
     /// NIC is polled): the caller should not sleep long while this holds.
     pub fn wants_polling(&self) -> bool {
-        self.nic.is_some() && (!self.attached.is_empty() || self.local.is_some())
+        self.nic.is_some() && !self.attached.is_empty()
+    }
+
+    /// Whether Ferrite's own stack waits on the polled NIC: the caller
+    /// should not sleep longer than a few milliseconds then (a scraper's
+    /// request waits that long; it is not worth waking up every
+    /// millisecond for while no guest is connected).
+    pub fn local_wants_polling(&self) -> bool {
+        self.nic.is_some() && self.local.is_some()
     }
 
     /// Attaches connected vifs to the switch and detaches the others, when

@@ -39,6 +39,9 @@ const NAP_MAX_NS: u64 = 2_000_000;
 /// Longest idle sleep while vifs are connected and a NIC is polled (it has
 /// no event channel: received frames wait at most this long).
 const NIC_IDLE_NS: u64 = 1_000_000;
+/// Longest idle sleep while only Ferrite's own address (the metrics
+/// endpoint) waits on the NIC.
+const LOCAL_IDLE_NS: u64 = 10_000_000;
 /// How often I/O counters are logged (only while requests arrive).
 const STATS_NS: u64 = 5_000_000_000;
 /// Per-request xenstore deadline.
@@ -358,7 +361,14 @@ impl<I: Image> Driver<I> {
                 ports.push(self.store_port);
                 c.waits += 1;
                 let now = runtime::time::now();
-                let mut until = now + if self.fabric.wants_polling() { NIC_IDLE_NS } else { MAINTENANCE_NS };
+                let mut until = now
+                    + if self.fabric.wants_polling() {
+                        NIC_IDLE_NS
+                    } else if self.fabric.local_wants_polling() {
+                        LOCAL_IDLE_NS
+                    } else {
+                        MAINTENANCE_NS
+                    };
                 if let Some(t) = self.net.next_deadline() {
                     until = until.min(t.max(now));
                 }
