@@ -73,7 +73,9 @@ NICNODE=data/ferrite/nic NETNODE=data/ferrite/net METRICSNODE=data/ferrite/metri
 # Gauges of data/ferrite/net's first line that must come back to the baseline
 # once the guests are gone (those present in the baseline are compared).
 GAUGES="vifs queues mapped-pages grant-maps buffers tx-inflight rx-inflight vif-macs"
-FERRITE_EXTRA=""
+# The metrics endpoint by DHCP from slirp (10.0.2.15: the guests are static
+# .21 and .22), reachable from the vifs because nA is the one that fetches it.
+FERRITE_EXTRA="metrics=dhcp metrics.vifs=1"
 [ -f /extra/ferrite-extra ] && FERRITE_EXTRA=$(cat /extra/ferrite-extra)
 T_ALL=$(lab_uptime)
 END_ALL=$(now_after $BUDGET)

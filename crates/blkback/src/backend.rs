@@ -204,7 +204,15 @@ where
     /// Counters of each connected ring's polling context: (backend
     /// directory, ring index, counters).
     pub fn ring_stats(&self) -> Vec<(&str, usize, RingStats)> {
-        self.vbds.values().flat_map(|v| v.rings.iter().map(|r| (v.be.as_str(), r.index, r.stats))).collect()
+        self.vbds
+            .values()
+            .flat_map(|v| {
+                v.rings.iter().map(|r| {
+                    let st = RingStats { in_flight: r.in_flight as u64, queued: r.deferred.len() as u64, ..r.stats };
+                    (v.be.as_str(), r.index, st)
+                })
+            })
+            .collect()
     }
 
     /// What we tell the frontend of the vbd at backend directory `be`

@@ -73,6 +73,10 @@ pub(crate) struct Work<B> {
     pub(crate) exclusive: bool,
     /// Part of a request split for the disk: answered when all parts are done.
     pub(crate) group: Option<u64>,
+    /// Data bytes this piece moves.
+    pub(crate) bytes: u64,
+    /// When the disk took it (the event clock), for the latency histogram.
+    pub(crate) submitted: u64,
     /// The buffer's share of the memory budgets, given back on drop.
     pub(crate) _charge: Charge,
 }
@@ -108,6 +112,41 @@ pub(crate) fn split_segments(segs: Vec<Segment>, max: usize) -> Vec<Vec<Segment>
     parts
 }
 
+/// Upper bounds (ns, inclusive) of [`Latency`]'s buckets: 50 us to 1 s.
+pub const LATENCY_BOUNDS_NS: [u64; 12] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// A fixed-bucket histogram of disk latencies (submit to completion).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Completions per bucket of [`LATENCY_BOUNDS_NS`] (not cumulative);
+    /// the last entry counts those slower than every bound.
+    pub counts: [u64; LATENCY_BOUNDS_NS.len() + 1],
+    /// Sum of the latencies (ns, saturating).
+    pub sum_ns: u64,
+}
+
+impl Latency {
+    /// Counts one completion that took `ns`.
+    pub fn record(&mut self, ns: u64) {
+        let i = LATENCY_BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(LATENCY_BOUNDS_NS.len());
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+}
+
 /// Counters of one ring's polling context.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingStats {
@@ -119,6 +158,18 @@ pub struct RingStats {
     pub budget_spent: u64,
     /// Turns that left requests in the ring for lack of buffer budget.
     pub buffer_waits: u64,
+    /// Bytes the disk read for this ring.
+    pub read_bytes: u64,
+    /// Bytes the disk wrote for this ring.
+    pub write_bytes: u64,
+    /// Disk operations that failed or were refused.
+    pub errors: u64,
+    /// Disk latency of its operations.
+    pub latency: Latency,
+    /// Disk operations in flight (a gauge, filled by `Blkback::ring_stats`).
+    pub in_flight: u64,
+    /// Operations waiting to be submitted (a gauge, filled by `Blkback::ring_stats`).
+    pub queued: u64,
 }
 
 /// One ring's polling context: the ring and everything its requests hold.
@@ -368,7 +419,17 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 let reply = Reply::of(&req);
                 for (segs, step, len, buf) in built.drain(..) {
                     let _charge = charge(&t.core.budget, &self.held, len);
-                    self.deferred.push_back(Work { req: reply, segs, step, buf, exclusive, group, _charge });
+                    self.deferred.push_back(Work {
+                        req: reply,
+                        segs,
+                        step,
+                        buf,
+                        exclusive,
+                        group,
+                        bytes: len as u64,
+                        submitted: 0,
+                        _charge,
+                    });
                 }
                 Ok(n)
             }
@@ -471,6 +532,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             match t.disk.submit(self.queue, breq) {
                 Ok(tok) => {
                     any = true;
+                    w.submitted = t.e.now();
                     self.in_flight += 1;
                     if w.exclusive {
                         self.ordered_in_flight += 1;
@@ -486,6 +548,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 }
                 Err((err, _)) => {
                     t.stats.errors += 1;
+                    self.stats.errors += 1;
                     limited!(d.log, t.e.now(), warn, "vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
                     self.finish(t, &w, Status::Error);
                     any = true;
@@ -508,8 +571,15 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             self.ordered_in_flight = self.ordered_in_flight.saturating_sub(1);
         }
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
+        self.stats.latency.record(t.e.now().saturating_sub(work.submitted));
+        match (&result, &work.step) {
+            (Ok(()), Step::Read { .. }) => self.stats.read_bytes = self.stats.read_bytes.saturating_add(work.bytes),
+            (Ok(()), Step::Write { .. }) => self.stats.write_bytes = self.stats.write_bytes.saturating_add(work.bytes),
+            _ => {}
+        }
         if let Err(err) = result {
             t.stats.errors += 1;
+            self.stats.errors += 1;
             limited!(d.log, t.e.now(), warn, "vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
         }
         if status == Status::Okay && matches!(work.step, Step::Read { .. }) {

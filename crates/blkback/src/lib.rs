@@ -70,7 +70,7 @@ pub mod xenbus;
 pub use backend::{
     Blkback, Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX,
 };
-pub use datapath::RingStats;
+pub use datapath::{Latency, RingStats, LATENCY_BOUNDS_NS};
 
 /// Grant references and event-channel ports as the frontend wrote them to
 /// xenstore: the workspace's one set of id types.

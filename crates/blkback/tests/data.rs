@@ -372,3 +372,28 @@ fn flush_alone_and_in_batches_on_idle_ring() {
 }
 
 // ---------------------------------------------------------------------------
+
+/// Per-ring counters for the metrics endpoint: bytes each way, the
+/// latency histogram (one entry per disk operation), no errors.
+#[test]
+fn ring_stats_count_bytes_and_latency() {
+    let mut w = world(ram(1), BackendConfig::default(), &[5]);
+    w.attach(0);
+    w.connect(0, Opts::default());
+    let (req, id, _) = w.fronts[0].rw(BLKIF_OP_WRITE, 8, &[(0, 7), (0, 3)], 1, true);
+    assert_eq!(w.io(0, 0, &[req]), [okay(id, BLKIF_OP_WRITE)]);
+    let (req, id, _) = w.fronts[0].rw(BLKIF_OP_READ, 8, &[(0, 7)], 2, false);
+    assert_eq!(w.io(0, 0, &[req]), [okay(id, BLKIF_OP_READ)]);
+    let stats = w.blk.ring_stats();
+    assert_eq!(stats.len(), 1);
+    let st = stats[0].2;
+    assert_eq!((st.write_bytes, st.read_bytes, st.errors), (12 * SECT as u64, 8 * SECT as u64, 0));
+    assert_eq!(st.latency.counts.iter().sum::<u64>(), 2);
+    assert_eq!((st.in_flight, st.queued), (0, 0));
+    let mut l = blkback::Latency::default();
+    l.record(0);
+    l.record(50_001);
+    l.record(u64::MAX);
+    assert_eq!((l.counts[0], l.counts[1], l.counts[blkback::LATENCY_BOUNDS_NS.len()]), (1, 1, 1));
+    assert_eq!(l.sum_ns, u64::MAX);
+}

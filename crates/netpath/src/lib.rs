@@ -18,15 +18,23 @@
 //!   dropped and counted: nothing waits for the device.
 //! * Work per [`Fabric::poll`] is bounded: netback's own per-queue budget
 //!   for guest frames, [`NIC_BUDGET`] received frames.
+//! * Ferrite's own address ([`local`], off unless configured) sits on the
+//!   switch's `Local` port. Only the uplink reaches it: frames between a
+//!   vif and the `Local` port are dropped (and counted in
+//!   [`PathStats::local_denied`]) unless [`LocalConfig::vifs`] allows them.
 
 extern crate alloc;
+
+pub mod http;
+pub mod local;
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::nic::{Nic, NicError, NicStats};
+use local::{Local, LocalConfig, LocalPoll};
 use log::{info, warn};
-use net::switch::{Config, PortId, PortKind, Switch, SwitchStats, Verdict};
+use net::switch::{Config, PortId, PortKind, Switch, SwitchError, SwitchStats, Verdict};
 use net::{Frame, MacAddr};
 use netback::{Netback, VifId};
 use xen::evtchn::EventOps;
@@ -56,6 +64,9 @@ pub struct PathStats {
     pub vif_drops: u64,
     /// Frames the switch dropped (spoofed, runt, flood limit, no egress).
     pub switch_drops: u64,
+    /// Frames between a vif and Ferrite's own address that the policy
+    /// refused (vifs may not reach it unless configured).
+    pub local_denied: u64,
 }
 
 /// The switch, the NIC (if Ferrite has one) and the glue to netback.
@@ -69,6 +80,8 @@ pub struct Fabric<N: Nic> {
     frames: Vec<(VifId, Frame)>,
     rx: Vec<Frame>,
     out: Vec<PortId>,
+    /// Ferrite's own stack, when configured.
+    local: Option<Local>,
     /// Counters.
     pub stats: PathStats,
 }
@@ -90,7 +103,36 @@ impl<N: Nic> Fabric<N> {
             frames: Vec::new(),
             rx: Vec::new(),
             out: Vec::new(),
+            local: None,
             stats: PathStats::default(),
+        }
+    }
+
+    /// Puts Ferrite's own stack on the switch's `Local` port, with the MAC
+    /// [`local::local_mac`] derives from the NIC's; `now` (ns) seeds it.
+    pub fn enable_local(&mut self, cfg: LocalConfig, now: u64) -> Result<MacAddr, SwitchError> {
+        let mac = local::local_mac(self.nic.as_ref().map(|n| n.mac()));
+        self.switch.add_port(PortId::Local, PortKind::Local { mac })?;
+        self.local = Some(Local::new(cfg, mac, now));
+        Ok(mac)
+    }
+
+    /// Ferrite's own stack, if configured.
+    pub fn local(&self) -> Option<&Local> {
+        self.local.as_ref()
+    }
+
+    /// One round of Ferrite's own stack (after [`Fabric::poll`]); its
+    /// frames enter the switch at the next [`Fabric::poll`]. When it says
+    /// `wants_metrics`, give the text to [`Fabric::answer_local`].
+    pub fn poll_local(&mut self, now: u64) -> LocalPoll {
+        self.local.as_mut().map(|l| l.poll(now)).unwrap_or_default()
+    }
+
+    /// Answers the connections waiting for the metrics text.
+    pub fn answer_local(&mut self, body: &str, now: u64) {
+        if let Some(l) = self.local.as_mut() {
+            l.answer(body, now);
         }
     }
 
@@ -128,6 +170,14 @@ impl<N: Nic> Fabric<N> {
     /// NIC is polled): the caller should not sleep long while this holds.
     pub fn wants_polling(&self) -> bool {
         self.nic.is_some() && !self.attached.is_empty()
+    }
+
+    /// Whether Ferrite's own stack waits on the polled NIC: the caller
+    /// should not sleep longer than a few milliseconds then (a scraper's
+    /// request waits that long; it is not worth waking up every
+    /// millisecond for while no guest is connected).
+    pub fn local_wants_polling(&self) -> bool {
+        self.nic.is_some() && self.local.is_some()
     }
 
     /// Attaches connected vifs to the switch and detaches the others, when
@@ -201,6 +251,10 @@ impl<N: Nic> Fabric<N> {
             }
             self.rx = rx;
         }
+        // Bounded: the local stack queues at most local::TX_QUEUE frames.
+        while let Some(frame) = self.local.as_mut().and_then(|l| l.pop_tx()) {
+            self.switch_one(nb, g, e, now, PortId::Local, &frame);
+        }
         busy
     }
 
@@ -225,7 +279,14 @@ impl<N: Nic> Fabric<N> {
                 if matches!(ingress, PortId::Vif(_)) {
                     self.stats.from_vifs += 1;
                 }
+                let vifs_allowed = self.local.as_ref().is_some_and(|l| l.config().vifs);
                 for &port in &out {
+                    let vif_local =
+                        matches!((ingress, port), (PortId::Vif(_), PortId::Local) | (PortId::Local, PortId::Vif(_)));
+                    if vif_local && !vifs_allowed {
+                        self.stats.local_denied += 1;
+                        continue;
+                    }
                     match port {
                         PortId::Vif(id) => {
                             if nb.deliver(g, e, VifId(id), frame).is_err() {
@@ -233,7 +294,11 @@ impl<N: Nic> Fabric<N> {
                             }
                         }
                         PortId::Uplink => self.send_to_nic(frame),
-                        PortId::Local => {}
+                        PortId::Local => {
+                            if let Some(l) = self.local.as_mut() {
+                                l.push_rx(frame);
+                            }
+                        }
                     }
                 }
             }
@@ -305,7 +370,7 @@ impl<N: Nic> Fabric<N> {
             "vifs={} queues={queues} grant-maps={} ports={} learned={} drops-spoof={spoof} drops-runt={runt} drops-flood={flood} drops-no-egress={no_egress} from-vifs={} from-nic={} to-nic={} nic-drops={} vif-drops={} sw-segmented={} sw-csum={}",
             connected.len(),
             nb.mappings(),
-            self.attached.len() + usize::from(self.nic.is_some()),
+            self.attached.len() + usize::from(self.nic.is_some()) + usize::from(self.local.is_some()),
             self.switch.switch_stats().learned,
             p.from_vifs,
             p.from_nic,
@@ -334,6 +399,53 @@ impl<N: Nic> Fabric<N> {
             ));
         }
         s
+    }
+
+    /// Fills the network part of a metrics snapshot: every vif, the NIC
+    /// (as `eth0`) and the switch's drops.
+    pub fn fill_metrics<P: SharedMem, B>(&self, nb: &Netback<P, B>, snap: &mut metrics::Snapshot)
+    where
+        B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+    {
+        for v in nb.vifs() {
+            let st = v.stats;
+            snap.vifs.push(metrics::Vif {
+                name: v.be.clone(),
+                mac: v.mac.map(|m| format!("{m}")).unwrap_or_default(),
+                connected: v.connected,
+                tx_packets: st.tx_packets,
+                tx_bytes: st.tx_bytes,
+                tx_errors: st.tx_errors,
+                tx_drops: st.tx_drops,
+                rx_packets: st.rx_packets,
+                rx_bytes: st.rx_bytes,
+                rx_errors: st.rx_errors,
+                rx_drops: st.rx_drops,
+            });
+        }
+        if let Some(st) = self.nic_stats() {
+            snap.nic = Some(metrics::Nic {
+                name: String::from("eth0"),
+                rx_packets: st.rx_frames,
+                rx_bytes: st.rx_bytes,
+                rx_drops: st.rx_dropped,
+                tx_packets: st.tx_frames,
+                tx_bytes: st.tx_bytes,
+                tx_drops: self.stats.nic_drops,
+                device_errors: st.device_errors,
+            });
+        }
+        let d = &mut snap.switch;
+        for (id, _) in self.switch.ports() {
+            if let Some(st) = self.switch.stats(id) {
+                d.spoofed += st.drop_spoofed;
+                d.runt += st.drop_runt;
+                d.flood += st.drop_flood;
+                d.no_egress += st.drop_no_egress;
+            }
+        }
+        d.local_denied = self.stats.local_denied;
+        snap.switch_learned = self.switch.switch_stats().learned as u64;
     }
 
     /// `data/ferrite/nic`: one line for the NIC, `eth0 pci=<addr> ...`, or

@@ -11,11 +11,12 @@ use alloc::vec::Vec;
 use blkback::xenbus::BackendConfig;
 use blkback::Blkback;
 use blkback::OpenRequest;
-use netback::{NetConfig, Netback};
-use netpath::Fabric;
 use block::{Registry, View};
 use core::cell::RefCell;
 use log::{error, info, warn};
+use netback::{NetConfig, Netback};
+use netpath::local::LocalConfig;
+use netpath::Fabric;
 use runtime::dev::DmaBuf;
 use runtime::events::{PortNotifier, XenEvents};
 use runtime::grants::XenGrants;
@@ -38,6 +39,9 @@ const NAP_MAX_NS: u64 = 2_000_000;
 /// Longest idle sleep while vifs are connected and a NIC is polled (it has
 /// no event channel: received frames wait at most this long).
 const NIC_IDLE_NS: u64 = 1_000_000;
+/// Longest idle sleep while only Ferrite's own address (the metrics
+/// endpoint) waits on the NIC.
+const LOCAL_IDLE_NS: u64 = 10_000_000;
 /// How often I/O counters are logged (only while requests arrive).
 const STATS_NS: u64 = 5_000_000_000;
 /// Per-request xenstore deadline.
@@ -111,6 +115,8 @@ struct Driver<I: Image> {
     fabric: Fabric<crate::PvNic>,
     /// What `data/ferrite/net` says now.
     net_listed: String,
+    /// What `data/ferrite/metrics` says now (the endpoint's URL).
+    metrics_listed: Option<String>,
     /// The NIC's PCI address, and what `data/ferrite/nic` says now.
     nic_pci: String,
     nic_listed: String,
@@ -172,6 +178,19 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         .find_map(|w| w.strip_prefix("poll="))
         .and_then(PollMode::parse)
         .unwrap_or(PollMode::Hybrid);
+    //   metrics=IP/PREFIX[,gw=IP][,port=N] | metrics=dhcp[,port=N]
+    //                      Ferrite's own address on the switch's uplink side,
+    //                      serving GET /metrics (Prometheus text) on port N
+    //                      (default 9100); off unless given
+    //   metrics.vifs=1     vifs may reach that address too (default: only
+    //                      the NIC's side can)
+    let metrics_cfg = match LocalConfig::from_cmdline(&cmdline) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("metrics endpoint off: {e}");
+            None
+        }
+    };
     let mut controllers = Vec::new();
     let mut nic: Option<crate::pci_nic::NicDevice> = None;
     match xs.directory("device/pci") {
@@ -221,13 +240,25 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     let s = Services { xs, events, grants, mm: b.mm };
     let net = Netback::new(NetConfig::default(), DmaBuf::zeroed);
     let nic_pci = nic.as_ref().map(|n| format!("{}", n.addr)).unwrap_or_default();
-    let fabric = Fabric::new(net::switch::Config::default(), nic.map(|n| n.nic));
+    let mut fabric = Fabric::new(net::switch::Config::default(), nic.map(|n| n.nic));
+    if let Some(cfg) = metrics_cfg {
+        match fabric.enable_local(cfg, runtime::time::now()) {
+            Ok(mac) => info!(
+                "metrics: own address {:?} on port {}, MAC {mac}, {}",
+                cfg.addressing,
+                cfg.port,
+                if cfg.vifs { "reachable from vifs" } else { "reachable from the NIC only" }
+            ),
+            Err(e) => warn!("metrics endpoint off: switch port refused: {e:?}"),
+        }
+    }
     let mut d = Driver {
         s,
         blk,
         net,
         fabric,
         net_listed: String::new(),
+        metrics_listed: None,
         nic_pci,
         nic_listed: String::new(),
         registry,
@@ -309,6 +340,15 @@ impl<I: Image> Driver<I> {
             }
             let mut busy = self.blk.poll(&mut self.s.grants, &mut self.s.events);
             busy |= self.fabric.poll(&mut self.net, &mut self.s.grants, &mut self.s.events);
+            // Ferrite's own stack: once per pass, never blocking; the
+            // metrics text is rendered only when a scraper asked for it.
+            let now = runtime::time::now();
+            let local = self.fabric.poll_local(now);
+            if local.wants_metrics {
+                let text = self.metrics_text();
+                self.fabric.answer_local(&text, runtime::time::now());
+            }
+            busy |= local.busy;
             if let Some(before) = after_timeout.take() {
                 if self.blk.stats.requests != before {
                     c.late += 1;
@@ -321,7 +361,14 @@ impl<I: Image> Driver<I> {
                 ports.push(self.store_port);
                 c.waits += 1;
                 let now = runtime::time::now();
-                let mut until = now + if self.fabric.wants_polling() { NIC_IDLE_NS } else { MAINTENANCE_NS };
+                let mut until = now
+                    + if self.fabric.wants_polling() {
+                        NIC_IDLE_NS
+                    } else if self.fabric.local_wants_polling() {
+                        LOCAL_IDLE_NS
+                    } else {
+                        MAINTENANCE_NS
+                    };
                 if let Some(t) = self.net.next_deadline() {
                     until = until.min(t.max(now));
                 }
@@ -442,9 +489,78 @@ impl<I: Image> Driver<I> {
         }
     }
 
+    /// The Prometheus text of every counter: per vbd (summed over its
+    /// rings), per vif, per NVMe controller, the NIC, the switch.
+    fn metrics_text(&self) -> String {
+        let mut snap = metrics::Snapshot::default();
+        for (be, _, st) in self.blk.ring_stats() {
+            let i = match snap.vbds.iter().position(|v| v.name == be) {
+                Some(i) => i,
+                None => {
+                    snap.vbds.push(metrics::Vbd {
+                        name: String::from(be),
+                        latency: metrics::Histogram {
+                            bounds: blkback::LATENCY_BOUNDS_NS.to_vec(),
+                            counts: alloc::vec![0; blkback::LATENCY_BOUNDS_NS.len() + 1],
+                            sum_ns: 0,
+                        },
+                        ..metrics::Vbd::default()
+                    });
+                    snap.vbds.len() - 1
+                }
+            };
+            let v = &mut snap.vbds[i];
+            v.requests += st.requests;
+            v.read_bytes += st.read_bytes;
+            v.write_bytes += st.write_bytes;
+            v.errors += st.errors;
+            v.in_flight += st.in_flight;
+            v.queued += st.queued;
+            for (c, n) in v.latency.counts.iter_mut().zip(st.latency.counts) {
+                *c = c.saturating_add(n);
+            }
+            v.latency.sum_ns = v.latency.sum_ns.saturating_add(st.latency.sum_ns);
+        }
+        let reg = self.registry.borrow();
+        let mut n = 0;
+        for i in 0..reg.device_count() {
+            let Some(dev) = reg.device(i) else { continue };
+            if let AnyDisk::Nvme(c) = dev.borrow().device() {
+                let st = c.stats();
+                snap.nvme.push(metrics::Nvme {
+                    name: format!("nvme{n}"),
+                    resets: u64::from(st.resets),
+                    timeouts: u64::from(st.timeouts),
+                    spurious: u64::from(st.spurious_completions),
+                });
+                n += 1;
+            }
+        }
+        drop(reg);
+        self.fabric.fill_metrics(&self.net, &mut snap);
+        snap.heap_used = runtime::heap_used() as u64;
+        metrics::render(&snap)
+    }
+
     /// Keeps `data/ferrite/net` (the switch's gauges and counters, then
-    /// one line per vif) and `data/ferrite/nic` (the NIC, if any) current.
+    /// one line per vif), `data/ferrite/nic` (the NIC, if any) and
+    /// `data/ferrite/metrics` (the metrics URL, once the address is known)
+    /// current.
     fn publish_net(&mut self) {
+        let url = self.fabric.local().and_then(|l| l.url());
+        if url != self.metrics_listed {
+            let r = match &url {
+                Some(u) => {
+                    info!("metrics: serving {u}");
+                    self.s.xs.write("data/ferrite/metrics", u.as_bytes())
+                }
+                None => self.s.xs.rm("data/ferrite/metrics"),
+            };
+            match r {
+                Ok(()) => self.metrics_listed = url,
+                Err(e) => warn!("cannot update data/ferrite/metrics: {e:?}"),
+            }
+        }
         let listing = self.fabric.describe(&self.net);
         if listing != self.net_listed {
             if let Err(e) = self.s.xs.write("data/ferrite/net", listing.as_bytes()) {
