@@ -13,7 +13,7 @@
 # It publishes what MODE net reads from Ferrite, in the format proposed there
 # (lab/modes/net.sh): data/ferrite/state = ready, data/ferrite/nic (one line),
 # data/ferrite/net (gauges, then one line per vif), refreshed on every change
-# under backend/vif and every 2 s.
+# under backend/vif and every 3 s.
 # A Linux bridge does not filter spoofed source MACs: net-spoof fails with it.
 # Console lines: NETDD-INFO <text>, NETDD-READY <uptime>.
 echo 4 >/proc/sys/kernel/printk
@@ -93,9 +93,9 @@ vif_watcher() {
         done
         publish
         # Wakes on any change under backend/vif (the first event is the registration's),
-        # else every 2 s for the counters (each pass forks a few dozen processes:
+        # else every 3 s for the counters (each pass forks a few dozen processes:
         # under TCG that is not free).
-        timeout 2 xenstore-watch -n 2 backend/vif >/dev/null 2>&1
+        timeout 3 xenstore-watch -n 2 backend/vif >/dev/null 2>&1
     done
 }
 publish

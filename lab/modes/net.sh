@@ -255,8 +255,12 @@ gstart() {
 }
 CREATE_WHY=""
 t_g=$(lab_uptime)
-gstart $A $A_MAC $A_IP
-gstart $B $B_MAC $B_IP
+# Both at once (each xl create waits for its devices); CREATE_WHY comes back in files.
+(CREATE_WHY=""; gstart $A $A_MAC $A_IP; echo "$CREATE_WHY" >/tmp/why-$A) &
+sleep 1
+(CREATE_WHY=""; gstart $B $B_MAC $B_IP; echo "$CREATE_WHY" >/tmp/why-$B) &
+wait
+CREATE_WHY="$(cat /tmp/why-$A /tmp/why-$B 2>/dev/null | tr '\n' ' ')"
 T_GUESTS=$(lab_since "$t_g")
 if [ -z "$(gid $A)" ] || [ -z "$(gid $B)" ]; then
     evidence "xl create of the guests"
