@@ -75,11 +75,14 @@ fi
 # The listener: every connection to port 5001 read to its end. nc's stdin is a
 # FIFO opened read-write: it never ends, so nc never half-closes (busybox nc
 # shuts its sending side down when its stdin ends, and the sender stops then).
-mkfifo /tmp/never
+# The byte count goes through a second FIFO to wc (busybox dd prints no byte total).
+mkfifo /tmp/never /tmp/rxcount
 (
     while :; do
-        nc -l -p 5001 <>/tmp/never 2>/dev/null | dd bs=65536 2>/tmp/rx.dd | sha256sum >/tmp/rx.sum
-        echo "NET-RECV bytes=$(sed -n 's/^\([0-9]*\) bytes.*/\1/p' /tmp/rx.dd) sha256=$(cut -d' ' -f1 /tmp/rx.sum) t=$(up)"
+        wc -c </tmp/rxcount >/tmp/rx.n &
+        nc -l -p 5001 <>/tmp/never 2>/dev/null | tee /tmp/rxcount | sha256sum >/tmp/rx.sum
+        wait $!
+        echo "NET-RECV bytes=$(tr -d ' ' </tmp/rx.n) sha256=$(cut -d' ' -f1 /tmp/rx.sum) t=$(up)"
     done
 ) &
 say "DONE net"
