@@ -127,7 +127,7 @@ do_spoof() { # do_spoof MAC PEER GW
     ip link set eth0 address "$1" 2>/tmp/spoof.err
     ip link set eth0 up
     [ -n "$gw" ] && ip route add default via "$gw" 2>/dev/null
-    ip neigh flush dev eth0 2>/dev/null
+    ip neigh flush dev eth0 >/dev/null 2>&1
     now=$(cat $D/address)
     ping -c 4 -W 1 "$2" >/tmp/sp1.txt 2>&1
     ping -c 3 -W 1 "$3" >/tmp/sp2.txt 2>&1
@@ -135,7 +135,7 @@ do_spoof() { # do_spoof MAC PEER GW
     ip link set eth0 address "$mac0"
     ip link set eth0 up
     [ -n "$gw" ] && ip route add default via "$gw" 2>/dev/null
-    ip neigh flush dev eth0 2>/dev/null
+    ip neigh flush dev eth0 >/dev/null 2>&1
     # The peer may have cached the spoofed MAC if a frame got through: give ARP time.
     ping -c 3 -W 2 "$2" >/tmp/sp3.txt 2>&1
     echo "mac=$now (set to $1, restored $mac0 -> $(cat $D/address)) peer-replies=$(replies /tmp/sp1.txt) gw-replies=$(replies /tmp/sp2.txt) restored-peer-replies=$(replies /tmp/sp3.txt) err=$(head -c 60 /tmp/spoof.err | tr ' \n' '_ ')"
