@@ -84,8 +84,8 @@ vif_watcher() {
                 fi
                 st=$(xenstore-read "$b/state" 2>/dev/null)
                 on=$(xenstore-read "$b/online" 2>/dev/null)
+                # libxl (xl network-detach) gives up after ~10 s without this.
                 if [ "$st" = 6 ] && [ "$on" = 0 ]; then
-                    sleep 1
                     xenstore-rm "$b" 2>/dev/null && say "INFO vif $fe/$dev closed: backend directory removed"
                     xenstore-list "backend/vif/$fe" >/dev/null 2>&1 && [ -z "$(xenstore-list "backend/vif/$fe" 2>/dev/null)" ] && xenstore-rm "backend/vif/$fe" 2>/dev/null
                 fi

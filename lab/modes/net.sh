@@ -449,11 +449,17 @@ vif_gone() {
         sleep 0.2
     done
 }
-# loaded GUEST: the tx_bytes of its two last NET-LOAD lines grew.
+# loaded GUEST: within 10 s, the tx_bytes of its two last NET-LOAD lines grew
+# (in a busy lab the once-a-second lines come seconds apart).
 loaded() {
-    _l=$(gl $1 | grep "NET-LOAD" | tail -n 2 | sed -n 's/.*tx_bytes=\([0-9]*\).*/\1/p' | tr '\n' ' ')
-    set -- $_l
-    [ $# -eq 2 ] && [ "$2" -gt "$1" ]
+    _le=$(now_after 10)
+    while :; do
+        _l=$(gl $1 | grep "NET-LOAD" | tail -n 2 | sed -n 's/.*tx_bytes=\([0-9]*\).*/\1/p' | tr '\n' ' ')
+        set -- $1 $_l
+        [ $# -eq 3 ] && [ "$3" -gt "$2" ] && return 0
+        past "$_le" && return 1
+        sleep 1
+    done
 }
 if ! over_budget && [ -z "$why" ]; then
     WHY="" DETAIL=""
