@@ -75,11 +75,14 @@ fi
 # The listener: every connection to port 5001 read to its end. nc's stdin is a
 # FIFO opened read-write: it never ends, so nc never half-closes (busybox nc
 # shuts its sending side down when its stdin ends, and the sender stops then).
-mkfifo /tmp/never
+# The byte count goes through a second FIFO to wc (busybox dd prints no byte total).
+mkfifo /tmp/never /tmp/rxcount
 (
     while :; do
-        nc -l -p 5001 <>/tmp/never 2>/dev/null | dd bs=65536 2>/tmp/rx.dd | sha256sum >/tmp/rx.sum
-        echo "NET-RECV bytes=$(sed -n 's/^\([0-9]*\) bytes.*/\1/p' /tmp/rx.dd) sha256=$(cut -d' ' -f1 /tmp/rx.sum) t=$(up)"
+        wc -c </tmp/rxcount >/tmp/rx.n &
+        nc -l -p 5001 <>/tmp/never 2>/dev/null | tee /tmp/rxcount | sha256sum >/tmp/rx.sum
+        wait $!
+        echo "NET-RECV bytes=$(tr -d ' ' </tmp/rx.n) sha256=$(cut -d' ' -f1 /tmp/rx.sum) t=$(up)"
     done
 ) &
 say "DONE net"
@@ -124,7 +127,7 @@ do_spoof() { # do_spoof MAC PEER GW
     ip link set eth0 address "$1" 2>/tmp/spoof.err
     ip link set eth0 up
     [ -n "$gw" ] && ip route add default via "$gw" 2>/dev/null
-    ip neigh flush dev eth0 2>/dev/null
+    ip neigh flush dev eth0 >/dev/null 2>&1
     now=$(cat $D/address)
     ping -c 4 -W 1 "$2" >/tmp/sp1.txt 2>&1
     ping -c 3 -W 1 "$3" >/tmp/sp2.txt 2>&1
@@ -132,7 +135,7 @@ do_spoof() { # do_spoof MAC PEER GW
     ip link set eth0 address "$mac0"
     ip link set eth0 up
     [ -n "$gw" ] && ip route add default via "$gw" 2>/dev/null
-    ip neigh flush dev eth0 2>/dev/null
+    ip neigh flush dev eth0 >/dev/null 2>&1
     # The peer may have cached the spoofed MAC if a frame got through: give ARP time.
     ping -c 3 -W 2 "$2" >/tmp/sp3.txt 2>&1
     echo "mac=$now (set to $1, restored $mac0 -> $(cat $D/address)) peer-replies=$(replies /tmp/sp1.txt) gw-replies=$(replies /tmp/sp2.txt) restored-peer-replies=$(replies /tmp/sp3.txt) err=$(head -c 60 /tmp/spoof.err | tr ' \n' '_ ')"

@@ -13,7 +13,7 @@
 # It publishes what MODE net reads from Ferrite, in the format proposed there
 # (lab/modes/net.sh): data/ferrite/state = ready, data/ferrite/nic (one line),
 # data/ferrite/net (gauges, then one line per vif), refreshed on every change
-# under backend/vif and every 2 s.
+# under backend/vif and every 3 s.
 # A Linux bridge does not filter spoofed source MACs: net-spoof fails with it.
 # Console lines: NETDD-INFO <text>, NETDD-READY <uptime>.
 echo 4 >/proc/sys/kernel/printk
@@ -84,8 +84,8 @@ vif_watcher() {
                 fi
                 st=$(xenstore-read "$b/state" 2>/dev/null)
                 on=$(xenstore-read "$b/online" 2>/dev/null)
+                # libxl (xl network-detach) gives up after ~10 s without this.
                 if [ "$st" = 6 ] && [ "$on" = 0 ]; then
-                    sleep 1
                     xenstore-rm "$b" 2>/dev/null && say "INFO vif $fe/$dev closed: backend directory removed"
                     xenstore-list "backend/vif/$fe" >/dev/null 2>&1 && [ -z "$(xenstore-list "backend/vif/$fe" 2>/dev/null)" ] && xenstore-rm "backend/vif/$fe" 2>/dev/null
                 fi
@@ -93,9 +93,9 @@ vif_watcher() {
         done
         publish
         # Wakes on any change under backend/vif (the first event is the registration's),
-        # else every 2 s for the counters (each pass forks a few dozen processes:
+        # else every 3 s for the counters (each pass forks a few dozen processes:
         # under TCG that is not free).
-        timeout 2 xenstore-watch -n 2 backend/vif >/dev/null 2>&1
+        timeout 3 xenstore-watch -n 2 backend/vif >/dev/null 2>&1
     done
 }
 publish
