@@ -15,7 +15,7 @@ use crate::ring::BlkRing;
 use crate::DiskInfo;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
-use drivers::block::{BlockDevice, BlockRequest};
+use drivers::block::{BlockDevice, BlockRequest, SgEntry};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, Mapping};
 use xen::ratelimit::LogLimit;
@@ -24,6 +24,7 @@ use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen_ring::PagesMem;
 
 /// Disk work derived from one request.
+#[derive(Clone)]
 pub(crate) enum Step {
     Read {
         lba: u64,
@@ -66,6 +67,11 @@ pub(crate) struct Work<B> {
     pub(crate) segs: Vec<Segment>,
     pub(crate) step: Step,
     pub(crate) buf: Option<B>,
+    /// Zero-copy: the guest's pages by bus address (until submitted).
+    pub(crate) sg: Option<Vec<SgEntry>>,
+    /// The disk moves this work's data to or from the guest's pages
+    /// directly: its grants are pinned (see [`crate::zerocopy`]).
+    pub(crate) zc: bool,
     /// Part of a flush or barrier: submitted only when nothing else of this
     /// ring is in flight, and nothing after it is submitted before it
     /// completed (blkif.h's barrier: earlier requests complete first, later
@@ -77,9 +83,9 @@ pub(crate) struct Work<B> {
     pub(crate) _charge: Charge,
 }
 
-/// One disk part of a request being built: its segments, step, length
-/// and buffer.
-pub(crate) type Part<B> = (Vec<Segment>, Step, usize, Option<B>);
+/// One disk part of a request being built: its segments, step, length,
+/// and buffer or (zero-copy) scatter list.
+pub(crate) type Part<B> = (Vec<Segment>, Step, usize, Option<B>, Option<Vec<SgEntry>>);
 
 /// A request split into parts.
 pub(crate) struct Group {
@@ -134,6 +140,9 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) queue: u16,
     pub(crate) persistent: bool,
     pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
+    /// Persistent grants named by zero-copy work of this ring not yet
+    /// completed, and by how many pieces: never released meanwhile.
+    pub(crate) pins: BTreeMap<u32, u32>,
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
     /// The parts of the request being prepared (kept for its capacity).
@@ -350,11 +359,20 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // reused by every request).
         let mut built = core::mem::take(&mut self.parts);
         built.clear();
-        let n = match self.build_parts(t, d, segs, step, write, &mut built) {
+        let zc = match self.zero_copy_parts(t, d, &segs, &step, &mut built) {
+            Ok(zc) => zc,
+            Err(()) => {
+                built.clear();
+                self.parts = built;
+                return Err(());
+            }
+        };
+        let made = if zc { Ok(()) } else { self.build_parts(t, d, segs, step, write, &mut built) };
+        let n = match made {
             Ok(()) => {
                 if exclusive && write {
                     // The preflush goes first.
-                    built.insert(0, (Vec::new(), Step::Flush, 0, None));
+                    built.insert(0, (Vec::new(), Step::Flush, 0, None, None));
                 }
                 let group = if built.len() > 1 {
                     let gid = t.core.next_group;
@@ -366,9 +384,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 };
                 let n = built.len();
                 let reply = Reply::of(&req);
-                for (segs, step, len, buf) in built.drain(..) {
+                for (segs, step, len, buf, sg) in built.drain(..) {
                     let _charge = charge(&t.core.budget, &self.held, len);
-                    self.deferred.push_back(Work { req: reply, segs, step, buf, exclusive, group, _charge });
+                    let zc = sg.is_some();
+                    self.deferred.push_back(Work { req: reply, segs, step, buf, sg, zc, exclusive, group, _charge });
                 }
                 Ok(n)
             }
@@ -415,11 +434,14 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 t.stats.buffers_reused += u64::from(spare.is_some());
                 buf = Some(match spare {
                     Some(b) => b,
-                    None => (t.core.alloc)(len).ok_or(())?,
+                    None => {
+                        t.stats.buffers_allocated += 1;
+                        (t.core.alloc)(len).ok_or(())?
+                    }
                 });
             }
             offset += len as u64;
-            built.push((part, step, len, buf));
+            built.push((part, step, len, buf, None));
             Ok(())
         };
         let data = matches!(step, Step::Read { .. } | Step::Write { .. });
@@ -456,17 +478,22 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             // A part of a request whose earlier part failed (a preflush):
             // not submitted, the request is answered with an error.
             if w.group.is_some_and(|g| t.core.groups.get(&g).is_some_and(|gr| gr.failed)) {
+                self.unpin(&w);
                 self.finish(t, &w, Status::Error);
                 any = true;
                 continue;
             }
-            let breq = match w.step {
-                Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
-                Step::Write { lba, fua } => {
+            let breq = match (w.step.clone(), w.sg.take()) {
+                (Step::Read { lba }, Some(sg)) => BlockRequest::ReadSg { lba, sg },
+                (Step::Write { lba, fua }, Some(sg)) => BlockRequest::WriteSg { lba, sg, fua },
+                (Step::Read { lba }, None) => {
+                    BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") }
+                }
+                (Step::Write { lba, fua }, None) => {
                     BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua }
                 }
-                Step::Flush => BlockRequest::Flush,
-                Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
+                (Step::Flush, _) => BlockRequest::Flush,
+                (Step::Discard { lba, blocks }, _) => BlockRequest::Discard { lba, blocks },
             };
             match t.disk.submit(self.queue, breq) {
                 Ok(tok) => {
@@ -478,8 +505,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     t.core.tokens.insert((d.id, tok.0), (self.serial, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
-                    if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {
-                        w.buf = Some(buffer);
+                    match back {
+                        BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => w.buf = Some(buffer),
+                        BlockRequest::ReadSg { sg, .. } | BlockRequest::WriteSg { sg, .. } => w.sg = Some(sg),
+                        _ => {}
                     }
                     self.deferred.push_front(w);
                     break;
@@ -487,6 +516,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 Err((err, _)) => {
                     t.stats.errors += 1;
                     limited!(d.log, t.e.now(), warn, "vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
+                    self.unpin(&w);
                     self.finish(t, &w, Status::Error);
                     any = true;
                 }
@@ -507,12 +537,19 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if work.exclusive {
             self.ordered_in_flight = self.ordered_in_flight.saturating_sub(1);
         }
+        if crate::zerocopy::device_done(&result) {
+            self.unpin(&work);
+        } else if work.zc {
+            // The device may still reach these pages: they stay pinned
+            // (mapped) for the ring's life and parked after it.
+            limited!(d.log, t.e.now(), warn, "vbd {}: disk failed without stopping; its pages stay mapped", d.be);
+        }
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
         if let Err(err) = result {
             t.stats.errors += 1;
             limited!(d.log, t.e.now(), warn, "vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
         }
-        if status == Status::Okay && matches!(work.step, Step::Read { .. }) {
+        if status == Status::Okay && !work.zc && matches!(work.step, Step::Read { .. }) {
             status = match self.deliver_read(t, d, &mut work) {
                 Ok(()) => Status::Okay,
                 Err(()) => Status::Error,

@@ -11,11 +11,11 @@ use alloc::vec::Vec;
 use blkback::xenbus::BackendConfig;
 use blkback::Blkback;
 use blkback::OpenRequest;
-use netback::{NetConfig, Netback};
-use netpath::Fabric;
 use block::{Registry, View};
 use core::cell::RefCell;
 use log::{error, info, warn};
+use netback::{NetConfig, Netback};
+use netpath::Fabric;
 use runtime::dev::DmaBuf;
 use runtime::events::{PortNotifier, XenEvents};
 use runtime::grants::XenGrants;
@@ -165,6 +165,9 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         info!("command line: {cmdline}");
     }
     let use_sgl = !cmdline.split_whitespace().any(|w| w == "nvme.sgl=0");
+    //   blk.zerocopy=0   never let the NVMe reach a guest's granted pages
+    //                    directly (always copy through our own buffers)
+    let zerocopy = !cmdline.split_whitespace().any(|w| w == "blk.zerocopy=0");
     //   poll=spin|hybrid   how to wait for the disk (default hybrid); also
     //                      data/ferrite/poll in xenstore, at run time
     let poll_mode = cmdline
@@ -198,6 +201,12 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         }
         _ => info!("no PCI device passed through (device/pci/0 absent): not driving NVMe"),
     }
+    // Zero-copy: persistent grants mapped with device access give the
+    // page's machine address, which is the bus address of our NVMe DMA
+    // (`Translation::PvMachineFrames`, Xen's 1:1 IOMMU map of a PV domain).
+    let zerocopy = zerocopy && !controllers.is_empty();
+    grants.set_device_map(zerocopy);
+    info!("blkback zero-copy: {}", if zerocopy { "on (grants mapped for the device)" } else { "off" });
     let registry = Rc::new(RefCell::new(crate::disks::register(controllers)));
     let listing = registry.borrow().describe();
     if listing.is_empty() {
@@ -210,13 +219,14 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         warn!("cannot write data/ferrite/disks: {e:?}");
     }
     let opener = registry.clone();
-    let blk = Blkback::new(
+    let mut blk = Blkback::new(
         move |o: &OpenRequest<'_>| {
             opener.borrow_mut().open(o.params, o.readonly, o.holder, crate::disks::ram_disk).map_err(|e| e.to_string())
         },
         BackendConfig::default(),
         DmaBuf::zeroed,
     );
+    blk.set_zerocopy(zerocopy);
     let store_port = EvtchnPort(si.store_evtchn);
     let s = Services { xs, events, grants, mm: b.mm };
     let net = Netback::new(NetConfig::default(), DmaBuf::zeroed);
