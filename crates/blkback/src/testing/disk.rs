@@ -74,8 +74,8 @@ impl SlowDisk {
 
 fn kind(r: &BlockRequest<Buf>) -> (char, u64) {
     match r {
-        BlockRequest::Read { lba, .. } => ('R', *lba),
-        BlockRequest::Write { lba, .. } => ('W', *lba),
+        BlockRequest::Read { lba, .. } | BlockRequest::ReadSg { lba, .. } => ('R', *lba),
+        BlockRequest::Write { lba, .. } | BlockRequest::WriteSg { lba, .. } => ('W', *lba),
         BlockRequest::Flush => ('F', 0),
         BlockRequest::Discard { lba, .. } => ('D', *lba),
         BlockRequest::WriteZeroes { lba, .. } => ('Z', *lba),
