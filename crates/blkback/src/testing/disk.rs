@@ -198,4 +198,10 @@ impl<D: Volumes<Buffer = Buf>> BlockDevice for TestDisk<D> {
     fn poll(&mut self, queue: u16, now: u64) -> Option<BlockCompletion<Buf>> {
         self.view.poll(queue, now)
     }
+    fn scatter_gather(&self) -> bool {
+        self.view.scatter_gather()
+    }
+    fn accepts_sg(&self, sg: &[drivers::block::SgEntry]) -> bool {
+        self.view.accepts_sg(sg)
+    }
 }
