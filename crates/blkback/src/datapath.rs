@@ -140,9 +140,9 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) queue: u16,
     pub(crate) persistent: bool,
     pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
-    /// Persistent grants named by zero-copy work of this ring not yet
-    /// completed, and by how many pieces: never released meanwhile.
-    pub(crate) pins: BTreeMap<u32, u32>,
+    /// Persistent grants a controller that failed without stopping may
+    /// still reach (zero-copy work it failed back): never released.
+    pub(crate) poisoned: alloc::collections::BTreeSet<u32>,
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
     /// The parts of the request being prepared (kept for its capacity).
@@ -478,7 +478,6 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             // A part of a request whose earlier part failed (a preflush):
             // not submitted, the request is answered with an error.
             if w.group.is_some_and(|g| t.core.groups.get(&g).is_some_and(|gr| gr.failed)) {
-                self.unpin(&w);
                 self.finish(t, &w, Status::Error);
                 any = true;
                 continue;
@@ -516,7 +515,6 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 Err((err, _)) => {
                     t.stats.errors += 1;
                     limited!(d.log, t.e.now(), warn, "vbd {}: disk refused request {}: {err:?}", d.be, w.req.id());
-                    self.unpin(&w);
                     self.finish(t, &w, Status::Error);
                     any = true;
                 }
@@ -537,11 +535,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if work.exclusive {
             self.ordered_in_flight = self.ordered_in_flight.saturating_sub(1);
         }
-        if crate::zerocopy::device_done(&result) {
-            self.unpin(&work);
-        } else if work.zc {
-            // The device may still reach these pages: they stay pinned
-            // (mapped) for the ring's life and parked after it.
+        if work.zc && !crate::zerocopy::device_done(&result) {
+            // The device may still reach these pages: they stay mapped for
+            // the ring's life and parked after it.
+            self.poisoned.extend(work.segs.iter().map(|s| s.gref().0));
             limited!(d.log, t.e.now(), warn, "vbd {}: disk failed without stopping; its pages stay mapped", d.be);
         }
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };

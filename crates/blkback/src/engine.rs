@@ -235,7 +235,7 @@ where
         self.core.persistent_cap = cap;
         let mut released = 0;
         for r in self.vbds.values_mut().flat_map(|v| v.rings.iter_mut()) {
-            released += r.shrink_persistent(self.g, cap, None);
+            released += r.shrink_persistent(self.g, &self.core.tokens, cap, None);
         }
         if released > 0 {
             log::info!("{released} persistent grant mapping(s) released: {rings} ring(s) share {free} mappings");

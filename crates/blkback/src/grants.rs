@@ -182,6 +182,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     pub(crate) fn shrink_persistent<G: GrantOps<Page = P>>(
         &mut self,
         g: &mut G,
+        tokens: &crate::inflight::Tokens<B>,
         cap: usize,
         spare: Option<u64>,
     ) -> usize {
@@ -189,10 +190,12 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if self.pgrants.len() <= cap {
             return 0;
         }
+        // Found only here, off the hot path: no bookkeeping per request.
+        let pinned = self.pinned(tokens);
         let mut ages: Vec<(u64, u32)> = self
             .pgrants
             .iter()
-            .filter(|(k, (_, t))| Some(*t) != spare && !self.pins.contains_key(k))
+            .filter(|(k, (_, t))| Some(*t) != spare && !pinned.contains(*k))
             .map(|(k, (_, t))| (*t, *k))
             .collect();
         ages.sort_unstable();
@@ -239,7 +242,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     /// Returns each mapping and whether it is transient (unmap after use),
     /// in this ring's list of mappings (all `Some`; hand it back to
     /// `self.maps` after use to keep its capacity).
-    pub(crate) fn map_grants<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    pub(crate) fn map_grants<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
@@ -298,7 +301,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             failed |= out.iter().any(Option::is_none);
             // Past the bound (this ring's share of the global mapping
             // budget): release the least recently used mappings.
-            self.shrink_persistent(t.g, t.core.persistent_cap, Some(tick));
+            self.shrink_persistent(t.g, &t.core.tokens, t.core.persistent_cap, Some(tick));
             if failed {
                 self.release_transient(t, &out);
                 out.clear();
@@ -321,7 +324,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         let _ = t.g.unmap_batch(&tr);
     }
 
-    fn map_from_guest<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    fn map_from_guest<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,

@@ -261,7 +261,7 @@ where
                 queue: (qi as u16) % nq,
                 persistent: p.persistent,
                 pgrants: BTreeMap::new(),
-                pins: BTreeMap::new(),
+                poisoned: Default::default(),
                 tick: 0,
                 deferred: VecDeque::new(),
                 parts: Vec::new(),

@@ -5,9 +5,11 @@
 //! request's shape ([`BlockDevice::accepts_sg`]); anything else keeps the
 //! copy path. No disk buffer, no zero-fill, no copy.
 //!
-//! Pinning: a grant a request on the disk names is pinned (counted per
-//! ring) until the disk completed it; a pinned mapping is never released by
-//! the least-recently-used bound. A disconnect releases only unpinned
+//! Pinning: a grant that zero-copy work of the ring names, from the moment
+//! the work is built until the disk completed it, is pinned: the
+//! least-recently-used bound never releases it (the pinned set is found by
+//! a scan of the ring's work, only when the bound has to release
+//! something: nothing is counted per request). A disconnect releases only unpinned
 //! mappings; the pinned ones are parked with their ring's serial and
 //! unmapped when the last request naming them completes. A request the
 //! disk never finishes (drain deadline passed), or one failed back by a
@@ -15,9 +17,10 @@
 //! the device may still reach them, so they are never handed back.
 
 use crate::backend::PAGE;
-use crate::datapath::{split_segments, DevRef, Part, RingCtx, Step, Turn, Work};
+use crate::datapath::{split_segments, DevRef, Part, RingCtx, Step, Turn};
 use crate::engine::Core;
 use crate::request::Segment;
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, SgEntry};
 use drivers::hal::BusAddr;
@@ -101,9 +104,6 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             let len: usize = part.iter().map(|s| s.len()).sum();
             let lba = lba + offset / bs;
             offset += len as u64;
-            for s in &part {
-                *self.pins.entry(s.gref().0).or_insert(0) += 1;
-            }
             let step = if write { Step::Write { lba, fua } } else { Step::Read { lba } };
             built.push((part, step, len, None, Some(list)));
         }
@@ -111,21 +111,16 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         Ok(true)
     }
 
-    /// The disk is done with `work`'s pages (or it never reached the disk):
-    /// its grants are no longer pinned.
-    pub(crate) fn unpin(&mut self, work: &Work<B>) {
-        if !work.zc {
-            return;
+    /// Grants the device has or will get by zero-copy: named by this
+    /// ring's work on the disk (`tokens`) or waiting to go down, or
+    /// reachable by a controller that failed without stopping.
+    pub(crate) fn pinned(&self, tokens: &crate::inflight::Tokens<B>) -> BTreeSet<u32> {
+        let mut out = self.poisoned.clone();
+        let on_disk = tokens.iter().map(|(_, (s, w))| (*s, w)).filter(|(s, _)| *s == self.serial);
+        for w in on_disk.map(|(_, w)| w).chain(self.deferred.iter()).filter(|w| w.zc) {
+            out.extend(w.segs.iter().map(|s| s.gref().0));
         }
-        for s in &work.segs {
-            let g = s.gref().0;
-            if let Some(n) = self.pins.get_mut(&g) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.pins.remove(&g);
-                }
-            }
-        }
+        out
     }
 
     /// The ring goes away: its mappings still pinned by requests on the
@@ -134,7 +129,11 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     pub(crate) fn park_pinned<D: BlockDevice>(&mut self, core: &mut Core<D>, on_disk: &[u32]) -> Vec<Mapping> {
         let mut out = Vec::new();
         for (gref, (m, _)) in core::mem::take(&mut self.pgrants) {
-            let pins = on_disk.iter().filter(|g| **g == gref).count() as u32;
+            let pins = if self.poisoned.contains(&gref) {
+                u32::MAX // never unmapped: the device may still reach it
+            } else {
+                on_disk.iter().filter(|g| **g == gref).count() as u32
+            };
             if pins > 0 {
                 core.parked.insert((self.serial, gref), (m, pins));
             } else {
