@@ -319,7 +319,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
             Ok(byte / bs)
         };
-        let (segs, step, exclusive, write) = match req {
+        let (mut segs, step, exclusive, write) = match req {
             Request::Read { sector, segments, .. } => {
                 (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
             }
@@ -359,7 +359,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // reused by every request).
         let mut built = core::mem::take(&mut self.parts);
         built.clear();
-        let zc = match self.zero_copy_parts(t, d, &segs, &step, &mut built) {
+        let zc = match self.zero_copy_parts(t, d, &mut segs, &step, &mut built) {
             Ok(zc) => zc,
             Err(()) => {
                 built.clear();

@@ -39,12 +39,13 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     /// Builds the parts of a read or write whose data the disk moves
     /// straight to or from the guest's pages, pinning their grants.
     /// `Ok(false)`: not possible for this request (nothing changed; the
-    /// copy path serves it).
+    /// copy path serves it). `Ok(true)`: the parts are built and `segs`
+    /// handed to them (left empty).
     pub(crate) fn zero_copy_parts<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
-        segs: &[Segment],
+        segs: &mut Vec<Segment>,
         step: &Step,
         built: &mut Vec<Part<B>>,
     ) -> Result<bool, ()> {
@@ -87,7 +88,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // blocks and of a shape the disk can describe.
         let bs = u64::from(t.disk.block_size().max(512));
         let max = t.disk.max_transfer().max(PAGE);
-        let parts = split_segments(segs.to_vec(), max);
+        let total: usize = segs.iter().map(|s| s.len()).sum();
+        if total <= max {
+            // One part (the common case): the lists as they are.
+            if !(total as u64).is_multiple_of(bs) || !t.disk.accepts_sg(&sg) {
+                return Ok(false);
+            }
+            let step = if write { Step::Write { lba, fua } } else { Step::Read { lba } };
+            built.push((core::mem::take(segs), step, total, None, Some(sg)));
+            t.stats.zero_copy += 1;
+            return Ok(true);
+        }
+        let parts = split_segments(core::mem::take(segs), max);
         let mut lists: Vec<Vec<SgEntry>> = Vec::with_capacity(parts.len());
         let mut at = 0;
         for part in &parts {
@@ -95,6 +107,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             at += part.len();
             let len: usize = part.iter().map(|s| s.len()).sum();
             if !(len as u64).is_multiple_of(bs) || !t.disk.accepts_sg(&list) {
+                *segs = parts.into_iter().flatten().collect();
                 return Ok(false);
             }
             lists.push(list);
