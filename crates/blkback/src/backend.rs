@@ -22,7 +22,10 @@
 //!
 //! Data path: when the frontend negotiated `feature-persistent`, granted
 //! pages are mapped and kept mapped (least recently used released past a
-//! bound) and copied to or from a disk buffer by the CPU. Otherwise data
+//! bound); where the mappings carry a bus address and the disk takes
+//! scatter lists, the disk reads and writes them directly (zero-copy, see
+//! [`crate::zerocopy`]), otherwise they are copied to or from a disk
+//! buffer by the CPU. Otherwise data
 //! moves by batched `GNTTABOP_copy` between the guest's pages and the disk
 //! buffer's own frames ([`LocalFrames`]): one copy call for a request's
 //! data (per part on reads split for the disk), one more for an indirect
