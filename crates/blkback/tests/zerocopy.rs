@@ -266,3 +266,31 @@ fn disconnect_waits_for_zero_copy_dma_before_unmapping() {
     }
     assert_eq!(w.fronts[0].end_all(), [], "every grant revocable once the disk is done");
 }
+
+#[test]
+fn pages_a_failed_controller_may_reach_stay_mapped() {
+    let (mut w, ctrl) = setup(9, true, 1);
+    ctrl.set_auto(false);
+    let (rreq, rid, rsegs) = w.fronts[0].rw(BLKIF_OP_READ, 0, &[(0, 7)], 0, false);
+    w.fronts[0].push(0, &rreq);
+    w.fronts[0].publish(0);
+    for _ in 0..5 {
+        w.blk.poll(&mut w.g, &mut w.e);
+    }
+    assert_eq!(w.blk.in_flight(), 1);
+    // The controller vanishes and cannot be stopped: the read is failed
+    // back, but the device may still write the page.
+    ctrl.set_gone(true);
+    w.disk_mut().reset();
+    assert_eq!(w.collect(0, 0, 1), [error(rid, BLKIF_OP_READ)]);
+    w.fe_write(0, "state", "6");
+    w.pump();
+    assert_eq!(w.be_state(0).as_deref(), Some("6"));
+    let g = rsegs[0].0.gref;
+    assert_eq!(w.blk.mappings(), 1, "the page stays mapped for the device");
+    assert_eq!(w.fronts[0].g.end_access(g), Err(GrantError::InUse));
+    for _ in 0..10 {
+        w.pump();
+    }
+    assert_eq!(w.fronts[0].g.end_access(g), Err(GrantError::InUse), "never handed back");
+}

@@ -132,3 +132,18 @@ fn other_disks_refuse_scatter_lists() {
     let err = r.submit(0, BlockRequest::ReadSg { lba: 0, sg: vec![e(BASE, 512)] }).map_err(|(e, _)| e);
     assert_eq!(err, Err(Error::NotSupported));
 }
+
+#[test]
+fn a_controller_that_does_not_stop_says_so_for_scatter_lists() {
+    let (ctrl, mut d, p) = rig(true, 9);
+    let a = page(&p, 0, 0);
+    ctrl.set_auto(false);
+    d.submit(0, BlockRequest::ReadSg { lba: 0, sg: vec![e(a, 4096)] }).map_err(|(e, _)| e).unwrap();
+    // Surprise removal: the controller cannot be disabled, so the caller's
+    // pages may still be reached: the completion must not say "reset".
+    ctrl.set_gone(true);
+    d.reset();
+    let c = d.poll(0, 0).expect("failed back");
+    assert_eq!(c.result, Err(Error::ControllerFailed));
+    assert!(matches!(c.request, BlockRequest::ReadSg { .. }));
+}
