@@ -403,12 +403,13 @@ impl<I: Image> Driver<I> {
 
     /// Writes `data/ferrite/status` when it changed: served devices, disk
     /// buffer bytes held, pages of the mapping window in use (grant
-    /// mappings and BARs), heap bytes in use, requests so far. Operators
+    /// mappings and BARs), heap bytes in use, requests so far, grant copy
+    /// batches and disk requests served by zero-copy. Operators
     /// (and the lab's create/destroy cycles) read it to see that nothing
     /// leaks once guests are gone.
     fn publish_status(&mut self, last: &mut String) {
         let s = format!(
-            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={}",
+            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={} zero-copy={}",
             self.blk.vbd_count(),
             self.net.vifs().filter(|v| v.connected).count(),
             self.net.mappings(),
@@ -416,7 +417,8 @@ impl<I: Image> Driver<I> {
             self.s.mm.lock().va_in_use(),
             runtime::heap_used(),
             self.blk.stats.requests,
-            self.blk.stats.grant_copies
+            self.blk.stats.grant_copies,
+            self.blk.stats.zero_copy
         );
         if s != *last {
             if let Err(e) = self.s.xs.write("data/ferrite/status", s.as_bytes()) {
