@@ -69,6 +69,7 @@ STAGES = [
     (r"^blkback/datapath$", r"^complete$", "complete"),
     (r"^blkback/grants$", r"^(map_grants|release_transient|shrink_persistent|copy_ops|spans|indirect_segments)$", "grant"),
     (r"^blkback/grants$", r".", "data"),
+    (r"^blkback/zerocopy$", r"^zero_copy_parts$", "grant"),
     (r"^blkback/engine$", r"^(poll_disk|poll_vbd_disk|poll_retired|drain_check)$", "complete"),
     (r"^block/view$", r"^(submit|submit_to)$", "submit"),
     (r"^blkback/testing/disk$", r"^submit$", "submit"),

@@ -27,8 +27,9 @@ while [ $# -gt 0 ]; do
         --quick) REQUESTS=100; QUICK=-quick ;;
         --requests) REQUESTS=$2; shift ;;
         --grant-copy) EXTRA+=(--grant-copy); SUFFIX=-copy ;;
+        --no-zerocopy) EXTRA+=(--copy); SUFFIX=-nozc ;;
         --baseline) BASE=(--baseline "$2"); shift ;;
-        *) echo "usage: ./run.sh bench cpu [--quick] [--requests N] [--grant-copy] [--baseline JSON]" >&2; exit 2 ;;
+        *) echo "usage: ./run.sh bench cpu [--quick] [--requests N] [--grant-copy] [--no-zerocopy] [--baseline JSON]" >&2; exit 2 ;;
     esac
     shift
 done

@@ -366,8 +366,14 @@ else
             fs_verify="FAIL the rebooted guest did not finish within 150 s"
         fi
         t_rb=$(lab_since "$t0")
+        # Persistent grants on the product's NVMe go by zero-copy (issue 14):
+        # the disk requests it served so (a status a guest cannot forge).
+        zc=$(fval "$(fstatus)" zero-copy)
+        if [ "$nopci" != yes ] && [ -n "$zc" ] && [ "$zc" -eq 0 ] 2>/dev/null; then
+            fs_verify="FAIL no disk request went by zero-copy (data/ferrite/status zero-copy=0); $fs_verify"
+        fi
         case "$fs_new|$fs_verify" in
-            PASS*"|"PASS*) lab_pass blk-fs "first boot: ${fs_new#PASS }; xl reboot (domain $GDOM -> $(gdomid)), ${t_rb} s later: ${fs_verify#PASS }" ;;
+            PASS*"|"PASS*) lab_pass blk-fs "first boot: ${fs_new#PASS }; xl reboot (domain $GDOM -> $(gdomid)), ${t_rb} s later: ${fs_verify#PASS }; zero-copy disk requests: ${zc:-?}" ;;
             *) failed=1; lab_fail blk-fs "first boot: ${fs_new:-<no result>}; after xl reboot: $fs_verify"; evidence blk-fs ;;
         esac
 

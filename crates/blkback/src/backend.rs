@@ -22,7 +22,10 @@
 //!
 //! Data path: when the frontend negotiated `feature-persistent`, granted
 //! pages are mapped and kept mapped (least recently used released past a
-//! bound) and copied to or from a disk buffer by the CPU. Otherwise data
+//! bound); where the mappings carry a bus address and the disk takes
+//! scatter lists, the disk reads and writes them directly (zero-copy, see
+//! [`crate::zerocopy`]), otherwise they are copied to or from a disk
+//! buffer by the CPU. Otherwise data
 //! moves by batched `GNTTABOP_copy` between the guest's pages and the disk
 //! buffer's own frames ([`LocalFrames`]): one copy call for a request's
 //! data (per part on reads split for the disk), one more for an indirect
@@ -118,6 +121,11 @@ pub struct Stats {
     pub grant_copies: u64,
     /// Writes served from a spare buffer (no allocation, no zero-fill).
     pub buffers_reused: u64,
+    /// Disk buffers allocated (each zero-filled by the allocator).
+    pub buffers_allocated: u64,
+    /// Disk requests whose data the disk moved straight to or from the
+    /// guest's pages (no buffer, no copy).
+    pub zero_copy: u64,
 }
 
 /// The block backend.
@@ -163,6 +171,8 @@ where
             next_group: 1,
             tokens: Default::default(),
             grant_copy: true,
+            zerocopy: true,
+            parked: BTreeMap::new(),
             next_serial: 1,
             persistent_cap: MAX_PERSISTENT_PER_RING,
             retired: Vec::new(),
@@ -199,6 +209,13 @@ where
     /// after use. Applies from the next request on.
     pub fn set_grant_copy(&mut self, on: bool) {
         self.core.grant_copy = on;
+    }
+
+    /// Whether the disk may move data straight to or from the guest's
+    /// pages where it can (the default; see [`crate::zerocopy`]). Applies
+    /// from the next request on.
+    pub fn set_zerocopy(&mut self, on: bool) {
+        self.core.zerocopy = on;
     }
 
     /// Counters of each connected ring's polling context: (backend
@@ -271,9 +288,11 @@ where
     }
 
     /// Grant mappings held now: ring pages and persistent grants of every
-    /// connected ring (at most [`MAX_MAPPINGS`] between requests).
+    /// connected ring (at most [`MAX_MAPPINGS`] between requests), and
+    /// those of closed rings the disk may still reach (zero-copy).
     pub fn mappings(&self) -> usize {
-        self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len() + r.pgrants.len()).sum()
+        self.vbds.values().flat_map(|v| &v.rings).map(|r| r.ring_maps.len() + r.pgrants.len()).sum::<usize>()
+            + self.core.parked.len()
     }
 
     /// Bytes of disk buffers currently held by requests.

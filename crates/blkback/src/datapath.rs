@@ -15,7 +15,7 @@ use crate::ring::BlkRing;
 use crate::DiskInfo;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
-use drivers::block::{BlockDevice, BlockRequest};
+use drivers::block::{BlockDevice, BlockRequest, SgEntry};
 use xen::evtchn::EventOps;
 use xen::gnttab::{GrantOps, LocalFrames, Mapping};
 use xen::ratelimit::LogLimit;
@@ -24,6 +24,7 @@ use xen::types::{DomId, EvtchnPort, GrantRef};
 use xen_ring::PagesMem;
 
 /// Disk work derived from one request.
+#[derive(Clone)]
 pub(crate) enum Step {
     Read {
         lba: u64,
@@ -66,6 +67,11 @@ pub(crate) struct Work<B> {
     pub(crate) segs: Vec<Segment>,
     pub(crate) step: Step,
     pub(crate) buf: Option<B>,
+    /// Zero-copy: the guest's pages by bus address (until submitted).
+    pub(crate) sg: Option<Vec<SgEntry>>,
+    /// The disk moves this work's data to or from the guest's pages
+    /// directly: its grants are pinned (see [`crate::zerocopy`]).
+    pub(crate) zc: bool,
     /// Part of a flush or barrier: submitted only when nothing else of this
     /// ring is in flight, and nothing after it is submitted before it
     /// completed (blkif.h's barrier: earlier requests complete first, later
@@ -81,9 +87,9 @@ pub(crate) struct Work<B> {
     pub(crate) _charge: Charge,
 }
 
-/// One disk part of a request being built: its segments, step, length
-/// and buffer.
-pub(crate) type Part<B> = (Vec<Segment>, Step, usize, Option<B>);
+/// One disk part of a request being built: its segments, step, length,
+/// and buffer or (zero-copy) scatter list.
+pub(crate) type Part<B> = (Vec<Segment>, Step, usize, Option<B>, Option<Vec<SgEntry>>);
 
 /// A request split into parts.
 pub(crate) struct Group {
@@ -185,6 +191,9 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) queue: u16,
     pub(crate) persistent: bool,
     pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
+    /// Persistent grants a controller that failed without stopping may
+    /// still reach (zero-copy work it failed back): never released.
+    pub(crate) poisoned: alloc::collections::BTreeSet<u32>,
     pub(crate) tick: u64,
     pub(crate) deferred: VecDeque<Work<B>>,
     /// The parts of the request being prepared (kept for its capacity).
@@ -361,7 +370,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
             Ok(byte / bs)
         };
-        let (segs, step, exclusive, write) = match req {
+        let (mut segs, step, exclusive, write) = match req {
             Request::Read { sector, segments, .. } => {
                 (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
             }
@@ -401,11 +410,20 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         // reused by every request).
         let mut built = core::mem::take(&mut self.parts);
         built.clear();
-        let n = match self.build_parts(t, d, segs, step, write, &mut built) {
+        let zc = match self.zero_copy_parts(t, d, &mut segs, &step, &mut built) {
+            Ok(zc) => zc,
+            Err(()) => {
+                built.clear();
+                self.parts = built;
+                return Err(());
+            }
+        };
+        let made = if zc { Ok(()) } else { self.build_parts(t, d, segs, step, write, &mut built) };
+        let n = match made {
             Ok(()) => {
                 if exclusive && write {
                     // The preflush goes first.
-                    built.insert(0, (Vec::new(), Step::Flush, 0, None));
+                    built.insert(0, (Vec::new(), Step::Flush, 0, None, None));
                 }
                 let group = if built.len() > 1 {
                     let gid = t.core.next_group;
@@ -417,13 +435,16 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 };
                 let n = built.len();
                 let reply = Reply::of(&req);
-                for (segs, step, len, buf) in built.drain(..) {
+                for (segs, step, len, buf, sg) in built.drain(..) {
                     let _charge = charge(&t.core.budget, &self.held, len);
+                    let zc = sg.is_some();
                     self.deferred.push_back(Work {
                         req: reply,
                         segs,
                         step,
                         buf,
+                        sg,
+                        zc,
                         exclusive,
                         group,
                         bytes: len as u64,
@@ -476,11 +497,14 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 t.stats.buffers_reused += u64::from(spare.is_some());
                 buf = Some(match spare {
                     Some(b) => b,
-                    None => (t.core.alloc)(len).ok_or(())?,
+                    None => {
+                        t.stats.buffers_allocated += 1;
+                        (t.core.alloc)(len).ok_or(())?
+                    }
                 });
             }
             offset += len as u64;
-            built.push((part, step, len, buf));
+            built.push((part, step, len, buf, None));
             Ok(())
         };
         let data = matches!(step, Step::Read { .. } | Step::Write { .. });
@@ -521,13 +545,17 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 any = true;
                 continue;
             }
-            let breq = match w.step {
-                Step::Read { lba } => BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") },
-                Step::Write { lba, fua } => {
+            let breq = match (w.step.clone(), w.sg.take()) {
+                (Step::Read { lba }, Some(sg)) => BlockRequest::ReadSg { lba, sg },
+                (Step::Write { lba, fua }, Some(sg)) => BlockRequest::WriteSg { lba, sg, fua },
+                (Step::Read { lba }, None) => {
+                    BlockRequest::Read { lba, buffer: w.buf.take().expect("read has a buffer") }
+                }
+                (Step::Write { lba, fua }, None) => {
                     BlockRequest::Write { lba, buffer: w.buf.take().expect("write has a buffer"), fua }
                 }
-                Step::Flush => BlockRequest::Flush,
-                Step::Discard { lba, blocks } => BlockRequest::Discard { lba, blocks },
+                (Step::Flush, _) => BlockRequest::Flush,
+                (Step::Discard { lba, blocks }, _) => BlockRequest::Discard { lba, blocks },
             };
             match t.disk.submit(self.queue, breq) {
                 Ok(tok) => {
@@ -540,8 +568,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     t.core.tokens.insert((d.id, tok.0), (self.serial, w));
                 }
                 Err((drivers::Error::QueueFull, back)) => {
-                    if let BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } = back {
-                        w.buf = Some(buffer);
+                    match back {
+                        BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => w.buf = Some(buffer),
+                        BlockRequest::ReadSg { sg, .. } | BlockRequest::WriteSg { sg, .. } => w.sg = Some(sg),
+                        _ => {}
                     }
                     self.deferred.push_front(w);
                     break;
@@ -570,6 +600,12 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if work.exclusive {
             self.ordered_in_flight = self.ordered_in_flight.saturating_sub(1);
         }
+        if work.zc && !crate::zerocopy::device_done(&result) {
+            // The device may still reach these pages: they stay mapped for
+            // the ring's life and parked after it.
+            self.poisoned.extend(work.segs.iter().map(|s| s.gref().0));
+            limited!(d.log, t.e.now(), warn, "vbd {}: disk failed without stopping; its pages stay mapped", d.be);
+        }
         let mut status = if result.is_ok() { Status::Okay } else { Status::Error };
         self.stats.latency.record(t.e.now().saturating_sub(work.submitted));
         match (&result, &work.step) {
@@ -582,7 +618,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             self.stats.errors += 1;
             limited!(d.log, t.e.now(), warn, "vbd {}: disk error {err:?} for request {}", d.be, work.req.id());
         }
-        if status == Status::Okay && matches!(work.step, Step::Read { .. }) {
+        if status == Status::Okay && !work.zc && matches!(work.step, Step::Read { .. }) {
             status = match self.deliver_read(t, d, &mut work) {
                 Ok(()) => Status::Okay,
                 Err(()) => Status::Error,

@@ -57,6 +57,12 @@ pub(crate) struct Core<D: BlockDevice> {
     pub(crate) retired: Vec<Retired<D>>,
     /// Non-persistent rings move data by grant copy.
     pub(crate) grant_copy: bool,
+    /// Persistent rings let the disk reach the guest's pages directly
+    /// where it can (see [`crate::zerocopy`]).
+    pub(crate) zerocopy: bool,
+    /// Mappings of closed rings pinned by zero-copy work still on a disk:
+    /// (ring serial, grant) → (mapping, pieces of work naming it).
+    pub(crate) parked: BTreeMap<(u64, u32), (xen::gnttab::Mapping, u32)>,
     /// A vbd was removed since the last sweep of `tokens` (see
     /// `poll_retired`).
     pub(crate) sweep_tokens: bool,
@@ -191,6 +197,7 @@ where
             return false;
         }
         let mut any = false;
+        let mut unmaps = Vec::new();
         let tokens = &mut self.core.tokens;
         for r in self.core.retired.iter_mut() {
             for q in 0..r.disk.queue_count().max(1) {
@@ -198,7 +205,9 @@ where
                 for _ in 0..1024 {
                     let Some(c) = r.disk.poll(q, now) else { break };
                     any = true;
-                    tokens.remove(&(r.vid, c.token.0));
+                    if let Some((serial, work)) = tokens.remove(&(r.vid, c.token.0)) {
+                        unmaps.extend(parked_done(&mut self.core.parked, serial, &work, &c.result));
+                    }
                 }
             }
         }
@@ -209,6 +218,7 @@ where
             }
             left > 0 && now < r.deadline
         });
+        let _ = self.g.unmap_batch(&unmaps);
         let gone: Vec<u32> = self.core.retired.iter().map(|r| r.vid).collect();
         tokens.retain(|k, _| self.vbds.contains_key(&k.0) || gone.contains(&k.0));
         any
@@ -225,7 +235,7 @@ where
         self.core.persistent_cap = cap;
         let mut released = 0;
         for r in self.vbds.values_mut().flat_map(|v| v.rings.iter_mut()) {
-            released += r.shrink_persistent(self.g, cap, None);
+            released += r.shrink_persistent(self.g, &self.core.tokens, cap, None);
         }
         if released > 0 {
             log::info!("{released} persistent grant mapping(s) released: {rings} ring(s) share {free} mappings");
@@ -267,8 +277,13 @@ where
                 let Some((serial, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
                 let Some(ring) = v.rings.iter_mut().find(|r| r.serial == serial) else {
                     // A ring that is gone: the work (and its buffer charge)
-                    // is dropped unanswered.
+                    // is dropped unanswered; pages it kept mapped for the
+                    // disk are unmapped once nothing on the disk names them.
                     v.orphans = v.orphans.saturating_sub(1);
+                    let done = parked_done(&mut self.core.parked, serial, &work, &c.result);
+                    if !done.is_empty() {
+                        let _ = self.g.unmap_batch(&done);
+                    }
                     continue;
                 };
                 match c.request {
@@ -289,4 +304,29 @@ where
         }
         any
     }
+}
+
+/// The parked mappings a finished piece of work of closed ring `serial`
+/// released (see `Core::unpark`).
+fn parked_done<B>(
+    parked: &mut BTreeMap<(u64, u32), (xen::gnttab::Mapping, u32)>,
+    serial: u64,
+    work: &crate::datapath::Work<B>,
+    result: &Result<(), drivers::Error>,
+) -> Vec<xen::gnttab::Mapping> {
+    let mut out = Vec::new();
+    if !work.zc || !crate::zerocopy::device_done(result) {
+        return out;
+    }
+    for s in &work.segs {
+        let key = (serial, s.gref().0);
+        if let Some((m, n)) = parked.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                out.push(*m);
+                parked.remove(&key);
+            }
+        }
+    }
+    out
 }

@@ -150,7 +150,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if self.copies(t) {
             let mut ops = Vec::new();
             let mut framed = true;
-            for (segs, _, _, buf) in parts.iter() {
+            for (segs, _, _, buf, _) in parts.iter() {
                 match buf.as_ref().map(|b| copy_ops(b, d.fe_dom, spans(segs), false)) {
                     Some(Some(o)) => ops.extend(o),
                     Some(None) => framed = false,
@@ -159,7 +159,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
             if framed {
                 self.grant_copy(t, d, &ops)?;
-                for (_, _, _, buf) in parts.iter_mut() {
+                for (_, _, _, buf, _) in parts.iter_mut() {
                     if let Some(b) = buf {
                         b.sync_for_cpu();
                     }
@@ -167,7 +167,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                 return Ok(());
             }
         }
-        for (segs, _, _, buf) in parts.iter_mut() {
+        for (segs, _, _, buf, _) in parts.iter_mut() {
             if let Some(b) = buf {
                 self.map_from_guest(t, d, segs, b.as_mut())?;
             }
@@ -177,10 +177,12 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
 
     /// Releases the least recently used persistent mappings until at most
     /// `cap` (and [`MAX_PERSISTENT_PER_RING`]) are left, sparing those
-    /// used at `spare` (the request being served). Returns how many went.
+    /// used at `spare` (the request being served) and those pinned by
+    /// zero-copy work on the disk. Returns how many went.
     pub(crate) fn shrink_persistent<G: GrantOps<Page = P>>(
         &mut self,
         g: &mut G,
+        tokens: &crate::inflight::Tokens<B>,
         cap: usize,
         spare: Option<u64>,
     ) -> usize {
@@ -188,8 +190,14 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         if self.pgrants.len() <= cap {
             return 0;
         }
-        let mut ages: Vec<(u64, u32)> =
-            self.pgrants.iter().filter(|(_, (_, t))| Some(*t) != spare).map(|(k, (_, t))| (*t, *k)).collect();
+        // Found only here, off the hot path: no bookkeeping per request.
+        let pinned = self.pinned(tokens);
+        let mut ages: Vec<(u64, u32)> = self
+            .pgrants
+            .iter()
+            .filter(|(k, (_, t))| Some(*t) != spare && !pinned.contains(*k))
+            .map(|(k, (_, t))| (*t, *k))
+            .collect();
         ages.sort_unstable();
         let excess = self.pgrants.len() - cap;
         let victims: Vec<Mapping> =
@@ -234,7 +242,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     /// Returns each mapping and whether it is transient (unmap after use),
     /// in this ring's list of mappings (all `Some`; hand it back to
     /// `self.maps` after use to keep its capacity).
-    fn map_grants<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    pub(crate) fn map_grants<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
@@ -293,7 +301,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             failed |= out.iter().any(Option::is_none);
             // Past the bound (this ring's share of the global mapping
             // budget): release the least recently used mappings.
-            self.shrink_persistent(t.g, t.core.persistent_cap, Some(tick));
+            self.shrink_persistent(t.g, &t.core.tokens, t.core.persistent_cap, Some(tick));
             if failed {
                 self.release_transient(t, &out);
                 out.clear();
@@ -304,7 +312,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         Ok(out)
     }
 
-    fn release_transient<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    pub(crate) fn release_transient<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         maps: &[Option<(Mapping, bool)>],
@@ -316,7 +324,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         let _ = t.g.unmap_batch(&tr);
     }
 
-    fn map_from_guest<D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    fn map_from_guest<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,

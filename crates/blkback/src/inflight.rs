@@ -58,6 +58,11 @@ impl<B> Tokens<B> {
         v
     }
 
+    /// Work on the disks with its key.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&(u32, u64), &InFlight<B>)> {
+        self.index.iter().filter_map(|(k, s)| self.slots.get(*s as usize)?.as_ref().map(|v| (k, v)))
+    }
+
     /// Keys in order.
     pub(crate) fn keys(&self) -> impl Iterator<Item = &(u32, u64)> {
         self.index.keys()

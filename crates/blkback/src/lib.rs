@@ -66,6 +66,7 @@ pub mod ring;
 pub mod testing;
 mod vbd;
 pub mod xenbus;
+mod zerocopy;
 
 pub use backend::{
     Blkback, Stats, MAX_BUFFER_BYTES, MAX_MAPPINGS, MAX_PERSISTENT_PER_RING, RING_BUDGET, RM_DELAY_NS, WATCH_PREFIX,

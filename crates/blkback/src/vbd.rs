@@ -261,6 +261,7 @@ where
                 queue: (qi as u16) % nq,
                 persistent: p.persistent,
                 pgrants: BTreeMap::new(),
+                poisoned: Default::default(),
                 tick: 0,
                 deferred: VecDeque::new(),
                 parts: Vec::new(),
@@ -323,8 +324,11 @@ where
         let now = self.e.now();
         let Some(v) = self.vbds.get_mut(&id) else { return };
         let mut released = 0;
-        for r in v.rings.drain(..) {
-            let pg: Vec<Mapping> = r.pgrants.values().map(|(m, _)| *m).collect();
+        for mut r in v.rings.drain(..) {
+            // Pages the disk may still reach (zero-copy work on it) stay
+            // mapped until that work completed (see `crate::zerocopy`).
+            let on_disk = self.core.pinned_on_disk(id, r.serial);
+            let pg: Vec<Mapping> = r.park_pinned(self.core, &on_disk);
             released += pg.len() + r.ring_maps.len();
             for res in self.g.unmap_batch(&pg).into_iter().chain(self.g.unmap_batch(&r.ring_maps)) {
                 if let Err(err) = res {

@@ -141,6 +141,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> CacheDisk<B> {
                 let zeros = vec![0u8; *blocks as usize * bs];
                 self.put(*lba, &zeros, false);
             }
+            BlockRequest::ReadSg { .. } | BlockRequest::WriteSg { .. } => return Err(Error::NotSupported),
         }
         Ok(())
     }

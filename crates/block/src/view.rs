@@ -149,6 +149,9 @@ impl<D: Volumes> View<D> {
                 // Rounded up: a partial last block still counts against the extent.
                 Some((*lba, buffer.as_ref().len().div_ceil(block_size.max(1) as usize) as u64))
             }
+            BlockRequest::ReadSg { lba, sg } | BlockRequest::WriteSg { lba, sg, .. } => {
+                Some((*lba, drivers::block::sg_len(sg).div_ceil(block_size.max(1) as usize) as u64))
+            }
             BlockRequest::Discard { lba, blocks } | BlockRequest::WriteZeroes { lba, blocks } => Some((*lba, *blocks)),
             BlockRequest::Flush => None,
         }
@@ -159,6 +162,8 @@ fn shift<B>(r: &mut BlockRequest<B>, f: impl Fn(u64) -> u64) {
     match r {
         BlockRequest::Read { lba, .. }
         | BlockRequest::Write { lba, .. }
+        | BlockRequest::ReadSg { lba, .. }
+        | BlockRequest::WriteSg { lba, .. }
         | BlockRequest::Discard { lba, .. }
         | BlockRequest::WriteZeroes { lba, .. } => *lba = f(*lba),
         BlockRequest::Flush => {}
@@ -211,7 +216,7 @@ where
         queue: u16,
         mut r: BlockRequest<D::Buffer>,
     ) -> Result<Token, (Error, BlockRequest<D::Buffer>)> {
-        let writes = !matches!(r, BlockRequest::Read { .. } | BlockRequest::Flush);
+        let writes = !matches!(r, BlockRequest::Read { .. } | BlockRequest::ReadSg { .. } | BlockRequest::Flush);
         if self.readonly && writes {
             return Err((Error::NotSupported, r));
         }
@@ -233,6 +238,14 @@ where
                 Err((e, r))
             }
         }
+    }
+
+    fn scatter_gather(&self) -> bool {
+        self.shared.borrow().dev.scatter_gather()
+    }
+
+    fn accepts_sg(&self, sg: &[drivers::block::SgEntry]) -> bool {
+        self.shared.borrow().dev.accepts_sg(sg)
     }
 
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {

@@ -6,7 +6,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::error::Error;
-use crate::hal::Nanos;
+use crate::hal::{BusAddr, Nanos};
 
 /// Identifies a submitted request; unique per device for its lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,6 +26,21 @@ pub enum BlockRequest<B> {
         buffer: B,
         fua: bool,
     },
+    /// Zero-copy read: the device writes straight into memory the caller
+    /// owns and keeps device-accessible until the completion (a guest's
+    /// granted pages), named by bus address. Only for a device whose
+    /// [`BlockDevice::scatter_gather`] is true; others refuse it with
+    /// [`Error::NotSupported`] (and the caller copies instead).
+    ReadSg {
+        lba: u64,
+        sg: Vec<SgEntry>,
+    },
+    /// Zero-copy write from such memory (see [`BlockRequest::ReadSg`]).
+    WriteSg {
+        lba: u64,
+        sg: Vec<SgEntry>,
+        fua: bool,
+    },
     /// Makes every completed write stable.
     Flush,
     /// The blocks' contents become undefined (NVMe: DSM deallocate).
@@ -38,6 +53,20 @@ pub enum BlockRequest<B> {
         lba: u64,
         blocks: u64,
     },
+}
+
+/// One piece of a zero-copy transfer: `len` bytes at bus address `bus`
+/// (within one page; the caller keeps it mapped for the device until the
+/// request's completion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgEntry {
+    pub bus: BusAddr,
+    pub len: u32,
+}
+
+/// Bytes a scatter list names (saturating: a bogus list cannot wrap).
+pub fn sg_len(sg: &[SgEntry]) -> usize {
+    sg.iter().fold(0usize, |a, e| a.saturating_add(e.len as usize))
 }
 
 impl<B> BlockRequest<B> {
@@ -104,6 +133,18 @@ pub trait BlockDevice {
     ) -> Result<Token, (Error, BlockRequest<Self::Buffer>)>;
     /// Next completion on `queue`, if any. `now` drives timeouts.
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<Self::Buffer>>;
+    /// Whether [`BlockRequest::ReadSg`]/[`BlockRequest::WriteSg`] are
+    /// served (the device reaches memory by the bus addresses given). The
+    /// default: no; such requests are refused with [`Error::NotSupported`]
+    /// and the caller keeps its copy path.
+    fn scatter_gather(&self) -> bool {
+        false
+    }
+    /// Whether a scatter list of this shape can be described to the
+    /// device (alignment, count); the caller copies instead if not.
+    fn accepts_sg(&self, _sg: &[SgEntry]) -> bool {
+        false
+    }
 }
 
 /// A device whose queues serve several independent address spaces (NVMe
@@ -202,6 +243,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> RamDisk<B> {
                 self.data[r].copy_from_slice(buffer.as_ref());
             }
             BlockRequest::Flush => {}
+            BlockRequest::ReadSg { .. } | BlockRequest::WriteSg { .. } => return Err(Error::NotSupported),
             BlockRequest::Discard { lba, blocks } | BlockRequest::WriteZeroes { lba, blocks } => {
                 if *blocks == 0 {
                     return Err(Error::BadBuffer);

@@ -35,3 +35,5 @@ pub mod fake;
 mod tests;
 
 pub use error::{DmaError, Error, Status};
+#[cfg(test)]
+mod tests_sg;

@@ -23,6 +23,8 @@ pub struct XenGrants<'a> {
     mm: &'a spin::Mutex<PvMm>,
     table_va: [u64; TABLE_FRAMES as usize],
     refs: RefAllocator,
+    /// Map grants with device access too (`GNTMAP_device_map`).
+    device_map: bool,
 }
 
 fn gnttab_op<T>(cmd: u64, arg: *mut T, count: usize) -> Result<(), XenError> {
@@ -49,7 +51,16 @@ impl<'a> XenGrants<'a> {
         }
         drop(m);
         let n = TABLE_FRAMES * 512 - g::NR_RESERVED_ENTRIES;
-        Ok(Self { mm, table_va, refs: RefAllocator::new(g::NR_RESERVED_ENTRIES, n) })
+        Ok(Self { mm, table_va, refs: RefAllocator::new(g::NR_RESERVED_ENTRIES, n), device_map: false })
+    }
+
+    /// Maps from now on also give our devices access (`GNTMAP_device_map`):
+    /// each [`Mapping`] carries the page's bus address (`dev_bus_addr`,
+    /// the machine address for a PV domain, which Xen maps 1:1 in the
+    /// IOMMU of a PV domain with passthrough). Only where bus addresses are
+    /// machine addresses (`Translation::PvMachineFrames`).
+    pub fn set_device_map(&mut self, on: bool) {
+        self.device_map = on;
     }
 
     /// (flags, domid+frame) of entry `r`: flags is a u16 at +0, frame a u32 at +4.
@@ -114,7 +125,9 @@ impl GrantOps for XenGrants<'_> {
                 let mut mm = self.mm.lock();
                 for q in chunk {
                     let va = mm.alloc_va().map_err(|_| GrantError::NoDeviceSpace);
-                    let flags = g::GNTMAP_HOST_MAP | if q.readonly { g::GNTMAP_READONLY } else { 0 };
+                    let flags = g::GNTMAP_HOST_MAP
+                        | if q.readonly { g::GNTMAP_READONLY } else { 0 }
+                        | if self.device_map { g::GNTMAP_DEVICE_MAP } else { 0 };
                     // A slot that could not get an address is sent with
                     // address 0, which Xen rejects; its result is our error.
                     ops.push(GnttabMapGrantRef {
@@ -137,9 +150,16 @@ impl GrantOps for XenGrants<'_> {
                         Err(GrantError::Xen(*e))
                     }
                     (Ok(va), Ok(())) => match GrantError::check(op.status) {
-                        Ok(()) => {
-                            Ok(Mapping { dom: q.dom, gref: q.gref, readonly: q.readonly, handle: op.handle, addr: va })
-                        }
+                        Ok(()) => Ok(Mapping {
+                            dom: q.dom,
+                            gref: q.gref,
+                            readonly: q.readonly,
+                            handle: op.handle,
+                            addr: va,
+                            // Kept as Xen gave it: the unmap must name it
+                            // (users check it before DMA).
+                            bus: self.device_map.then_some(op.dev_bus_addr),
+                        }),
                         Err(e) => {
                             mm.free_va(va);
                             Err(e)
@@ -159,7 +179,9 @@ impl GrantOps for XenGrants<'_> {
                 .iter()
                 .map(|m| GnttabUnmapGrantRef {
                     host_addr: m.addr,
-                    dev_bus_addr: 0,
+                    // A device mapping is released only when its bus
+                    // address is given back too.
+                    dev_bus_addr: m.bus.unwrap_or(0),
                     handle: m.handle,
                     status: 0,
                     _pad: 0,

@@ -88,6 +88,11 @@ pub struct Mapping {
     pub handle: u32,
     /// Where the page is mapped (virtual address in the unikernel).
     pub addr: u64,
+    /// The page's address for our devices' DMA, when it was mapped with
+    /// device access (`GNTMAP_device_map`: `dev_bus_addr`, the machine
+    /// address under stock Xen for a PV domain, which Xen also maps 1:1 in
+    /// the IOMMU); `None` for a CPU-only mapping. Valid until unmapped.
+    pub bus: Option<u64>,
 }
 
 /// One end of a grant copy.
@@ -221,7 +226,13 @@ pub mod fake {
         pub copy_ops: u64,
         /// Next frame number for a [`FrameBuf`].
         next_buf_pfn: u64,
+        /// Mappings get a bus address (see [`FakeGrants::set_device_map`]).
+        device_map: bool,
     }
+
+    /// Bus addresses of device-mapped grants start here (bus page =
+    /// `DEVICE_BUS_PFN` + handle), far from any fake DMA memory.
+    pub const DEVICE_BUS_PFN: u64 = 1 << 44;
 
     /// Frames of [`FrameBuf`]s start here, far above the pages tests grant.
     const FRAME_BUF_PFN: u64 = 1 << 40;
@@ -252,6 +263,16 @@ pub mod fake {
                     refs: RefAllocator::new(crate::xen_abi::gnttabop::NR_RESERVED_ENTRIES, refs),
                 })
                 .collect()
+        }
+        /// Maps from now on carry device access (a bus address), as the
+        /// hal's with `GNTMAP_device_map`.
+        pub fn set_device_map(&mut self, on: bool) {
+            self.hub.borrow_mut().device_map = on;
+        }
+        /// What a device sees at bus addresses of device-mapped grants
+        /// (for a fake device's DMA).
+        pub fn device_view(&self) -> DeviceView {
+            DeviceView { hub: self.hub.clone() }
         }
         /// One of our own pages (created zeroed on first use).
         pub fn local_page(&self, pfn: Pfn) -> Arc<VecShared> {
@@ -347,7 +368,8 @@ pub mod fake {
                     let addr = hub.next_addr;
                     hub.next_addr += PAGE_SIZE as u64;
                     hub.handles.insert(handle, (self.me, q.dom, q.gref));
-                    Mapping { dom: q.dom, gref: q.gref, readonly: q.readonly, handle, addr }
+                    let bus = hub.device_map.then(|| (DEVICE_BUS_PFN + u64::from(handle)) * PAGE_SIZE as u64);
+                    Mapping { dom: q.dom, gref: q.gref, readonly: q.readonly, handle, addr, bus }
                 }));
             }
             out
@@ -395,6 +417,50 @@ pub mod fake {
             let hub = self.hub.borrow();
             let pfn = hub.grants.get(&(m.dom, m.gref)).map(|e| e.pfn).unwrap_or(Pfn(u64::MAX));
             hub.pages.get(&(m.dom, pfn)).cloned().unwrap_or_else(|| Arc::new(VecShared::new(PAGE_SIZE)))
+        }
+    }
+
+    /// The device's view of device-mapped grants: a bus address resolves
+    /// to the granted page while its mapping lives (after the unmap it
+    /// resolves to nothing, so a device access then fails the test).
+    #[derive(Clone)]
+    pub struct DeviceView {
+        hub: Rc<RefCell<Hub>>,
+    }
+
+    impl DeviceView {
+        /// The page at bus address `addr`, the offset in it, and whether
+        /// the mapping is read-only.
+        fn resolve(&self, addr: u64) -> Option<(Arc<VecShared>, usize, bool)> {
+            let hub = self.hub.borrow();
+            let handle = u32::try_from((addr / PAGE_SIZE as u64).checked_sub(DEVICE_BUS_PFN)?).ok()?;
+            let &(_, dom, gref) = hub.handles.get(&handle)?;
+            let e = hub.grants.get(&(dom, gref))?;
+            let page = hub.pages.get(&(dom, e.pfn))?.clone();
+            Some((page, (addr % PAGE_SIZE as u64) as usize, e.readonly))
+        }
+        /// Device read of `out.len()` bytes (within one page) at `addr`.
+        #[inline(never)]
+        pub fn read(&self, addr: u64, out: &mut [u8]) -> bool {
+            match self.resolve(addr) {
+                Some((page, off, _)) if off + out.len() <= PAGE_SIZE => {
+                    page.read(off, out);
+                    true
+                }
+                _ => false,
+            }
+        }
+        /// Device write (within one page) at `addr`; refused on a
+        /// read-only grant.
+        #[inline(never)]
+        pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+            match self.resolve(addr) {
+                Some((page, off, false)) if off + data.len() <= PAGE_SIZE => {
+                    page.write(off, data);
+                    true
+                }
+                _ => false,
+            }
         }
     }
 

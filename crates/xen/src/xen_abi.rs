@@ -171,6 +171,9 @@ pub mod gnttabop {
     pub const COPY: u64 = 5;
     pub const QUERY_SIZE: u64 = 6;
     pub const SET_VERSION: u64 = 8;
+    /// grant_table.h `_GNTMAP_device_map` (bit 0): the mapping is also for
+    /// device DMA; Xen returns the page's bus address in `dev_bus_addr`.
+    pub const GNTMAP_DEVICE_MAP: u32 = 1 << 0;
     pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
     pub const GNTMAP_READONLY: u32 = 1 << 2;
     pub const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;

@@ -47,6 +47,12 @@ impl BlockDevice for AnyDisk {
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<DmaBuf>> {
         each!(self, d => d.poll(queue, now))
     }
+    fn scatter_gather(&self) -> bool {
+        each!(self, d => d.scatter_gather())
+    }
+    fn accepts_sg(&self, sg: &[drivers::block::SgEntry]) -> bool {
+        each!(self, d => d.accepts_sg(sg))
+    }
 }
 
 impl Volumes for AnyDisk {

@@ -171,6 +171,9 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         info!("command line: {cmdline}");
     }
     let use_sgl = !cmdline.split_whitespace().any(|w| w == "nvme.sgl=0");
+    //   blk.zerocopy=0   never let the NVMe reach a guest's granted pages
+    //                    directly (always copy through our own buffers)
+    let zerocopy = !cmdline.split_whitespace().any(|w| w == "blk.zerocopy=0");
     //   poll=spin|hybrid   how to wait for the disk (default hybrid); also
     //                      data/ferrite/poll in xenstore, at run time
     let poll_mode = cmdline
@@ -217,6 +220,12 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         }
         _ => info!("no PCI device passed through (device/pci/0 absent): not driving NVMe"),
     }
+    // Zero-copy: persistent grants mapped with device access give the
+    // page's machine address, which is the bus address of our NVMe DMA
+    // (`Translation::PvMachineFrames`, Xen's 1:1 IOMMU map of a PV domain).
+    let zerocopy = zerocopy && !controllers.is_empty();
+    grants.set_device_map(zerocopy);
+    info!("blkback zero-copy: {}", if zerocopy { "on (grants mapped for the device)" } else { "off" });
     let registry = Rc::new(RefCell::new(crate::disks::register(controllers)));
     let listing = registry.borrow().describe();
     if listing.is_empty() {
@@ -229,13 +238,14 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
         warn!("cannot write data/ferrite/disks: {e:?}");
     }
     let opener = registry.clone();
-    let blk = Blkback::new(
+    let mut blk = Blkback::new(
         move |o: &OpenRequest<'_>| {
             opener.borrow_mut().open(o.params, o.readonly, o.holder, crate::disks::ram_disk).map_err(|e| e.to_string())
         },
         BackendConfig::default(),
         DmaBuf::zeroed,
     );
+    blk.set_zerocopy(zerocopy);
     let store_port = EvtchnPort(si.store_evtchn);
     let s = Services { xs, events, grants, mm: b.mm };
     let net = Netback::new(NetConfig::default(), DmaBuf::zeroed);
@@ -440,12 +450,13 @@ impl<I: Image> Driver<I> {
 
     /// Writes `data/ferrite/status` when it changed: served devices, disk
     /// buffer bytes held, pages of the mapping window in use (grant
-    /// mappings and BARs), heap bytes in use, requests so far. Operators
+    /// mappings and BARs), heap bytes in use, requests so far, grant copy
+    /// batches and disk requests served by zero-copy. Operators
     /// (and the lab's create/destroy cycles) read it to see that nothing
     /// leaks once guests are gone.
     fn publish_status(&mut self, last: &mut String) {
         let s = format!(
-            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={}",
+            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={} zero-copy={}",
             self.blk.vbd_count(),
             self.net.vifs().filter(|v| v.connected).count(),
             self.net.mappings(),
@@ -453,7 +464,8 @@ impl<I: Image> Driver<I> {
             self.s.mm.lock().va_in_use(),
             runtime::heap_used(),
             self.blk.stats.requests,
-            self.blk.stats.grant_copies
+            self.blk.stats.grant_copies,
+            self.blk.stats.zero_copy
         );
         if s != *last {
             if let Err(e) = self.s.xs.write("data/ferrite/status", s.as_bytes()) {

@@ -74,8 +74,8 @@ impl SlowDisk {
 
 fn kind(r: &BlockRequest<Buf>) -> (char, u64) {
     match r {
-        BlockRequest::Read { lba, .. } => ('R', *lba),
-        BlockRequest::Write { lba, .. } => ('W', *lba),
+        BlockRequest::Read { lba, .. } | BlockRequest::ReadSg { lba, .. } => ('R', *lba),
+        BlockRequest::Write { lba, .. } | BlockRequest::WriteSg { lba, .. } => ('W', *lba),
         BlockRequest::Flush => ('F', 0),
         BlockRequest::Discard { lba, .. } => ('D', *lba),
         BlockRequest::WriteZeroes { lba, .. } => ('Z', *lba),
@@ -197,5 +197,11 @@ impl<D: Volumes<Buffer = Buf>> BlockDevice for TestDisk<D> {
     }
     fn poll(&mut self, queue: u16, now: u64) -> Option<BlockCompletion<Buf>> {
         self.view.poll(queue, now)
+    }
+    fn scatter_gather(&self) -> bool {
+        self.view.scatter_gather()
+    }
+    fn accepts_sg(&self, sg: &[drivers::block::SgEntry]) -> bool {
+        self.view.accepts_sg(sg)
     }
 }

@@ -23,10 +23,28 @@ const PS: u64 = PAGE_SIZE as u64;
 /// while a driver may hold a CPU pointer into it ([`FakeMemory::cpu_ptr`],
 /// for pointer-based drivers such as virtio-drivers); interior mutability
 /// keeps both views valid, and the run never moves until released.
-#[derive(Debug)]
 pub struct FakeMemory {
     runs: BTreeMap<u64, Vec<Page>>,
     next_pfn: u64,
+    /// Memory the device reaches that this fake did not allocate (another
+    /// domain's granted pages mapped for the device: zero-copy I/O).
+    foreign: Option<Rc<dyn ForeignMemory>>,
+}
+
+impl core::fmt::Debug for FakeMemory {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FakeMemory").field("runs", &self.runs.len()).field("next_pfn", &self.next_pfn).finish()
+    }
+}
+
+/// Device-reachable memory outside [`FakeMemory`]'s own allocations, by
+/// bus address (a host test wires in the fake grant table's pages mapped
+/// with device access). Each call stays within one page. `false`: nothing
+/// is reachable there (the device access then panics, as for any
+/// unmapped address).
+pub trait ForeignMemory {
+    fn read(&self, addr: u64, out: &mut [u8]) -> bool;
+    fn write(&self, addr: u64, data: &[u8]) -> bool;
 }
 
 /// One page of fake memory, aligned like a real one (CPU pointers into a
@@ -48,7 +66,13 @@ pub type Memory = Rc<RefCell<FakeMemory>>;
 
 impl FakeMemory {
     pub fn new_shared() -> Memory {
-        Rc::new(RefCell::new(FakeMemory { runs: BTreeMap::new(), next_pfn: 0x10_0000 }))
+        Rc::new(RefCell::new(FakeMemory { runs: BTreeMap::new(), next_pfn: 0x10_0000, foreign: None }))
+    }
+
+    /// Lets the device reach `foreign` memory at bus addresses outside
+    /// this fake's allocations.
+    pub fn set_foreign(&mut self, foreign: Rc<dyn ForeignMemory>) {
+        self.foreign = Some(foreign);
     }
 
     fn alloc(&mut self, pages: usize, fill: u8) -> u64 {
@@ -87,9 +111,14 @@ impl FakeMemory {
         let mut done = 0;
         while done < out.len() {
             let a = addr + done as u64;
-            let page = self.page(a / PS).unwrap_or_else(|| panic!("DMA read from unmapped bus address {a:#x}"));
             let off = (a % PS) as usize;
             let n = (PAGE_SIZE - off).min(out.len() - done);
+            let Some(page) = self.page(a / PS) else {
+                let ok = self.foreign.as_ref().is_some_and(|f| f.read(a, &mut out[done..done + n]));
+                assert!(ok, "DMA read from unmapped bus address {a:#x}");
+                done += n;
+                continue;
+            };
             for (o, c) in out[done..done + n].iter_mut().zip(&page[off..off + n]) {
                 *o = c.get();
             }
@@ -102,9 +131,14 @@ impl FakeMemory {
         let mut done = 0;
         while done < data.len() {
             let a = addr + done as u64;
-            let page = self.page(a / PS).unwrap_or_else(|| panic!("DMA write to unmapped bus address {a:#x}"));
             let off = (a % PS) as usize;
             let n = (PAGE_SIZE - off).min(data.len() - done);
+            let Some(page) = self.page(a / PS) else {
+                let ok = self.foreign.as_ref().is_some_and(|f| f.write(a, &data[done..done + n]));
+                assert!(ok, "DMA write to unmapped bus address {a:#x}");
+                done += n;
+                continue;
+            };
             for (c, d) in page[off..off + n].iter().zip(&data[done..done + n]) {
                 c.set(*d);
             }

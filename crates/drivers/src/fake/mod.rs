@@ -14,7 +14,7 @@ mod nvme;
 mod pci;
 
 pub use clock::FakeClock;
-pub use dma::{FakeDma, FakeMemory, Memory};
+pub use dma::{FakeDma, FakeMemory, ForeignMemory, Memory};
 pub use nic::FakeNic;
 pub use nvme::{FakeNvme, FakeNvmeConfig, Injection, Stall};
 pub use pci::FakePci;

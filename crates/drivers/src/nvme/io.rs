@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use super::spec::{DsmRange, SglDescriptor, Sqe};
 use super::*;
+use crate::hal::DmaSegment;
 
 impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     pub(super) fn take_page(&mut self) -> Result<DmaRegion, Error> {
@@ -55,6 +56,31 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 check_range(*lba, *blocks, capacity)?;
                 Ok((Sqe::write_zeroes(nsid, *lba, *blocks as u32), None, Vec::new()))
             }
+            BlockRequest::ReadSg { lba, sg } | BlockRequest::WriteSg { lba, sg, .. } => {
+                let len = crate::block::sg_len(sg);
+                if sg.is_empty() || len == 0 || !(len as u64).is_multiple_of(bs) || len > max_transfer {
+                    return Err(Error::BadBuffer);
+                }
+                let blocks = len as u64 / bs;
+                let lba = *lba;
+                check_range(lba, blocks, capacity)?;
+                let segs: Vec<DmaSegment> = sg.iter().map(|e| DmaSegment { bus: e.bus, len: e.len as usize }).collect();
+                let (dir, sqe) = match request {
+                    BlockRequest::WriteSg { fua, .. } => {
+                        (DmaDirection::ToDevice, Sqe::write(nsid, lba, blocks as u32, *fua))
+                    }
+                    _ => (DmaDirection::FromDevice, Sqe::read(nsid, lba, blocks as u32)),
+                };
+                // The caller's memory, already device-accessible: nothing
+                // to map; one descriptor (or PRP entry run) per entry.
+                let mapping = Mapping::new(0, dir, segs);
+                let (sqe, pages) = if self.info.sgl && self.config.use_sgl {
+                    self.build_sgl(&mapping, sqe)?
+                } else {
+                    self.build_prp(&mapping, sqe)?
+                };
+                Ok((sqe, None, pages))
+            }
             BlockRequest::Read { lba, buffer } | BlockRequest::Write { lba, buffer, .. } => {
                 let len = buffer.len();
                 if len == 0 || !(len as u64).is_multiple_of(bs) || len > max_transfer {
@@ -86,6 +112,36 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 }
             }
         }
+    }
+
+    /// Whether `sg` can be described as this driver would: SGL data
+    /// blocks (dword aligned, at most one page of descriptors) or PRP
+    /// entries (NVMe Base §4.3: only the first may start inside a page and
+    /// only the last may end inside one). Nothing is allocated.
+    pub(super) fn sg_fits(&self, sg: &[crate::block::SgEntry]) -> bool {
+        let len = crate::block::sg_len(sg);
+        if sg.is_empty() || len == 0 || len > self.info.max_transfer {
+            return false;
+        }
+        if self.info.sgl && self.config.use_sgl {
+            return sg.len() <= PAGE_SIZE / SglDescriptor::SIZE
+                && sg.iter().all(|e| e.bus.0.is_multiple_of(4) && e.len > 0 && e.len.is_multiple_of(4));
+        }
+        let ps = PAGE_SIZE as u64;
+        let last = sg.len() - 1;
+        let mut entries = 0usize;
+        for (i, e) in sg.iter().enumerate() {
+            let (start, Some(end)) = (e.bus.0, e.bus.0.checked_add(u64::from(e.len))) else { return false };
+            if e.len == 0
+                || (i == 0 && !start.is_multiple_of(4))
+                || (i > 0 && !start.is_multiple_of(ps))
+                || (i < last && !end.is_multiple_of(ps))
+            {
+                return false;
+            }
+            entries += (end.div_ceil(ps) - start / ps) as usize;
+        }
+        entries <= self.max_prp_entries
     }
 
     /// One Data Block descriptor for a contiguous buffer; otherwise a Last
@@ -236,6 +292,13 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                     }
                 }
             }
+        }
+        if self.state == State::Failed
+            && matches!(slot.request, BlockRequest::ReadSg { .. } | BlockRequest::WriteSg { .. })
+        {
+            // The controller may still reach the caller's memory: say so
+            // (the caller must keep it device-accessible, never reuse it).
+            result = Err(Error::ControllerFailed);
         }
         if self.state == State::Failed {
             self.quarantine.append(&mut slot.pages);

@@ -22,7 +22,7 @@ pub mod spec;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::block::{check_range, BlockCompletion, BlockDevice, BlockRequest, Features, Token, Volumes};
+use crate::block::{check_range, BlockCompletion, BlockDevice, BlockRequest, Features, SgEntry, Token, Volumes};
 use crate::error::{Error, Wait};
 use crate::hal::{Clock, DmaBuffer, DmaDirection, DmaMapper, DmaRegion, Mapping, Nanos, RegisterIo, PAGE_SIZE};
 use queue::QueuePair;
@@ -387,6 +387,15 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> BlockDevice for Nvme<R, D, C> {
     }
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {
         Nvme::poll(self, queue, now)
+    }
+    /// The bus addresses of a scatter list go into the command as they
+    /// are (SGL data blocks or PRP entries); whoever passes them made the
+    /// memory reachable by the device.
+    fn scatter_gather(&self) -> bool {
+        true
+    }
+    fn accepts_sg(&self, sg: &[SgEntry]) -> bool {
+        self.sg_fits(sg)
     }
 }
 
