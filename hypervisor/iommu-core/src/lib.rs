@@ -35,4 +35,4 @@ pub mod testing;
 pub mod types;
 pub mod vtd;
 
-pub use iommu::{hypercall_return, Config, Error, Iommu, Outcome, Platform, Rmrr};
+pub use iommu::{hypercall_return, Config, Counters, Error, Frame, Iommu, Limits, Outcome, Platform, Rmrr, Source};

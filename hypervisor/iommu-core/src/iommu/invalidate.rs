@@ -19,7 +19,10 @@ use super::{Iommu, Platform, MAX_RANGES};
 /// Resources freed once one wait descriptor completes.
 #[derive(Default)]
 pub(super) struct Release {
-    pub(super) guest: Vec<Mfn>,
+    /// The domain whose resources these are (for its counters).
+    pub(super) owner: Option<DomId>,
+    /// Guest page references: the frame and whether a writable one was taken.
+    pub(super) guest: Vec<(Mfn, bool)>,
     pub(super) tables: Vec<Mfn>,
     pub(super) dids: Vec<u16>,
     pub(super) budget: Option<(DomId, u64)>,
@@ -184,8 +187,9 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     }
 
     fn release(&mut self, r: Release) {
-        for m in r.guest {
-            self.plat.put_page(m);
+        for (m, writable) in r.guest {
+            self.plat.put_frame(m, writable);
+            self.refs_held = self.refs_held.saturating_sub(1);
         }
         for t in r.tables {
             self.mem.free_page(t);
