@@ -48,6 +48,8 @@ pub struct FakePlatform {
     pub owners: BTreeMap<PciSbdf, DomId>,
     /// Pages each domain owns, for the default/identity contexts (OWN_PAGES if absent).
     pub own_pages: BTreeMap<DomId, u64>,
+    /// Frames whose grant ends between `frame_of` and `get_frame` (a race).
+    pub ends_before_get: std::collections::BTreeSet<Mfn>,
 }
 
 impl FakePlatform {
@@ -88,7 +90,7 @@ impl Platform for FakePlatform {
             Source::Own => owner_of(f.mfn) == Some(dom),
             Source::Granted { granter, writable: w } => self.grants.get(&(dom, f.mfn.0)) == Some(&(granter, w)),
         };
-        if !still {
+        if !still || self.ends_before_get.contains(&f.mfn) {
             return false;
         }
         *self.refs.entry(f.mfn).or_default() += 1;
