@@ -91,6 +91,10 @@ pub struct Config {
     pub hwdom_limits: Limits,
     /// Limits of every other domain (a driver domain).
     pub domu_limits: Limits,
+    /// Identity contexts (bus address = GFN) offered: a platform that
+    /// cannot list a domain's pages turns them off (-EOPNOTSUPP, and no
+    /// `cap::IDENTITY`).
+    pub identity_contexts: bool,
 }
 
 /// What one domain may hold, so that it cannot exhaust VT-d domain ids or
@@ -114,6 +118,7 @@ impl Default for Config {
             preempt_pages: 256,
             hwdom_limits: Limits { contexts: 1024, table_pages: 1 << 20 },
             domu_limits: Limits { contexts: 64, table_pages: 16384 },
+            identity_contexts: true,
         }
     }
 }

@@ -60,6 +60,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         Ok(())
     }
 
+    /// Whether the core knows `dom`: `Some(true)` once it is being torn
+    /// down (until a new domain with that id is added), `None` if never added.
+    pub fn domain_dying(&self, dom: DomId) -> Option<bool> {
+        self.domains.get(&dom).map(|d| d.dying)
+    }
+
     /// True when both the core's record and the platform say `dev` is `dom`'s.
     pub(super) fn owns_device(&self, dom: DomId, dev: PciSbdf) -> bool {
         self.devices.get(&dev).is_some_and(|d| d.owner == Some(dom)) && self.plat.device_owner(dev) == Some(dom)

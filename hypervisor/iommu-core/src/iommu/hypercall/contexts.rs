@@ -26,6 +26,9 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             return Err(Error::Inval);
         }
         let identity = a.alloc_flags & alloc_flags::IDENTITY != 0;
+        if identity && !self.cfg.identity_contexts {
+            return Err(Error::OpNotSupp);
+        }
         if self.domain(dom)?.building.is_some() {
             if !identity {
                 return Err(Error::Busy);

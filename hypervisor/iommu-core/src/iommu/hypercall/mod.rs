@@ -82,7 +82,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         let d = self.domain(dom)?;
         let caps = Capabilities {
             max_iova_addr: (1u64 << self.aw.bits()) - 1,
-            cap_flags: cap::DEFAULT_IDENTITY | cap::IDENTITY,
+            cap_flags: cap::DEFAULT_IDENTITY | if self.cfg.identity_contexts { cap::IDENTITY } else { 0 },
             pgsize_mask: 1 << 12,
             max_pasid: 0,
             max_ctx_no: d.max_ctx_no.min(u16::MAX as u32) as u16,
