@@ -50,6 +50,9 @@ pub struct FakePlatform {
     pub own_pages: BTreeMap<DomId, u64>,
     /// Frames whose grant ends between `frame_of` and `get_frame` (a race).
     pub ends_before_get: std::collections::BTreeSet<Mfn>,
+    /// `get_frame` takes any reference without re-checking (a platform that
+    /// leaves every rule to the core), so tests see the core's checks alone.
+    pub no_recheck: bool,
 }
 
 impl FakePlatform {
@@ -90,7 +93,7 @@ impl Platform for FakePlatform {
             Source::Own => owner_of(f.mfn) == Some(dom),
             Source::Granted { granter, writable: w } => self.grants.get(&(dom, f.mfn.0)) == Some(&(granter, w)),
         };
-        if !still || self.ends_before_get.contains(&f.mfn) {
+        if (!still && !self.no_recheck) || self.ends_before_get.contains(&f.mfn) {
             return false;
         }
         *self.refs.entry(f.mfn).or_default() += 1;
