@@ -152,97 +152,123 @@ fn check(hv: &Hv, ever_granted: &BTreeMap<(DomId, u64), bool>) -> Result<(), Tes
     Ok(())
 }
 
+/// Runs one operation sequence and checks the invariants after each step and at the end.
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut hv = setup();
+    let base_mem = hv.mem().allocated();
+    let mut ever_granted: BTreeMap<(DomId, u64), bool> = BTreeMap::new();
+    let mut restarts: BTreeSet<DomId> = BTreeSet::new();
+    let mut now = 0u64;
+    for op in ops {
+        now += 1;
+        let t = Instant(now);
+        match op {
+            Op::Init { d, ctx, order } => {
+                let _ = client(&mut hv, dom(d)).init(ctx, order);
+            }
+            Op::Alloc { d, identity } => {
+                alloc(&mut hv, dom(d), None, identity);
+            }
+            Op::Free { d, ctx, reattach } => {
+                let _ = client(&mut hv, dom(d)).free_context(CtxNo(ctx), reattach);
+            }
+            Op::Reattach { d, ctx, dev } => {
+                let r = client(&mut hv, dom(d)).reattach_device(CtxNo(ctx), DEVS[dev]);
+                if r.is_ok() {
+                    prop_assert_eq!(
+                        hv.platform().owners.get(&DEVS[dev]),
+                        Some(&dom(d)),
+                        "reattached a device not its own"
+                    );
+                }
+            }
+            Op::Map { d, ctx, frame, dfn, n, write } => {
+                let me = dom(d);
+                let gfn = match frame {
+                    Frame::Own(g) => g,
+                    Frame::Others(g) => mfn_of(dom(!d), g).0,
+                    Frame::Guest(g) => mfn_of(G, g).0,
+                    Frame::Nothing(g) => g,
+                };
+                // A run over granted frames is refused unless every one is granted: mostly single pages.
+                let n = if matches!(frame, Frame::Guest(_)) { 1 } else { n };
+                let flags = if write { MapFlags::READ_WRITE } else { MapFlags::READ };
+                let before = (hv.counters(me), hv.platform().total_refs());
+                let r = client(&mut hv, me).map_pages(CtxNo(ctx), Gfn(gfn), Dfn(dfn), n, flags);
+                if let Err(e) = r {
+                    if e.done == 0 {
+                        prop_assert_eq!(
+                            (hv.counters(me), hv.platform().total_refs()),
+                            before,
+                            "a refused map changed something"
+                        );
+                    }
+                }
+            }
+            Op::Unmap { d, ctx, dfn, n } => {
+                let _ = client(&mut hv, dom(d)).unmap_pages(CtxNo(ctx), Dfn(dfn), n);
+            }
+            Op::Grant { to, g, writable } => {
+                let m = hv.platform_mut().grant(G, g, dom(to), writable);
+                let e = ever_granted.entry((dom(to), m)).or_insert(false);
+                *e |= writable;
+            }
+            Op::EndGrant { to, g } => {
+                hv.platform_mut().grants.remove(&(dom(to), mfn_of(G, g).0));
+            }
+            Op::RemoteAlloc { d } => {
+                alloc(&mut hv, HWDOM, Some(dom(d)), false);
+                // A driver domain cannot act for the other one.
+                prop_assert!(alloc(&mut hv, dom(d), Some(dom(!d)), false) != 0);
+            }
+            Op::Restart { d } => {
+                let me = dom(d);
+                hv.destroy_domain(me, t).unwrap();
+                hv.poll(t);
+                prop_assert_eq!(hv.counters(me), Counters::default(), "teardown left something of {:?}", me);
+                hv.add_domain(me, true).unwrap();
+                let dev = if d { DEVS[1] } else { DEVS[0] };
+                hv.assign_device(dev, me, t).unwrap();
+                restarts.insert(me);
+            }
+        }
+        hv.poll(t);
+        check(&hv, &ever_granted)?;
+    }
+    let t = Instant(now + 1);
+    for d in [A, B] {
+        hv.destroy_domain(d, t).unwrap();
+    }
+    hv.poll(t);
+    for d in [A, B] {
+        prop_assert_eq!(hv.counters(d), Counters::default());
+    }
+    prop_assert_eq!(hv.platform().total_refs(), 0);
+    prop_assert_eq!(hv.totals().held_refs, 0);
+    prop_assert!(hv.platform().wrefs.is_empty());
+    // What is left: the hardware domain's and G's default contexts.
+    prop_assert_eq!(hv.domain_ids_in_use(), 2);
+    prop_assert!(hv.mem().allocated() <= base_mem);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn two_domains_never_escape_the_policy(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut hv = setup();
-        let base_mem = hv.mem().allocated();
-        let mut ever_granted: BTreeMap<(DomId, u64), bool> = BTreeMap::new();
-        let mut restarts: BTreeSet<DomId> = BTreeSet::new();
-        let mut now = 0u64;
-        for op in ops {
-            now += 1;
-            let t = Instant(now);
-            match op {
-                Op::Init { d, ctx, order } => {
-                    let _ = client(&mut hv, dom(d)).init(ctx, order);
-                }
-                Op::Alloc { d, identity } => {
-                    alloc(&mut hv, dom(d), None, identity);
-                }
-                Op::Free { d, ctx, reattach } => {
-                    let _ = client(&mut hv, dom(d)).free_context(CtxNo(ctx), reattach);
-                }
-                Op::Reattach { d, ctx, dev } => {
-                    let r = client(&mut hv, dom(d)).reattach_device(CtxNo(ctx), DEVS[dev]);
-                    if r.is_ok() {
-                        prop_assert_eq!(hv.platform().owners.get(&DEVS[dev]), Some(&dom(d)), "reattached a device not its own");
-                    }
-                }
-                Op::Map { d, ctx, frame, dfn, n, write } => {
-                    let me = dom(d);
-                    let gfn = match frame {
-                        Frame::Own(g) => g,
-                        Frame::Others(g) => mfn_of(dom(!d), g).0,
-                        Frame::Guest(g) => mfn_of(G, g).0,
-                        Frame::Nothing(g) => g,
-                    };
-                    // A run over granted frames is refused unless every one is granted: mostly single pages.
-                    let n = if matches!(frame, Frame::Guest(_)) { 1 } else { n };
-                    let flags = if write { MapFlags::READ_WRITE } else { MapFlags::READ };
-                    let before = (hv.counters(me), hv.platform().total_refs());
-                    let r = client(&mut hv, me).map_pages(CtxNo(ctx), Gfn(gfn), Dfn(dfn), n, flags);
-                    if let Err(e) = r {
-                        if e.done == 0 {
-                            prop_assert_eq!((hv.counters(me), hv.platform().total_refs()), before, "a refused map changed something");
-                        }
-                    }
-                }
-                Op::Unmap { d, ctx, dfn, n } => {
-                    let _ = client(&mut hv, dom(d)).unmap_pages(CtxNo(ctx), Dfn(dfn), n);
-                }
-                Op::Grant { to, g, writable } => {
-                    let m = hv.platform_mut().grant(G, g, dom(to), writable);
-                    let e = ever_granted.entry((dom(to), m)).or_insert(false);
-                    *e |= writable;
-                }
-                Op::EndGrant { to, g } => {
-                    hv.platform_mut().grants.remove(&(dom(to), mfn_of(G, g).0));
-                }
-                Op::RemoteAlloc { d } => {
-                    alloc(&mut hv, HWDOM, Some(dom(d)), false);
-                    // A driver domain cannot act for the other one.
-                    prop_assert!(alloc(&mut hv, dom(d), Some(dom(!d)), false) != 0);
-                }
-                Op::Restart { d } => {
-                    let me = dom(d);
-                    hv.destroy_domain(me, t).unwrap();
-                    hv.poll(t);
-                    prop_assert_eq!(hv.counters(me), Counters::default(), "teardown left something of {:?}", me);
-                    hv.add_domain(me, true).unwrap();
-                    let dev = if d { DEVS[1] } else { DEVS[0] };
-                    hv.assign_device(dev, me, t).unwrap();
-                    restarts.insert(me);
-                }
-            }
-            hv.poll(t);
-            check(&hv, &ever_granted)?;
-        }
-        let t = Instant(now + 1);
-        for d in [A, B] {
-            hv.destroy_domain(d, t).unwrap();
-        }
-        hv.poll(t);
-        for d in [A, B] {
-            prop_assert_eq!(hv.counters(d), Counters::default());
-        }
-        prop_assert_eq!(hv.platform().total_refs(), 0);
-        prop_assert_eq!(hv.totals().held_refs, 0);
-        prop_assert!(hv.platform().wrefs.is_empty());
-        // What is left: the hardware domain's and G's default contexts.
-        prop_assert_eq!(hv.domain_ids_in_use(), 2);
-        prop_assert!(hv.mem().allocated() <= base_mem);
+        run(ops)?;
     }
+}
+
+/// The shortest way to a write through a read-only grant, as a fixed case.
+#[test]
+fn read_only_grant_then_writable_map() {
+    let ops = vec![
+        Op::Init { d: false, ctx: 4, order: 6 },
+        Op::Alloc { d: false, identity: false },
+        Op::Grant { to: false, g: 0, writable: false },
+        Op::Map { d: false, ctx: 1, frame: Frame::Guest(0), dfn: 0x10, n: 1, write: true },
+    ];
+    run(ops).unwrap();
 }
