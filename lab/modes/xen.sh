@@ -22,12 +22,16 @@
 #                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
 #                  its NVMe check passed
 #  guest-disk      a Linux guest's filesystem check on the NVMe Ferrite serves
+#  iommu-dump      Ferrite's Xen: debug key 'F' (xl debug-keys F) dumps the core into xl
+#                  dmesg: dom0 with its limits (64 contexts, 4096 table pages), its
+#                  default context only, no page reference held, and the totals.
+#                  Debian: no such dump
 #  panic-contained Ferrite's Xen only: the lab-only sub-op 0xfe7e0001 panics in Rust;
 #                  the call fails with EIO, Xen keeps running (xl info, xl list),
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -133,6 +137,23 @@ if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tm
     xl destroy guest >/dev/null 2>&1
 else
     lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
+fi
+
+# ---- the core's state through debug key 'F' (read from xl dmesg)
+xl debug-keys F >/dev/null 2>&1
+sleep 0.5
+d0=$(xl dmesg | grep -a 'ferrite-iommu: d0:' | tail -n 1)
+tot=$(xl dmesg | grep -a 'ferrite-iommu: total:' | tail -n 1)
+if [ "$KIND" = ferrite ]; then
+    lab_info "xl dmesg: ${d0:-<no d0 line>}"
+    lab_info "xl dmesg: ${tot:-<no total line>}"
+    case "$d0|$tot" in
+        *"d0: limits ctx=64 pages=4096; contexts=1 dids=1 "*"refs=0"*"|"*"total: contexts=1 dids=1 "*"refs=0 "*)
+            lab_pass iommu-dump "debug key F: dom0 under its limits with its default context only and no reference held; ${tot#*ferrite-iommu: }" ;;
+        *) lab_fail iommu-dump "d0 line '${d0:-none}', total line '${tot:-none}'" ;;
+    esac
+else
+    [ -z "$d0$tot" ] && lab_pass iommu-dump "stock Xen: no PV-IOMMU dump" || lab_fail iommu-dump "stock Xen printed '$d0 $tot'"
 fi
 
 # ---- a panic in the Rust core fails one hypercall, not the host

@@ -454,6 +454,60 @@ pub extern "C" fn ferrite_iommu_domain_destroyed(domid: u16) {
     });
 }
 
+/// Debug key 'F' (C side, under the shell's lock): the core's domains,
+/// contexts and counters on Xen's console, one `ferrite-iommu:` line each.
+#[no_mangle]
+pub extern "C" fn ferrite_iommu_dump() {
+    if POISONED.load(Ordering::SeqCst) {
+        log!("dump: interface disabled after a panic");
+        return;
+    }
+    let done = GLOBAL.with(|st| match st {
+        State::Up(core, _) => {
+            let mut w = Lines::new();
+            let _ = core.dump(&mut w);
+            w.flush();
+        }
+        State::Idle => log!("dump: core not set up (no hypercall 43 yet)"),
+        State::Off => log!("dump: PV-IOMMU off"),
+    });
+    if done.is_none() {
+        log!("dump: busy");
+    }
+}
+
+/// A `fmt::Write` that logs each line (prefixed, cut at the line buffer).
+struct Lines(Line);
+
+impl Lines {
+    fn new() -> Self {
+        let mut l = Line::new();
+        let _ = write!(l, "ferrite-iommu: ");
+        Lines(l)
+    }
+
+    fn flush(&mut self) {
+        if self.0.len > "ferrite-iommu: ".len() {
+            self.0.emit();
+        }
+        *self = Lines::new();
+    }
+}
+
+impl Write for Lines {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let mut parts = s.split('\n');
+        if let Some(first) = parts.next() {
+            self.0.write_str(first)?;
+        }
+        for p in parts {
+            self.flush();
+            self.0.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
 fn domain_destroyed(core: &mut Core, dom: DomId, now: Instant) {
     if core.domain_dying(dom) != Some(false) {
         return;
@@ -606,6 +660,15 @@ mod tests {
         let State::Up(core, _) = &st else { panic!("core not up") };
         assert_eq!(core.counters(DomId(5)), iommu_core::Counters::default());
         assert_eq!(remote(&mut st, 5, subop::NOOP, &mut []), -errno::ENODEV, "a dead domain is not re-registered");
+    }
+
+    #[test]
+    fn dump_lines_split_at_newlines() {
+        let mut w = Lines::new();
+        write!(w, "a=1\nb=2").unwrap();
+        assert_eq!(&w.0.buf[..w.0.len], b"ferrite-iommu: b=2");
+        w.flush();
+        assert_eq!(w.0.len, "ferrite-iommu: ".len());
     }
 
     fn ferrite_iommu_domain_destroyed_on(st: &mut State, dom: u16) {
