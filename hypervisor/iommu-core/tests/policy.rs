@@ -434,3 +434,37 @@ fn ten_create_destroy_cycles_leak_nothing() {
     assert_eq!(hv.platform().total_refs(), 0, "no page reference leaked");
     assert_eq!(hv.totals().held_refs, 0);
 }
+
+#[test]
+fn freeing_a_large_context_releases_within_a_budget_per_call() {
+    let cfg =
+        Config { domu_limits: Limits { contexts: 4, table_pages: 64 }, release_budget: 1000, ..Config::default() };
+    let mut hv = Iommu::new(cfg, VecMemory::new(Mfn(0x10_0000), 8192), SoftVtd::new(AddrWidth::Aw39), {
+        let mut p = FakePlatform::default();
+        p.owners.insert(DEV_OF_A, A);
+        p
+    })
+    .unwrap();
+    hv.add_domain(A, true).unwrap();
+    hv.add_device(DEV_OF_A, false, &[]).unwrap();
+    hv.assign_device(DEV_OF_A, A, Instant(0)).unwrap();
+    client(&mut hv, A).init(4, 6).unwrap();
+    let ctx = client(&mut hv, A).alloc_context(false).unwrap();
+    client(&mut hv, A).map_pages(ctx, Gfn(0), Dfn(0), 3000, MapFlags::READ_WRITE).unwrap();
+    assert_eq!(hv.platform().total_refs(), 3000);
+    let tables = hv.arena_used(A).unwrap();
+    client(&mut hv, A).free_context(ctx, false).unwrap();
+    // That call released at most its budget; each later call (poll) the next share.
+    assert_eq!(hv.platform().total_refs(), 2000);
+    assert_eq!(hv.arena_used(A), Some(tables), "the arena stays charged until its pages are back");
+    assert!(hv.releases_pending());
+    hv.poll(Instant(1));
+    assert_eq!(hv.platform().total_refs(), 1000);
+    hv.poll(Instant(2));
+    assert_eq!(hv.platform().total_refs(), 0);
+    hv.poll(Instant(3));
+    assert!(!hv.releases_pending());
+    assert_eq!(hv.arena_used(A), Some(0));
+    assert_eq!(hv.counters(A).table_pages, hv.counters(A).table_pages.min(3), "context 0 only");
+    assert_eq!(hv.totals().held_refs, 0);
+}

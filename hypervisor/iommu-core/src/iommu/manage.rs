@@ -45,7 +45,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             return Err(MgmtError::Invalid);
         }
         // A dying predecessor's arena pages still await release.
-        let pending = self.held.iter().any(|h| h.release.budget.is_some_and(|(d, _)| d == dom));
+        let pending = self
+            .held
+            .iter()
+            .map(|h| &h.release)
+            .chain(self.ready.iter())
+            .any(|r| r.budget.is_some_and(|(d, _)| d == dom));
         if pending {
             return Err(MgmtError::Busy);
         }

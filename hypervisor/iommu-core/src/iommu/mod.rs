@@ -91,6 +91,10 @@ pub struct Config {
     pub hwdom_limits: Limits,
     /// Limits of every other domain (a driver domain).
     pub domu_limits: Limits,
+    /// Page references and table pages released per call (per
+    /// [`Iommu::poll`]) once their invalidation completed; the rest wait for
+    /// the next call, so freeing a large context or a domain is preemptible.
+    pub release_budget: u32,
     /// Identity contexts (bus address = GFN) offered: a platform that
     /// cannot list a domain's pages turns them off (-EOPNOTSUPP, and no
     /// `cap::IDENTITY`).
@@ -119,6 +123,7 @@ impl Default for Config {
             hwdom_limits: Limits { contexts: 1024, table_pages: 1 << 20 },
             domu_limits: Limits { contexts: 64, table_pages: 16384 },
             identity_contexts: true,
+            release_budget: 1024,
         }
     }
 }
@@ -255,6 +260,8 @@ pub struct Iommu<M: Memory, H: Hardware, P: Platform> {
     dids: BTreeSet<u16>,
     queue: InvQueue,
     held: VecDeque<Held>,
+    /// Invalidated, waiting for their budgeted release.
+    ready: VecDeque<Release>,
     leaked: Vec<Release>,
     next_group: u64,
     /// Guest page references held (mapped, or awaiting an invalidation).
@@ -288,6 +295,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             dids,
             queue,
             held: VecDeque::new(),
+            ready: VecDeque::new(),
             leaked: Vec::new(),
             next_group: 0,
             refs_held: 0,
@@ -323,15 +331,21 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     /// including those held for good behind a broken device.
     pub fn held_guest_pages(&self) -> Vec<Mfn> {
         let mut v: Vec<Mfn> = self.held.iter().flat_map(|h| h.release.guest.iter().map(|g| g.0)).collect();
-        v.extend(self.leaked.iter().flat_map(|r| r.guest.iter().map(|g| g.0)));
+        v.extend(self.ready.iter().chain(self.leaked.iter()).flat_map(|r| r.guest.iter().map(|g| g.0)));
         v
     }
 
     /// Table frames not yet returned to the allocator.
     pub fn held_table_pages(&self) -> Vec<Mfn> {
         let mut v: Vec<Mfn> = self.held.iter().flat_map(|h| h.release.tables.iter().copied()).collect();
-        v.extend(self.leaked.iter().flat_map(|r| r.tables.iter().copied()));
+        v.extend(self.ready.iter().chain(self.leaked.iter()).flat_map(|r| r.tables.iter().copied()));
         v
+    }
+
+    /// True while something awaits an invalidation or its budgeted release
+    /// (each [`Iommu::poll`] moves it on).
+    pub fn releases_pending(&self) -> bool {
+        !self.held.is_empty() || !self.ready.is_empty()
     }
 
     /// True when `dev` was declared broken after a device-TLB time-out.

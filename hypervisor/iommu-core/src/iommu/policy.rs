@@ -16,7 +16,11 @@
 //! * `remote_cmd` stays with the hardware domain (`hypercall`);
 //! * limits ([`Limits`]): contexts and page-table pages per domain; `init`
 //!   is clamped to them, and a call that would pass them fails before it
-//!   changes anything.
+//!   changes anything;
+//! * bounded work per call: map/unmap chunks and identity-context steps of
+//!   `Config::preempt_pages` (-ERESTART, state in the core), and releases
+//!   of `Config::release_budget` references and table pages per call (a
+//!   domain's limits keep counting what is not released yet).
 
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
@@ -136,7 +140,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 c.table_pages += b.table.table_pages(&self.mem).unwrap_or(0);
             }
         }
-        let pending = self.held.iter().map(|h| &h.release).chain(self.leaked.iter());
+        let pending = self.held.iter().map(|h| &h.release).chain(self.ready.iter()).chain(self.leaked.iter());
         for r in pending.filter(|r| r.owner == Some(dom)) {
             c.domain_ids += r.dids.len() as u64;
             c.table_pages += r.tables.len() as u64;
@@ -195,12 +199,13 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         let t = self.totals();
         writeln!(
             out,
-            "total: contexts={} dids={} table-pages={} refs={} held-for-invalidation={} leaked-behind-broken={}",
+            "total: contexts={} dids={} table-pages={} refs={} held-for-invalidation={} to-release={} leaked-behind-broken={}",
             t.contexts,
             self.domain_ids_in_use(),
             t.table_pages,
             t.held_refs,
             self.held.len(),
+            self.ready.len(),
             self.leaked.len()
         )
     }
