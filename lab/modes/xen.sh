@@ -5,7 +5,7 @@
 #  xen-boot        the expected hypervisor runs (xl info: version; Ferrite's: the
 #                  Rust core's start-up line in xl dmesg after the first call)
 #  iommu-caps      query_capabilities from dom0 (labtool iommu-op 1 through privcmd):
-#                  Ferrite's Xen answers from the Rust core (cap_flags 0x01 =
+#                  Ferrite's Xen answers from the Rust core (cap_flags 0x1 =
 #                  default_identity; identity contexts are off until Xen lists a
 #                  domain's pages to the core; 4 KiB pages, max IOVA from the VT-d
 #                  unit's address width, 0 contexts before init); Debian's: ENOSYS
@@ -69,11 +69,11 @@ if [ "$KIND" = ferrite ]; then
     else
         lab_fail xen-boot "expected Ferrite's Xen 4.17.5 with the Rust core; xl info says $ver; core line '${core:-none}'"
     fi
-    if [ "$ERR" = OK ] && [ "$(field cap_flags)" = 0x01 ] && [ "$(field pgsize_mask)" = 0x1000 ] \
+    if [ "$ERR" = OK ] && [ "$(field cap_flags)" = 0x1 ] && [ "$(field pgsize_mask)" = 0x1000 ] \
         && [ "$(field max_iova)" = "$want_iova" ] && [ "$(field max_pasid)" = 0 ] && [ "$(field max_ctx_no)" = 0 ]; then
         lab_pass iommu-caps "hypercall 43 query_capabilities answered by the Rust core: ${OUT#*errno=OK }"
     else
-        lab_fail iommu-caps "got '$OUT'; expected rc=0 max_iova=$want_iova cap_flags=0x01 pgsize_mask=0x1000 max_pasid=0 max_ctx_no=0"
+        lab_fail iommu-caps "got '$OUT'; expected rc=0 max_iova=$want_iova cap_flags=0x1 pgsize_mask=0x1000 max_pasid=0 max_ctx_no=0"
     fi
     op 0
     [ "$ERR" = OK ] && lab_pass iommu-noop "noop: 0" || lab_fail iommu-noop "noop: '$OUT'"
