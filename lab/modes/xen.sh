@@ -5,26 +5,33 @@
 #  xen-boot        the expected hypervisor runs (xl info: version; Ferrite's: the
 #                  Rust core's start-up line in xl dmesg after the first call)
 #  iommu-caps      query_capabilities from dom0 (labtool iommu-op 1 through privcmd):
-#                  Ferrite's Xen answers from the Rust core (cap_flags 0x11 =
-#                  default_identity|identity, 4 KiB pages, max IOVA from the VT-d
+#                  Ferrite's Xen answers from the Rust core (cap_flags 0x1 =
+#                  default_identity; identity contexts are off until Xen lists a
+#                  domain's pages to the core; 4 KiB pages, max IOVA from the VT-d
 #                  unit's address width, 0 contexts before init); Debian's: ENOSYS
 #  iommu-noop      noop: 0 (Debian: ENOSYS)
 #  iommu-unknown   sub-ops 13 and 0xffffffff: EOPNOTSUPP from the core (Debian: ENOSYS)
-#  iommu-notyet    init and alloc_context: EOPNOTSUPP, not implemented in this step
-#                  (Debian: ENOSYS)
+#  iommu-notyet    reattach_device: EOPNOTSUPP (moving a device needs the core to drive
+#                  the VT-d unit: the next step); init reaches the core's policy (0,
+#                  then -EACCES for a second init) (Debian: ENOSYS)
 #  iommu-badarg    query_capabilities with a hostile argument pointer (unmapped 0x10,
 #                  Xen's direct map 0xffff830000000000): EFAULT, and Xen keeps running
 #                  (Debian: ENOSYS)
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
-#                  core; Debian: ENOSYS), its NVMe check passed
+#                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
+#                  its NVMe check passed
 #  guest-disk      a Linux guest's filesystem check on the NVMe Ferrite serves
+#  iommu-dump      Ferrite's Xen: debug key 'F' (xl debug-keys F) dumps the core into xl
+#                  dmesg: dom0 with its limits (64 contexts, 4096 table pages), its
+#                  default context only, no page reference held, and the totals.
+#                  Debian: no such dump
 #  panic-contained Ferrite's Xen only: the lab-only sub-op 0xfe7e0001 panics in Rust;
 #                  the call fails with EIO, Xen keeps running (xl info, xl list),
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -62,20 +69,21 @@ if [ "$KIND" = ferrite ]; then
     else
         lab_fail xen-boot "expected Ferrite's Xen 4.17.5 with the Rust core; xl info says $ver; core line '${core:-none}'"
     fi
-    if [ "$ERR" = OK ] && [ "$(field cap_flags)" = 0x11 ] && [ "$(field pgsize_mask)" = 0x1000 ] \
+    if [ "$ERR" = OK ] && [ "$(field cap_flags)" = 0x1 ] && [ "$(field pgsize_mask)" = 0x1000 ] \
         && [ "$(field max_iova)" = "$want_iova" ] && [ "$(field max_pasid)" = 0 ] && [ "$(field max_ctx_no)" = 0 ]; then
         lab_pass iommu-caps "hypercall 43 query_capabilities answered by the Rust core: ${OUT#*errno=OK }"
     else
-        lab_fail iommu-caps "got '$OUT'; expected rc=0 max_iova=$want_iova cap_flags=0x11 pgsize_mask=0x1000 max_pasid=0 max_ctx_no=0"
+        lab_fail iommu-caps "got '$OUT'; expected rc=0 max_iova=$want_iova cap_flags=0x1 pgsize_mask=0x1000 max_pasid=0 max_ctx_no=0"
     fi
     op 0
     [ "$ERR" = OK ] && lab_pass iommu-noop "noop: 0" || lab_fail iommu-noop "noop: '$OUT'"
     op 13; e1=$ERR; op 0xffffffff; e2=$ERR
     [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-unknown "sub-ops 13 and 0xffffffff: EOPNOTSUPP" \
         || lab_fail iommu-unknown "sub-op 13: $e1, 0xffffffff: $e2 (expected EOPNOTSUPP)"
-    op 2; e1=$ERR; op 3; e2=$ERR
-    [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-notyet "init: $e1, alloc_context: $e2 (contexts on the real VT-d unit are the next step)" \
-        || lab_fail iommu-notyet "init: $e1, alloc_context: $e2 (expected EOPNOTSUPP)"
+    op 5; e1=$ERR; op 2; e2=$ERR; op 2; r3=$(field rc)
+    [ "$e1" = EOPNOTSUPP ] && [ "$e2" = OK ] && [ "$r3" = -13 ] \
+        && lab_pass iommu-notyet "reattach_device: $e1 (devices move when the core drives the unit: the next step); init reaches the core's policy: OK, then -EACCES" \
+        || lab_fail iommu-notyet "reattach_device: $e1 (want EOPNOTSUPP); init: $e2 (want OK); second init rc $r3 (want -13)"
     op 1 0x10; e1=$ERR; op 1 0xffff830000000000; e2=$ERR
     if [ "$e1" = EFAULT ] && [ "$e2" = EFAULT ] && xl info >/dev/null 2>&1; then
         lab_pass iommu-badarg "argument at 0x10: EFAULT, at Xen's 0xffff830000000000: EFAULT; xl info still works"
@@ -129,6 +137,23 @@ if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tm
     xl destroy guest >/dev/null 2>&1
 else
     lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
+fi
+
+# ---- the core's state through debug key 'F' (read from xl dmesg)
+xl debug-keys F >/dev/null 2>&1
+sleep 0.5
+d0=$(xl dmesg | grep -a 'ferrite-iommu: d0:' | tail -n 1)
+tot=$(xl dmesg | grep -a 'ferrite-iommu: total:' | tail -n 1)
+if [ "$KIND" = ferrite ]; then
+    lab_info "xl dmesg: ${d0:-<no d0 line>}"
+    lab_info "xl dmesg: ${tot:-<no total line>}"
+    case "$d0|$tot" in
+        *"d0: limits ctx=64 pages=4096; contexts=1 dids=1 "*"refs=0"*"|"*"total: contexts=1 dids=1 "*"refs=0 "*)
+            lab_pass iommu-dump "debug key F: dom0 under its limits with its default context only and no reference held; ${tot#*ferrite-iommu: }" ;;
+        *) lab_fail iommu-dump "d0 line '${d0:-none}', total line '${tot:-none}'" ;;
+    esac
+else
+    [ -z "$d0$tot" ] && lab_pass iommu-dump "stock Xen: no PV-IOMMU dump" || lab_fail iommu-dump "stock Xen printed '$d0 $tot'"
 fi
 
 # ---- a panic in the Rust core fails one hypercall, not the host

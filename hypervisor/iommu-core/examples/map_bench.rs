@@ -14,7 +14,7 @@ use iommu_core::hw::SoftVtd;
 use iommu_core::mem::VecMemory;
 use iommu_core::types::{CtxNo, Dfn, DomId, Gfn, Instant, Mfn, PciSbdf};
 use iommu_core::vtd::AddrWidth;
-use iommu_core::{hypercall_return, Config, Iommu, Platform};
+use iommu_core::{hypercall_return, Config, Frame, Iommu, Platform, Source};
 use pv_iommu_client::client::MapFlags;
 use pv_iommu_client::{Client, Transport};
 
@@ -23,12 +23,18 @@ const DOM: DomId = DomId(1);
 struct Plat;
 
 impl Platform for Plat {
-    fn get_page(&mut self, _: DomId, gfn: Gfn, _: bool) -> Option<Mfn> {
-        Some(Mfn(0x10_0000 + gfn.0))
+    fn frame_of(&mut self, _: DomId, gfn: Gfn) -> Option<Frame> {
+        Some(Frame { mfn: Mfn(0x10_0000 + gfn.0), source: Source::Own })
     }
-    fn put_page(&mut self, _: Mfn) {}
-    fn domain_pages(&self, _: DomId) -> Vec<(Gfn, Mfn)> {
-        (0..16).map(|g| (Gfn(g), Mfn(0x10_0000 + g))).collect()
+    fn get_frame(&mut self, _: DomId, _: Frame, _: bool) -> bool {
+        true
+    }
+    fn put_frame(&mut self, _: Mfn, _: bool) {}
+    fn domain_pages(&self, _: DomId, from: Gfn, max: usize) -> Vec<(Gfn, Mfn)> {
+        (from.0..16).take(max).map(|g| (Gfn(g), Mfn(0x10_0000 + g))).collect()
+    }
+    fn device_owner(&self, _: PciSbdf) -> Option<DomId> {
+        Some(DOM)
     }
     fn copy_from_guest(&mut self, _: DomId, _: u64, _: &mut [u8]) -> bool {
         false

@@ -3,7 +3,10 @@
 //! * [`iommu`]: the `iommu_op` handler ([`Iommu::handle`]) with per-domain
 //!   contexts (default 0, allocated, identity), a page-table arena bounded by
 //!   `init`, device attach/reattach/detach, a quarantine context for
-//!   unowned devices, and reserved regions (RMRR unity maps, MSI window).
+//!   unowned devices, and reserved regions (RMRR unity maps, MSI window);
+//!   in front of the dispatcher, a per-caller policy for domU driver
+//!   domains (own devices, own and granted frames, per-domain [`Limits`],
+//!   [`Counters`] and a debug dump).
 //! * [`vtd`]: root/context entries, second-level PTEs, invalidation
 //!   descriptors and fault records, bit for bit with spec sections cited.
 //! * [`pagetable`]: 3- and 4-level second-level tables and replay.
@@ -35,4 +38,4 @@ pub mod testing;
 pub mod types;
 pub mod vtd;
 
-pub use iommu::{hypercall_return, Config, Error, Iommu, Outcome, Platform, Rmrr};
+pub use iommu::{hypercall_return, Config, Counters, Error, Frame, Iommu, Limits, Outcome, Platform, Rmrr, Source};

@@ -162,6 +162,44 @@ impl SlTable {
         Ok(Leaf { dfn, mfn: old.frame(), perm: old.perm(), holds_ref: old.holds_ref() })
     }
 
+    /// Table pages that mapping every dfn of `dfns` would allocate (a dry
+    /// run: nothing is written). Out-of-range dfns count nothing; an
+    /// unreadable entry is [`PtError::Corrupt`].
+    pub fn tables_needed<M: PhysMem + ?Sized>(&self, mem: &M, dfns: impl Iterator<Item = u64>) -> Result<u64, PtError> {
+        // A missing table is named by its level (1 = leaf table) and the dfn
+        // bits above what it covers; each is counted once.
+        let mut missing: alloc::collections::BTreeSet<(u8, u64)> = alloc::collections::BTreeSet::new();
+        for dfn in dfns {
+            if self.check(Dfn(dfn)).is_err() {
+                continue;
+            }
+            let mut table = self.root;
+            let mut level = self.aw.levels();
+            while level > 1 {
+                let pte = SlPte(mem.read_u64(entry_addr(table, index(dfn, level))).ok_or(PtError::Corrupt)?);
+                if !pte.present() {
+                    for l in 1..level {
+                        missing.insert((l, dfn >> (9 * l as u32)));
+                    }
+                    break;
+                }
+                if pte.superpage() {
+                    return Err(PtError::Corrupt);
+                }
+                table = pte.frame();
+                level -= 1;
+            }
+        }
+        Ok(missing.len() as u64)
+    }
+
+    /// Table frames (root included): a walk.
+    pub fn table_pages<M: PhysMem + ?Sized>(&self, mem: &M) -> Result<u64, PtError> {
+        let mut n = 0;
+        self.visit(mem, &mut |_| n += 1, &mut |_| {})?;
+        Ok(n)
+    }
+
     /// The mapping of `dfn`, if any (read-only walk).
     pub fn lookup<M: PhysMem + ?Sized>(&self, mem: &M, dfn: Dfn) -> Option<Leaf> {
         if self.check(dfn).is_err() {
@@ -293,6 +331,25 @@ mod tests {
         let l2 = SlPte(m.read_u64(l3.frame().addr() + 8).unwrap());
         let l1 = SlPte(m.read_u64(l2.frame().addr() + 8).unwrap());
         assert_eq!(l1.0, 0xabc_000 | SlPte::W);
+    }
+
+    #[test]
+    fn tables_needed_matches_what_map_allocates() {
+        for aw in [AddrWidth::Aw39, AddrWidth::Aw48] {
+            let mut m = VecMemory::new(Mfn(0x1000), 256);
+            let t = SlTable::new(&mut m, aw).unwrap();
+            t.map(&mut m, Dfn(0x10), Mfn(1), Perm::RW, false).unwrap();
+            for (first, n) in [(0x11u64, 4u64), (0x1f0, 0x30), (0x4_0000, 1), (0x5ffff, 3), (0x100_0000, 700)] {
+                let want = t.tables_needed(&m, first..first + n).unwrap();
+                let before = m.allocated();
+                for d in first..first + n {
+                    t.map(&mut m, Dfn(d), Mfn(2), Perm::RW, false).unwrap();
+                }
+                assert_eq!((m.allocated() - before) as u64, want, "{aw:?} {first:#x}+{n}");
+                assert_eq!(t.tables_needed(&m, first..first + n), Ok(0));
+            }
+            assert_eq!(t.table_pages(&m), Ok(m.allocated() as u64));
+        }
     }
 
     #[test]

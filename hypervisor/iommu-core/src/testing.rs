@@ -8,15 +8,16 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use crate::hw::SoftVtd;
-use crate::iommu::{hypercall_return, Iommu, Platform};
+use crate::iommu::{hypercall_return, Frame, Iommu, Platform, Source};
 use crate::mem::VecMemory;
-use crate::types::{DomId, Gfn, Instant, Mfn};
+use crate::types::{DomId, Gfn, Instant, Mfn, PciSbdf};
 
 /// The domain [`InProcess`] issues its calls for.
 pub const DOM: DomId = DomId(1);
 
-/// Guest frame = machine frame; page references are counted (a `put`
-/// without a `get` panics: a test bug). Guest memory copies fail.
+/// Guest frame = machine frame, every frame the domain's own, every device
+/// the domain's; page references are counted (a `put` without a `get`
+/// panics: a test bug). Guest memory copies fail.
 #[derive(Default)]
 pub struct IdentityPlatform {
     /// Outstanding references per frame.
@@ -24,19 +25,25 @@ pub struct IdentityPlatform {
 }
 
 impl Platform for IdentityPlatform {
-    fn get_page(&mut self, _: DomId, gfn: Gfn, _: bool) -> Option<Mfn> {
-        *self.refs.entry(gfn.0).or_default() += 1;
-        Some(Mfn(gfn.0))
+    fn frame_of(&mut self, _: DomId, gfn: Gfn) -> Option<Frame> {
+        Some(Frame { mfn: Mfn(gfn.0), source: Source::Own })
     }
-    fn put_page(&mut self, mfn: Mfn) {
+    fn get_frame(&mut self, _: DomId, f: Frame, _: bool) -> bool {
+        *self.refs.entry(f.mfn.0).or_default() += 1;
+        true
+    }
+    fn put_frame(&mut self, mfn: Mfn, _: bool) {
         let r = self.refs.get_mut(&mfn.0).expect("put without get");
         *r -= 1;
         if *r == 0 {
             self.refs.remove(&mfn.0);
         }
     }
-    fn domain_pages(&self, _: DomId) -> Vec<(Gfn, Mfn)> {
-        (0..16).map(|g| (Gfn(g), Mfn(g))).collect()
+    fn domain_pages(&self, _: DomId, from: Gfn, max: usize) -> Vec<(Gfn, Mfn)> {
+        (from.0..16).take(max).map(|g| (Gfn(g), Mfn(g))).collect()
+    }
+    fn device_owner(&self, _: PciSbdf) -> Option<DomId> {
+        Some(DOM)
     }
     fn copy_from_guest(&mut self, _: DomId, _: u64, _: &mut [u8]) -> bool {
         false

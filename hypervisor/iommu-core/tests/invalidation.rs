@@ -215,6 +215,7 @@ fn caching_mode_flushes_after_map() {
     .unwrap();
     hv.add_domain(GUEST, true).unwrap();
     hv.add_device(DEV_A, false, &[]).unwrap();
+    hv.platform_mut().owners.insert(DEV_A, GUEST);
     hv.assign_device(DEV_A, GUEST, Instant(0)).unwrap();
     let mut c = client(&mut hv, GUEST);
     c.init(2, 6).unwrap();

@@ -104,6 +104,8 @@ impl Model {
         let Some(t) = self.ctxs.get_mut(&ctx).filter(|_| ctx != 0) else {
             return Err(PartialError { error: Error::Invalid, done: 0 });
         };
+        // Each preemption chunk (Config::preempt_pages, 256) is all or
+        // nothing: an error reports the chunks before it as done.
         for i in 0..n {
             let d = dfn + i as u64;
             let err = if d >= limit {
@@ -116,7 +118,11 @@ impl Model {
                 None
             };
             if let Some(error) = err {
-                return Err(PartialError { error, done: i });
+                let done = i / 256 * 256;
+                for j in done..i {
+                    t.remove(&(dfn + j as u64));
+                }
+                return Err(PartialError { error, done });
             }
             t.insert(d, (mfn_of(GUEST, gfn + i as u64), perm));
         }

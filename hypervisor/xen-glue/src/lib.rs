@@ -4,14 +4,25 @@
 //! returning null, and a panic handler that logs through printk and fails
 //! the hypercall instead of stopping the host.
 //!
-//! First step (issue 13): the core runs over Xen memory and the real VT-d
-//! unit's capabilities, but is detached from the hardware ([`unit`]). The
-//! hardware domain gets answers from the core for `noop` and
-//! `query_capabilities`; unknown sub-ops get the core's -EOPNOTSUPP; the
-//! known sub-ops that would need the hardware (init, contexts, map, unmap,
-//! remote_cmd) answer -EOPNOTSUPP from the glue; every other domain is not
-//! enabled (-ENODEV, from the core), so guests keep their machine-frame
-//! DMA path.
+//! Issue 13, second step: the core runs over Xen memory and the real VT-d
+//! unit's capabilities, still detached from the hardware ([`unit`]), with
+//! its per-caller policy over Xen's facts ([`XenPlatform`]): a domain's own
+//! frames and the frames granted to it (Xen's per-grantee grant counts),
+//! page references (`get_page`/`get_page_type`), PCI device ownership
+//! (`pci_get_pdev`), and domain teardown (`domain_kill` calls
+//! [`ferrite_iommu_domain_destroyed`]). Who reaches the core:
+//!
+//! * the hardware domain: noop, query_capabilities, init, alloc_context
+//!   (paged; identity contexts are off: Xen does not list a PV domain's
+//!   pages to us yet), free_context, map_pages, unmap_pages, and
+//!   remote_cmd with those on behalf of a domain that has a PCI device
+//!   (registered with its devices on first use, under that domain's rules).
+//!   Contexts hold no device: reattach_device answers -EOPNOTSUPP until
+//!   the core drives the unit, so nothing here changes any DMA;
+//! * every other domain: -ENODEV. A domU that could query capabilities
+//!   would pick PV-IOMMU (Ferrite does, and then refuses its NVMe without
+//!   working contexts), so domUs keep their machine-frame path until
+//!   contexts are real on the hardware.
 //!
 //! Built only by `lab/xen-build.sh` (x86_64-unknown-none, -Z build-std,
 //! Xen's code-generation flags); never part of a guest image.
@@ -36,8 +47,8 @@ use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use iommu_core::types::{DomId, Gfn, Instant, Mfn};
-use iommu_core::{hypercall_return, Config, Iommu, Platform};
+use iommu_core::types::{DomId, Gfn, Instant, Mfn, PciSbdf};
+use iommu_core::{hypercall_return, Config, Frame, Iommu, Limits, Platform, Source};
 use pv_iommu_abi::{errno, subop};
 
 use mem::XenMemory;
@@ -149,27 +160,58 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 
 // ------------------------------------------------------------- platform
 
-/// The core's view of Xen's domains. In this step no sub-op that needs
-/// guest pages or guest copies reaches the core, so every answer is "no".
+/// The core's view of Xen's domains: facts and references from Xen (the
+/// C side), the policy in the core. PV domains only (gfn = mfn).
 struct XenPlatform;
 
 impl Platform for XenPlatform {
-    fn get_page(&mut self, _dom: DomId, _gfn: Gfn, _writable: bool) -> Option<Mfn> {
-        None
+    fn frame_of(&mut self, dom: DomId, gfn: Gfn) -> Option<Frame> {
+        let source = match xen::frame_of(dom.0, gfn.0) {
+            xen::FrameKind::None => return None,
+            xen::FrameKind::Own => Source::Own,
+            xen::FrameKind::GrantedRo(g) => Source::Granted { granter: DomId(g), writable: false },
+            xen::FrameKind::GrantedRw(g) => Source::Granted { granter: DomId(g), writable: true },
+        };
+        Some(Frame { mfn: Mfn(gfn.0), source })
     }
 
-    fn put_page(&mut self, _mfn: Mfn) {}
+    fn get_frame(&mut self, dom: DomId, frame: Frame, writable: bool) -> bool {
+        // Still what it was when the core checked it, then referenced under
+        // its owner. (A grant unmapped in between leaves the page referenced
+        // but refused here; one unmapped after this keeps its page held
+        // until the mapping goes.)
+        if self.frame_of(dom, Gfn(frame.mfn.0)) != Some(frame) {
+            return false;
+        }
+        let owner = match frame.source {
+            Source::Own => dom,
+            Source::Granted { granter, .. } => granter,
+        };
+        xen::get_frame(frame.mfn.0, owner.0, writable)
+    }
 
-    fn domain_pages(&self, _dom: DomId) -> alloc::vec::Vec<(Gfn, Mfn)> {
+    fn put_frame(&mut self, mfn: Mfn, writable: bool) {
+        // SAFETY: the core drops each reference it took with get_frame
+        // exactly once, with the same `writable` (the mapping's write right).
+        unsafe { xen::put_frame(mfn.0, writable) }
+    }
+
+    fn domain_pages(&self, _dom: DomId, _from: Gfn, _max: usize) -> alloc::vec::Vec<(Gfn, Mfn)> {
+        // Not listed yet: default contexts stay empty (they are Xen's on the
+        // hardware) and identity contexts are off (Config::identity_contexts).
         alloc::vec::Vec::new()
     }
 
-    fn copy_from_guest(&mut self, _dom: DomId, _addr: u64, _buf: &mut [u8]) -> bool {
-        false
+    fn device_owner(&self, dev: PciSbdf) -> Option<DomId> {
+        xen::device_owner(dev.seg, dev.bus, dev.devfn).map(DomId)
     }
 
-    fn copy_to_guest(&mut self, _dom: DomId, _addr: u64, _buf: &[u8]) -> bool {
-        false
+    fn copy_from_guest(&mut self, dom: DomId, addr: u64, buf: &mut [u8]) -> bool {
+        xen::copy_from_guest(dom.0, addr, buf)
+    }
+
+    fn copy_to_guest(&mut self, dom: DomId, addr: u64, buf: &[u8]) -> bool {
+        xen::copy_to_guest(dom.0, addr, buf)
     }
 }
 
@@ -223,7 +265,13 @@ fn set_up(hwdom: DomId) -> State {
         return State::Off;
     };
     let caps = unit.caps();
-    let cfg = Config { hardware_domain: hwdom, ..Config::default() };
+    let cfg = Config {
+        hardware_domain: hwdom,
+        hwdom_limits: Limits { contexts: 64, table_pages: 4096 },
+        domu_limits: Limits { contexts: 16, table_pages: 1024 },
+        identity_contexts: false,
+        ..Config::default()
+    };
     let mut core = match Iommu::new(cfg, XenMemory::default(), unit, XenPlatform) {
         Ok(c) => c,
         Err(e) => {
@@ -235,8 +283,9 @@ fn set_up(hwdom: DomId) -> State {
         log!("hardware domain {} not added: {e:?}: PV-IOMMU off", hwdom.0);
         return State::Off;
     }
+    sync_devices(&mut core, hwdom, Instant(xen::now_ns()));
     log!(
-        "Rust core up: VT-d CAP {:#x} ECAP {:#x} ({}-bit, CM {}, {} domain ids, QI {}); enabled for the hardware domain {} only; core tables ({} pages) detached from the unit, which Xen's VT-d code keeps driving",
+        "Rust core up: VT-d CAP {:#x} ECAP {:#x} ({}-bit, CM {}, {} domain ids, QI {}); hardware domain {} (and remote_cmd for domains with devices) under the policy; domUs -ENODEV; core tables ({} pages) detached from the unit, which Xen's VT-d code keeps driving",
         caps.cap,
         caps.ecap,
         caps.addr_width().map_or(0, |a| a.bits()),
@@ -249,9 +298,69 @@ fn set_up(hwdom: DomId) -> State {
     State::Up(alloc::boxed::Box::new(core), hwdom)
 }
 
-/// Sub-ops that reach the core in this step.
+/// Polls a teardown may take to release everything (hardware domain's
+/// limit: 4096 table pages of 512 references, 1024 released per poll).
+const MAX_TEARDOWN_POLLS: usize = 1 << 16;
+
+/// Largest number of PCI functions of one domain the glue registers.
+const MAX_DEVICES: usize = 32;
+
+/// Brings the core's record of `dom`'s PCI functions in line with Xen's:
+/// each function Xen assigns to it is registered and assigned to it in the
+/// core (taken from a previous owner's record first). Segment 0 only.
+fn sync_devices(core: &mut Core, dom: DomId, now: Instant) -> usize {
+    let mut buf = [0u32; MAX_DEVICES];
+    let n = xen::domain_devices(dom.0, &mut buf);
+    for &sbdf in &buf[..n] {
+        let (seg, bus, devfn) = ((sbdf >> 16) as u16, (sbdf >> 8) as u8, sbdf as u8);
+        if seg != 0 {
+            continue;
+        }
+        let dev = PciSbdf::new(seg, bus, devfn >> 3, devfn & 7);
+        // Already registered: Invalid, fine.
+        let _ = core.add_device(dev, false, &[]);
+        match core.device_context(dev) {
+            Some((o, _)) if o == dom => {}
+            Some(_) => {
+                let _ = core.deassign_device(dev, now);
+                let _ = core.assign_device(dev, dom, now);
+            }
+            None => {
+                let _ = core.assign_device(dev, dom, now);
+            }
+        }
+    }
+    n
+}
+
+/// Makes sure the core knows `dom` (the target of a remote_cmd): a domain
+/// with at least one PCI function, added with its devices on first use. A
+/// domain the core saw die stays unknown (its id is not reused soon).
+fn ensure_domain(core: &mut Core, dom: DomId, now: Instant) -> Result<(), i64> {
+    match core.domain_dying(dom) {
+        Some(true) => Err(-errno::ENODEV),
+        Some(false) => {
+            sync_devices(core, dom, now);
+            Ok(())
+        }
+        None => {
+            let mut buf = [0u32; 1];
+            if xen::domain_devices(dom.0, &mut buf) == 0 {
+                return Err(-errno::ENODEV);
+            }
+            core.add_domain(dom, true).map_err(|_| -errno::ENOMEM)?;
+            sync_devices(core, dom, now);
+            log!("domain {} registered for remote_cmd with its PCI devices", dom.0);
+            Ok(())
+        }
+    }
+}
+
+/// Sub-ops the hardware domain's calls may bring to the core (also as
+/// remote_cmd's inner sub-op). Reattach would move a device: not while
+/// the core is detached from the unit.
 fn core_answers(op: u32) -> bool {
-    matches!(op, subop::NOOP | subop::QUERY_CAPABILITIES) || pv_iommu_abi::arg_size(op).is_err()
+    op != subop::REATTACH_DEVICE
 }
 
 // ------------------------------------------------------------- C entry points
@@ -305,21 +414,142 @@ fn dispatch(st: &mut State, caller: DomId, hwdom: DomId, op: u32, arg: &mut [u8]
                 // The hardware domain changed (late hwdom): not handled yet.
                 return -errno::ENODEV;
             }
-            if caller == hwdom && !core_answers(op) {
-                // Known, but needs the hardware: not in this step.
+            if caller != hwdom {
+                // domUs: off until contexts are real (crate documentation).
+                return -errno::ENODEV;
+            }
+            if !core_answers(op) {
                 return -errno::EOPNOTSUPP;
             }
-            hypercall_return(core.handle(caller, op, arg, Instant(xen::now_ns())))
+            let now = Instant(xen::now_ns());
+            if op == subop::REMOTE_CMD {
+                let Ok(rc) = pv_iommu_abi::RemoteCmd::parse(arg) else {
+                    return -errno::EFAULT;
+                };
+                if !core_answers(rc.subop as u32) {
+                    return -errno::EOPNOTSUPP;
+                }
+                let target = rc.target();
+                if target != hwdom {
+                    if let Err(e) = ensure_domain(core, target, now) {
+                        return e;
+                    }
+                }
+            }
+            hypercall_return(core.handle(caller, op, arg, now))
         }
         _ => -errno::ENODEV,
     }
+}
+
+/// Called from Xen's `domain_kill` (under the C shell's lock) once per
+/// dying domain, before its memory is relinquished: the core tears the
+/// domain's contexts down and drops every page reference its mappings held
+/// (the detached unit completes the invalidation at once).
+#[no_mangle]
+pub extern "C" fn ferrite_iommu_domain_destroyed(domid: u16) {
+    if POISONED.load(Ordering::SeqCst) {
+        return;
+    }
+    GLOBAL.with(|st| {
+        if let State::Up(core, _) = st {
+            domain_destroyed(core, DomId(domid), Instant(xen::now_ns()));
+        }
+    });
+}
+
+/// Debug key 'F' (C side, under the shell's lock): the core's domains,
+/// contexts and counters on Xen's console, one `ferrite-iommu:` line each.
+#[no_mangle]
+pub extern "C" fn ferrite_iommu_dump() {
+    if POISONED.load(Ordering::SeqCst) {
+        log!("dump: interface disabled after a panic");
+        return;
+    }
+    let done = GLOBAL.with(|st| match st {
+        State::Up(core, _) => {
+            let mut w = Lines::new();
+            let _ = core.dump(&mut w);
+            w.flush();
+        }
+        State::Idle => log!("dump: core not set up (no hypercall 43 yet)"),
+        State::Off => log!("dump: PV-IOMMU off"),
+    });
+    if done.is_none() {
+        log!("dump: busy");
+    }
+}
+
+/// A `fmt::Write` that logs each line (prefixed, cut at the line buffer).
+struct Lines(Line);
+
+impl Lines {
+    fn new() -> Self {
+        let mut l = Line::new();
+        let _ = write!(l, "ferrite-iommu: ");
+        Lines(l)
+    }
+
+    fn flush(&mut self) {
+        if self.0.len > "ferrite-iommu: ".len() {
+            self.0.emit();
+        }
+        *self = Lines::new();
+    }
+}
+
+impl Write for Lines {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let mut parts = s.split('\n');
+        if let Some(first) = parts.next() {
+            self.0.write_str(first)?;
+        }
+        for p in parts {
+            self.flush();
+            self.0.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
+fn domain_destroyed(core: &mut Core, dom: DomId, now: Instant) {
+    if core.domain_dying(dom) != Some(false) {
+        return;
+    }
+    let before = core.counters(dom);
+    if core.destroy_domain(dom, now).is_err() {
+        return;
+    }
+    // Host side (domain_kill): drain every budgeted release now, so the
+    // domain's memory is free when Xen relinquishes it. Bounded: each poll
+    // releases Config::release_budget items of a finite set.
+    for _ in 0..MAX_TEARDOWN_POLLS {
+        core.poll(now);
+        if !core.releases_pending() {
+            break;
+        }
+    }
+    let after = core.counters(dom);
+    log!(
+        "domain {} torn down: contexts {} -> {}, domain ids {} -> {}, table pages {} -> {}, page references {} -> {}",
+        dom.0,
+        before.contexts,
+        after.contexts,
+        before.domain_ids,
+        after.domain_ids,
+        before.table_pages,
+        after.table_pages,
+        before.held_refs,
+        after.held_refs
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use iommu_core::mem::{PageAlloc, PhysMem};
-    use pv_iommu_abi::Capabilities;
+    use iommu_core::types::{CtxNo, Dfn};
+    use pv_iommu_abi::{Alloc, Capabilities, Init, MapPages, ReattachDevice, RemoteCmd, UnmapPages};
 
     fn call(st: &mut State, caller: u16, op: u32) -> (i64, [u8; MAX_ARG]) {
         let mut arg = [0u8; MAX_ARG];
@@ -335,7 +565,7 @@ mod tests {
         assert_eq!(rc, 0);
         // QEMU's intel-iommu (the lab's): SAGAW 39-bit only.
         assert_eq!(u64::from_le_bytes(arg[0..8].try_into().unwrap()), (1 << 39) - 1);
-        assert_eq!(u32::from_le_bytes(arg[8..12].try_into().unwrap()), 0x11);
+        assert_eq!(u32::from_le_bytes(arg[8..12].try_into().unwrap()), 0x01, "default identity; no identity contexts");
         assert_eq!(u32::from_le_bytes(arg[12..16].try_into().unwrap()), 0x1000);
         assert_eq!(u32::from_le_bytes(arg[16..20].try_into().unwrap()), 0);
         assert_eq!(u16::from_le_bytes(arg[20..22].try_into().unwrap()), 0);
@@ -350,22 +580,113 @@ mod tests {
             assert_eq!(ferrite_iommu_arg_size(op), 0);
             assert_eq!(call(&mut st, 0, op).0, -errno::EOPNOTSUPP, "sub-op {op:#x}");
         }
-        for op in subop::INIT..=subop::DETACH_PASID {
+        for op in [subop::REATTACH_DEVICE, 9, 10, 11, 12] {
             assert_eq!(call(&mut st, 0, op).0, -errno::EOPNOTSUPP, "sub-op {op}");
         }
+        init(&mut st, 0);
+        let (rc, _) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc { alloc_flags: 1, ..Default::default() }.to_bytes());
+        assert_eq!(rc, -errno::EOPNOTSUPP, "identity contexts are off");
     }
 
     #[test]
     fn other_domains_are_not_enabled() {
         let mut st = State::Idle;
-        for op in [subop::NOOP, subop::QUERY_CAPABILITIES, subop::INIT, subop::MAP_PAGES, 13] {
-            let (rc, arg) = call(&mut st, 1, op);
+        for op in [subop::NOOP, subop::QUERY_CAPABILITIES, subop::INIT, subop::MAP_PAGES, subop::REMOTE_CMD, 13] {
+            let (rc, arg) = call(&mut st, 5, op);
             assert_eq!(rc, -errno::ENODEV, "sub-op {op}");
             assert!(arg.iter().all(|&b| b == 0), "nothing written back for a refused call");
         }
         // A different hardware domain than the one the core was set up for.
         let mut arg = [0u8; MAX_ARG];
         assert_eq!(dispatch(&mut st, DomId(7), DomId(7), subop::NOOP, &mut arg[..0]), -errno::ENODEV);
+    }
+
+    fn op(st: &mut State, caller: u16, op: u32, bytes: &[u8]) -> (i64, [u8; MAX_ARG]) {
+        let mut arg = [0u8; MAX_ARG];
+        arg[..bytes.len()].copy_from_slice(bytes);
+        let len = ferrite_iommu_arg_size(op);
+        (dispatch(st, DomId(caller), DomId(0), op, &mut arg[..len]), arg)
+    }
+
+    fn init(st: &mut State, caller: u16) {
+        assert_eq!(op(st, caller, subop::INIT, &Init { max_ctx_no: 4, arena_order: 6 }.to_bytes()).0, 0);
+    }
+
+    /// remote_cmd from the hardware domain, the inner argument at a fake guest address.
+    fn remote(st: &mut State, target: u16, inner_op: u32, inner: &mut [u8]) -> i64 {
+        const AT: u64 = 0x7000_0000;
+        xen::state::GUEST_MEM.with(|m| m.borrow_mut().insert(AT, inner.to_vec()));
+        let rc = RemoteCmd { domid: target, subop: inner_op as u16, pad0: 0, arg: AT }.to_bytes();
+        let (r, _) = op(st, 0, subop::REMOTE_CMD, &rc);
+        xen::state::GUEST_MEM.with(|m| inner.copy_from_slice(&m.borrow_mut().remove(&AT).unwrap()[..inner.len()]));
+        r
+    }
+
+    fn map(ctx: u16, gfn: u64, flags: u32) -> [u8; MapPages::SIZE] {
+        MapPages::new(CtxNo(ctx), Gfn(gfn), Dfn(gfn), flags, 4096, 1).to_bytes()
+    }
+
+    #[test]
+    fn hardware_domain_maps_its_own_frames_only() {
+        let mut st = State::Idle;
+        init(&mut st, 0);
+        let (rc, arg) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+        assert_eq!(rc, 0, "dom0 owns 00:02.0");
+        let ctx = Alloc::parse(&arg).unwrap().ctx_no;
+        assert_eq!(op(&mut st, 0, subop::MAP_PAGES, &map(ctx, 0x1001, 3)).0, 0);
+        assert_eq!(xen::state::refs(), 1);
+        assert_eq!(op(&mut st, 0, subop::MAP_PAGES, &map(ctx, 0x5001, 1)).0, -errno::EPERM, "domain 5's frame");
+        assert_eq!(op(&mut st, 0, subop::MAP_PAGES, &map(ctx, 0x9000, 1)).0, -errno::EPERM, "nobody's");
+        assert_eq!(xen::state::refs(), 1);
+        let un = UnmapPages::new(CtxNo(ctx), Dfn(0x1001), 4096, 1).to_bytes();
+        assert_eq!(op(&mut st, 0, subop::UNMAP_PAGES, &un).0, 0);
+        assert_eq!(xen::state::refs(), 0, "released once the (software) invalidation completed");
+    }
+
+    #[test]
+    fn remote_cmd_applies_the_target_domains_rules_and_teardown_releases() {
+        let mut st = State::Idle;
+        assert_eq!(call(&mut st, 0, subop::NOOP).0, 0);
+        let mut i = Init { max_ctx_no: 64, arena_order: 12 }.to_bytes();
+        assert_eq!(remote(&mut st, 5, subop::INIT, &mut i), 0, "domain 5 has a PCI device: registered");
+        let mut a = Alloc::default().to_bytes();
+        assert_eq!(remote(&mut st, 5, subop::ALLOC_CONTEXT, &mut a), 0);
+        let ctx = Alloc::from_bytes(&a).ctx_no;
+        assert_eq!(remote(&mut st, 5, subop::MAP_PAGES, &mut map(ctx, 0x5002, 3)), 0, "its own");
+        assert_eq!(
+            remote(&mut st, 5, subop::MAP_PAGES, &mut map(ctx, 0x1010, 3)),
+            -errno::EACCES,
+            "read-only grant, written"
+        );
+        assert_eq!(remote(&mut st, 5, subop::MAP_PAGES, &mut map(ctx, 0x1010, 1)), 0, "... read");
+        assert_eq!(remote(&mut st, 5, subop::MAP_PAGES, &mut map(ctx, 0x1011, 3)), 0, "writable grant");
+        assert_eq!(remote(&mut st, 5, subop::MAP_PAGES, &mut map(ctx, 0x1012, 1)), -errno::EPERM, "not granted");
+        assert_eq!(xen::state::refs(), 3);
+        let mut r = ReattachDevice::default().to_bytes();
+        assert_eq!(remote(&mut st, 5, subop::REATTACH_DEVICE, &mut r), -errno::EOPNOTSUPP);
+        assert_eq!(remote(&mut st, 9, subop::NOOP, &mut []), -errno::ENODEV, "no such domain / no device");
+        let State::Up(core, _) = &st else { panic!("core not up") };
+        assert_eq!(core.counters(DomId(5)).held_refs, 3);
+        ferrite_iommu_domain_destroyed_on(&mut st, 5);
+        assert_eq!(xen::state::refs(), 0, "teardown dropped every reference");
+        let State::Up(core, _) = &st else { panic!("core not up") };
+        assert_eq!(core.counters(DomId(5)), iommu_core::Counters::default());
+        assert_eq!(remote(&mut st, 5, subop::NOOP, &mut []), -errno::ENODEV, "a dead domain is not re-registered");
+    }
+
+    #[test]
+    fn dump_lines_split_at_newlines() {
+        let mut w = Lines::new();
+        write!(w, "a=1\nb=2").unwrap();
+        assert_eq!(&w.0.buf[..w.0.len], b"ferrite-iommu: b=2");
+        w.flush();
+        assert_eq!(w.0.len, "ferrite-iommu: ".len());
+    }
+
+    fn ferrite_iommu_domain_destroyed_on(st: &mut State, dom: u16) {
+        if let State::Up(core, _) = st {
+            domain_destroyed(core, DomId(dom), Instant(1));
+        }
     }
 
     #[test]

@@ -17,6 +17,85 @@ extern "C" {
     fn ferrite_xen_vtd_caps(cap: *mut u64, ecap: *mut u64) -> i32;
     fn ferrite_xen_now() -> u64;
     fn ferrite_xen_panic_exit() -> !;
+    fn ferrite_xen_frame_of(domid: u16, gfn: u64, granter: *mut u16) -> i32;
+    fn ferrite_xen_get_frame(mfn: u64, owner: u16, writable: i32) -> i32;
+    fn ferrite_xen_put_frame(mfn: u64, writable: i32);
+    fn ferrite_xen_device_owner(seg: u16, bus: u8, devfn: u8) -> i32;
+    fn ferrite_xen_domain_devices(domid: u16, sbdf: *mut u32, max: u32) -> u32;
+    fn ferrite_xen_copy_from_guest(domid: u16, addr: u64, buf: *mut u8, len: usize) -> i32;
+    fn ferrite_xen_copy_to_guest(domid: u16, addr: u64, buf: *const u8, len: usize) -> i32;
+}
+
+/// What a domain's frame is ([`frame_of`]); values of the C side's FERRITE_FRAME_*.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Not the domain's, not granted to it, or not a PV domain.
+    None,
+    /// The domain's own page.
+    Own,
+    /// Granted to it by the given domain, read-only.
+    GrantedRo(u16),
+    /// Granted to it by the given domain, writable.
+    GrantedRw(u16),
+}
+
+/// What frame `gfn` (= mfn: PV domains only) of `domid` is. No reference taken.
+pub fn frame_of(domid: u16, gfn: u64) -> FrameKind {
+    let mut granter = 0u16;
+    // SAFETY: `granter` is valid for one u16 write; the C side looks the
+    // domain up under RCU and only reads Xen's page and grant state.
+    match unsafe { ferrite_xen_frame_of(domid, gfn, &mut granter) } {
+        1 => FrameKind::Own,
+        2 => FrameKind::GrantedRo(granter),
+        3 => FrameKind::GrantedRw(granter),
+        _ => FrameKind::None,
+    }
+}
+
+/// Takes a reference on frame `mfn` owned by `owner` (and a writable-type
+/// reference if `writable`); false when Xen refuses (not that owner's, or a
+/// page that cannot be writable).
+pub fn get_frame(mfn: u64, owner: u16, writable: bool) -> bool {
+    // SAFETY: plain values; Xen checks the frame and the owner itself.
+    unsafe { ferrite_xen_get_frame(mfn, owner, writable as i32) == 1 }
+}
+
+/// Drops a reference [`get_frame`] took.
+///
+/// # Safety
+/// A reference with the same `writable` was taken by [`get_frame`] on
+/// `mfn` and is dropped once.
+pub unsafe fn put_frame(mfn: u64, writable: bool) {
+    // SAFETY: per the contract, the reference exists and is ours.
+    unsafe { ferrite_xen_put_frame(mfn, writable as i32) }
+}
+
+/// The domain a PCI function is assigned to (`None`: unknown device or none).
+pub fn device_owner(seg: u16, bus: u8, devfn: u8) -> Option<u16> {
+    // SAFETY: plain values; the C side walks Xen's PCI list under its lock.
+    let r = unsafe { ferrite_xen_device_owner(seg, bus, devfn) };
+    u16::try_from(r).ok()
+}
+
+/// The PCI functions (SBDF) assigned to `domid`, at most `out.len()`.
+pub fn domain_devices(domid: u16, out: &mut [u32]) -> usize {
+    let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    // SAFETY: `out` is valid for `max` u32 writes; the C side writes at most that many.
+    let n = unsafe { ferrite_xen_domain_devices(domid, out.as_mut_ptr(), max) };
+    (n as usize).min(out.len())
+}
+
+/// Copies from the calling domain's memory at guest address `addr`.
+pub fn copy_from_guest(domid: u16, addr: u64, buf: &mut [u8]) -> bool {
+    // SAFETY: `buf` is valid for `buf.len()` writes; Xen's guest-access
+    // routines check `addr` and fail on a fault.
+    unsafe { ferrite_xen_copy_from_guest(domid, addr, buf.as_mut_ptr(), buf.len()) == 0 }
+}
+
+/// Copies to the calling domain's memory at guest address `addr`.
+pub fn copy_to_guest(domid: u16, addr: u64, buf: &[u8]) -> bool {
+    // SAFETY: `buf` is valid for `buf.len()` reads; as in copy_from_guest.
+    unsafe { ferrite_xen_copy_to_guest(domid, addr, buf.as_ptr(), buf.len()) == 0 }
 }
 
 /// Writes `s` to Xen's console (printk), as is: callers end lines with `\n`.

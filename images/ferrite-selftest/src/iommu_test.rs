@@ -36,7 +36,7 @@ use iommu_core::acpi::{find_rsdp, find_table, Dmar};
 use iommu_core::mem::{PageAlloc, PhysMem};
 use iommu_core::mmio::{fsts, gcmd, reg, MmioVtd, RegisterAccess};
 use iommu_core::types::{DomId, Gfn, Instant, Mfn, PciSbdf};
-use iommu_core::{hypercall_return, Iommu, Platform, Rmrr};
+use iommu_core::{hypercall_return, Frame, Iommu, Platform, Rmrr, Source};
 use log::{error, info, warn};
 use pv_iommu_client::client::MapFlags;
 use pv_iommu_client::dma::{Faults, IommuDma};
@@ -101,18 +101,22 @@ struct Plat {
 }
 
 impl Platform for Plat {
-    fn get_page(&mut self, _dom: DomId, gfn: Gfn, _writable: bool) -> Option<Mfn> {
-        if gfn.0 < self.first || gfn.0 >= self.end {
-            return None;
-        }
-        self.refs += 1;
-        Some(Mfn(gfn.0))
+    fn frame_of(&mut self, _dom: DomId, gfn: Gfn) -> Option<Frame> {
+        (gfn.0 >= self.first && gfn.0 < self.end).then_some(Frame { mfn: Mfn(gfn.0), source: Source::Own })
     }
-    fn put_page(&mut self, _mfn: Mfn) {
+    fn get_frame(&mut self, _dom: DomId, _frame: Frame, _writable: bool) -> bool {
+        self.refs += 1;
+        true
+    }
+    fn put_frame(&mut self, _mfn: Mfn, _writable: bool) {
         self.refs -= 1;
     }
-    fn domain_pages(&self, _dom: DomId) -> Vec<(Gfn, Mfn)> {
-        (self.first..self.end).map(|p| (Gfn(p), Mfn(p))).collect()
+    fn domain_pages(&self, _dom: DomId, from: Gfn, max: usize) -> Vec<(Gfn, Mfn)> {
+        (from.0.max(self.first)..self.end).take(max).map(|p| (Gfn(p), Mfn(p))).collect()
+    }
+    fn device_owner(&self, _dev: PciSbdf) -> Option<DomId> {
+        // The self-test plays the hypervisor for one domain that owns every device.
+        Some(SELF)
     }
     fn copy_from_guest(&mut self, _: DomId, _: u64, _: &mut [u8]) -> bool {
         false

@@ -150,9 +150,10 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         let (frames, leaves) = ctx.table.destroy(&self.mem).unwrap_or_default();
         for l in leaves {
             if l.holds_ref {
-                f.release.guest.push(l.mfn);
+                f.release.guest.push((l.mfn, l.perm.write));
             }
         }
+        f.release.owner = Some(dom);
         if ctx.kind != CtxKind::Default {
             let n = frames.len() as u64;
             let (d, total) = f.release.budget.get_or_insert((dom, 0));
@@ -162,5 +163,24 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         f.release.tables.extend(frames);
         f.iotlb_domain.push(ctx.did);
         f.release.dids.push(ctx.did);
+    }
+
+    /// Drops an identity context still being built: it was never in a
+    /// context entry, so no cache can refer to its tables or domain id, and
+    /// both are freed at once (with its arena charge).
+    pub(super) fn drop_building(&mut self, dom: DomId) {
+        let Some(b) = self.domains.get_mut(&dom).and_then(|d| d.building.take()) else {
+            return;
+        };
+        // A corrupt table is leaked rather than half freed.
+        let (frames, _) = b.table.destroy(&self.mem).unwrap_or_default();
+        let n = frames.len() as u64;
+        for fr in frames {
+            self.mem.free_page(fr);
+        }
+        if let Some(d) = self.domains.get_mut(&dom) {
+            d.arena_used = d.arena_used.saturating_sub(n);
+        }
+        self.dids.remove(&b.did);
     }
 }

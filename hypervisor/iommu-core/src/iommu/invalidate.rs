@@ -19,7 +19,10 @@ use super::{Iommu, Platform, MAX_RANGES};
 /// Resources freed once one wait descriptor completes.
 #[derive(Default)]
 pub(super) struct Release {
-    pub(super) guest: Vec<Mfn>,
+    /// The domain whose resources these are (for its counters).
+    pub(super) owner: Option<DomId>,
+    /// Guest page references: the frame and whether a writable one was taken.
+    pub(super) guest: Vec<(Mfn, bool)>,
     pub(super) tables: Vec<Mfn>,
     pub(super) dids: Vec<u16>,
     pub(super) budget: Option<(DomId, u64)>,
@@ -183,25 +186,50 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         self.devices.iter().any(|(k, d)| Sid::from(*k) == sid && d.broken)
     }
 
-    fn release(&mut self, r: Release) {
-        for m in r.guest {
-            self.plat.put_page(m);
-        }
-        for t in r.tables {
-            self.mem.free_page(t);
-        }
-        for did in r.dids {
-            self.dids.remove(&did);
-        }
-        if let Some((dom, n)) = r.budget {
-            if let Some(d) = self.domains.get_mut(&dom) {
-                d.arena_used = d.arena_used.saturating_sub(n);
+    /// Releases invalidated resources, at most `Config::release_budget`
+    /// page references and table pages per call, oldest first. A release's
+    /// domain ids and arena charge go with its last page, so a domain's
+    /// limits count what is still held.
+    fn drain_ready(&mut self) {
+        let mut budget = self.cfg.release_budget.max(1) as usize;
+        while budget > 0 {
+            let Some(r) = self.ready.front_mut() else {
+                return;
+            };
+            while budget > 0 {
+                let Some((m, writable)) = r.guest.pop() else {
+                    break;
+                };
+                self.plat.put_frame(m, writable);
+                self.refs_held = self.refs_held.saturating_sub(1);
+                budget -= 1;
+            }
+            while budget > 0 {
+                let Some(t) = r.tables.pop() else {
+                    break;
+                };
+                self.mem.free_page(t);
+                budget -= 1;
+            }
+            if !r.guest.is_empty() || !r.tables.is_empty() {
+                return;
+            }
+            let Some(r) = self.ready.pop_front() else {
+                return;
+            };
+            for did in r.dids {
+                self.dids.remove(&did);
+            }
+            if let Some((dom, n)) = r.budget {
+                if let Some(d) = self.domains.get_mut(&dom) {
+                    d.arena_used = d.arena_used.saturating_sub(n);
+                }
             }
         }
     }
 
     /// Advances invalidation: pushes queued descriptors, releases what
-    /// completed waits cover, and declares broken any ATS device whose
+    /// completed waits cover (within the release budget), and declares broken any ATS device whose
     /// device-TLB invalidation is older than the time-out (its context entry
     /// is blocked; everything its invalidation covered stays held for good).
     pub fn poll(&mut self, now: Instant) {
@@ -216,7 +244,9 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                     break;
                 }
                 if let Some(h) = self.held.pop_front() {
-                    self.release(h.release);
+                    if !h.release.is_empty() {
+                        self.ready.push_back(h.release);
+                    }
                 }
             }
             match self.held.front() {
@@ -228,6 +258,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 _ => break,
             }
         }
+        self.drain_ready();
     }
 
     /// Declares the devices behind `sid` broken: everything its late

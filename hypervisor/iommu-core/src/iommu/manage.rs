@@ -8,12 +8,15 @@ use alloc::vec::Vec;
 use crate::hw::Hardware;
 use crate::mem::Memory;
 use crate::pagetable::{PtError, SlTable};
-use crate::types::{Dfn, DomId, Instant, Mfn, PciSbdf, Sid};
+use crate::types::{Dfn, DomId, Gfn, Instant, Mfn, PciSbdf, Sid};
 use crate::vtd::Perm;
 
 use super::invalidate::Flush;
 use super::tables::{Budgeted, Tables};
 use super::{in_msi, Context, CtxKind, Device, Domain, Iommu, MgmtError, Platform, Rmrr, QUARANTINE_DID};
+
+/// Pages asked of the platform at a time while building the default context.
+const PAGES_PER_BATCH: usize = 512;
 
 impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     /// Registers a PCI function behind this unit; it starts in quarantine.
@@ -42,7 +45,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             return Err(MgmtError::Invalid);
         }
         // A dying predecessor's arena pages still await release.
-        let pending = self.held.iter().any(|h| h.release.budget.is_some_and(|(d, _)| d == dom));
+        let pending = self
+            .held
+            .iter()
+            .map(|h| &h.release)
+            .chain(self.ready.iter())
+            .any(|r| r.budget.is_some_and(|(d, _)| d == dom));
         if pending {
             return Err(MgmtError::Busy);
         }
@@ -55,23 +63,38 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 return Err(MgmtError::NoMemory);
             }
         };
-        for (_, mfn) in self.plat.domain_pages(dom) {
-            if in_msi(mfn.0) {
-                continue;
-            }
-            match table.map(&mut self.tables(), Dfn(mfn.0), mfn, Perm::RW, false) {
-                Ok(()) | Err(PtError::InUse) | Err(PtError::OutOfRange) => {}
-                Err(_) => {
-                    // No device was ever attached: nothing cached, free at once.
-                    let (frames, _) = table.destroy(&self.mem).unwrap_or_default();
-                    for f in frames {
-                        self.mem.free_page(f);
+        let mut from = Gfn(0);
+        loop {
+            let batch = self.plat.domain_pages(dom, from, PAGES_PER_BATCH);
+            let mut failed = false;
+            for (_, mfn) in &batch {
+                if in_msi(mfn.0) {
+                    continue;
+                }
+                match table.map(&mut self.tables(), Dfn(mfn.0), *mfn, Perm::RW, false) {
+                    Ok(()) | Err(PtError::InUse) | Err(PtError::OutOfRange) => {}
+                    Err(_) => {
+                        failed = true;
+                        break;
                     }
-                    self.dids.remove(&did);
-                    return Err(MgmtError::NoMemory);
                 }
             }
+            if failed {
+                // No device was ever attached: nothing cached, free at once.
+                let (frames, _) = table.destroy(&self.mem).unwrap_or_default();
+                for f in frames {
+                    self.mem.free_page(f);
+                }
+                self.dids.remove(&did);
+                return Err(MgmtError::NoMemory);
+            }
+            // A platform that returns pages out of order or past `from` ends the walk.
+            match batch.last().and_then(|(g, _)| g.0.checked_add(1)) {
+                Some(next) if batch.len() == PAGES_PER_BATCH && next > from.0 => from = Gfn(next),
+                _ => break,
+            }
         }
+        let limits = self.limits_for(dom);
         let mut contexts = BTreeMap::new();
         contexts.insert(0, Context { did, kind: CtxKind::Default, table, devices: BTreeSet::new(), dying: false });
         self.domains.insert(
@@ -84,6 +107,8 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 arena_limit: 0,
                 arena_used: 0,
                 contexts,
+                limits,
+                building: None,
             },
         );
         Ok(())
@@ -180,9 +205,12 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         Ok(())
     }
 
-    /// Starts tearing a domain down: no call is served for it any more, its
-    /// devices go to quarantine, and its contexts are freed (tables and page
-    /// references released once invalidated).
+    /// Tears a domain down (Xen's domain destruction path calls this): no
+    /// call is served for it any more, its devices go to quarantine, an
+    /// identity context still being built is dropped, and its contexts are
+    /// freed — tables, domain ids and every mapping's page reference are
+    /// released once the invalidation completes; [`Iommu::counters`] of the
+    /// domain then reads zero.
     pub fn destroy_domain(&mut self, dom: DomId, now: Instant) -> Result<(), MgmtError> {
         let domain = self.domains.get_mut(&dom).ok_or(MgmtError::Invalid)?;
         if domain.dying {
@@ -201,6 +229,8 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 d.ctx = 0;
             }
         }
+        f.release.owner = Some(dom);
+        self.drop_building(dom);
         let ctx_nos: Vec<u16> =
             self.domains.get(&dom).map(|d| d.contexts.keys().copied().collect()).unwrap_or_default();
         for n in ctx_nos {

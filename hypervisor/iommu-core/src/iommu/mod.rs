@@ -22,6 +22,9 @@
 //! * `hypercall`: decoding and dispatch of `iommu_op` sub-ops (`remote_cmd`,
 //!   capabilities, `init`), with `hypercall::contexts` (alloc, free,
 //!   reattach) and `hypercall::pages` (map, unmap);
+//! * `policy`: who may do what (per-caller rules in front of the
+//!   dispatcher: device ownership, frame ownership and grants, per-domain
+//!   limits) and the counters and debug dump that show what a domain holds;
 //! * `manage`: toolstack management (devices, domains, assignment,
 //!   destruction);
 //! * `context`: context entries (built by one function), moving devices
@@ -47,9 +50,11 @@ mod error;
 mod hypercall;
 mod invalidate;
 mod manage;
+mod policy;
 mod tables;
 
 pub use error::{hypercall_return, Error, MgmtError, Outcome};
+pub use policy::Counters;
 
 use invalidate::{Held, Release};
 use tables::Tables;
@@ -79,8 +84,32 @@ pub struct Config {
     /// How long a device may take to complete a device-TLB invalidation
     /// before it is declared broken (PCIe ATS allows one minute).
     pub devtlb_timeout_ns: u64,
-    /// Pages handled per map/unmap issue before a restart.
+    /// Pages handled per map/unmap issue (and per identity-context build
+    /// step) before a restart.
     pub preempt_pages: u32,
+    /// Limits of the hardware domain.
+    pub hwdom_limits: Limits,
+    /// Limits of every other domain (a driver domain).
+    pub domu_limits: Limits,
+    /// Page references and table pages released per call (per
+    /// [`Iommu::poll`]) once their invalidation completed; the rest wait for
+    /// the next call, so freeing a large context or a domain is preemptible.
+    pub release_budget: u32,
+    /// Identity contexts (bus address = GFN) offered: a platform that
+    /// cannot list a domain's pages turns them off (-EOPNOTSUPP, and no
+    /// `cap::IDENTITY`).
+    pub identity_contexts: bool,
+}
+
+/// What one domain may hold, so that it cannot exhaust VT-d domain ids or
+/// hypervisor memory for the others. `init` asks for less or is clamped to
+/// these; past them a call fails and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Allocated contexts (each one VT-d domain id), context 0 not counted.
+    pub contexts: u32,
+    /// Page-table pages of its allocated contexts.
+    pub table_pages: u64,
 }
 
 impl Default for Config {
@@ -91,21 +120,57 @@ impl Default for Config {
             max_arena_order: 20,
             devtlb_timeout_ns: 60_000_000_000,
             preempt_pages: 256,
+            hwdom_limits: Limits { contexts: 1024, table_pages: 1 << 20 },
+            domu_limits: Limits { contexts: 64, table_pages: 16384 },
+            identity_contexts: true,
+            release_budget: 1024,
         }
     }
 }
 
-/// What the hypervisor around the core provides: page references, domain
-/// memory, guest copies.
+/// Where a frame a domain names comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The domain's own page.
+    Own,
+    /// A page another domain granted to it (an active grant mapping).
+    Granted {
+        /// The granting domain (the page's owner).
+        granter: DomId,
+        /// The grant allows writes (not `GTF_readonly`).
+        writable: bool,
+    },
+}
+
+/// A frame as the platform found it for a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The machine frame.
+    pub mfn: Mfn,
+    /// Own or granted.
+    pub source: Source,
+}
+
+/// What the hypervisor around the core provides: what a domain's frames and
+/// devices are, page references, domain memory, guest copies. The platform
+/// reports facts and takes references; the policy (who may map what, with
+/// which rights) is the core's.
 pub trait Platform {
-    /// Takes a reference on the page `dom` names `gfn` (its own page or a
-    /// page granted to it, writable if asked). `None`: not a usable page.
-    fn get_page(&mut self, dom: DomId, gfn: Gfn, writable: bool) -> Option<Mfn>;
-    /// Drops a reference taken by [`Platform::get_page`].
-    fn put_page(&mut self, mfn: Mfn);
-    /// The domain's own memory, for the default (bus = MFN) and identity
-    /// (bus = GFN) contexts.
-    fn domain_pages(&self, dom: DomId) -> Vec<(Gfn, Mfn)>;
+    /// What `gfn` names for `dom`: its own page, a page granted to it, or
+    /// nothing (`None`). No reference is taken.
+    fn frame_of(&mut self, dom: DomId, gfn: Gfn) -> Option<Frame>;
+    /// Takes a reference on `frame` for `dom` (a writable-type reference if
+    /// `writable`), checking it is still what [`Platform::frame_of`] said;
+    /// false if it is not, and then nothing is held.
+    fn get_frame(&mut self, dom: DomId, frame: Frame, writable: bool) -> bool;
+    /// Drops a reference taken by [`Platform::get_frame`] (with the same `writable`).
+    fn put_frame(&mut self, mfn: Mfn, writable: bool);
+    /// Up to `max` of the domain's own pages with gfn at least `from`, in
+    /// gfn order: for the default (bus = MFN) and identity (bus = GFN)
+    /// contexts.
+    fn domain_pages(&self, dom: DomId, from: Gfn, max: usize) -> Vec<(Gfn, Mfn)>;
+    /// The domain a PCI function is assigned to (passed through), if any.
+    fn device_owner(&self, dev: PciSbdf) -> Option<DomId>;
     /// Copies from a guest virtual address; false on a fault.
     fn copy_from_guest(&mut self, dom: DomId, addr: u64, buf: &mut [u8]) -> bool;
     /// Copies to a guest virtual address; false on a fault.
@@ -130,14 +195,25 @@ struct Context {
     dying: bool,
 }
 
+/// An identity context being built across preempted calls.
+struct Building {
+    ctx_no: u16,
+    did: u16,
+    table: SlTable,
+    /// Next gfn to map.
+    next: Gfn,
+}
+
 struct Domain {
     enabled: bool,
     dying: bool,
     initialised: bool,
+    limits: Limits,
     max_ctx_no: u32,
     arena_limit: u64,
     arena_used: u64,
     contexts: BTreeMap<u16, Context>,
+    building: Option<Building>,
 }
 
 /// A reserved device-frame range of a device.
@@ -184,8 +260,12 @@ pub struct Iommu<M: Memory, H: Hardware, P: Platform> {
     dids: BTreeSet<u16>,
     queue: InvQueue,
     held: VecDeque<Held>,
+    /// Invalidated, waiting for their budgeted release.
+    ready: VecDeque<Release>,
     leaked: Vec<Release>,
     next_group: u64,
+    /// Guest page references held (mapped, or awaiting an invalidation).
+    refs_held: u64,
 }
 
 impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
@@ -215,8 +295,10 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             dids,
             queue,
             held: VecDeque::new(),
+            ready: VecDeque::new(),
             leaked: Vec::new(),
             next_group: 0,
+            refs_held: 0,
         })
     }
 
@@ -248,16 +330,22 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     /// Guest pages whose reference is still held waiting for an invalidation,
     /// including those held for good behind a broken device.
     pub fn held_guest_pages(&self) -> Vec<Mfn> {
-        let mut v: Vec<Mfn> = self.held.iter().flat_map(|h| h.release.guest.iter().copied()).collect();
-        v.extend(self.leaked.iter().flat_map(|r| r.guest.iter().copied()));
+        let mut v: Vec<Mfn> = self.held.iter().flat_map(|h| h.release.guest.iter().map(|g| g.0)).collect();
+        v.extend(self.ready.iter().chain(self.leaked.iter()).flat_map(|r| r.guest.iter().map(|g| g.0)));
         v
     }
 
     /// Table frames not yet returned to the allocator.
     pub fn held_table_pages(&self) -> Vec<Mfn> {
         let mut v: Vec<Mfn> = self.held.iter().flat_map(|h| h.release.tables.iter().copied()).collect();
-        v.extend(self.leaked.iter().flat_map(|r| r.tables.iter().copied()));
+        v.extend(self.ready.iter().chain(self.leaked.iter()).flat_map(|r| r.tables.iter().copied()));
         v
+    }
+
+    /// True while something awaits an invalidation or its budgeted release
+    /// (each [`Iommu::poll`] moves it on).
+    pub fn releases_pending(&self) -> bool {
+        !self.held.is_empty() || !self.ready.is_empty()
     }
 
     /// True when `dev` was declared broken after a device-TLB time-out.

@@ -8,7 +8,7 @@ use iommu_core::hw::SoftVtd;
 use iommu_core::mem::VecMemory;
 use iommu_core::types::{DomId, Gfn, Instant, Mfn, PciSbdf, Sid};
 use iommu_core::vtd::{AddrWidth, FaultReason};
-use iommu_core::{hypercall_return, Config, Iommu, Platform};
+use iommu_core::{hypercall_return, Config, Frame, Iommu, Platform, Source};
 use pv_iommu_client::client::MapFlags;
 use pv_iommu_client::{Client, Transport};
 
@@ -31,40 +31,101 @@ pub fn mfn_of(dom: DomId, gfn: u64) -> Mfn {
     Mfn(0x40_0000 + ((dom.0 as u64) << 20) + gfn)
 }
 
+/// A fake Xen: domain `d` owns guest frames 0..GUEST_PAGES (machine frame
+/// [`mfn_of`]`(d, gfn)`) and names a frame granted to it by its machine
+/// frame (as a PV domain does); devices belong to whom `owners` says.
+/// References are counted per frame (a `put` without a `get` panics).
 #[derive(Default)]
 pub struct FakePlatform {
     pub refs: BTreeMap<Mfn, u32>,
+    /// Writable-type references among `refs`.
+    pub wrefs: BTreeMap<Mfn, u32>,
     /// Hardware-domain memory reachable through guest handles.
     pub guest_mem: BTreeMap<u64, Vec<u8>>,
+    /// Active grants: (grantee, machine frame) → (granter, writable).
+    pub grants: BTreeMap<(DomId, u64), (DomId, bool)>,
+    /// Device assignment as Xen sees it.
+    pub owners: BTreeMap<PciSbdf, DomId>,
+    /// Pages each domain owns, for the default/identity contexts (OWN_PAGES if absent).
+    pub own_pages: BTreeMap<DomId, u64>,
+    /// Frames whose grant ends between `frame_of` and `get_frame` (a race).
+    pub ends_before_get: std::collections::BTreeSet<Mfn>,
+    /// `get_frame` takes any reference without re-checking (a platform that
+    /// leaves every rule to the core), so tests see the core's checks alone.
+    pub no_recheck: bool,
 }
 
 impl FakePlatform {
     pub fn refs(&self, m: Mfn) -> u32 {
         self.refs.get(&m).copied().unwrap_or(0)
     }
+
+    pub fn total_refs(&self) -> u64 {
+        self.refs.values().map(|&r| r as u64).sum()
+    }
+
+    /// `granter` grants its frame `gfn` to `grantee`; returns the frame
+    /// number the grantee names it by.
+    pub fn grant(&mut self, granter: DomId, gfn: u64, grantee: DomId, writable: bool) -> u64 {
+        let m = mfn_of(granter, gfn).0;
+        self.grants.insert((grantee, m), (granter, writable));
+        m
+    }
+}
+
+/// The domain owning a machine frame of [`mfn_of`].
+pub fn owner_of(m: Mfn) -> Option<DomId> {
+    let off = m.0.checked_sub(0x40_0000)?;
+    (off & 0xf_ffff < GUEST_PAGES).then_some(DomId((off >> 20) as u16))
 }
 
 impl Platform for FakePlatform {
-    fn get_page(&mut self, dom: DomId, gfn: Gfn, _writable: bool) -> Option<Mfn> {
-        if gfn.0 >= GUEST_PAGES {
-            return None;
+    fn frame_of(&mut self, dom: DomId, gfn: Gfn) -> Option<Frame> {
+        if gfn.0 < GUEST_PAGES {
+            return Some(Frame { mfn: mfn_of(dom, gfn.0), source: Source::Own });
         }
-        let m = mfn_of(dom, gfn.0);
-        *self.refs.entry(m).or_default() += 1;
-        Some(m)
+        let &(granter, writable) = self.grants.get(&(dom, gfn.0))?;
+        Some(Frame { mfn: Mfn(gfn.0), source: Source::Granted { granter, writable } })
     }
 
-    fn put_page(&mut self, mfn: Mfn) {
-        let r = self.refs.get_mut(&mfn).expect("put_page of a page without references");
+    fn get_frame(&mut self, dom: DomId, f: Frame, writable: bool) -> bool {
+        let still = match f.source {
+            Source::Own => owner_of(f.mfn) == Some(dom),
+            Source::Granted { granter, writable: w } => self.grants.get(&(dom, f.mfn.0)) == Some(&(granter, w)),
+        };
+        if (!still && !self.no_recheck) || self.ends_before_get.contains(&f.mfn) {
+            return false;
+        }
+        *self.refs.entry(f.mfn).or_default() += 1;
+        if writable {
+            *self.wrefs.entry(f.mfn).or_default() += 1;
+        }
+        true
+    }
+
+    fn put_frame(&mut self, mfn: Mfn, writable: bool) {
+        let r = self.refs.get_mut(&mfn).expect("put of a page without references");
         assert!(*r > 0, "reference underflow");
         *r -= 1;
         if *r == 0 {
             self.refs.remove(&mfn);
         }
+        if writable {
+            let w = self.wrefs.get_mut(&mfn).expect("writable put without a writable get");
+            *w -= 1;
+            if *w == 0 {
+                self.wrefs.remove(&mfn);
+            }
+        }
     }
 
-    fn domain_pages(&self, dom: DomId) -> Vec<(Gfn, Mfn)> {
-        (0..OWN_PAGES).map(|g| (Gfn(g), mfn_of(dom, g))).collect()
+    fn domain_pages(&self, dom: DomId, from: Gfn, max: usize) -> Vec<(Gfn, Mfn)> {
+        let n = self.own_pages.get(&dom).copied().unwrap_or(OWN_PAGES);
+        (from.0..n).take(max).map(|g| (Gfn(g), mfn_of(dom, g))).collect()
+    }
+
+    fn device_owner(&self, dev: PciSbdf) -> Option<DomId> {
+        self.owners.get(&dev).copied()
     }
 
     fn copy_from_guest(&mut self, _dom: DomId, addr: u64, buf: &mut [u8]) -> bool {
@@ -112,6 +173,7 @@ pub fn setup_unit(aw: AddrWidth, coherent: bool) -> Hv {
     hv.add_device(DEV_C, true, &[]).unwrap();
     hv.add_device(DEV_Q, false, &[]).unwrap();
     for d in [DEV_A, DEV_B, DEV_C] {
+        hv.platform_mut().owners.insert(d, GUEST);
         hv.assign_device(d, GUEST, Instant(0)).unwrap();
     }
     hv

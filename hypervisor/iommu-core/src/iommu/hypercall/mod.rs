@@ -46,7 +46,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         r
     }
 
-    fn domain(&self, dom: DomId) -> Result<&Domain, Error> {
+    pub(super) fn domain(&self, dom: DomId) -> Result<&Domain, Error> {
         match self.domains.get(&dom) {
             Some(d) if d.enabled && !d.dying => Ok(d),
             Some(d) if d.dying => Err(Error::Inval),
@@ -54,7 +54,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         }
     }
 
-    fn domain_mut(&mut self, dom: DomId) -> Result<&mut Domain, Error> {
+    pub(super) fn domain_mut(&mut self, dom: DomId) -> Result<&mut Domain, Error> {
         match self.domains.get_mut(&dom) {
             Some(d) if d.enabled && !d.dying => Ok(d),
             Some(d) if d.dying => Err(Error::Inval),
@@ -82,7 +82,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         let d = self.domain(dom)?;
         let caps = Capabilities {
             max_iova_addr: (1u64 << self.aw.bits()) - 1,
-            cap_flags: cap::DEFAULT_IDENTITY | cap::IDENTITY,
+            cap_flags: cap::DEFAULT_IDENTITY | if self.cfg.identity_contexts { cap::IDENTITY } else { 0 },
             pgsize_mask: 1 << 12,
             max_pasid: 0,
             max_ctx_no: d.max_ctx_no.min(u16::MAX as u32) as u16,
@@ -103,8 +103,9 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             return Err(Error::TooBig);
         }
         d.initialised = true;
-        d.max_ctx_no = i.max_ctx_no;
-        d.arena_limit = 1u64 << i.arena_order;
+        // Clamped to the domain's limits (query_capabilities reports the result).
+        d.max_ctx_no = i.max_ctx_no.min(d.limits.contexts);
+        d.arena_limit = (1u64 << i.arena_order).min(d.limits.table_pages);
         // No fall-through into alloc_context.
         Ok(Outcome::Done)
     }

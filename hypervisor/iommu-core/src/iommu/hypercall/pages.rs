@@ -15,7 +15,7 @@ use crate::vtd::Perm;
 
 use crate::iommu::invalidate::Flush;
 use crate::iommu::tables::{Budgeted, Tables};
-use crate::iommu::{in_msi, CtxKind, Device, Error, Iommu, Outcome, Platform, MAX_RANGES};
+use crate::iommu::{in_msi, CtxKind, Device, Error, Frame, Iommu, Outcome, Platform, MAX_RANGES};
 
 /// Reserved frames of `dom`: the MSI window and its devices' RMRRs. Every
 /// page of a map or unmap is checked, not just the first.
@@ -62,61 +62,94 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         if !self.queue.has_room(MAX_RANGES + 2) {
             return Err(Error::Busy);
         }
-        let d = self.domain(dom)?;
-        let left = d.arena_limit.saturating_sub(d.arena_used);
         let caching_mode = self.hw.caching_mode();
-        let mut t = Tables { mem: &mut self.mem, hw: &mut self.hw };
-        let mut b = Budgeted { mem: &mut t, left, used: 0 };
         let start = m.mapped;
         let stop = m.nr_pages.min(start.saturating_add(self.cfg.preempt_pages.max(1)));
-        let mut f = Flush::default();
-        let mut result = Ok(());
+        // Each call's chunk is all or nothing: every page is checked (range,
+        // reserved ranges, free dfn, the policy's frame rules) and the table
+        // pages it needs are counted against the domain's limit before
+        // anything is referenced or written.
+        let mut frames: Vec<(u64, Frame)> = Vec::new();
         for i in start..stop {
             let (Some(dfn), Some(gfn)) = (m.dfn.checked_add(i as u64), m.gfn.checked_add(i as u64)) else {
-                result = Err(Error::Inval);
-                break;
+                return Err(Error::Inval);
             };
             if dfn >= table.dfn_limit() {
-                result = Err(Error::Inval);
-                break;
+                return Err(Error::Inval);
             }
             // Every page, not just the first, is checked against reserved ranges.
             if reserved(&self.devices, dom, dfn) {
-                result = Err(Error::AddrNotAvail);
-                break;
+                return Err(Error::AddrNotAvail);
             }
-            if table.lookup(&*b.mem, Dfn(dfn)).is_some() {
-                result = Err(Error::AddrInUse);
-                break;
+            if table.lookup(&self.mem, Dfn(dfn)).is_some() {
+                return Err(Error::AddrInUse);
             }
-            let Some(mfn) = self.plat.get_page(dom, Gfn(gfn), perm.write) else {
-                result = Err(Error::Inval);
-                break;
-            };
-            match table.map(&mut b, Dfn(dfn), mfn, perm, true) {
-                Ok(()) => {}
-                Err(e) => {
-                    self.plat.put_page(mfn);
-                    result = Err(match e {
-                        PtError::NoMemory => Error::NoMem,
-                        PtError::InUse => Error::AddrInUse,
-                        _ => Error::Inval,
-                    });
-                    break;
-                }
-            }
-            if caching_mode {
-                f.page(did, dfn);
-            }
-            m.mapped = i + 1;
+            frames.push((dfn, self.mappable_frame(dom, Gfn(gfn), perm)?));
         }
+        let first = m.dfn.saturating_add(start as u64);
+        let need = table.tables_needed(&self.mem, first..first.saturating_add(frames.len() as u64));
+        if need.map_err(|_| Error::Inval)? > self.table_room(dom) {
+            return Err(Error::NoMem);
+        }
+        let mut taken = 0;
+        for (_, fr) in &frames {
+            if !self.plat.get_frame(dom, *fr, perm.write) {
+                break;
+            }
+            taken += 1;
+        }
+        if taken < frames.len() {
+            for (_, fr) in frames.iter().take(taken) {
+                self.plat.put_frame(fr.mfn, perm.write);
+            }
+            return Err(Error::Perm);
+        }
+        self.refs_held += taken as u64;
+        let left = self.table_room(dom);
+        let mut t = Tables { mem: &mut self.mem, hw: &mut self.hw };
+        let mut b = Budgeted { mem: &mut t, left, used: 0 };
+        let mut f = Flush::default();
+        f.release.owner = Some(dom);
+        let mut failed = None;
+        for (k, (dfn, fr)) in frames.iter().enumerate() {
+            if let Err(e) = table.map(&mut b, Dfn(*dfn), fr.mfn, perm, true) {
+                failed = Some((k, e));
+                break;
+            }
+        }
+        if let Some((k, e)) = failed {
+            // Only a host allocation failure gets here: undo this chunk's
+            // mappings (nothing cached them: not yet invalidated, never
+            // reported) and drop every reference it took.
+            for (dfn, _) in frames.iter().take(k) {
+                let _ = table.unmap(&mut b, Dfn(*dfn));
+            }
+            let used = b.used;
+            for (_, fr) in &frames {
+                self.plat.put_frame(fr.mfn, perm.write);
+            }
+            self.refs_held = self.refs_held.saturating_sub(frames.len() as u64);
+            if let Some(d) = self.domains.get_mut(&dom) {
+                d.arena_used += used;
+            }
+            return Err(match e {
+                PtError::NoMemory => Error::NoMem,
+                PtError::InUse => Error::AddrInUse,
+                _ => Error::Inval,
+            });
+        }
+        if caching_mode {
+            for (dfn, _) in &frames {
+                f.page(did, *dfn);
+            }
+        }
+        m.mapped = stop;
         let used = b.used;
         if let Some(d) = self.domains.get_mut(&dom) {
             d.arena_used += used;
         }
         self.commit(f, now);
         m.write_to(arg)?;
-        result?;
         Ok(if m.mapped < m.nr_pages { Outcome::Restart } else { Outcome::Done })
     }
 
@@ -137,6 +170,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         let start = u.unmapped;
         let stop = u.nr_pages.min(start.saturating_add(self.cfg.preempt_pages.max(1)));
         let mut f = Flush::default();
+        f.release.owner = Some(dom);
         let mut result = Ok(());
         for i in start..stop {
             let Some(dfn) = u.dfn.checked_add(i as u64) else {
@@ -150,7 +184,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             match table.unmap(&mut self.tables(), Dfn(dfn)) {
                 Ok(leaf) => {
                     if leaf.holds_ref {
-                        f.release.guest.push(leaf.mfn);
+                        f.release.guest.push((leaf.mfn, leaf.perm.write));
                     }
                 }
                 Err(PtError::NotMapped) => {
