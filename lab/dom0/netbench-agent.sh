@@ -62,46 +62,53 @@ say "DONE netbench"
 # fio_net ARGS...: the options every fio net job shares.
 fio_net() { fio --ioengine=net --size=100g --output-format=json "$@"; }
 
-RXPID="" RXOUT=/tmp/rx.json
+# The receiver runs in a subshell that records fio's pid and, once fio has
+# ended, its status (/tmp/rx.rc): a finished child is not mistaken for a
+# running one (kill -0 succeeds on a zombie until the shell reaps it).
+RXON=no RXOUT=/tmp/rx.json
+rx_kill() { [ -s /tmp/rx.pid ] && kill -9 "$(cat /tmp/rx.pid)" 2>/dev/null; }
 do_rx() { # do_rx PROTO PORT BS SECS
-    [ -n "$RXPID" ] && kill -9 "$RXPID" 2>/dev/null
-    rm -f $RXOUT /tmp/rx.err
+    [ $RXON = yes ] && [ ! -e /tmp/rx.rc ] && rx_kill
+    rm -f $RXOUT /tmp/rx.err /tmp/rx.rc /tmp/rx.pid
     port=$2
     case $1 in
         tcp) set -- --protocol=tcp --listen --port="$2" --bs="$3" ;;
         udp) set -- --protocol=udp --port="$2" --bs="$3" --time_based --runtime="$4" ;;
-        *) echo "rc=usage"; return ;;
+        *) R="rc=usage"; return ;;
     esac
-    fio_net --name=rx --rw=read "$@" >$RXOUT 2>/tmp/rx.err </dev/null &
-    RXPID=$!
+    (
+        fio_net --name=rx --rw=read "$@" >$RXOUT 2>/tmp/rx.err </dev/null &
+        echo $! >/tmp/rx.pid
+        wait $!
+        echo $? >/tmp/rx.rc
+    ) &
+    RXON=yes
     # Ready once the port is bound (busybox netstat), at most 10 s.
     ts=$(up) ready=no
     while awk -v a="$ts" -v b="$(up)" 'BEGIN { exit !(b - a < 10) }'; do
         netstat -ltun 2>/dev/null | awk '{ print $4 }' | grep -q ":$port\$" && { ready=yes; break; }
-        kill -0 $RXPID 2>/dev/null || break
+        [ -e /tmp/rx.rc ] && break
         sleep 0.1
     done
-    R="rc=0 ready=$ready pid=$RXPID"
+    R="rc=0 ready=$ready"
+    [ $ready = yes ] || R="rc=notready ended=$(cat /tmp/rx.rc 2>/dev/null || echo no)"
 }
 do_rxwait() { # do_rxwait SECS
-    [ -n "$RXPID" ] || { R="rc=norx"; return; }
+    [ $RXON = yes ] || { R="rc=norx"; return; }
     ts=$(up)
-    while kill -0 "$RXPID" 2>/dev/null; do
+    until [ -e /tmp/rx.rc ]; do
         awk -v a="$ts" -v b="$(up)" -v s="$1" 'BEGIN { exit !(b - a >= s) }' && break
         sleep 0.2
     done
-    if kill -0 "$RXPID" 2>/dev/null; then
-        kill -9 "$RXPID" 2>/dev/null
-        wait "$RXPID" 2>/dev/null
-        R="rc=timeout waited=$(since "$ts")"
-    else
-        wait "$RXPID"
-        rc=$?
+    if [ -e /tmp/rx.rc ]; then
         sed 's/^/NB-J /' $RXOUT
-        R="rc=$rc waited=$(since "$ts")"
+        R="rc=$(cat /tmp/rx.rc) waited=$(since "$ts")"
+    else
+        rx_kill
+        R="rc=timeout waited=$(since "$ts")"
     fi
     head -n 10 /tmp/rx.err 2>/dev/null | sed 's/^/NB-E /'
-    RXPID=""
+    RXON=no
 }
 do_tx() { # do_tx PROTO HOST PORT BS SECS RAMP
     timeout $(($5 + $6 + 40)) fio --ioengine=net --size=100g --output-format=json --name=tx --rw=write \
