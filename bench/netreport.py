@@ -184,6 +184,17 @@ def main():
         rd, gu = ready.get(f"{s}:ready"), ready.get(f"{s}:guests-up")
         out(f"  {s:<8} ready {'-' if rd is None else '%.1f s' % rd:>8}   guests up {'-' if gu is None else '%.1f s' % gu:>8}")
     out("Memory: ferrite 32 MiB, linux-dd 256 MiB; both 1 vCPU; guests 1 vCPU each.")
+    # What the driver domains counted (drops, queue lengths): where a figure is limited.
+    counters = {}
+    for name, fname in (("ferrite net", "ferrite-net.txt"), ("ferrite nic", "ferrite-nic.txt"), ("linux net", "linux-net.txt")):
+        try:
+            first = open(os.path.join(res, fname), errors="replace").readline().strip()
+        except OSError:
+            continue
+        if first:
+            counters[name] = first
+            out(f"After the rounds, {name}: {first[:400]}")
+    summary["counters"] = counters
     out("")
 
     ratio = summary["jobs"][TARGET_JOB]["ratios"].get("ferrite/linux")
