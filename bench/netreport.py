@@ -83,7 +83,13 @@ def figure(res, row):
     if job in ("g2g-tcp", "g2o-tcp") and f != "-":
         return fio_net(os.path.join(res, "raw", f), "write")
     if job == "g2g-udp64" and rx != "-":
-        return fio_net(os.path.join(res, "raw", rx), "read")
+        got = fio_net(os.path.join(res, "raw", rx), "read")
+        sent = fio_net(os.path.join(res, "raw", f), "write") if f != "-" else None
+        if got and sent and sent["pps"] > 0:
+            # What limits the figure: the sender's own rate, or losses on the way.
+            got["sent_pps"] = sent["pps"]
+            got["delivered"] = got["pps"] / sent["pps"]
+        return got
     if job == "g2g-ping" and f != "-":
         return pings(os.path.join(res, "raw", f))
     return None
@@ -166,6 +172,15 @@ def main():
                        for r in both if results[job]["linux"][r][metric] > 0])
         if ratio:
             js["ratios"]["ferrite/linux"] = ratio
+        if job == "g2g-udp64":
+            for s in SETUPS:
+                per = results[job][s]
+                sent = stats([per[r].get("sent_pps") for r in per])
+                share = stats([per[r].get("delivered") for r in per])
+                if sent:
+                    js["setups"][s]["sent_pps"] = sent
+                    js["setups"][s]["delivered_share"] = share
+                    out(f"{'':<10} {s + ' sent':<14} {fmt(sent, 0, ' pkt/s'):>30}   (A's fio rate; received rate / sent rate {fmt(share, 2)})")
         better = "higher" if higher else "lower"
         out(f"{'':<10} {'ferrite/linux':<14} {'x' + fmt(ratio, 2):>30}   ({better} is better for Ferrite)")
         summary["jobs"][job] = js
