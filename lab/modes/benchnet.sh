@@ -244,6 +244,30 @@ xl list >$R/xl-list.txt 2>&1
 sed 's/^/LAB-INFO   | /' $R/xl-list.txt
 
 # ---------------------------------------------------------------- rounds
+# settle SECS: wait (at most SECS) until the driver domains and guests are
+# nearly idle, under 0.6 CPU seconds in all over 3 s: the last of the
+# set-up's boot work otherwise lands in the first job (a full run's first
+# ferrite job took 35 s instead of 18 and gave a quarter of the rate while
+# linux-dd and its guests were still busy).
+settle() {
+    _st=$(lab_uptime)
+    _se=$(now_after "$1")
+    _sp=$(xl list 2>/dev/null | awk 'NR > 2 { s += $NF } END { print s + 0 }')
+    while :; do
+        sleep 3
+        _sn=$(xl list 2>/dev/null | awk 'NR > 2 { s += $NF } END { print s + 0 }')
+        if awk -v a="$_sp" -v b="$_sn" 'BEGIN { exit !(b - a < 0.6) }'; then
+            lab_info "settled $(lab_since "$_st") s after the set-up (domUs: $(awk -v a="$_sp" -v b="$_sn" 'BEGIN { printf "%.1f", b - a }') CPU s in the last 3 s)"
+            return 0
+        fi
+        if past "$_se"; then
+            lab_info "not settled after $1 s (domUs: $(awk -v a="$_sp" -v b="$_sn" 'BEGIN { printf "%.1f", b - a }') CPU s in the last 3 s); starting anyway"
+            return 1
+        fi
+        _sp=$_sn
+    done
+}
+[ $F_UP = yes ] || [ $L_UP = yes ] && settle 60
 # run_job SETUP JOB ROUND: one job; its row in runs.tsv.
 run_job() {
     a=$(ga "$1") b=$(gb "$1")
