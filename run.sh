@@ -10,7 +10,7 @@
 #                     each image on its own), host cargo tests, image checks, the PVH boot tests (self-test
 #                     image) under plain QEMU, the lab end-to-end tests (MODE test,
 #                     then MODE disks + tests/check_disks.py) and
-#                     `bench --quick` as a smoke test.
+#                     `bench --quick` and `bench net --quick` as smoke tests.
 #                     Last line: "N passed, M failed"; non-zero exit on failure.
 #   ./run.sh lint     only the fmt and clippy gates of ./run.sh test.
 #   ./run.sh test-net only the lab's MODE net (issue 12: netback, switch, NIC),
@@ -21,6 +21,11 @@
 #                     NVMe: fio from Linux guests, interleaved, in one lab boot;
 #                     table, summary JSON and plot in results/bench/<time>/.
 #                     --quick: a short smoke run; see bench/dd.sh for options.
+#   ./run.sh bench net    Ferrite's netback vs a Linux network driver domain
+#                     (xen-netback + bridge): guest->guest and guest->outside TCP,
+#                     64-byte UDP rate, ping, interleaved in one lab boot; table,
+#                     JSON and plot in results/bench/net-<time>/; --quick: smoke
+#                     run (part of ./run.sh test); see bench/net.sh.
 #   ./run.sh bench nvme   NVMe benchmark: Ferrite's polled driver vs Linux's
 #                     nvme driver + fio on the same emulated device (ratios).
 #   ./run.sh bench cpu    deterministic cost: instructions per request in
@@ -347,6 +352,20 @@ test_bench_cpu() {
     fi
 }
 
+# The network benchmark's short variant: a smoke test that both set-ups
+# (ferrite, linux) produced a result for every job.
+test_bench_net_quick() {
+    local out=$LOGS/bench-net-quick.log
+    say "bench net --quick (Ferrite's netback vs a Linux network driver domain, one short round); log: $out"
+    if "$ROOT/bench/net.sh" --quick >"$out" 2>&1; then
+        record bench-net-quick OK
+        sed -n '/^job /,/^Target/p' "$out" | grep -E 'ferrite/linux|^job|^Target' | head -n 8
+    else
+        record bench-net-quick FAIL "see $out"
+        grep -E 'LAB-TEST|CHECK|FAILED|Not measured' "$out" | tail -n 12
+    fi
+}
+
 run_tests() {
     test_lint
     test_host
@@ -356,6 +375,7 @@ run_tests() {
     if [ "${FERRITE_SKIP_LAB:-0}" = 1 ]; then say "FERRITE_SKIP_LAB=1: lab tests skipped"; else
         test_lab
         if [ "${FERRITE_SKIP_BENCH:-0}" = 1 ]; then say "FERRITE_SKIP_BENCH=1: bench --quick skipped"; else test_bench_quick; fi
+        if [ "${FERRITE_SKIP_BENCH:-0}" = 1 ]; then say "FERRITE_SKIP_BENCH=1: bench net --quick skipped"; else test_bench_net_quick; fi
     fi
     for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done
     say "done; logs in $LOGS"
@@ -408,6 +428,7 @@ case "${1:-main}" in
         case "${1:-}" in
             nvme) shift; exec "$ROOT/bench/nvme.sh" "$@" ;;
             cpu) shift; exec "$ROOT/bench/cpu.sh" "$@" ;;
+            net) shift; exec "$ROOT/bench/net.sh" "$@" ;;
             *) exec "$ROOT/bench/dd.sh" "$@" ;;
         esac ;;
     -h|--help|help) sed -n '2,/^# Logs go/p' "$0" ;;

@@ -221,9 +221,9 @@ common_tree() {
     cp "$LAB_DIR/dom0/init" "$dst/init"
     cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" \
         "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$LAB_DIR/dom0/net-agent.sh" \
-        "$LAB_DIR/dom0/netdd.sh" "$dst/lab/"
+        "$LAB_DIR/dom0/netdd.sh" "$LAB_DIR/dom0/netbench-agent.sh" "$dst/lab/"
     chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh" \
-        "$dst/lab/net-agent.sh" "$dst/lab/netdd.sh"
+        "$dst/lab/net-agent.sh" "$dst/lab/netdd.sh" "$dst/lab/netbench-agent.sh"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
     echo "root:x:0:" >"$dst/etc/group"
     # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
@@ -438,7 +438,10 @@ cmd_run() {
     # controllers take 00:04.0 upwards), MAC 52:54:00:fe:0a:00, 52:54:00:fe:0a:01, ...
     # KIND "user": a QEMU user-mode network of its own (slirp: gateway and host
     # 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15), with an echo service at
-    # 10.0.2.100:7 (guestfwd to a `cat` per connection).  dom0 has no virtio driver,
+    # 10.0.2.100:7 (guestfwd to a `cat` per connection) and a discard sink at
+    # 10.0.2.100:9 (a `dd of=/dev/null` per connection: `./run.sh bench net`'s
+    # guest->outside stream; slirp splits the command line itself, no shell).
+    # Each NIC has its own user-mode network.  dom0 has no virtio driver,
     # so nothing in dom0 binds them; /lab/nics.txt tells the mode script
     # "NAME PCI-ADDRESS KIND MAC" per NIC (also nics.txt in the run directory).
     local nic_args=() nspecs kind slot mac i=0
@@ -448,7 +451,7 @@ cmd_run() {
         slot=$(printf '%02x' $((10 + i)))
         mac=$(printf '52:54:00:fe:0a:%02x' $i)
         case $kind in
-            user) nic_args+=(-netdev "user,id=nic$i,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:7-cmd:cat"
+            user) nic_args+=(-netdev "user,id=nic$i,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:7-cmd:cat,guestfwd=tcp:10.0.2.100:9-cmd:dd of=/dev/null bs=65536 status=none"
                              -device "virtio-net-pci,netdev=nic$i,mac=$mac,addr=0x$slot") ;;
             *) die "LAB-QEMU-NIC: unknown kind '$kind' (user)" ;;
         esac

@@ -26,6 +26,9 @@
 #   net    (MODE net; configs/guest-net.cfg, no disk) eth0 on a vif, static
 #          address lab.ip=, then the network agent (lab/dom0/net-agent.sh;
 #          never returns)
+#   netbench  (./run.sh bench net; configs/guest-net.cfg) the same eth0 set-up,
+#          then the benchmark's network agent (lab/dom0/netbench-agent.sh;
+#          never returns)
 # After its phase every guest reports "GUEST-DONE <phase>" and then watches for
 # xvdb (xl block-attach/-detach from dom0), reporting GUEST-EVENT lines.
 # Output lines for dom0 (read from /var/log/xen/console/guest-<name>.log):
@@ -84,6 +87,7 @@ wait_for() {
 
 # MODE net's guests have no disk: eth0 and the network agent.
 [ "$phase" = net ] && exec /lab/net-agent.sh
+[ "$phase" = netbench ] && exec /lab/netbench-agent.sh
 
 t=$(up)
 if ! wait_for /sys/block/xvda 60; then

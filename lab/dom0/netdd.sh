@@ -13,13 +13,17 @@
 # It publishes what MODE net reads from Ferrite, in the format proposed there
 # (lab/modes/net.sh): data/ferrite/state = ready, data/ferrite/nic (one line),
 # data/ferrite/net (gauges, then one line per vif), refreshed on every change
-# under backend/vif and every 3 s.
+# under backend/vif and every 3 s (lab.netdd_poll=SECS on the command line
+# changes that period: `./run.sh bench net` makes it long, so the script's
+# passes do not take CPU from the set-ups being measured).
 # A Linux bridge does not filter spoofed source MACs: net-spoof fails with it.
 # Console lines: NETDD-INFO <text>, NETDD-READY <uptime>.
 echo 4 >/proc/sys/kernel/printk
 up() { cut -d' ' -f1 /proc/uptime; }
 say() { echo "NETDD-$*"; }
 KVER=$(uname -r)
+POLL=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^lab\.netdd_poll=\([0-9]*\)$/\1/p' | tail -n 1)
+POLL=${POLL:-3}
 # Module options from the command line (module.option=value; no modprobe here),
 # e.g. xen_netback.max_queues=2 (netback offers as many queues as it has vCPUs).
 for m in $(cat /etc/lab/modules-netdd); do
@@ -93,9 +97,9 @@ vif_watcher() {
         done
         publish
         # Wakes on any change under backend/vif (the first event is the registration's),
-        # else every 3 s for the counters (each pass forks a few dozen processes:
-        # under TCG that is not free).
-        timeout 3 xenstore-watch -n 2 backend/vif >/dev/null 2>&1
+        # else every $POLL s (3) for the counters (each pass forks a few dozen
+        # processes: under TCG that is not free).
+        timeout "$POLL" xenstore-watch -n 2 backend/vif >/dev/null 2>&1
     done
 }
 publish
