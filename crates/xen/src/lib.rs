@@ -17,6 +17,8 @@ pub mod gnttab;
 pub mod pcifront;
 pub mod ratelimit;
 pub mod shmem;
+#[cfg(feature = "test-log")]
+pub mod testlog;
 pub mod types;
 pub mod wait;
 pub mod xen_abi;

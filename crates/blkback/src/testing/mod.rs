@@ -55,44 +55,7 @@ pub type Req = [u8; MAX_REQUEST_SIZE];
 // ---------------------------------------------------------------------------
 // Logging: backend warnings show up in a failing test's output.
 
-struct StderrLog;
-impl log::Log for StderrLog {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record) {
-        let line = format!("[{}] {}", r.level(), r.args());
-        CAPTURED.with(|c| {
-            if let Some(v) = c.borrow_mut().as_mut() {
-                v.push(line.clone());
-            }
-        });
-        std::eprintln!("{line}");
-    }
-    fn flush(&self) {}
-}
-
-std::thread_local! {
-    /// Lines logged by this thread while [`capture_logs`] runs.
-    static CAPTURED: core::cell::RefCell<Option<Vec<String>>> = const { core::cell::RefCell::new(None) };
-}
-
-/// Runs `f` and returns what it returned and every log line this thread
-/// logged meanwhile (the backend runs on the test's thread).
-pub fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
-    init_log();
-    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-    let r = f();
-    let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    (r, lines)
-}
-static LOGGER: StderrLog = StderrLog;
-
-/// Sends the backend's log lines to stderr (once per process).
-pub fn init_log() {
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
-}
+pub use xen::testlog::{capture_logs, init_log};
 
 // ---------------------------------------------------------------------------
 // Request encoding (both ABIs).
