@@ -19,7 +19,7 @@ use blkback::testing::{enc_indirect, enc_rw, ram, world, Opts, Req, World, DISK_
 use blkback::testing::{Buf, DiskBytes, SlowDisk, SHARED};
 use blkback::xenbus::BackendConfig;
 use blkback::{MAX_BUFFER_BYTES, MAX_MAPPINGS};
-use drivers::block::{BlockDevice, Volumes};
+use drivers::block::Volumes;
 use libfuzzer_sys::fuzz_target;
 use xen::evtchn::EventOps;
 use xen::types::GrantRef;
