@@ -118,6 +118,7 @@ main_job() {
 PASSED=0
 FAILED=0
 FAILURES=()
+LAB_FAILED_LOGS=()
 record() { # record NAME OK|FAIL [detail]
     if [ "$2" = OK ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILURES+=("$1${3:+: $3}"); fi
 }
@@ -270,10 +271,16 @@ test_lab() {
 # PREFIX:name (FAIL if any of its lines failed: a test that reported PASS and
 # then FAIL has failed), in the order first reported.
 collect_lab() {
-    local out=$1 rc=$2 prefix=$3 n=0 name verdict
+    local out=$1 rc=$2 prefix=$3 n=0 name verdict why
     while read -r name verdict; do
         n=$((n + 1))
-        if [ "$verdict" = PASS ]; then record "$prefix:$name" OK; else record "$prefix:$name" FAIL; fi
+        if [ "$verdict" = PASS ]; then record "$prefix:$name" OK
+        else
+            # The first failure's own words, so the summary at the end of the
+            # output (often all a CI report shows) says why.
+            why=$(grep -aoE "LAB-TEST $name FAIL .*" "$out" | head -n 1 | cut -c "$(( ${#name} + 16 ))-" | cut -c 1-300)
+            record "$prefix:$name" FAIL "$why"
+        fi
     done < <(grep -oE 'LAB-TEST [A-Za-z0-9_.-]+ (PASS|FAIL)' "$out" | awk '
         !($2 in v) { order[++n] = $2; v[$2] = $3 }
         $3 == "FAIL" { v[$2] = "FAIL" }
@@ -281,6 +288,21 @@ collect_lab() {
     if [ "$n" -eq 0 ] || { [ "$rc" -ne 0 ] && ! grep -q 'LAB-TEST .* FAIL' "$out"; }; then
         record "$prefix-run" FAIL "lab.sh exited $rc; see $out"
     fi
+    if [ "$n" -eq 0 ] || [ "$rc" -ne 0 ] || grep -q 'LAB-TEST .* FAIL' "$out"; then LAB_FAILED_LOGS+=("$prefix $out"); fi
+}
+
+# lab_diagnostics: for each lab boot that failed, the lines that usually say
+# why (xl and Ferrite errors, the last console lines), printed once at the very
+# end where a truncated CI report still shows them.
+lab_diagnostics() {
+    local e prefix out
+    for e in "${LAB_FAILED_LOGS[@]}"; do
+        prefix=${e%% *}; out=${e#* }
+        echo "---- $prefix: what the failing boot said (from $out)"
+        grep -aE 'LAB-INFO|LAB-TEST .* FAIL|error|Error|ERROR|panic|libxl|refus|timed out|timeout' "$out" | grep -av 'LAB-TEST .* PASS' | tail -n 25 | cut -c 1-240
+        echo "---- $prefix: last lines"
+        tail -n 8 "$out" | cut -c 1-240
+    done
 }
 
 # MODE disks (its own Xen boot): two NVMe controllers, three namespaces (one
@@ -377,6 +399,7 @@ run_tests() {
         if [ "${FERRITE_SKIP_BENCH:-0}" = 1 ]; then say "FERRITE_SKIP_BENCH=1: bench --quick skipped"; else test_bench_quick; fi
         if [ "${FERRITE_SKIP_BENCH:-0}" = 1 ]; then say "FERRITE_SKIP_BENCH=1: bench net --quick skipped"; else test_bench_net_quick; fi
     fi
+    lab_diagnostics
     for f in "${FAILURES[@]}"; do echo "FAILED: $f"; done
     say "done; logs in $LOGS"
     echo "$PASSED passed, $FAILED failed"

@@ -19,7 +19,8 @@
 # "ferrite" = the project's (Debian's 4.17.5 source + hypervisor/xen/patches + the Rust
 # PV-IOMMU core, built and cached by lab/xen-build.sh); or a path to a Xen binary.
 #
-# Environment: LAB_TIMEOUT (seconds, default 900) caps a run; LAB_CACHE moves the cache;
+# Environment: LAB_TIMEOUT (seconds, default 900) caps a run; LAB_BOOT_DEADLINE (default 180)
+# bounds the boot to dom0's first step (a stalled boot is retried once); LAB_CACHE moves the cache;
 # LAB_DOM0_MEM (MiB) and LAB_XEN_ARGS change Xen's command line, LAB_DOM0_ARGS
 # (default loglevel=6) dom0's.  See lab/README.md.
 set -euo pipefail
@@ -528,23 +529,35 @@ cmd_run() {
     # A mode script names the tests it must report in a "# LAB-EXPECT: ..." line.
     local expect
     expect=$(sed -n 's/^# LAB-EXPECT: *//p' "$modescript" | head -n 1)
-    python3 "$LAB_DIR/lib/monitor.py" --timeout "$timeout" --expect "$expect" --serial "$run/serial.log" --pidfile "$run/qemu.pid" -- \
-        qemu-system-x86_64 -machine q35 -accel "${LAB_QEMU_ACCEL:-tcg}" -cpu "${LAB_QEMU_CPU:-qemu64}" -smp "${LAB_QEMU_SMP:-2}" -m 3G \
-        -device intel-iommu,intremap=on,caching-mode=on \
-        -display none -vga none -nic none -no-reboot -monitor none \
-        -serial "file:$run/serial.log" \
-        -kernel "$xen_image" -append "$XEN_CMDLINE" \
-        -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
-        "${nvme_args[@]}" "${nic_args[@]}" &
-    # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.
-    local mon=$!
-    trap 'kill -TERM '"$mon"' 2>/dev/null' TERM HUP INT
-    while :; do
-        rc=0
-        wait "$mon" || rc=$?
-        kill -0 "$mon" 2>/dev/null || break
+    # A boot that stalls before dom0's /init (monitor.py exits 75; no test ran,
+    # no disk was touched) is booted once more, and says so.
+    local attempt
+    for attempt in 1 2; do
+        python3 "$LAB_DIR/lib/monitor.py" --timeout "$timeout" --boot-deadline "${LAB_BOOT_DEADLINE:-180}" --expect "$expect" --serial "$run/serial.log" --pidfile "$run/qemu.pid" -- \
+            qemu-system-x86_64 -machine q35 -accel "${LAB_QEMU_ACCEL:-tcg}" -cpu "${LAB_QEMU_CPU:-qemu64}" -smp "${LAB_QEMU_SMP:-2}" -m 3G \
+            -device intel-iommu,intremap=on,caching-mode=on \
+            -display none -vga none -nic none -no-reboot -monitor none \
+            -serial "file:$run/serial.log" \
+            -kernel "$xen_image" -append "$XEN_CMDLINE" \
+            -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
+            "${nvme_args[@]}" "${nic_args[@]}" &
+        # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.
+        local mon=$!
+        trap 'kill -TERM '"$mon"' 2>/dev/null' TERM HUP INT
+        while :; do
+            rc=0
+            wait "$mon" || rc=$?
+            kill -0 "$mon" 2>/dev/null || break
+        done
+        trap - TERM HUP INT
+        [ "$rc" -eq 75 ] || break
+        cp "$run/serial.log" "$run/serial-stalled-$attempt.log"
+        if [ "$attempt" -eq 1 ]; then
+            say "the boot stalled before dom0's /init (serial log kept as serial-stalled-1.log); booting again"
+        else
+            say "the boot stalled twice; giving up"; rc=1
+        fi
     done
-    trap - TERM HUP INT
     rm -f "$run/initrd"
     # Disk images above 64 MiB (benchmark disks) are not kept: runs/ would fill the disk.
     find "$run" -maxdepth 1 -name 'nvme*.img' -size +65536k -delete

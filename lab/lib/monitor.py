@@ -9,7 +9,10 @@ Marker lines written by dom0 (lab/dom0/common.sh):
   LAB-TEST <name> PASS|FAIL|SKIP <detail> a result (SKIP: does not apply to this run)
   LAB-DONE <dom0-uptime>                 the mode script finished
 Exit status: 0 if LAB-DONE came and no test failed; 1 otherwise (timeout,
-crash, FAIL).  QEMU is killed at the timeout, or shortly after LAB-DONE if it
+crash, FAIL); 75 if the boot stalled: no LAB-STEP line within --boot-deadline
+seconds (dom0's /init never ran, so no test started and nothing touched the
+disks: the caller may boot again).  Seen in CI: dom0's kernel stopped for good
+under TCG while loading its X.509 certificates.  QEMU is killed at the timeout, or shortly after LAB-DONE if it
 does not power off by itself.
 """
 import argparse
@@ -42,6 +45,8 @@ def main():
     ap.add_argument("--serial", required=True)
     ap.add_argument("--pidfile", required=True)
     ap.add_argument("--grace", type=float, default=20, help="seconds QEMU gets to exit after LAB-DONE")
+    ap.add_argument("--boot-deadline", type=float, default=180,
+                    help="seconds until dom0's first LAB-STEP (a normal boot takes 10-20 s)")
     ap.add_argument("--expect", default="", help="test names that must report (missing ones fail)")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
@@ -76,6 +81,7 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     say("QEMU started (pid %d)" % qemu.pid)
     tests, done, fatal, last_step = [], None, None, t0
+    stepped, stalled = False, False
     crashes = 0
     seen_milestones = set()
     pos, partial = 0, b""
@@ -104,6 +110,7 @@ def main():
                     continue
                 mark = m.group(1)
                 now = time.monotonic()
+                stepped = True
                 if mark.startswith("LAB-STEP"):
                     parts = mark.split(None, 3)
                     name = parts[1] if len(parts) > 1 else "?"
@@ -131,6 +138,10 @@ def main():
                 time.sleep(2)  # let the rest of the panic message reach the log
                 kill("fatal error on the console")
                 break
+            if not stepped and time.monotonic() - t0 > a.boot_deadline:
+                stalled = True
+                kill("boot stalled: no LAB-STEP from dom0 after %.0f s" % a.boot_deadline)
+                break
             if time.monotonic() > end_by:
                 kill("LAB-DONE seen, QEMU did not power off" if done else "timeout after %.0f s" % a.timeout)
                 break
@@ -144,6 +155,9 @@ def main():
             kill("monitor exiting")
 
     total = time.monotonic() - t0
+    if stalled:
+        print("==== boot stalled after %.1f s in QEMU: no test ran ====" % total, flush=True)
+        return 75
     print("", flush=True)
     print("==== lab results (%.1f s in QEMU) ====" % total)
     reported = {t[0] for t in tests}
