@@ -17,12 +17,11 @@ A figure that was not measured is shown as "-" and left out of the JSON; it is
 never estimated.  With --check the exit status is 1 unless every job has a
 result for every set-up (the `--quick` smoke test in CI).
 """
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import fmt, read_tsv, stats  # noqa: E402  (bench/report.py, the block benchmark's report)
+from report import finish, fio_job, fmt, read_tsv, stats, svg_bars  # noqa: E402  (bench/report.py, the block benchmark's report)
 
 SETUPS = ["ferrite", "linux"]
 DRIVER = {"ferrite": "ferrite", "linux": "linux-dd"}
@@ -40,19 +39,9 @@ TARGET_JOB, TARGET_RATIO = "g2g-tcp", 1.5
 
 def fio_net(path, direction):
     """rate figures of one fio net job's JSON (direction read or write), or None."""
-    try:
-        text = open(path, errors="replace").read()
-    except OSError:
-        return None
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        job = json.loads(text[start:])["jobs"][0]
-        s = job[direction]
-    except (ValueError, KeyError, IndexError):
-        return None
-    if job.get("error", 0) != 0:
+    job = fio_job(path)
+    s = None if job is None else job.get(direction)
+    if not isinstance(s, dict):
         return None
     ios, ms, nbytes = s.get("total_ios", 0), s.get("runtime", 0), s.get("io_bytes", 0)
     # A window under a second is not a rate worth reporting.
@@ -221,33 +210,8 @@ def main():
                          "median": None if ratio is None else ratio["median"], "verdict": verdict}
     have = "-" if ratio is None else f"x{ratio['median']:.2f}"
     out(f"Target (issue 12): guest->guest TCP ferrite/linux >= {TARGET_RATIO}: median {have}: {verdict}")
-    if bad_runs:
-        out("")
-        out(f"{len(bad_runs)} job run(s) without a result (not counted):")
-        for b in bad_runs:
-            out("  " + b)
     missing = [f"{j[0]} {s}" for j in JOBS for s in SETUPS if not results[j[0]][s]]
-    summary["missing"] = missing
-    if missing:
-        out("")
-        out("Not measured: " + ", ".join(missing))
-
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    with open(os.path.join(res, "table.txt"), "w") as f:
-        f.write(text)
-    with open(os.path.join(res, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(res, "plot.svg"), "w") as f:
-        f.write(plot(summary))
-    print(f"written: {res}/summary.json, {res}/table.txt, {res}/plot.svg")
-    if check and missing:
-        print(f"CHECK FAILED: {len(missing)} job/set-up pair(s) have no result", file=sys.stderr)
-        return 1
-    if check and not rounds:
-        print("CHECK FAILED: no results at all", file=sys.stderr)
-        return 1
-    return 0
+    return finish(res, lines, summary, plot(summary), bad_runs, missing, check, bool(rounds))
 
 
 def plot(summary):
@@ -266,22 +230,8 @@ def plot(summary):
         js = summary["jobs"].get(job, {})
         o.append(f'<text x="{x0 + 5}" y="{y0 + 14}" font-weight="bold">{job} ({unit}, {"higher" if higher else "lower"} is better)</text>')
         vals = {s: js.get("setups", {}).get(s, {}).get(metric) for s in SETUPS}
-        top = max([v["max"] for v in vals.values() if v] or [1.0]) or 1.0
-        base, plot_h, bw = y0 + ph - 40, ph - 70, 70
-        o.append(f'<line x1="{x0 + 10}" y1="{base}" x2="{x0 + pw - 20}" y2="{base}" stroke="black"/>')
-        for i, s in enumerate(SETUPS):
-            bx = x0 + 40 + i * (bw + 40)
-            v = vals[s]
-            if not v:
-                o.append(f'<text x="{bx}" y="{base - 5}">not measured</text>')
-                continue
-            bh = plot_h * v["median"] / top
-            o.append(f'<rect x="{bx}" y="{base - bh:.1f}" width="{bw}" height="{bh:.1f}" fill="{COLOURS[s]}"/>')
-            ylo, yhi = base - plot_h * v["min"] / top, base - plot_h * v["max"] / top
-            cx = bx + bw / 2
-            o.append(f'<line x1="{cx}" y1="{ylo:.1f}" x2="{cx}" y2="{yhi:.1f}" stroke="black"/>')
-            o.append(f'<text x="{bx}" y="{yhi - 4:.1f}">{v["median"]:.{digits}f}</text>')
-            o.append(f'<text x="{bx + 4}" y="{base + 14}">{s}</text>')
+        base = y0 + ph - 40
+        svg_bars(o, x0, pw, base, ph - 70, (40, 70, 110, 0), SETUPS, COLOURS, vals, digits)
         ratio = js.get("ratios", {}).get("ferrite/linux")
         if ratio:
             o.append(f'<text x="{x0 + 40}" y="{base + 30}">ferrite/linux x{ratio["median"]:.2f}</text>')

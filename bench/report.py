@@ -44,8 +44,9 @@ def read_tsv(path):
     return [dict(zip(head, l)) for l in lines[1:]]
 
 
-def parse_fio(path):
-    """The measured figures of one fio JSON file, or None if it holds none."""
+def fio_job(path):
+    """The first job of one fio JSON output file (text before the JSON is
+    skipped), or None if it is missing, unreadable or reports an error."""
     try:
         text = open(path, errors="replace").read()
     except OSError:
@@ -54,11 +55,18 @@ def parse_fio(path):
     if start < 0:
         return None
     try:
-        doc = json.loads(text[start:])
-        job = doc["jobs"][0]
-    except (ValueError, KeyError, IndexError):
+        job = json.loads(text[start:])["jobs"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
         return None
-    if job.get("error", 0) != 0:
+    if not isinstance(job, dict) or job.get("error", 0) != 0:
+        return None
+    return job
+
+
+def parse_fio(path):
+    """The measured figures of one fio JSON file, or None if it holds none."""
+    job = fio_job(path)
+    if job is None:
         return None
     iops = mib = 0.0
     ios = 0
@@ -225,18 +233,24 @@ def main():
     rr = None if ready_ratio is None else {"median": ready_ratio, "min": ready_ratio, "max": ready_ratio, "n": 1}
     target("ready, linux-dd time / ferrite time", rr, ">= 20", lambda v: v >= 20)
     summary["targets"] = targets
+    missing = [f"{j} {s}" for j, _ in JOBS for s in SETUPS if not results[j][s]]
+    return finish(res, lines, summary, plot(summary), bad_runs, missing, check, bool(rounds))
+
+
+def finish(res, lines, summary, svg, bad_runs, missing, check, any_rounds):
+    """The report's common end: the runs without a result and the pairs not
+    measured (in the text and the JSON), table.txt, summary.json and plot.svg
+    written, and the --check verdict as the exit status."""
+    out = lines.append
     if bad_runs:
         out("")
         out(f"{len(bad_runs)} job run(s) without a result (not counted):")
         for b in bad_runs:
             out("  " + b)
-
-    missing = [f"{j} {s}" for j, _ in JOBS for s in SETUPS if not results[j][s]]
     summary["missing"] = missing
     if missing:
         out("")
         out("Not measured: " + ", ".join(missing))
-
     text = "\n".join(lines) + "\n"
     print(text, end="")
     with open(os.path.join(res, "table.txt"), "w") as f:
@@ -244,15 +258,38 @@ def main():
     with open(os.path.join(res, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(res, "plot.svg"), "w") as f:
-        f.write(plot(summary))
+        f.write(svg)
     print(f"written: {res}/summary.json, {res}/table.txt, {res}/plot.svg")
     if check and missing:
         print(f"CHECK FAILED: {len(missing)} job/set-up pair(s) have no result", file=sys.stderr)
         return 1
-    if check and not rounds:
+    if check and not any_rounds:
         print("CHECK FAILED: no results at all", file=sys.stderr)
         return 1
     return 0
+
+
+def svg_bars(o, x0, pw, base, plot_h, bars, setups, colours, vals, digits):
+    """One panel's bars, appended to the SVG list o: per set-up its median
+    (bar) and range (whisker), scaled to the panel's largest value, or "not
+    measured". bars = (first bar's offset from x0, bar width, distance
+    between bars, offset of "not measured")."""
+    first, bw, step, na_dx = bars
+    top = max([v["max"] for v in vals.values() if v] or [1.0]) or 1.0
+    o.append(f'<line x1="{x0 + 10}" y1="{base}" x2="{x0 + pw - 20}" y2="{base}" stroke="black"/>')
+    for i, s in enumerate(setups):
+        bx = x0 + first + i * step
+        v = vals[s]
+        if not v:
+            o.append(f'<text x="{bx + na_dx}" y="{base - 5}">not measured</text>')
+            continue
+        bh = plot_h * v["median"] / top
+        o.append(f'<rect x="{bx}" y="{base - bh:.1f}" width="{bw}" height="{bh:.1f}" fill="{colours[s]}"/>')
+        ylo, yhi = base - plot_h * v["min"] / top, base - plot_h * v["max"] / top
+        cx = bx + bw / 2
+        o.append(f'<line x1="{cx}" y1="{ylo:.1f}" x2="{cx}" y2="{yhi:.1f}" stroke="black"/>')
+        o.append(f'<text x="{bx}" y="{yhi - 4:.1f}">{v["median"]:.{digits}f}</text>')
+        o.append(f'<text x="{bx + 4}" y="{base + 14}">{s}</text>')
 
 
 def plot(summary):
@@ -273,22 +310,7 @@ def plot(summary):
         metric, unit = ("mib_s", "MiB/s") if "128k" in job else ("iops", "IOPS")
         o.append(f'<text x="{x0 + 5}" y="{y0 + 14}" font-weight="bold">{title} ({unit})</text>')
         vals = {s: js.get("setups", {}).get(s, {}).get(metric) for s in SETUPS}
-        top = max([v["max"] for v in vals.values() if v] or [1.0])
-        base, plot_h, bw = y0 + ph - 30, ph - 60, 60
-        o.append(f'<line x1="{x0 + 10}" y1="{base}" x2="{x0 + pw - 20}" y2="{base}" stroke="black"/>')
-        for i, s in enumerate(SETUPS):
-            bx = x0 + 25 + i * (bw + 22)
-            v = vals[s]
-            if not v:
-                o.append(f'<text x="{bx + 8}" y="{base - 5}">not measured</text>')
-                continue
-            bh = plot_h * v["median"] / top
-            o.append(f'<rect x="{bx}" y="{base - bh:.1f}" width="{bw}" height="{bh:.1f}" fill="{COLOURS[s]}"/>')
-            ylo, yhi = base - plot_h * v["min"] / top, base - plot_h * v["max"] / top
-            cx = bx + bw / 2
-            o.append(f'<line x1="{cx}" y1="{ylo:.1f}" x2="{cx}" y2="{yhi:.1f}" stroke="black"/>')
-            o.append(f'<text x="{bx}" y="{yhi - 4:.1f}">{v["median"]:.0f}</text>')
-            o.append(f'<text x="{bx + 4}" y="{base + 14}">{s}</text>')
+        svg_bars(o, x0, pw, y0 + ph - 30, ph - 60, (25, 60, 82, 8), SETUPS, COLOURS, vals, 0)
     o.append("</svg>")
     return "\n".join(o) + "\n"
 
