@@ -156,6 +156,21 @@ pub struct PortStats {
     pub flooded: u64,
 }
 
+impl PortStats {
+    /// Adds `o`'s counters to these (saturating).
+    pub fn add(&mut self, o: &PortStats) {
+        self.rx_frames = self.rx_frames.saturating_add(o.rx_frames);
+        self.rx_bytes = self.rx_bytes.saturating_add(o.rx_bytes);
+        self.tx_frames = self.tx_frames.saturating_add(o.tx_frames);
+        self.tx_bytes = self.tx_bytes.saturating_add(o.tx_bytes);
+        self.drop_runt = self.drop_runt.saturating_add(o.drop_runt);
+        self.drop_spoofed = self.drop_spoofed.saturating_add(o.drop_spoofed);
+        self.drop_flood = self.drop_flood.saturating_add(o.drop_flood);
+        self.drop_no_egress = self.drop_no_egress.saturating_add(o.drop_no_egress);
+        self.flooded = self.flooded.saturating_add(o.flooded);
+    }
+}
+
 /// Switch-wide counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwitchStats {
@@ -194,6 +209,9 @@ pub struct Switch {
     by_age: BTreeMap<(Nanos, u64), MacAddr>,
     seq: u64,
     stats: SwitchStats,
+    /// Counters of the ports removed so far, so switch-wide totals never
+    /// go backwards when a vif leaves.
+    departed: PortStats,
 }
 
 impl Switch {
@@ -207,6 +225,7 @@ impl Switch {
             by_age: BTreeMap::new(),
             seq: 0,
             stats: SwitchStats::default(),
+            departed: PortStats::default(),
         }
     }
 
@@ -250,7 +269,18 @@ impl Switch {
         for mac in gone {
             self.forget(mac);
         }
+        self.departed.add(&port.stats);
         Some(port.stats)
+    }
+
+    /// Every port's counters added up, the removed ports' included: totals
+    /// for the whole switch that only ever grow.
+    pub fn totals(&self) -> PortStats {
+        let mut t = self.departed;
+        for p in self.ports.values() {
+            t.add(&p.stats);
+        }
+        t
     }
 
     /// The attached ports, in order.
@@ -476,6 +506,27 @@ mod tests {
         assert_eq!(s.stats(PortId::Vif(1)).unwrap().drop_spoofed, 3);
         assert_eq!(s.stats(PortId::Uplink).unwrap().drop_spoofed, 1);
         assert_eq!(s.stats(PortId::Vif(2)).unwrap().tx_frames, 0);
+    }
+
+    #[test]
+    fn totals_keep_the_counts_of_removed_ports() {
+        let mut s = three();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            s.forward(1, PortId::Vif(1), &frame(mac(2), mac(7), 60), &mut out);
+        }
+        s.forward(1, PortId::Vif(2), &frame(mac(1), mac(2), 60), &mut out);
+        let before = s.totals();
+        assert_eq!((before.drop_spoofed, before.rx_frames, before.tx_frames), (3, 4, 1));
+        // The spoofing vif leaves: its drops stay in the totals.
+        let gone = s.remove_port(PortId::Vif(1)).unwrap();
+        assert_eq!(gone.drop_spoofed, 3);
+        assert_eq!(s.totals(), before);
+        // A new vif with the same id starts from zero; the totals go on.
+        s.add_port(PortId::Vif(1), PortKind::Vif { mac: mac(1) }).unwrap();
+        s.forward(2, PortId::Vif(1), &frame(mac(2), mac(9), 60), &mut out);
+        assert_eq!(s.stats(PortId::Vif(1)).unwrap().drop_spoofed, 1);
+        assert_eq!(s.totals().drop_spoofed, 4);
     }
 
     #[test]

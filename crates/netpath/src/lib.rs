@@ -356,15 +356,9 @@ impl<N: Nic> Fabric<N> {
     {
         let connected: Vec<_> = nb.vifs().filter(|v| v.connected).collect();
         let queues: usize = connected.iter().map(|v| v.queues).sum();
-        let (mut spoof, mut runt, mut flood, mut no_egress) = (0, 0, 0, 0);
-        for (id, _) in self.switch.ports() {
-            if let Some(st) = self.switch.stats(id) {
-                spoof += st.drop_spoofed;
-                runt += st.drop_runt;
-                flood += st.drop_flood;
-                no_egress += st.drop_no_egress;
-            }
-        }
+        // Switch-wide totals: they keep the counts of vifs that are gone.
+        let t = self.switch.totals();
+        let (spoof, runt, flood, no_egress) = (t.drop_spoofed, t.drop_runt, t.drop_flood, t.drop_no_egress);
         let p = &self.stats;
         let mut s = format!(
             "vifs={} queues={queues} grant-maps={} ports={} learned={} drops-spoof={spoof} drops-runt={runt} drops-flood={flood} drops-no-egress={no_egress} from-vifs={} from-nic={} to-nic={} nic-drops={} vif-drops={} sw-segmented={} sw-csum={}",
@@ -436,14 +430,13 @@ impl<N: Nic> Fabric<N> {
             });
         }
         let d = &mut snap.switch;
-        for (id, _) in self.switch.ports() {
-            if let Some(st) = self.switch.stats(id) {
-                d.spoofed += st.drop_spoofed;
-                d.runt += st.drop_runt;
-                d.flood += st.drop_flood;
-                d.no_egress += st.drop_no_egress;
-            }
-        }
+        // Prometheus counters must never go backwards: totals over every
+        // port the switch ever had.
+        let t = self.switch.totals();
+        d.spoofed = t.drop_spoofed;
+        d.runt = t.drop_runt;
+        d.flood = t.drop_flood;
+        d.no_egress = t.drop_no_egress;
         d.local_denied = self.stats.local_denied;
         snap.switch_learned = self.switch.switch_stats().learned as u64;
     }
