@@ -203,6 +203,11 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) grefs: Vec<GrantRef>,
     pub(crate) maps: Vec<Option<(Mapping, bool)>>,
     pub(crate) indirect_pages: Vec<u8>,
+    /// Segment lists and scatter lists of finished work, kept (at most
+    /// [`RING_BUDGET`] of each, none longer than [`POOLED_LIST`]) for the
+    /// next requests: no allocation per request once the ring is busy.
+    pub(crate) seg_pool: Vec<Vec<Segment>>,
+    pub(crate) sg_pool: Vec<Vec<SgEntry>>,
     pub(crate) in_flight: usize,
     /// Flush/barrier parts on the disk: while any is, nothing else of this
     /// ring is submitted.
@@ -213,6 +218,19 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     /// At its last turn it left requests in the ring for lack of buffers.
     pub(crate) waiting: bool,
     pub(crate) stats: RingStats,
+}
+
+/// The longest segment or scatter list a ring keeps for reuse (a
+/// 128 KiB request's): longer ones (indirect requests up to 1 MiB) are
+/// freed, so what a ring keeps stays small.
+pub(crate) const POOLED_LIST: usize = 32;
+
+/// Keeps `v` (emptied) in `pool` if it is short enough and the pool has room.
+pub(crate) fn recycle<T>(pool: &mut Vec<Vec<T>>, mut v: Vec<T>) {
+    if v.capacity() > 0 && v.capacity() <= POOLED_LIST && pool.len() < RING_BUDGET {
+        v.clear();
+        pool.push(v);
+    }
 }
 
 /// What a ring context borrows for one call: the shared disk side, the
@@ -370,12 +388,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
             Ok(byte / bs)
         };
+        // The request's segments, in a list kept from finished work.
+        let mut seg_list = |segments: &[Segment]| {
+            let mut v = self.seg_pool.pop().unwrap_or_default();
+            v.extend_from_slice(segments);
+            v
+        };
         let (mut segs, step, exclusive, write) = match req {
             Request::Read { sector, segments, .. } => {
-                (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
+                (seg_list(segments.as_slice()), Step::Read { lba: lba_of(sector)? }, false, false)
             }
             Request::Write { sector, segments, .. } => {
-                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua: false }, false, true)
+                (seg_list(segments.as_slice()), Step::Write { lba: lba_of(sector)?, fua: false }, false, true)
             }
             // Like Linux maps them onto a block device: a flush or barrier
             // waits for the ring's earlier requests, flushes the disk
@@ -388,7 +412,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     (Vec::new(), Step::Flush, true, false)
                 } else {
                     let fua = t.disk.features().volatile_cache;
-                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua }, true, true)
+                    (seg_list(segments.as_slice()), Step::Write { lba: lba_of(sector)?, fua }, true, true)
                 }
             }
             Request::Discard { sector, nr_sectors, .. } => {
@@ -627,6 +651,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         self.finish(t, &work, status);
         if let Some(b) = work.buf.take() {
             keep_spare(&mut t.core.spare, &mut t.core.spare_bytes, b);
+        }
+        recycle(&mut self.seg_pool, core::mem::take(&mut work.segs));
+        if let Some(sg) = work.sg.take() {
+            recycle(&mut self.sg_pool, sg);
         }
     }
 

@@ -288,6 +288,8 @@ where
                 };
                 match c.request {
                     BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
+                    // Its list is kept for the ring's next requests.
+                    BlockRequest::ReadSg { sg, .. } | BlockRequest::WriteSg { sg, .. } => work.sg = Some(sg),
                     _ => {}
                 }
                 let mut t = Turn {

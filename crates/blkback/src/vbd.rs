@@ -268,6 +268,8 @@ where
                 grefs: Vec::new(),
                 maps: Vec::new(),
                 indirect_pages: Vec::new(),
+                seg_pool: Vec::new(),
+                sg_pool: Vec::new(),
                 in_flight: 0,
                 ordered_in_flight: 0,
                 dead: false,

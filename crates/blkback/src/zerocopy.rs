@@ -65,7 +65,8 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         let mut maps = maps?;
         // Every segment's page kept mapped (not transient) with a page-aligned
         // bus address; its span inside the page was checked by the parser.
-        let mut sg = Vec::with_capacity(segs.len());
+        let mut sg = self.sg_pool.pop().unwrap_or_default();
+        sg.clear();
         for (s, m) in segs.iter().zip(maps.iter()) {
             match m {
                 Some((Mapping { bus: Some(bus), .. }, false)) if bus % PAGE as u64 == 0 && *bus != 0 => {
@@ -82,6 +83,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         maps.clear();
         self.maps = maps;
         if !usable {
+            crate::datapath::recycle(&mut self.sg_pool, sg);
             return Ok(false);
         }
         // The parts the disk's transfer limit asks for, each of whole
