@@ -54,6 +54,10 @@ impl Reply {
     pub(crate) fn of(req: &Request) -> Self {
         Reply { id: req.id(), op: req.response_operation() }
     }
+    #[cfg(test)]
+    pub(crate) fn new(id: u64, op: u8) -> Self {
+        Reply { id, op }
+    }
     pub(crate) fn id(self) -> u64 {
         self.id
     }
