@@ -59,6 +59,7 @@ mod budget;
 mod datapath;
 mod engine;
 mod grants;
+mod idmap;
 mod inflight;
 pub mod request;
 pub mod ring;
