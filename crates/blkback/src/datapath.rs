@@ -13,7 +13,7 @@ use crate::engine::{Core, SPARE_BYTES};
 use crate::request::{self, DataOp, Request, Segment, Status};
 use crate::ring::BlkRing;
 use crate::DiskInfo;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest, SgEntry};
 use xen::evtchn::EventOps;
@@ -194,7 +194,7 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     /// Disk queue this ring submits to.
     pub(crate) queue: u16,
     pub(crate) persistent: bool,
-    pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
+    pub(crate) pgrants: crate::pgrants::Persistent,
     /// Persistent grants a controller that failed without stopping may
     /// still reach (zero-copy work it failed back): never released.
     pub(crate) poisoned: alloc::collections::BTreeSet<u32>,

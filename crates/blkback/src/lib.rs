@@ -61,6 +61,7 @@ mod engine;
 mod grants;
 mod idmap;
 mod inflight;
+mod pgrants;
 pub mod request;
 pub mod ring;
 #[cfg(feature = "test-utils")]

@@ -143,7 +143,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     /// parked under its serial; every other mapping is returned, to unmap.
     pub(crate) fn park_pinned<D: BlockDevice>(&mut self, core: &mut Core<D>, on_disk: &[u32]) -> Vec<Mapping> {
         let mut out = Vec::new();
-        for (gref, (m, _)) in core::mem::take(&mut self.pgrants) {
+        for (gref, (m, _)) in self.pgrants.take_all() {
             let pins = if self.poisoned.contains(&gref) {
                 u32::MAX // never unmapped: the device may still reach it
             } else {
