@@ -65,7 +65,7 @@ STAGES = [
     (r"^blkback/datapath$", r"^(prepare|split_segments)$", "ring+parse"),
     (r"^blkback/budget$", r".", "ring+parse"),
     (r"^blkback/datapath$", r"^(respond|push_answer|finish)$", "respond"),
-    (r"^blkback/datapath$", r"^submit_deferred$", "submit"),
+    (r"^blkback/datapath$", r"^(submit_deferred|submit_queued)$", "submit"),
     (r"^blkback/datapath$", r"^complete$", "complete"),
     (r"^blkback/grants$", r"^(map_grants|release_transient|shrink_persistent|copy_ops|spans|indirect_segments)$", "grant"),
     (r"^blkback/grants$", r".", "data"),

@@ -550,7 +550,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     }
 
     /// Submits deferred work in order while the disk takes it.
+    #[inline]
     pub(crate) fn submit_deferred<D: BlockDevice<Buffer = B>, G, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+    ) -> bool {
+        // Nothing deferred (most calls): no call into the submission path.
+        !self.deferred.is_empty() && self.submit_queued(t, d)
+    }
+
+    /// [`submit_deferred`](Self::submit_deferred) with work queued.
+    fn submit_queued<D: BlockDevice<Buffer = B>, G, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
