@@ -58,6 +58,7 @@
 use crate::budget::Budget;
 use crate::datapath::RingStats;
 use crate::engine::{Core, Serve};
+use crate::idmap::IdMap;
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
 use crate::{DiskInfo, OpenRequest};
@@ -135,7 +136,7 @@ pub struct Blkback<P: SharedMem, D: BlockDevice> {
     /// Discovery, watches, retire and removal of vbd directories.
     life: Lifecycle,
     /// Each vbd's handshake and rings, by the lifecycle's device id.
-    vbds: BTreeMap<u32, Vbd<P, D>>,
+    vbds: IdMap<Vbd<P, D>>,
     /// Round-robin cursor: the ring context that goes first at the next poll.
     next_turn: usize,
     /// Whether the last `poll` did anything besides waiting for the disk.
@@ -177,8 +178,6 @@ where
             persistent_cap: MAX_PERSISTENT_PER_RING,
             retired: Vec::new(),
             sweep_tokens: false,
-            scratch_ctxs: Vec::new(),
-            scratch_vids: Vec::new(),
             spare: Vec::new(),
             spare_bytes: 0,
         };
@@ -186,7 +185,7 @@ where
             cfg,
             core,
             life: Lifecycle::new(WATCH_PREFIX),
-            vbds: BTreeMap::new(),
+            vbds: IdMap::default(),
             next_turn: 0,
             progressed: false,
             stats: Stats::default(),

@@ -13,7 +13,7 @@ use crate::engine::{Core, SPARE_BYTES};
 use crate::request::{self, DataOp, Request, Segment, Status};
 use crate::ring::BlkRing;
 use crate::DiskInfo;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use drivers::block::{BlockDevice, BlockRequest, SgEntry};
 use xen::evtchn::EventOps;
@@ -53,6 +53,10 @@ pub(crate) struct Reply {
 impl Reply {
     pub(crate) fn of(req: &Request) -> Self {
         Reply { id: req.id(), op: req.response_operation() }
+    }
+    #[cfg(test)]
+    pub(crate) fn new(id: u64, op: u8) -> Self {
+        Reply { id, op }
     }
     pub(crate) fn id(self) -> u64 {
         self.id
@@ -190,7 +194,7 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     /// Disk queue this ring submits to.
     pub(crate) queue: u16,
     pub(crate) persistent: bool,
-    pub(crate) pgrants: BTreeMap<u32, (Mapping, u64)>,
+    pub(crate) pgrants: crate::pgrants::Persistent,
     /// Persistent grants a controller that failed without stopping may
     /// still reach (zero-copy work it failed back): never released.
     pub(crate) poisoned: alloc::collections::BTreeSet<u32>,
@@ -203,6 +207,11 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     pub(crate) grefs: Vec<GrantRef>,
     pub(crate) maps: Vec<Option<(Mapping, bool)>>,
     pub(crate) indirect_pages: Vec<u8>,
+    /// Segment lists and scatter lists of finished work, kept (at most
+    /// [`RING_BUDGET`] of each, none longer than [`POOLED_LIST`]) for the
+    /// next requests: no allocation per request once the ring is busy.
+    pub(crate) seg_pool: Vec<Vec<Segment>>,
+    pub(crate) sg_pool: Vec<Vec<SgEntry>>,
     pub(crate) in_flight: usize,
     /// Flush/barrier parts on the disk: while any is, nothing else of this
     /// ring is submitted.
@@ -213,6 +222,19 @@ pub(crate) struct RingCtx<P: SharedMem, B> {
     /// At its last turn it left requests in the ring for lack of buffers.
     pub(crate) waiting: bool,
     pub(crate) stats: RingStats,
+}
+
+/// The longest segment or scatter list a ring keeps for reuse (a
+/// 128 KiB request's): longer ones (indirect requests up to 1 MiB) are
+/// freed, so what a ring keeps stays small.
+pub(crate) const POOLED_LIST: usize = 32;
+
+/// Keeps `v` (emptied) in `pool` if it is short enough and the pool has room.
+pub(crate) fn recycle<T>(pool: &mut Vec<Vec<T>>, mut v: Vec<T>) {
+    if v.capacity() > 0 && v.capacity() <= POOLED_LIST && pool.len() < RING_BUDGET {
+        v.clear();
+        pool.push(v);
+    }
 }
 
 /// What a ring context borrows for one call: the shared disk side, the
@@ -370,12 +392,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             }
             Ok(byte / bs)
         };
+        // The request's segments, in a list kept from finished work.
+        let mut seg_list = |segments: &[Segment]| {
+            let mut v = self.seg_pool.pop().unwrap_or_default();
+            v.extend_from_slice(segments);
+            v
+        };
         let (mut segs, step, exclusive, write) = match req {
             Request::Read { sector, segments, .. } => {
-                (segments.as_slice().to_vec(), Step::Read { lba: lba_of(sector)? }, false, false)
+                (seg_list(segments.as_slice()), Step::Read { lba: lba_of(sector)? }, false, false)
             }
             Request::Write { sector, segments, .. } => {
-                (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua: false }, false, true)
+                (seg_list(segments.as_slice()), Step::Write { lba: lba_of(sector)?, fua: false }, false, true)
             }
             // Like Linux maps them onto a block device: a flush or barrier
             // waits for the ring's earlier requests, flushes the disk
@@ -388,7 +416,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
                     (Vec::new(), Step::Flush, true, false)
                 } else {
                     let fua = t.disk.features().volatile_cache;
-                    (segments.as_slice().to_vec(), Step::Write { lba: lba_of(sector)?, fua }, true, true)
+                    (seg_list(segments.as_slice()), Step::Write { lba: lba_of(sector)?, fua }, true, true)
                 }
             }
             Request::Discard { sector, nr_sectors, .. } => {
@@ -522,7 +550,18 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     }
 
     /// Submits deferred work in order while the disk takes it.
+    #[inline]
     pub(crate) fn submit_deferred<D: BlockDevice<Buffer = B>, G, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+    ) -> bool {
+        // Nothing deferred (most calls): no call into the submission path.
+        !self.deferred.is_empty() && self.submit_queued(t, d)
+    }
+
+    /// [`submit_deferred`](Self::submit_deferred) with work queued.
+    fn submit_queued<D: BlockDevice<Buffer = B>, G, E: EventOps>(
         &mut self,
         t: &mut Turn<'_, D, G, E>,
         d: &mut DevRef<'_>,
@@ -627,6 +666,10 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         self.finish(t, &work, status);
         if let Some(b) = work.buf.take() {
             keep_spare(&mut t.core.spare, &mut t.core.spare_bytes, b);
+        }
+        recycle(&mut self.seg_pool, core::mem::take(&mut work.segs));
+        if let Some(sg) = work.sg.take() {
+            recycle(&mut self.sg_pool, sg);
         }
     }
 

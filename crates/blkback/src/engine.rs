@@ -8,6 +8,7 @@ use crate::backend::{
 };
 use crate::budget::Budget;
 use crate::datapath::{DevRef, Group, Turn};
+use crate::idmap::IdMap;
 use crate::inflight::Tokens;
 use crate::vbd::Vbd;
 use crate::xenbus::BackendConfig;
@@ -66,10 +67,6 @@ pub(crate) struct Core<D: BlockDevice> {
     /// A vbd was removed since the last sweep of `tokens` (see
     /// `poll_retired`).
     pub(crate) sweep_tokens: bool,
-    /// Reused by every poll (no allocation per poll): the ring contexts
-    /// in turn order, and the vbd ids.
-    pub(crate) scratch_ctxs: Vec<(u32, usize)>,
-    pub(crate) scratch_vids: Vec<u32>,
     /// Disk buffers of finished requests, kept (at most [`SPARE_BYTES`])
     /// for writes only: a write's buffer is overwritten entirely from the
     /// guest's pages before the disk reads it, so it needs no zero-fill.
@@ -92,7 +89,7 @@ pub(crate) struct Serve<'a, P: SharedMem, D: BlockDevice, G, E> {
     pub(crate) core: &'a mut Core<D>,
     /// The vbds' data-path state by device id (ids grow: iteration order is
     /// adoption order).
-    pub(crate) vbds: &'a mut BTreeMap<u32, Vbd<P, D>>,
+    pub(crate) vbds: &'a mut IdMap<Vbd<P, D>>,
     pub(crate) stats: &'a mut Stats,
     pub(crate) g: &'a mut G,
     pub(crate) e: &'a mut E,
@@ -106,31 +103,25 @@ where
     /// context, round-robin from `*next_turn`. Returns (anything happened,
     /// busy: poll again at once).
     pub(crate) fn poll(&mut self, next_turn: &mut usize) -> (bool, bool) {
-        // One pass over the vbds (into buffers reused by every poll): their
-        // ids, the ring contexts in order, how many rings wait for buffers,
-        // whether any vbd has orphans.
-        let mut vids = core::mem::take(&mut self.core.scratch_vids);
-        let mut ctxs = core::mem::take(&mut self.core.scratch_ctxs);
-        vids.clear();
-        ctxs.clear();
-        let (mut waiting, mut orphaned) = (0, false);
-        for (&vid, v) in self.vbds.iter() {
-            vids.push(vid);
+        let now = self.e.now();
+        // One pass over the vbds, in place (no lookup by id): their disks'
+        // completions; how many ring contexts there are, how many wait for
+        // buffers, whether any vbd has orphans.
+        let (mut waiting, mut orphaned, mut contexts) = (0, false, 0);
+        let mut busy = false;
+        for v in self.vbds.values_mut() {
             orphaned |= v.orphans > 0;
-            for (ri, r) in v.rings.iter().enumerate() {
-                ctxs.push((vid, ri));
-                waiting += usize::from(r.waiting && !r.dead);
-            }
+            contexts += v.rings.len();
+            waiting += v.rings.iter().filter(|r| r.waiting && !r.dead).count();
+            busy |= poll_vbd_disk(v, &mut *self.core, &mut *self.stats, &mut *self.g, &mut *self.e, now);
         }
-        let mut busy = self.poll_disk(&vids);
-        self.core.scratch_vids = vids;
+        busy |= self.poll_retired(now);
         // Waiting for a draining disk is not progress (the caller may nap:
         // the orphans keep `tokens` non-empty, so we still report busy).
         if orphaned {
             self.drain_check();
         }
-        if ctxs.is_empty() {
-            self.core.scratch_ctxs = ctxs;
+        if contexts == 0 {
             return (busy, busy || !self.core.tokens.is_empty());
         }
         // While several rings wait for buffers, each may hold an equal
@@ -138,53 +129,28 @@ where
         // use the whole budget.
         let share = (MAX_BUFFER_BYTES / waiting.max(1)).max(MAX_REQUEST_BYTES);
         // A different context goes first each time: none is always served
-        // after the others have taken what was free.
-        let start = *next_turn % ctxs.len();
+        // after the others have taken what was free. Contexts are numbered
+        // in vbd order, then ring order; those from `start` on go first,
+        // then those before it.
+        let start = *next_turn % contexts;
         *next_turn = start + 1;
-        for k in 0..ctxs.len() {
-            let (vid, ri) = ctxs[(start + k) % ctxs.len()];
-            busy |= self.turn(vid, ri, share);
+        for (lo, hi) in [(start, contexts), (0, start)] {
+            if lo >= hi {
+                continue;
+            }
+            let mut first = 0; // number of the vbd's first ring
+            for v in self.vbds.values_mut() {
+                if first >= hi {
+                    break;
+                }
+                let n = v.rings.len();
+                for ri in lo.saturating_sub(first)..n.min(hi - first) {
+                    busy |= turn(v, ri, share, &mut *self.core, &mut *self.stats, &mut *self.g, &mut *self.e);
+                }
+                first += n;
+            }
         }
-        self.core.scratch_ctxs = ctxs;
         (busy, busy || !self.core.tokens.is_empty())
-    }
-
-    /// Ring `ri` of vbd `vid` takes its turn (if it exists and may).
-    fn turn(&mut self, vid: u32, ri: usize, share: usize) -> bool {
-        let Some(v) = self.vbds.get_mut(&vid) else { return false };
-        let Some(ring) = v.rings.get_mut(ri) else { return false };
-        // A reconnected vbd whose old requests are still on the disk
-        // takes no new ones yet: they could overtake the old.
-        if v.orphans > 0 {
-            ring.publish(self.e);
-            return false;
-        }
-        let pending = self.e.take_pending(ring.port);
-        let mut t = Turn {
-            core: &mut *self.core,
-            disk: &mut v.disk,
-            info: &v.info,
-            stats: &mut *self.stats,
-            g: &mut *self.g,
-            e: &mut *self.e,
-        };
-        let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
-        let busy = ring.turn(&mut t, &mut d, share) || pending;
-        // The answers of this poll's completions and of this turn: one
-        // publish, one event at most.
-        ring.publish(self.e);
-        busy
-    }
-
-    /// Hands every disk completion to its ring. Returns whether there were
-    /// any.
-    pub(crate) fn poll_disk(&mut self, vids: &[u32]) -> bool {
-        let mut any = false;
-        let now = self.e.now();
-        for &vid in vids {
-            any |= self.poll_vbd_disk(vid, now);
-        }
-        any | self.poll_retired(now)
     }
 
     /// Polls the disks of removed vbds, dropping their completions; a disk
@@ -260,50 +226,84 @@ where
             self.core.tokens.retain(|k, serial| k.0 != vid || live.contains(&serial));
         }
     }
+}
 
-    /// Hands every completion of vbd `vid`'s disk to its ring. Returns
-    /// whether there were any.
-    pub(crate) fn poll_vbd_disk(&mut self, vid: u32, now: xen::wait::Nanos) -> bool {
-        let mut any = false;
-        // One lookup: the vbd's disk, rings and the shared state are
-        // borrowed apart for every completion.
-        let Some(v) = self.vbds.get_mut(&vid) else { return false };
-        let nq = v.disk.queue_count().max(1);
-        for q in 0..nq {
-            // Bounded: a queue holds at most its depth of completions.
-            for _ in 0..1024 {
-                let Some(c) = v.disk.poll(q, now) else { break };
-                any = true;
-                let Some((serial, mut work)) = self.core.tokens.remove(&(vid, c.token.0)) else { continue };
-                let Some(ring) = v.rings.iter_mut().find(|r| r.serial == serial) else {
-                    // A ring that is gone: the work (and its buffer charge)
-                    // is dropped unanswered; pages it kept mapped for the
-                    // disk are unmapped once nothing on the disk names them.
-                    v.orphans = v.orphans.saturating_sub(1);
-                    let done = parked_done(&mut self.core.parked, serial, &work, &c.result);
-                    if !done.is_empty() {
-                        let _ = self.g.unmap_batch(&done);
-                    }
-                    continue;
-                };
-                match c.request {
-                    BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
-                    _ => {}
-                }
-                let mut t = Turn {
-                    core: &mut *self.core,
-                    disk: &mut v.disk,
-                    info: &v.info,
-                    stats: &mut *self.stats,
-                    g: &mut *self.g,
-                    e: &mut *self.e,
-                };
-                let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
-                ring.complete(&mut t, &mut d, work, c.result);
-            }
-        }
-        any
+/// Ring `ri` of vbd `v` takes its turn (if it exists and may).
+fn turn<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    v: &mut Vbd<P, D>,
+    ri: usize,
+    share: usize,
+    core: &mut Core<D>,
+    stats: &mut Stats,
+    g: &mut G,
+    e: &mut E,
+) -> bool
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+{
+    let Some(ring) = v.rings.get_mut(ri) else { return false };
+    // A reconnected vbd whose old requests are still on the disk
+    // takes no new ones yet: they could overtake the old.
+    if v.orphans > 0 {
+        ring.publish(e);
+        return false;
     }
+    let pending = e.take_pending(ring.port);
+    let mut t = Turn { core, disk: &mut v.disk, info: &v.info, stats, g, e: &mut *e };
+    let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
+    let busy = ring.turn(&mut t, &mut d, share) || pending;
+    // The answers of this poll's completions and of this turn: one
+    // publish, one event at most.
+    ring.publish(e);
+    busy
+}
+
+/// Hands every completion of vbd `v`'s disk to its ring. Returns whether
+/// there were any.
+fn poll_vbd_disk<P: SharedMem, D: BlockDevice, G: GrantOps<Page = P>, E: EventOps>(
+    v: &mut Vbd<P, D>,
+    core: &mut Core<D>,
+    stats: &mut Stats,
+    g: &mut G,
+    e: &mut E,
+    now: xen::wait::Nanos,
+) -> bool
+where
+    D::Buffer: AsRef<[u8]> + AsMut<[u8]> + LocalFrames,
+{
+    let mut any = false;
+    let vid = v.id;
+    let nq = v.disk.queue_count().max(1);
+    for q in 0..nq {
+        // Bounded: a queue holds at most its depth of completions.
+        for _ in 0..1024 {
+            let Some(c) = v.disk.poll(q, now) else { break };
+            any = true;
+            let Some((serial, mut work)) = core.tokens.remove(&(vid, c.token.0)) else { continue };
+            let Some(ring) = v.rings.iter_mut().find(|r| r.serial == serial) else {
+                // A ring that is gone: the work (and its buffer charge)
+                // is dropped unanswered; pages it kept mapped for the
+                // disk are unmapped once nothing on the disk names them.
+                v.orphans = v.orphans.saturating_sub(1);
+                let done = parked_done(&mut core.parked, serial, &work, &c.result);
+                if !done.is_empty() {
+                    let _ = g.unmap_batch(&done);
+                }
+                continue;
+            };
+            match c.request {
+                BlockRequest::Read { buffer, .. } | BlockRequest::Write { buffer, .. } => work.buf = Some(buffer),
+                // Its list is kept for the ring's next requests.
+                BlockRequest::ReadSg { sg, .. } | BlockRequest::WriteSg { sg, .. } => work.sg = Some(sg),
+                _ => {}
+            }
+            let mut t =
+                Turn { core: &mut *core, disk: &mut v.disk, info: &v.info, stats: &mut *stats, g: &mut *g, e: &mut *e };
+            let mut d = DevRef { id: v.id, be: &v.be, fe_dom: v.fe_dom, log: &mut v.log };
+            ring.complete(&mut t, &mut d, work, c.result);
+        }
+    }
+    any
 }
 
 /// The parked mappings a finished piece of work of closed ring `serial`

@@ -195,13 +195,13 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         let mut ages: Vec<(u64, u32)> = self
             .pgrants
             .iter()
-            .filter(|(k, (_, t))| Some(*t) != spare && !pinned.contains(*k))
-            .map(|(k, (_, t))| (*t, *k))
+            .filter(|(k, (_, t))| Some(*t) != spare && !pinned.contains(k))
+            .map(|(k, (_, t))| (*t, k))
             .collect();
         ages.sort_unstable();
         let excess = self.pgrants.len() - cap;
-        let victims: Vec<Mapping> =
-            ages.iter().take(excess).filter_map(|(_, k)| self.pgrants.remove(k).map(|(m, _)| m)).collect();
+        let oldest: Vec<u32> = ages.iter().take(excess).map(|(_, k)| *k).collect();
+        let victims = self.pgrants.remove_all(&oldest);
         let _ = g.unmap_batch(&victims);
         victims.len()
     }
@@ -256,7 +256,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         let mut missing = Vec::new();
         for (k, gr) in grefs.iter().enumerate() {
             if self.persistent {
-                if let Some((m, last)) = self.pgrants.get_mut(&gr.0) {
+                if let Some((m, last)) = self.pgrants.get_mut(gr.0) {
                     *last = tick;
                     out.push(Some((*m, false)));
                     t.stats.persistent_hits += 1;
@@ -277,7 +277,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             for (&k, res) in missing.iter().zip(res) {
                 match res {
                     Ok(m) => {
-                        let keep = self.persistent && !self.pgrants.contains_key(&grefs[k].0);
+                        let keep = self.persistent && !self.pgrants.contains_key(grefs[k].0);
                         if keep {
                             self.pgrants.insert(grefs[k].0, (m, tick));
                         }

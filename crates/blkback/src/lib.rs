@@ -59,7 +59,9 @@ mod budget;
 mod datapath;
 mod engine;
 mod grants;
+mod idmap;
 mod inflight;
+mod pgrants;
 pub mod request;
 pub mod ring;
 #[cfg(feature = "test-utils")]

@@ -15,7 +15,7 @@ use crate::engine::{Retired, Serve};
 use crate::ring::{BlkRing, PagesMem};
 use crate::xenbus::{BackendFsm, ConnectParams, Effect, Event, FrontendKeys};
 use crate::{DiskInfo, OpenRequest};
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -260,7 +260,7 @@ where
                 port,
                 queue: (qi as u16) % nq,
                 persistent: p.persistent,
-                pgrants: BTreeMap::new(),
+                pgrants: Default::default(),
                 poisoned: Default::default(),
                 tick: 0,
                 deferred: VecDeque::new(),
@@ -268,6 +268,8 @@ where
                 grefs: Vec::new(),
                 maps: Vec::new(),
                 indirect_pages: Vec::new(),
+                seg_pool: Vec::new(),
+                sg_pool: Vec::new(),
                 in_flight: 0,
                 ordered_in_flight: 0,
                 dead: false,

@@ -57,31 +57,32 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
             Step::Write { lba, fua } => (lba, true, fua),
             _ => return Ok(false),
         };
-        let mut grefs = core::mem::take(&mut self.grefs);
-        grefs.clear();
-        grefs.extend(segs.iter().map(|s| GrantRef(s.gref().0)));
-        let maps = self.map_grants(t, d, &grefs, false);
-        self.grefs = grefs;
-        let mut maps = maps?;
-        // Every segment's page kept mapped (not transient) with a page-aligned
-        // bus address; its span inside the page was checked by the parser.
-        let mut sg = Vec::with_capacity(segs.len());
-        for (s, m) in segs.iter().zip(maps.iter()) {
-            match m {
-                Some((Mapping { bus: Some(bus), .. }, false)) if bus % PAGE as u64 == 0 && *bus != 0 => {
-                    sg.push(SgEntry { bus: BusAddr(bus + s.offset() as u64), len: s.len() as u32 });
+        let mut sg = self.sg_pool.pop().unwrap_or_default();
+        sg.clear();
+        // The usual case: every page already mapped (persistent hits) with
+        // a bus address. The scatter list is built straight from the
+        // cache, as `map_grants` and the general path below would build it
+        // (same tick, same counters); anything else takes that path.
+        let tick = self.tick + 1;
+        for s in segs.iter() {
+            match self.pgrants.get_mut(s.gref().0) {
+                Some((Mapping { bus: Some(bus), .. }, last)) if *bus % PAGE as u64 == 0 && *bus != 0 => {
+                    *last = tick;
+                    sg.push(SgEntry { bus: BusAddr(*bus + s.offset() as u64), len: s.len() as u32 });
                 }
-                _ => sg.clear(),
-            }
-            if sg.is_empty() {
-                break;
+                _ => break,
             }
         }
-        let usable = sg.len() == segs.len();
-        self.release_transient(t, &maps);
-        maps.clear();
-        self.maps = maps;
+        let usable = if sg.len() == segs.len() {
+            self.tick = tick;
+            t.stats.persistent_hits += segs.len() as u64;
+            true
+        } else {
+            sg.clear();
+            self.zero_copy_list(t, d, segs, &mut sg)?
+        };
         if !usable {
+            crate::datapath::recycle(&mut self.sg_pool, sg);
             return Ok(false);
         }
         // The parts the disk's transfer limit asks for, each of whole
@@ -124,6 +125,41 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
         Ok(true)
     }
 
+    /// The general path of [`zero_copy_parts`](Self::zero_copy_parts):
+    /// maps what is not mapped yet, then fills `sg` if every page is kept
+    /// mapped (not transient) with a page-aligned bus address (its span
+    /// inside the page was checked by the parser). Returns whether it did.
+    fn zero_copy_list<D: BlockDevice<Buffer = B>, G: GrantOps<Page = P>, E: EventOps>(
+        &mut self,
+        t: &mut Turn<'_, D, G, E>,
+        d: &mut DevRef<'_>,
+        segs: &[Segment],
+        sg: &mut Vec<SgEntry>,
+    ) -> Result<bool, ()> {
+        let mut grefs = core::mem::take(&mut self.grefs);
+        grefs.clear();
+        grefs.extend(segs.iter().map(|s| GrantRef(s.gref().0)));
+        let maps = self.map_grants(t, d, &grefs, false);
+        self.grefs = grefs;
+        let mut maps = maps?;
+        for (s, m) in segs.iter().zip(maps.iter()) {
+            match m {
+                Some((Mapping { bus: Some(bus), .. }, false)) if bus % PAGE as u64 == 0 && *bus != 0 => {
+                    sg.push(SgEntry { bus: BusAddr(bus + s.offset() as u64), len: s.len() as u32 });
+                }
+                _ => sg.clear(),
+            }
+            if sg.is_empty() {
+                break;
+            }
+        }
+        let usable = sg.len() == segs.len();
+        self.release_transient(t, &maps);
+        maps.clear();
+        self.maps = maps;
+        Ok(usable)
+    }
+
     /// Grants the device has or will get by zero-copy: named by this
     /// ring's work on the disk (`tokens`) or waiting to go down, or
     /// reachable by a controller that failed without stopping.
@@ -141,7 +177,7 @@ impl<P: SharedMem, B: AsRef<[u8]> + AsMut<[u8]> + LocalFrames> RingCtx<P, B> {
     /// parked under its serial; every other mapping is returned, to unmap.
     pub(crate) fn park_pinned<D: BlockDevice>(&mut self, core: &mut Core<D>, on_disk: &[u32]) -> Vec<Mapping> {
         let mut out = Vec::new();
-        for (gref, (m, _)) in core::mem::take(&mut self.pgrants) {
+        for (gref, (m, _)) in self.pgrants.take_all() {
             let pins = if self.poisoned.contains(&gref) {
                 u32::MAX // never unmapped: the device may still reach it
             } else {

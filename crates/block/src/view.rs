@@ -14,6 +14,7 @@ use core::cell::RefCell;
 
 use drivers::block::{BlockCompletion, BlockDevice, BlockRequest, Features, Token, Volumes};
 use drivers::hal::Nanos;
+use drivers::inflight::ByToken;
 use drivers::Error;
 
 /// A contiguous run of a device's blocks.
@@ -63,16 +64,26 @@ const ROUTE_BUDGET: usize = 4096;
 /// The device behind a set of views.
 pub struct Shared<D: Volumes> {
     dev: D,
-    owners: BTreeMap<Token, Owner>,
+    /// Who submitted each token in flight (in submission order: a
+    /// completion's owner is found at the front).
+    owners: ByToken<Owner>,
     /// Per view id: per queue, completions that arrived while another view polled.
     inboxes: BTreeMap<u32, Vec<VecDeque<BlockCompletion<D::Buffer>>>>,
+    /// Completions waiting in all inboxes (none: a poll skips the inboxes).
+    parked: usize,
     next_view: u32,
 }
 
 impl<D: Volumes> Shared<D> {
     /// Wraps a device for sharing.
     pub fn new(dev: D) -> Rc<RefCell<Self>> {
-        Rc::new(RefCell::new(Shared { dev, owners: BTreeMap::new(), inboxes: BTreeMap::new(), next_view: 0 }))
+        Rc::new(RefCell::new(Shared {
+            dev,
+            owners: ByToken::default(),
+            inboxes: BTreeMap::new(),
+            parked: 0,
+            next_view: 0,
+        }))
     }
 
     /// The device itself (information, maintenance).
@@ -87,7 +98,7 @@ impl<D: Volumes> Shared<D> {
 
     /// Requests submitted through views and not yet collected.
     pub fn in_flight(&self) -> usize {
-        self.owners.len() + self.inboxes.values().flatten().map(VecDeque::len).sum::<usize>()
+        self.owners.len() + self.parked
     }
 }
 
@@ -175,7 +186,8 @@ impl<D: Volumes> Drop for View<D> {
         // Completions still owed to this view are dropped when they arrive
         // (the device is done with their buffers by then).
         if let Ok(mut s) = self.shared.try_borrow_mut() {
-            s.inboxes.remove(&self.id);
+            let gone = s.inboxes.remove(&self.id).map_or(0, |q| q.iter().map(VecDeque::len).sum::<usize>());
+            s.parked = s.parked.saturating_sub(gone);
         }
     }
 }
@@ -230,7 +242,7 @@ where
         }
         match s.dev.submit_to(self.volume, queue, r) {
             Ok(t) => {
-                s.owners.insert(t, Owner { view: self.id, offset });
+                s.owners.insert(t.0, Owner { view: self.id, offset });
                 Ok(t)
             }
             Err((e, mut r)) => {
@@ -250,14 +262,16 @@ where
 
     fn poll(&mut self, queue: u16, now: Nanos) -> Option<BlockCompletion<D::Buffer>> {
         let mut s = self.shared.borrow_mut();
-        if let Some(c) =
-            s.inboxes.get_mut(&self.id).and_then(|q| q.get_mut(usize::from(queue))).and_then(VecDeque::pop_front)
-        {
-            return Some(c);
+        if s.parked > 0 {
+            let mine = s.inboxes.get_mut(&self.id).and_then(|q| q.get_mut(usize::from(queue)));
+            if let Some(c) = mine.and_then(VecDeque::pop_front) {
+                s.parked = s.parked.saturating_sub(1);
+                return Some(c);
+            }
         }
         for _ in 0..ROUTE_BUDGET {
             let mut c = s.dev.poll(queue, now)?;
-            let Some(owner) = s.owners.remove(&c.token) else {
+            let Some(owner) = s.owners.remove(c.token.0) else {
                 continue; // not submitted through a view: nobody to give it to
             };
             shift(&mut c.request, |l| l - owner.offset);
@@ -266,6 +280,7 @@ where
             }
             if let Some(q) = s.inboxes.get_mut(&owner.view).and_then(|q| q.get_mut(usize::from(queue))) {
                 q.push_back(c);
+                s.parked += 1;
             }
         }
         None

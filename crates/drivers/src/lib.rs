@@ -24,6 +24,7 @@ pub mod block;
 pub mod bounce;
 pub mod error;
 pub mod hal;
+pub mod inflight;
 pub mod nic;
 pub mod nvme;
 pub mod pci;

@@ -535,16 +535,26 @@ pub fn parse_indirect_segments(
         return Err(err(RejectReason::IndirectPagesMismatch));
     }
     let n = usize::from(req.nr_segments);
+    // Every segment's bytes must be there (checked before any segment is,
+    // so a short page is reported as such): page `p` holds segments
+    // `p * SEGMENTS_PER_INDIRECT_PAGE..` up to the page's worth or `n`.
+    for k in (0..n).step_by(SEGMENTS_PER_INDIRECT_PAGE) {
+        let in_page = (n - k).min(SEGMENTS_PER_INDIRECT_PAGE);
+        let page = pages.get(k / SEGMENTS_PER_INDIRECT_PAGE).ok_or(err(RejectReason::IndirectPagesMismatch))?;
+        if page.len() < in_page * abi::Segment::SIZE {
+            return Err(err(RejectReason::IndirectPagesMismatch));
+        }
+    }
+    // Decoded one by one straight into the check (no list of wire
+    // segments); the lookups below cannot fail after the check above.
+    let wire = pages
+        .iter()
+        .flat_map(|page| page.chunks_exact(abi::Segment::SIZE).take(SEGMENTS_PER_INDIRECT_PAGE))
+        .take(n)
+        .map(abi::Segment::decode);
     // Bounded by MAX_INDIRECT_SEGMENTS, not by anything the guest chose.
     let mut out = Vec::with_capacity(n);
-    let mut wire = Vec::with_capacity(n);
-    for k in 0..n {
-        let page = pages[k / SEGMENTS_PER_INDIRECT_PAGE];
-        let off = (k % SEGMENTS_PER_INDIRECT_PAGE) * abi::Segment::SIZE;
-        let bytes = page.get(off..off + abi::Segment::SIZE).ok_or(err(RejectReason::IndirectPagesMismatch))?;
-        wire.push(abi::Segment::decode(bytes));
-    }
-    check_segments(disk, req.sector, wire.into_iter(), |s| out.push(s)).map_err(err)?;
+    check_segments(disk, req.sector, wire, |s| out.push(s)).map_err(err)?;
     Ok(out)
 }
 

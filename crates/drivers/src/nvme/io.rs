@@ -64,21 +64,23 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 let blocks = len as u64 / bs;
                 let lba = *lba;
                 check_range(lba, blocks, capacity)?;
-                let segs: Vec<DmaSegment> = sg.iter().map(|e| DmaSegment { bus: e.bus, len: e.len as usize }).collect();
-                let (dir, sqe) = match request {
-                    BlockRequest::WriteSg { fua, .. } => {
-                        (DmaDirection::ToDevice, Sqe::write(nsid, lba, blocks as u32, *fua))
-                    }
-                    _ => (DmaDirection::FromDevice, Sqe::read(nsid, lba, blocks as u32)),
-                };
                 // The caller's memory, already device-accessible: nothing
-                // to map; one descriptor (or PRP entry run) per entry.
-                let mapping = Mapping::new(0, dir, segs);
-                let (sqe, pages) = if self.info.sgl && self.config.use_sgl {
-                    self.build_sgl(&mapping, sqe)?
-                } else {
-                    self.build_prp(&mapping, sqe)?
+                // to map; one descriptor (or PRP entry run) per entry, from
+                // a list kept for its capacity (nothing allocated).
+                let mut segs = core::mem::take(&mut self.sg_segs);
+                segs.clear();
+                segs.extend(sg.iter().map(|e| DmaSegment { bus: e.bus, len: e.len as usize }));
+                let sqe = match request {
+                    BlockRequest::WriteSg { fua, .. } => Sqe::write(nsid, lba, blocks as u32, *fua),
+                    _ => Sqe::read(nsid, lba, blocks as u32),
                 };
+                let built = if self.info.sgl && self.config.use_sgl {
+                    self.build_sgl(&segs, sqe)
+                } else {
+                    self.build_prp(&segs, sqe)
+                };
+                self.sg_segs = segs;
+                let (sqe, pages) = built?;
                 Ok((sqe, None, pages))
             }
             BlockRequest::Read { lba, buffer } | BlockRequest::Write { lba, buffer, .. } => {
@@ -98,9 +100,9 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 let buffer = request.buffer_mut().ok_or(Error::BadBuffer)?;
                 let mapping = self.dma.map(buffer, dir)?;
                 let built = if self.info.sgl && self.config.use_sgl {
-                    self.build_sgl(&mapping, sqe)
+                    self.build_sgl(mapping.segments(), sqe)
                 } else {
-                    self.build_prp(&mapping, sqe)
+                    self.build_prp(mapping.segments(), sqe)
                 };
                 match built {
                     Ok((sqe, pages)) => Ok((sqe, Some(mapping), pages)),
@@ -147,8 +149,7 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
     /// One Data Block descriptor for a contiguous buffer; otherwise a Last
     /// Segment descriptor pointing to a pool page of Data Block descriptors
     /// (up to 256, one page: more than any transfer we allow).
-    pub(super) fn build_sgl(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
-        let segs = mapping.segments();
+    pub(super) fn build_sgl(&mut self, segs: &[DmaSegment], mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
         let block = |bus: u64, len: usize| -> Result<SglDescriptor, Error> {
             // SGLS 10b asks dword alignment; our buffers are block-aligned.
             if !bus.is_multiple_of(4) || len == 0 || !len.is_multiple_of(4) {
@@ -164,30 +165,64 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             }
             many if many.len() > PAGE_SIZE / SglDescriptor::SIZE => Err(Error::BadBuffer),
             many => {
-                let mut bytes = Vec::with_capacity(many.len() * SglDescriptor::SIZE);
-                for s in many {
+                let mut bytes = core::mem::take(&mut self.list_bytes);
+                bytes.clear();
+                let described: Result<(), Error> = many.iter().try_for_each(|s| {
                     bytes.extend_from_slice(&block(s.bus.0, s.len)?.to_bytes());
-                }
-                let page = self.take_page()?;
-                if let Err(e) = self.dma.write(&page, 0, &bytes) {
-                    self.page_pool.push(page);
-                    return Err(e.into());
-                }
+                    Ok(())
+                });
+                let written = described.and_then(|()| {
+                    let page = self.take_page()?;
+                    match self.dma.write(&page, 0, &bytes) {
+                        Ok(()) => Ok(page),
+                        Err(e) => {
+                            self.page_pool.push(page);
+                            Err(e.into())
+                        }
+                    }
+                });
+                self.list_bytes = bytes;
+                let page = written?;
                 sqe.set_sgl(SglDescriptor::last_segment(page.bus().0, many.len()));
                 Ok((sqe, alloc::vec![page]))
             }
         }
     }
 
-    pub(super) fn build_prp(&mut self, mapping: &Mapping, mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+    pub(super) fn build_prp(&mut self, segs: &[DmaSegment], mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
         // One or two pages (4 KiB requests): no list, nothing allocated.
-        if let Some((prp1, prp2)) = prp::direct(mapping.segments(), PAGE_SIZE, self.max_prp_entries) {
+        if let Some((prp1, prp2)) = prp::direct(segs, PAGE_SIZE, self.max_prp_entries) {
             sqe.prp1 = prp1;
             sqe.prp2 = prp2;
             return Ok((sqe, Vec::new()));
         }
-        let entries = prp::entries(mapping.segments(), PAGE_SIZE, self.max_prp_entries)?;
-        let need = prp::list_pages_needed(entries.len(), PAGE_SIZE);
+        // The entries and list bytes go through lists kept for their
+        // capacity; only the list pages' own Vec is allocated.
+        let mut entries = core::mem::take(&mut self.prp_entries);
+        let built = prp::entries_into(segs, PAGE_SIZE, self.max_prp_entries, &mut entries)
+            .and_then(|()| self.prp_lists(&entries, sqe));
+        self.prp_entries = entries;
+        built
+    }
+
+    /// PRP1/PRP2 for `entries` and the list pages they need (from the
+    /// pool), written as [`prp::build`] lays them out.
+    fn prp_lists(&mut self, entries: &[u64], mut sqe: Sqe) -> Result<(Sqe, Vec<DmaRegion>), Error> {
+        let (first, need) = match entries {
+            [] => return Err(Error::BadBuffer),
+            [one] => (*one, 0),
+            [one, two] => {
+                sqe.prp1 = *one;
+                sqe.prp2 = *two;
+                return Ok((sqe, Vec::new()));
+            }
+            [one, ..] => (*one, prp::list_pages_needed(entries.len(), PAGE_SIZE)),
+        };
+        if need == 0 {
+            sqe.prp1 = first;
+            sqe.prp2 = 0;
+            return Ok((sqe, Vec::new()));
+        }
         let mut pages = Vec::with_capacity(need);
         for _ in 0..need {
             match self.take_page() {
@@ -198,20 +233,24 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
                 }
             }
         }
-        let addrs: Vec<_> = pages.iter().map(|p| p.bus()).collect();
         let mut bytes = core::mem::take(&mut self.list_bytes);
-        let built = prp::build(&entries, &addrs, PAGE_SIZE).and_then(|prp| {
-            for (page, list) in pages.iter().zip(prp.lists.iter()) {
-                prp::list_bytes_into(list, &mut bytes);
-                self.dma.write(page, 0, &bytes)?;
+        let mut written = Ok(());
+        for (i, page) in pages.iter().enumerate() {
+            let next = pages.get(i + 1).map(DmaRegion::bus);
+            if page.bus().page_offset(PAGE_SIZE) != 0 || !prp::list_page_into(entries, i, next, PAGE_SIZE, &mut bytes) {
+                written = Err(Error::BadBuffer);
+                break;
             }
-            Ok(prp)
-        });
+            if let Err(e) = self.dma.write(page, 0, &bytes) {
+                written = Err(e.into());
+                break;
+            }
+        }
         self.list_bytes = bytes;
-        match built {
-            Ok(prp) => {
-                sqe.prp1 = prp.prp1;
-                sqe.prp2 = prp.prp2;
+        match written {
+            Ok(()) => {
+                sqe.prp1 = first;
+                sqe.prp2 = pages[0].bus().0;
                 Ok((sqe, pages))
             }
             Err(e) => {

@@ -215,6 +215,10 @@ pub struct Nvme<R: RegisterIo, D: DmaMapper, C: Clock> {
     /// A PRP list page's bytes on their way to the page (kept for its
     /// capacity).
     list_bytes: Vec<u8>,
+    /// PRP entries of the command being built, and a scatter list's
+    /// device segments (kept for their capacity: no allocation per command).
+    prp_entries: Vec<u64>,
+    sg_segs: Vec<crate::hal::DmaSegment>,
     /// Identify data page.
     scratch: DmaRegion,
     /// Free PRP-list/DSM pages.
@@ -287,6 +291,8 @@ impl<R: RegisterIo, D: DmaMapper, C: Clock> Nvme<R, D, C> {
             next_check: Vec::new(),
             unstamped: Vec::new(),
             list_bytes: Vec::new(),
+            prp_entries: Vec::new(),
+            sg_segs: Vec::new(),
             scratch,
             page_pool: Vec::new(),
             primary: 0,

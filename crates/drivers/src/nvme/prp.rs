@@ -34,13 +34,27 @@ pub struct Prp {
 /// for `segments`. Fails on empty input, a first address that is not dword
 /// aligned, holes, or more than `max_entries` entries.
 pub fn entries(segments: &[DmaSegment], page_size: usize, max_entries: usize) -> Result<Vec<u64>, Error> {
+    let mut out = Vec::new();
+    entries_into(segments, page_size, max_entries, &mut out)?;
+    Ok(out)
+}
+
+/// [`entries`] into `out` (cleared first; its capacity reused, so the
+/// I/O path allocates nothing once it has seen its largest transfer).
+pub fn entries_into(
+    segments: &[DmaSegment],
+    page_size: usize,
+    max_entries: usize,
+    out: &mut Vec<u64>,
+) -> Result<(), Error> {
     debug_assert!(page_size.is_power_of_two() && page_size >= 4096);
+    out.clear();
     let ps = page_size as u64;
     let total: usize = segments.iter().map(|s| s.len).fold(0usize, |a, l| a.saturating_add(l));
     if segments.is_empty() || total == 0 {
         return Err(Error::BadBuffer);
     }
-    let mut out = Vec::with_capacity(total / page_size + 2);
+    out.reserve(total / page_size + 2);
     let last = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
         if seg.len == 0 {
@@ -67,7 +81,7 @@ pub fn entries(segments: &[DmaSegment], page_size: usize, max_entries: usize) ->
             return Err(Error::BadBuffer);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// PRP1 and PRP2 of a one-segment buffer that spans at most two pages
@@ -136,6 +150,37 @@ pub fn build(entries: &[u64], list_pages: &[BusAddr], page_size: usize) -> Resul
             Ok(Prp { prp1: entries[0], prp2: list_pages[0].0, lists })
         }
     }
+}
+
+/// The bytes of list page `i` of the layout [`build`] makes for `entries`
+/// (little endian, into `out`, cleared first): what `build(..).lists[i]`
+/// serialises to, without building the lists. `next` is the bus address
+/// of list page `i + 1`, used only if this page chains to it. Returns
+/// false if there is no page `i` (fewer than three entries, or `i` past
+/// the last page) or the page chains and `next` is missing or not page
+/// aligned.
+pub fn list_page_into(entries: &[u64], i: usize, next: Option<BusAddr>, page_size: usize, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let per_page = page_size / 8;
+    if entries.len() < 3 || i >= list_pages_needed(entries.len(), page_size) {
+        return false;
+    }
+    // Every page before `i` chains, so it holds `per_page - 1` entries.
+    let Some(rest) = i.checked_mul(per_page - 1).and_then(|at| entries[1..].get(at..)) else { return false };
+    if rest.len() <= per_page {
+        out.reserve(rest.len() * 8);
+        for e in rest {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+        return true;
+    }
+    let Some(next) = next.filter(|n| n.page_offset(page_size) == 0) else { return false };
+    out.reserve(per_page * 8);
+    for e in &rest[..per_page - 1] {
+        out.extend_from_slice(&e.to_le_bytes());
+    }
+    out.extend_from_slice(&next.0.to_le_bytes());
+    true
 }
 
 /// Serialises one list page's entries (little endian).
@@ -257,8 +302,12 @@ mod tests {
         let prp = build(&e, &pages, PS).unwrap();
         assert_eq!(prp.lists.len(), n);
         let mut mem: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut bytes = Vec::new();
         for (i, l) in prp.lists.iter().enumerate() {
             assert!(l.len() <= PS / 8);
+            // The allocation-free layout the driver writes is the same.
+            assert!(list_page_into(&e, i, pages.get(i + 1).copied(), PS, &mut bytes));
+            assert_eq!(bytes, list_bytes(l), "list page {i}");
             mem.insert(pages[i].0, l.clone());
         }
         let total: usize = segs.iter().map(|s| s.len).sum();
@@ -275,7 +324,19 @@ mod tests {
             }
         }
         assert_eq!(chunks, want);
+        assert!(!list_page_into(&e, n, None, PS, &mut bytes), "no page past the last");
         prp
+    }
+
+    #[test]
+    fn list_page_refuses_a_missing_or_misaligned_chain() {
+        let e: Vec<u64> = (0..(PS / 8 + 2) as u64).map(|i| i * PS as u64).collect();
+        let mut bytes = Vec::new();
+        assert!(!list_page_into(&e, 0, None, PS, &mut bytes));
+        assert!(!list_page_into(&e, 0, Some(BusAddr(0x1008)), PS, &mut bytes));
+        assert!(list_page_into(&e, 0, Some(BusAddr(0x2000)), PS, &mut bytes));
+        assert!(list_page_into(&e, 1, None, PS, &mut bytes));
+        assert!(!list_page_into(&e[..2], 0, None, PS, &mut bytes));
     }
 
     #[test]

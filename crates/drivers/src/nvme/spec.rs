@@ -179,28 +179,21 @@ impl Sqe {
     }
 
     pub fn to_bytes(&self) -> [u8; 64] {
+        // Fixed offsets (the layout asserted above): straight-line stores.
         let mut b = [0u8; 64];
-        let dwords = [
-            self.cdw0,
-            self.nsid,
-            self.cdw2,
-            self.cdw3,
-            self.mptr as u32,
-            (self.mptr >> 32) as u32,
-            self.prp1 as u32,
-            (self.prp1 >> 32) as u32,
-            self.prp2 as u32,
-            (self.prp2 >> 32) as u32,
-            self.cdw10,
-            self.cdw11,
-            self.cdw12,
-            self.cdw13,
-            self.cdw14,
-            self.cdw15,
-        ];
-        for (i, d) in dwords.iter().enumerate() {
-            b[i * 4..i * 4 + 4].copy_from_slice(&d.to_le_bytes());
-        }
+        b[0..4].copy_from_slice(&self.cdw0.to_le_bytes());
+        b[4..8].copy_from_slice(&self.nsid.to_le_bytes());
+        b[8..12].copy_from_slice(&self.cdw2.to_le_bytes());
+        b[12..16].copy_from_slice(&self.cdw3.to_le_bytes());
+        b[16..24].copy_from_slice(&self.mptr.to_le_bytes());
+        b[24..32].copy_from_slice(&self.prp1.to_le_bytes());
+        b[32..40].copy_from_slice(&self.prp2.to_le_bytes());
+        b[40..44].copy_from_slice(&self.cdw10.to_le_bytes());
+        b[44..48].copy_from_slice(&self.cdw11.to_le_bytes());
+        b[48..52].copy_from_slice(&self.cdw12.to_le_bytes());
+        b[52..56].copy_from_slice(&self.cdw13.to_le_bytes());
+        b[56..60].copy_from_slice(&self.cdw14.to_le_bytes());
+        b[60..64].copy_from_slice(&self.cdw15.to_le_bytes());
         b
     }
 
