@@ -28,6 +28,7 @@ pub mod inflight;
 pub mod nic;
 pub mod nvme;
 pub mod pci;
+pub mod poll;
 
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;

@@ -13,6 +13,7 @@ use blkback::Blkback;
 use blkback::OpenRequest;
 use block::{Registry, View};
 use core::cell::RefCell;
+use drivers::poll::HybridPoll;
 use log::{error, info, warn};
 use netback::{NetConfig, Netback};
 use netpath::local::LocalConfig;
@@ -31,11 +32,6 @@ pub type Xs = XsClient<MappedPage, PortNotifier>;
 
 /// How often the backend's periodic work runs (and the longest idle sleep).
 const MAINTENANCE_NS: u64 = 250_000_000;
-/// Hybrid polling naps only when the disk usually takes at least this long
-/// (shorter naps cost more than they free: Xen's timer slop is 50 us).
-const NAP_WORTH_NS: u64 = 40_000;
-/// Longest nap while disk commands are outstanding.
-const NAP_MAX_NS: u64 = 2_000_000;
 /// Longest idle sleep while vifs are connected and a NIC is polled (it has
 /// no event channel: received frames wait at most this long).
 const NIC_IDLE_NS: u64 = 1_000_000;
@@ -318,11 +314,9 @@ impl<I: Image> Driver<I> {
         // Requests found right after a wait that timed out: a frontend
         // published them without an event reaching us (a lost wake-up).
         let mut after_timeout: Option<u64> = None;
-        // Hybrid polling: when the current wait for the disk began, whether
-        // we napped in it, and the running mean of such waits (ns).
-        let mut disk_wait_since: Option<u64> = None;
-        let mut napped = false;
-        let mut disk_wait_mean = 0u64;
+        // Hybrid polling: the disk's usual wait and how late naps end
+        // (drivers::poll).
+        let mut hp = HybridPoll::new();
         loop {
             // Bounded: the client's event queue is bounded.
             for _ in 0..64 {
@@ -365,7 +359,7 @@ impl<I: Image> Driver<I> {
                 }
             }
             if !busy {
-                disk_wait_since = None;
+                hp.idle();
                 let mut ports = self.blk.ports();
                 ports.extend(self.net.ports());
                 ports.push(self.store_port);
@@ -388,25 +382,24 @@ impl<I: Image> Driver<I> {
                 }
                 self.s.events.take_pending(self.store_port);
             } else if self.blk.progressed() {
-                if let Some(t0) = disk_wait_since.take() {
-                    let sample = runtime::time::now().saturating_sub(t0);
-                    disk_wait_mean =
-                        if disk_wait_mean == 0 { sample } else { disk_wait_mean - disk_wait_mean / 8 + sample / 8 };
-                }
+                hp.progressed(runtime::time::now());
             } else if self.blk.in_flight() > 0 {
-                // Only the disk is working.
+                // Only the disk is working: in hybrid mode nap for part of
+                // its usual wait (less the naps' measured lateness), then spin.
                 let now = runtime::time::now();
-                if disk_wait_since.is_none() {
-                    disk_wait_since = Some(now);
-                    napped = false;
-                }
-                if self.poll_mode == PollMode::Hybrid && !napped && disk_wait_mean >= NAP_WORTH_NS {
-                    napped = true;
+                let nap = match self.poll_mode {
+                    PollMode::Hybrid => hp.nap_until(now),
+                    PollMode::Spin => {
+                        hp.waiting(now);
+                        None
+                    }
+                };
+                if let Some(until) = nap {
                     c.naps += 1;
-                    let nap = (disk_wait_mean / 2).min(NAP_MAX_NS);
                     // Wakes early for a ring event (a new request).
                     let ports = self.blk.ports();
-                    let _ = self.s.events.wait_any(&ports, now + nap);
+                    let early = matches!(self.s.events.wait_any(&ports, until), Ok(true));
+                    hp.woke(until, runtime::time::now(), early);
                 }
             }
             let now = runtime::time::now();
@@ -420,7 +413,7 @@ impl<I: Image> Driver<I> {
                 c.errors = s.errors;
                 if c.requests != last.requests {
                     info!(
-                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, grant copy batches +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests), naps +{} (mean disk wait {} us, {:?} polling)",
+                        "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, grant copy batches +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests), naps +{} (mean disk wait {} us, naps end {} us late, {} waits spun for it, {:?} polling)",
                         c.requests,
                         c.requests - last.requests,
                         c.maps - last.maps,
@@ -431,7 +424,9 @@ impl<I: Image> Driver<I> {
                         c.timeouts - last.timeouts,
                         c.late - last.late,
                         c.naps - last.naps,
-                        disk_wait_mean / 1000,
+                        hp.wait_mean() / 1000,
+                        hp.overshoot_mean() / 1000,
+                        hp.spun,
                         self.poll_mode
                     );
                 }
