@@ -11,12 +11,25 @@
 #                  unit's address width, 0 contexts before init); Debian's: ENOSYS
 #  iommu-noop      noop: 0 (Debian: ENOSYS)
 #  iommu-unknown   sub-ops 13 and 0xffffffff: EOPNOTSUPP from the core (Debian: ENOSYS)
-#  iommu-notyet    reattach_device: EOPNOTSUPP (moving a device needs the core to drive
-#                  the VT-d unit: the next step); init reaches the core's policy (0,
-#                  then -EACCES for a second init) (Debian: ENOSYS)
+#  iommu-init      init reaches the core's policy (0, then -EACCES for a second init);
+#                  reattach_device with a zeroed argument reaches the core: 0000:00:00.0
+#                  (dom0's) to its default context, where it already is: 0 (Debian: ENOSYS)
 #  iommu-badarg    query_capabilities with a hostile argument pointer (unmapped 0x10,
 #                  Xen's direct map 0xffff830000000000): EFAULT, and Xen keeps running
 #                  (Debian: ENOSYS)
+#  iommu-reattach  Ferrite's Xen: a device in one of the core's contexts and back. dom0
+#                  writes 1 MiB of random data to the second NVMe (00:05.0, its own, not
+#                  used by anything else), takes 4 new pages of its own (labtool
+#                  own-pages), allocates a context, maps them (3 writable, 1 read-only),
+#                  reattaches 00:05.0 to it; debug key F then shows the context with the
+#                  device and mapped=4, and Xen's context entry for 00:05.0 pointing at
+#                  the core's table; the host bridge 00:00.0 is refused (EOPNOTSUPP), a
+#                  free of the busy context EBUSY; one page is unmapped (an IOTLB flush
+#                  through Xen); reattach to context 0 gives the device back to Xen's
+#                  mapping (the dump shows no device in a core context), the context is
+#                  freed and the pages returned; dom0 reads the 1 MiB back through the
+#                  device with O_DIRECT and gets the same sha256, and Xen logged no DMA
+#                  fault. Debian: SKIP (no PV-IOMMU)
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
 #                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
@@ -31,7 +44,9 @@
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
+# LAB-QEMU-NVME: 64M 16M
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -81,9 +96,9 @@ if [ "$KIND" = ferrite ]; then
     [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-unknown "sub-ops 13 and 0xffffffff: EOPNOTSUPP" \
         || lab_fail iommu-unknown "sub-op 13: $e1, 0xffffffff: $e2 (expected EOPNOTSUPP)"
     op 5; e1=$ERR; op 2; e2=$ERR; op 2; r3=$(field rc)
-    [ "$e1" = EOPNOTSUPP ] && [ "$e2" = OK ] && [ "$r3" = -13 ] \
-        && lab_pass iommu-notyet "reattach_device: $e1 (devices move when the core drives the unit: the next step); init reaches the core's policy: OK, then -EACCES" \
-        || lab_fail iommu-notyet "reattach_device: $e1 (want EOPNOTSUPP); init: $e2 (want OK); second init rc $r3 (want -13)"
+    [ "$e1" = OK ] && [ "$e2" = OK ] && [ "$r3" = -13 ] \
+        && lab_pass iommu-init "init reaches the core's policy: OK, then -EACCES; reattach_device (zeroed: 0000:00:00.0 to context 0, where it is): OK" \
+        || lab_fail iommu-init "reattach_device: $e1 (want OK); init: $e2 (want OK); second init rc $r3 (want -13)"
     op 1 0x10; e1=$ERR; op 1 0xffff830000000000; e2=$ERR
     if [ "$e1" = EFAULT ] && [ "$e2" = EFAULT ] && xl info >/dev/null 2>&1; then
         lab_pass iommu-badarg "argument at 0x10: EFAULT, at Xen's 0xffff830000000000: EFAULT; xl info still works"
@@ -93,12 +108,81 @@ if [ "$KIND" = ferrite ]; then
 else
     [ "$boot_ok" = yes ] && lab_pass xen-boot "Debian's Xen $ver is running" || lab_fail xen-boot "xl info says '$ver'"
     [ "$ERR" = ENOSYS ] && lab_pass iommu-caps "stock Xen: query_capabilities gets ENOSYS (no PV-IOMMU)" || lab_fail iommu-caps "stock Xen: '$OUT' (expected ENOSYS)"
-    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-notyet 2" "iommu-badarg 1 0x10"; do
+    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-init 2" "iommu-badarg 1 0x10"; do
         set -- $t
         name=$1; shift
         op "$@"
         [ "$ERR" = ENOSYS ] && lab_pass "$name" "stock Xen: iommu-op $* gets ENOSYS" || lab_fail "$name" "stock Xen: '$OUT' (expected ENOSYS)"
     done
+fi
+
+# ---- a device in one of the core's contexts, and back (Ferrite's Xen)
+DEV2=0000:00:05.0
+# The debug key's newest line containing $1 (after the dump just taken).
+dump_line() { xl dmesg | grep -a "ferrite-iommu: $1" | tail -n 1 | sed 's/^.*ferrite-iommu: //'; }
+reattach_test() {
+    local blk want got pages mfns ctx i e_host e_busy e_unmap dctx unit back unit2 faults why=""
+    blk=$(ls /sys/bus/pci/devices/$DEV2/nvme/*/ 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
+    [ -n "$blk" ] || { lab_fail iommu-reattach "no NVMe namespace of $DEV2 in dom0"; return; }
+    dd if=/dev/urandom of=/tmp/rand.bin bs=64k count=16 2>/dev/null
+    dd if=/tmp/rand.bin of=/dev/$blk bs=64k oflag=direct 2>/dev/null && sync
+    want=$(sha256sum </tmp/rand.bin | cut -c1-64)
+    pages=$(labtool own-pages 4 | grep '^LAB-PAGES')
+    lab_info "dom0's NVMe $DEV2 is /dev/$blk; $pages"
+    mfns=$(echo "$pages" | sed -n 's/.* mfns=\([0-9a-fx,]*\).*/\1/p' | tr ',' ' ')
+    [ "$(echo $mfns | wc -w)" = 4 ] || { lab_fail iommu-reattach "no pages: $pages"; return; }
+    op 3; ctx=$(field ctx)
+    [ "$ERR" = OK ] || { lab_fail iommu-reattach "alloc_context: $OUT"; return; }
+    i=0
+    for m in $mfns; do
+        [ $i = 3 ] && fl=1 || fl=3
+        op 6 ctx=$ctx gfn=$m dfn=$((0x100 + i)) flags=$fl nr=1
+        [ "$ERR" = OK ] && [ "$(field mapped)" = 1 ] || why="$why map $m: $OUT;"
+        i=$((i + 1))
+    done
+    op 5 ctx=$ctx dev=0000:00:00.0; e_host=$ERR
+    op 5 ctx=$ctx dev=$DEV2
+    [ "$ERR" = OK ] || why="$why reattach to ctx $ctx: $OUT;"
+    op 4 ctx=$ctx flags=0; e_busy=$ERR
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    dctx=$(dump_line "d0 ctx$ctx ")
+    unit=$(dump_line "unit: $DEV2 ")
+    lab_info "in the context: $dctx"
+    lab_info "in the context: $unit"
+    op 7 ctx=$ctx dfn=0x103 nr=1; e_unmap=$ERR
+    op 5 ctx=0 dev=$DEV2
+    [ "$ERR" = OK ] || why="$why reattach to ctx 0: $OUT;"
+    op 4 ctx=$ctx flags=0
+    [ "$ERR" = OK ] || why="$why free: $OUT;"
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    back=$(dump_line "d0 ctx0 ")
+    unit2=$(dump_line "unit: devices")
+    lab_info "back: $back"
+    lab_info "back: $unit2"
+    lab_info "$(labtool release-pages $mfns | grep '^LAB-PAGES')"
+    echo 3 >/proc/sys/vm/drop_caches
+    got=$(dd if=/dev/$blk bs=64k count=16 iflag=direct 2>/dev/null | sha256sum | cut -c1-64)
+    faults=$(xl dmesg | grep -aiE 'DMAR:\[|fault addr|PTE Read access' | grep -c '05.0' )
+    case "$dctx" in *"Paged did="*" mapped=4 devs=[$DEV2]") ;; *) why="$why dump of ctx $ctx: '$dctx';" ;; esac
+    case "$unit" in *"present=1 "*": the core's table") ;; *) why="$why Xen's entry: '$unit';" ;; esac
+    case "$back" in *"$DEV2"*) ;; *) why="$why not back in ctx0: '$back';" ;; esac
+    case "$unit2" in *"devices in core contexts=0 hardware domain ids=0 failures=0"*) ;; *) why="$why unit after: '$unit2';" ;; esac
+    [ "$e_host" = EOPNOTSUPP ] || why="$why host bridge: $e_host (want EOPNOTSUPP);"
+    [ "$e_busy" = EBUSY ] || why="$why free while attached: $e_busy (want EBUSY);"
+    [ "$e_unmap" = OK ] || why="$why unmap: $e_unmap;"
+    [ "$got" = "$want" ] || why="$why data read back after: ${got:-none} (want $want);"
+    [ "$faults" = 0 ] || why="$why $faults DMA fault lines for 05.0 in xl dmesg;"
+    if [ -z "$why" ]; then
+        lab_pass iommu-reattach "$DEV2 in context $ctx of dom0 (4 pages mapped; Xen's context entry on the core's table), host bridge refused, busy free EBUSY, unmap flushed, back to context 0 (Xen's mapping), freed; 1 MiB read back through the device intact"
+    else
+        lab_fail iommu-reattach "$why"
+        xl dmesg | grep -a 'ferrite-iommu\|VT-D\|DMAR' | tail -n 12 | sed 's/^/LAB-INFO   | /'
+    fi
+}
+if [ "$KIND" = ferrite ]; then
+    reattach_test
+else
+    lab_skip iommu-reattach "stock Xen: no PV-IOMMU"
 fi
 
 # ---- Ferrite (the product) under this hypervisor

@@ -464,6 +464,8 @@ pub extern "C" fn ferrite_iommu_dump() {
             let mut w = Lines::new();
             let _ = core.dump(&mut w);
             w.flush();
+            let _ = core.hw_mut().dump(&mut w);
+            w.flush();
             let (devs, ids) = core.hw_mut().attached();
             log!(
                 "unit: devices in core contexts={} hardware domain ids={} failures={}",
@@ -714,6 +716,11 @@ mod tests {
         assert!(id > 0x7fff, "a Xen pseudo domain id");
         let d = dump(&mut st);
         assert!(d.contains(&format!("d0 ctx{ctx} Paged did=3 mapped=3 devs=[0000:00:02.0]")), "{d}");
+        let State::Up(core, _) = &mut st else { panic!("core not up") };
+        let mut u = String::new();
+        core.hw_mut().dump(&mut u).unwrap();
+        assert!(u.contains(&format!("unit: 0000:00:02.0 core did 3 (Xen id {id:#x}) root {root:#x}")), "{u}");
+        assert!(u.contains(": the core's table"), "{u}");
         // A second context gets its own hardware id; moving between them keeps each.
         let (_, arg) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
         let ctx2 = Alloc::parse(&arg).unwrap().ctx_no;

@@ -35,6 +35,7 @@
 //! Xen refuses devices behind another one.
 
 use alloc::collections::BTreeMap;
+use core::fmt::{self, Write};
 
 use iommu_core::hw::{AttachError, Hardware};
 use iommu_core::hw::{DESCS_PER_PAGE, DESC_SIZE};
@@ -57,8 +58,8 @@ pub struct XenUnit {
     /// tags the context's entries.
     hw_ids: BTreeMap<u16, u16>,
     /// Devices whose context entry in Xen's table points at a core
-    /// context: source id → core domain id.
-    attached: BTreeMap<Sid, u16>,
+    /// context: source id → (core domain id, table root).
+    attached: BTreeMap<Sid, (u16, Mfn)>,
     /// Flushes Xen reported failed, and detaches that had to block the
     /// device instead of restoring its owner's mapping.
     pub failures: u64,
@@ -87,6 +88,40 @@ impl XenUnit {
     /// Devices attached to core contexts, and hardware domain ids held.
     pub fn attached(&self) -> (usize, usize) {
         (self.attached.len(), self.hw_ids.len())
+    }
+
+    /// One line per device in a core context: the core's view, and the
+    /// context entry Xen's table holds for it (what the unit reads).
+    pub fn dump(&self, out: &mut dyn Write) -> fmt::Result {
+        for (sid, &(did, root)) in &self.attached {
+            let id = self.hw_ids.get(&did).copied().unwrap_or(0);
+            write!(
+                out,
+                "unit: 0000:{:02x}:{:02x}.{} core did {} (Xen id {:#x}) root {:#x}; Xen's entry: ",
+                sid.bus(),
+                sid.devfn() >> 3,
+                sid.devfn() & 7,
+                did,
+                id,
+                root.addr()
+            )?;
+            match xen::vtd_read_entry(sid.bus(), sid.devfn()) {
+                Some((lo, hi)) => {
+                    let (present, eroot, hw_did) = (lo & 1 == 1, lo & !0xfff, (hi >> 8) & 0xffff);
+                    let ok = present && eroot == root.addr();
+                    writeln!(
+                        out,
+                        "present={} root={:#x} hw-did={:#x}: {}",
+                        present as u8,
+                        eroot,
+                        hw_did,
+                        if ok { "the core's table" } else { "NOT the core's table" }
+                    )?;
+                }
+                None => writeln!(out, "no context table")?,
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self, g: IotlbGranularity) {
@@ -189,7 +224,7 @@ impl Hardware for XenUnit {
             });
         }
         self.hw_ids.insert(did, pseudo);
-        self.attached.insert(sid, did);
+        self.attached.insert(sid, (did, root));
         Ok(())
     }
 
@@ -201,7 +236,7 @@ impl Hardware for XenUnit {
     }
 
     fn release_did(&mut self, did: u16) {
-        if self.attached.values().any(|&d| d == did) {
+        if self.attached.values().any(|&(d, _)| d == did) {
             // Cannot happen (the core detaches first); keep the id rather
             // than let Xen reuse one a device still uses.
             self.failures += 1;

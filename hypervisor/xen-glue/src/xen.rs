@@ -31,6 +31,15 @@ extern "C" {
     fn ferrite_vtd_domid_free(domid: u16);
     fn ferrite_vtd_flush(domid: u16, addr: u64, order: i32) -> i32;
     fn ferrite_vtd_sync_cache(maddr: u64, len: u64);
+    fn ferrite_vtd_read_entry(bus: u8, devfn: u8, lo: *mut u64, hi: *mut u64) -> i32;
+}
+
+/// The context entry (low, high) the unit reads for 0000:`bus`:`devfn`
+/// from Xen's table; `None` if the bus has no context table.
+pub fn vtd_read_entry(bus: u8, devfn: u8) -> Option<(u64, u64)> {
+    let (mut lo, mut hi) = (0u64, 0u64);
+    // SAFETY: both pointers are valid for one u64 write each; Xen only reads its tables.
+    (unsafe { ferrite_vtd_read_entry(bus, devfn, &mut lo, &mut hi) } == 1).then_some((lo, hi))
 }
 
 /// Points device 0000:`bus`:`devfn`'s context entry (in Xen's table) at the

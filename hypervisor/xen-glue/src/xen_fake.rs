@@ -229,3 +229,11 @@ pub fn vtd_flush(domid: u16, page: Option<(u64, u8)>) -> bool {
 }
 
 pub fn sync_cache(_maddr: u64, _len: u64) {}
+
+/// The fake Xen's entry: what attach wrote (present, the root, hardware did = !id).
+pub fn vtd_read_entry(bus: u8, devfn: u8) -> Option<(u64, u64)> {
+    state::VTD.with(|v| {
+        let v = v.borrow();
+        Some(v.attached.get(&(bus, devfn)).map_or((0, 0), |&(root, id)| (root | 1, u64::from(!id) << 8 | 1)))
+    })
+}
