@@ -19,17 +19,24 @@
 #                  (Debian: ENOSYS)
 #  iommu-reattach  Ferrite's Xen: a device in one of the core's contexts and back. dom0
 #                  writes 1 MiB of random data to the second NVMe (00:05.0, its own, not
-#                  used by anything else), takes 4 new pages of its own (labtool
-#                  own-pages), allocates a context, maps them (3 writable, 1 read-only),
+#                  used by anything else), unbinds Linux's driver from it, takes 4 new
+#                  pages of its own (labtool own-pages), allocates a context, maps them
+#                  (2 writable, 2 read-only),
 #                  reattaches 00:05.0 to it; debug key F then shows the context with the
 #                  device and mapped=4, and Xen's context entry for 00:05.0 pointing at
 #                  the core's table; the host bridge 00:00.0 is refused (EOPNOTSUPP), a
 #                  free of the busy context EBUSY; one page is unmapped (an IOTLB flush
 #                  through Xen); reattach to context 0 gives the device back to Xen's
 #                  mapping (the dump shows no device in a core context), the context is
-#                  freed and the pages returned; dom0 reads the 1 MiB back through the
-#                  device with O_DIRECT and gets the same sha256, and Xen logged no DMA
-#                  fault. Debian: SKIP (no PV-IOMMU)
+#                  freed and the pages returned; Linux's nvme driver (unbound for the
+#                  test) is bound again and reads the 1 MiB back with O_DIRECT: the same
+#                  sha256. Debian: SKIP (no PV-IOMMU)
+#  iommu-dma       the same context, DMA through it: labtool drives 00:05.0 from dom0
+#                  (admin queues at IOVAs 0x100000/0x101000 of the context): Identify
+#                  into IOVA 0x102000 lands in the mapped page (serial ferrite-nvme1);
+#                  into the read-only 0x103000 and the unmapped 0x200000 it fails with
+#                  an error status, the read-only page unchanged, and Xen logs VT-d DMA
+#                  faults for 00:05.0. Debian: SKIP
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
 #                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
@@ -44,7 +51,7 @@
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
 . /lab/common.sh
@@ -120,22 +127,38 @@ fi
 DEV2=0000:00:05.0
 # The debug key's newest line containing $1 (after the dump just taken).
 dump_line() { xl dmesg | grep -a "ferrite-iommu: $1" | tail -n 1 | sed 's/^.*ferrite-iommu: //'; }
+# VT-d fault lines Xen logged for 00:05.0 so far.
+dma_faults() { xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac '00:05.0'; }
+# dom0's block device of $DEV2's first namespace (waits up to $1 s for it).
+nvme_blk() {
+    local end=$(now_after "${1:-0}") b
+    while :; do
+        b=$(ls /sys/bus/pci/devices/$DEV2/nvme/*/ 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
+        [ -n "$b" ] && [ -e /dev/$b ] && { echo "$b"; return 0; }
+        past "$end" && return 1
+        sleep 0.5
+    done
+}
 reattach_test() {
-    local blk want got pages mfns ctx i e_host e_busy e_unmap dctx unit back unit2 faults why=""
-    blk=$(ls /sys/bus/pci/devices/$DEV2/nvme/*/ 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
-    [ -n "$blk" ] || { lab_fail iommu-reattach "no NVMe namespace of $DEV2 in dom0"; return; }
+    local blk want got pages mfns ctx i fl e_host e_busy e_unmap dctx unit back unit2 f0 f1 nv why="" dwhy=""
+    blk=$(nvme_blk 10) || { lab_fail iommu-reattach "no NVMe namespace of $DEV2 in dom0"; lab_fail iommu-dma "no device"; return; }
     dd if=/dev/urandom of=/tmp/rand.bin bs=64k count=16 2>/dev/null
     dd if=/tmp/rand.bin of=/dev/$blk bs=64k oflag=direct 2>/dev/null && sync
     want=$(sha256sum </tmp/rand.bin | cut -c1-64)
+    # Linux lets go of the controller; labtool drives it below.
+    echo $DEV2 >/sys/bus/pci/drivers/nvme/unbind
     pages=$(labtool own-pages 4 | grep '^LAB-PAGES')
-    lab_info "dom0's NVMe $DEV2 is /dev/$blk; $pages"
+    lab_info "dom0's NVMe $DEV2 (was /dev/$blk, unbound); $pages"
     mfns=$(echo "$pages" | sed -n 's/.* mfns=\([0-9a-fx,]*\).*/\1/p' | tr ',' ' ')
-    [ "$(echo $mfns | wc -w)" = 4 ] || { lab_fail iommu-reattach "no pages: $pages"; return; }
+    [ "$(echo $mfns | wc -w)" = 4 ] || { lab_fail iommu-reattach "no pages: $pages"; lab_fail iommu-dma "no pages"; return; }
+    set -- $mfns
     op 3; ctx=$(field ctx)
-    [ "$ERR" = OK ] || { lab_fail iommu-reattach "alloc_context: $OUT"; return; }
+    [ "$ERR" = OK ] || { lab_fail iommu-reattach "alloc_context: $OUT"; lab_fail iommu-dma "no context"; return; }
+    # dfn 0x100: the submission queue (the device reads it), 0x101: the completion
+    # queue, 0x102: Identify data, 0x103: a read-only page the device must not write.
     i=0
     for m in $mfns; do
-        [ $i = 3 ] && fl=1 || fl=3
+        case $i in 0|3) fl=1 ;; *) fl=3 ;; esac
         op 6 ctx=$ctx gfn=$m dfn=$((0x100 + i)) flags=$fl nr=1
         [ "$ERR" = OK ] && [ "$(field mapped)" = 1 ] || why="$why map $m: $OUT;"
         i=$((i + 1))
@@ -149,6 +172,17 @@ reattach_test() {
     unit=$(dump_line "unit: $DEV2 ")
     lab_info "in the context: $dctx"
     lab_info "in the context: $unit"
+    # DMA through the context: Identify into the mapped page, then into the
+    # read-only page and an unmapped IOVA (both must fault, the page unchanged).
+    f0=$(dma_faults)
+    nv=$(labtool nvme-identify $DEV2 SQ=0x100000:$1 CQ=0x101000:$2 DATA=0x102000:$3 DATA=0x103000:$4 DATA=0x200000 2>&1)
+    echo "$nv" | grep '^LAB-NVME' | sed 's/^/LAB-INFO /'
+    sleep 0.5
+    f1=$(dma_faults)
+    case "$nv" in *"cmd=1 data=0x102000 status=0 "*"page=written serial=ferrite-nvme1"*) ;; *) dwhy="$dwhy Identify into the mapped page failed;" ;; esac
+    echo "$nv" | grep -q 'cmd=2 data=0x103000 status=[1-9].* page=unchanged' || dwhy="$dwhy write to the read-only page not refused;"
+    echo "$nv" | grep -q 'cmd=3 data=0x200000 status=[1-9]' || dwhy="$dwhy write to an unmapped IOVA not refused;"
+    [ $((f1 - f0)) -ge 2 ] || dwhy="$dwhy $((f1 - f0)) new DMA fault lines for 00:05.0 in xl dmesg (want 2 or more);"
     op 7 ctx=$ctx dfn=0x103 nr=1; e_unmap=$ERR
     op 5 ctx=0 dev=$DEV2
     [ "$ERR" = OK ] || why="$why reattach to ctx 0: $OUT;"
@@ -160,9 +194,11 @@ reattach_test() {
     lab_info "back: $back"
     lab_info "back: $unit2"
     lab_info "$(labtool release-pages $mfns | grep '^LAB-PAGES')"
+    # Linux takes the controller back (in its default context again) and reads the data.
+    echo $DEV2 >/sys/bus/pci/drivers/nvme/bind
+    blk=$(nvme_blk 30) || blk=none
     echo 3 >/proc/sys/vm/drop_caches
     got=$(dd if=/dev/$blk bs=64k count=16 iflag=direct 2>/dev/null | sha256sum | cut -c1-64)
-    faults=$(xl dmesg | grep -aiE 'DMAR:\[|fault addr|PTE Read access' | grep -c '05.0' )
     case "$dctx" in *"Paged did="*" mapped=4 devs=[$DEV2]") ;; *) why="$why dump of ctx $ctx: '$dctx';" ;; esac
     case "$unit" in *"present=1 "*": the core's table") ;; *) why="$why Xen's entry: '$unit';" ;; esac
     case "$back" in *"$DEV2"*) ;; *) why="$why not back in ctx0: '$back';" ;; esac
@@ -170,19 +206,24 @@ reattach_test() {
     [ "$e_host" = EOPNOTSUPP ] || why="$why host bridge: $e_host (want EOPNOTSUPP);"
     [ "$e_busy" = EBUSY ] || why="$why free while attached: $e_busy (want EBUSY);"
     [ "$e_unmap" = OK ] || why="$why unmap: $e_unmap;"
-    [ "$got" = "$want" ] || why="$why data read back after: ${got:-none} (want $want);"
-    [ "$faults" = 0 ] || why="$why $faults DMA fault lines for 05.0 in xl dmesg;"
+    [ "$got" = "$want" ] || why="$why data read back by Linux after: ${got:-none} from /dev/$blk (want $want);"
     if [ -z "$why" ]; then
-        lab_pass iommu-reattach "$DEV2 in context $ctx of dom0 (4 pages mapped; Xen's context entry on the core's table), host bridge refused, busy free EBUSY, unmap flushed, back to context 0 (Xen's mapping), freed; 1 MiB read back through the device intact"
+        lab_pass iommu-reattach "$DEV2 in context $ctx of dom0 (4 pages mapped; Xen's context entry on the core's table), host bridge refused, busy free EBUSY, unmap flushed, back to context 0 (Xen's mapping), freed; Linux's driver rebound and read 1 MiB back intact"
     else
         lab_fail iommu-reattach "$why"
-        xl dmesg | grep -a 'ferrite-iommu\|VT-D\|DMAR' | tail -n 12 | sed 's/^/LAB-INFO   | /'
     fi
+    if [ -z "$dwhy" ]; then
+        lab_pass iommu-dma "through the context: Identify landed in the mapped page (serial ferrite-nvme1); a write to the read-only page and one to an unmapped IOVA failed (page unchanged), $((f1 - f0)) DMA fault lines for 00:05.0 in xl dmesg"
+    else
+        lab_fail iommu-dma "$dwhy"
+    fi
+    [ -z "$why$dwhy" ] || xl dmesg | grep -a 'ferrite-iommu\|VT-D\|DMAR' | tail -n 12 | sed 's/^/LAB-INFO   | /'
 }
 if [ "$KIND" = ferrite ]; then
     reattach_test
 else
     lab_skip iommu-reattach "stock Xen: no PV-IOMMU"
+    lab_skip iommu-dma "stock Xen: no PV-IOMMU"
 fi
 
 # ---- Ferrite (the product) under this hypervisor

@@ -20,6 +20,10 @@
  *                          XENMEM_increase_reservation); prints "LAB-PAGES ... mfns=".
  *   labtool release-pages MFN...
  *                          give them back (decrease_reservation, max_mem - N).
+ *   labtool nvme-identify SBDF SQ=IOVA:MFN CQ=IOVA:MFN DATA=IOVA[:MFN]...
+ *                          drive an NVMe controller (unbound from Linux) from here:
+ *                          admin queues and Identify data at the given bus
+ *                          addresses (see run_nvme_identify).
  *
  * Protocol keys live under /local/domain/<domid>/data/ferrite/test/ (see lab/README.md).
  * Ioctl numbers and structures come from the kernel's uapi headers
@@ -660,12 +664,204 @@ static int run_pages(int release, int n, char **args)
     return r == (long)count ? 0 : 1;
 }
 
+/*
+ * A minimal NVMe admin path from dom0 userspace, for PV-IOMMU DMA tests: the
+ * controller (unbound from Linux's driver) gets its admin queues at bus
+ * addresses the test chose (IOVAs of a PV-IOMMU context) and runs Identify
+ * Controller commands whose data lands at other chosen bus addresses. The
+ * pages behind them are dom0's own (labtool own-pages), mapped here by
+ * machine frame through privcmd so the CPU side can fill and check them.
+ *
+ *   labtool nvme-identify SBDF SQ=IOVA:MFN CQ=IOVA:MFN DATA=IOVA[:MFN]...
+ *
+ * One Identify per DATA, in order; for each, one line
+ *   LAB-NVME cmd=N data=IOVA status=0xS [serial=...] [page=unchanged|written]
+ * (status -1: no completion within 5 s; the controller is disabled at the end).
+ */
+struct privcmd_mmapbatch_v2 {
+    unsigned int num;
+    domid_t dom;
+    uint64_t addr;
+    const uint64_t *arr;
+    int *err;
+};
+#define IOCTL_PRIVCMD_MMAPBATCH_V2 _IOC(_IOC_NONE, 'P', 4, sizeof(struct privcmd_mmapbatch_v2))
+
+/* dom0's own machine frame, mapped read-write into this process. */
+static uint8_t *map_own_mfn(int fd, uint64_t mfn)
+{
+    uint8_t *va = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (va == MAP_FAILED)
+        return NULL;
+    int err = 0;
+    struct privcmd_mmapbatch_v2 b = { .num = 1, .dom = 0x7ff0 /* DOMID_SELF */, .addr = (uintptr_t)va, .arr = &mfn, .err = &err };
+    if (ioctl(fd, IOCTL_PRIVCMD_MMAPBATCH_V2, &b) < 0 || err) {
+        munmap(va, PAGE);
+        return NULL;
+    }
+    return va;
+}
+
+static volatile uint8_t *nvme_bar;
+static uint32_t rd32(unsigned off) { return *(volatile uint32_t *)(nvme_bar + off); }
+static uint64_t rd64(unsigned off) { return rd32(off) | (uint64_t)rd32(off + 4) << 32; }
+static void wr32(unsigned off, uint32_t v) { __sync_synchronize(); *(volatile uint32_t *)(nvme_bar + off) = v; }
+static void wr64(unsigned off, uint64_t v) { wr32(off, (uint32_t)v); wr32(off + 4, v >> 32); }
+
+/* Wait up to `secs` for CSTS.RDY == rdy (or CSTS.CFS); 0 if reached. */
+static int nvme_wait_rdy(int rdy, double secs)
+{
+    double end = now() + secs;
+    while (now() < end) {
+        uint32_t c = rd32(0x1c);
+        if (c & 2)
+            return -2;
+        if ((c & 1) == (uint32_t)rdy)
+            return 0;
+        usleep(1000);
+    }
+    return -1;
+}
+
+static int parse_iova_mfn(const char *s, uint64_t *iova, uint64_t *mfn)
+{
+    char *end;
+    *iova = strtoull(s, &end, 0);
+    *mfn = 0;
+    if (*end == ':')
+        *mfn = strtoull(end + 1, &end, 0);
+    return *end ? -1 : 0;
+}
+
+static int run_nvme_identify(int argc, char **argv)
+{
+    char path[128], cfg[128];
+    uint64_t sq_iova = 0, sq_mfn = 0, cq_iova = 0, cq_mfn = 0, data_iova[8], data_mfn[8];
+    int ndata = 0;
+    for (int i = 1; i < argc; i++) {
+        uint64_t a, m;
+        const char *v = strchr(argv[i], '=');
+        if (!v || parse_iova_mfn(v + 1, &a, &m)) {
+            printf("LAB-NVME error=bad-arg:%s\n", argv[i]);
+            return 2;
+        }
+        if (strncmp(argv[i], "SQ=", 3) == 0) { sq_iova = a; sq_mfn = m; }
+        else if (strncmp(argv[i], "CQ=", 3) == 0) { cq_iova = a; cq_mfn = m; }
+        else if (strncmp(argv[i], "DATA=", 5) == 0 && ndata < 8) { data_iova[ndata] = a; data_mfn[ndata++] = m; }
+    }
+    if (!sq_mfn || !cq_mfn || !ndata) {
+        printf("LAB-NVME error=need-SQ-CQ-DATA\n");
+        return 2;
+    }
+    int fd = privcmd_open();
+    uint8_t *sq = fd >= 0 ? map_own_mfn(fd, sq_mfn) : NULL;
+    uint8_t *cq = fd >= 0 ? map_own_mfn(fd, cq_mfn) : NULL;
+    if (!sq || !cq) {
+        printf("LAB-NVME error=map-queues:%s\n", strerror(errno));
+        return 2;
+    }
+    uint8_t *data[8] = { 0 };
+    for (int i = 0; i < ndata; i++)
+        if (data_mfn[i] && !(data[i] = map_own_mfn(fd, data_mfn[i]))) {
+            printf("LAB-NVME error=map-data:%s\n", strerror(errno));
+            return 2;
+        }
+    /* Memory space and bus mastering on (the PCI command register). */
+    snprintf(cfg, sizeof cfg, "/sys/bus/pci/devices/%s/config", argv[0]);
+    int cf = open(cfg, O_RDWR);
+    uint16_t cmd = 0;
+    if (cf < 0 || pread(cf, &cmd, 2, 4) != 2) {
+        printf("LAB-NVME error=config:%s\n", strerror(errno));
+        return 2;
+    }
+    cmd |= 0x6;
+    if (pwrite(cf, &cmd, 2, 4) != 2) {
+        printf("LAB-NVME error=config-write:%s\n", strerror(errno));
+        return 2;
+    }
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/resource0", argv[0]);
+    int bf = open(path, O_RDWR | O_SYNC);
+    nvme_bar = bf >= 0 ? mmap(NULL, 0x2000, PROT_READ | PROT_WRITE, MAP_SHARED, bf, 0) : MAP_FAILED;
+    if (nvme_bar == MAP_FAILED) {
+        printf("LAB-NVME error=bar:%s\n", strerror(errno));
+        return 2;
+    }
+    uint64_t cap = rd64(0);
+    unsigned dstrd = 4u << ((cap >> 32) & 0xf);
+    double to = ((cap >> 24) & 0xff) * 0.5 + 1;
+    wr32(0x14, 0); /* CC.EN = 0: reset */
+    if (nvme_wait_rdy(0, to)) {
+        printf("LAB-NVME error=reset-timeout csts=0x%x\n", rd32(0x1c));
+        return 1;
+    }
+    memset(sq, 0, PAGE);
+    memset(cq, 0, PAGE);
+    wr32(0x24, (15u << 16) | 15u); /* 16 entries each */
+    wr64(0x28, sq_iova);
+    wr64(0x30, cq_iova);
+    wr32(0x14, 1u | (6u << 16) | (4u << 20)); /* EN, 4 KiB pages, 64/16-byte entries */
+    if (nvme_wait_rdy(1, to)) {
+        printf("LAB-NVME error=enable csts=0x%x\n", rd32(0x1c));
+        return 1;
+    }
+    int rc = 0;
+    for (int i = 0; i < ndata; i++) {
+        if (data[i])
+            for (unsigned k = 0; k < PAGE; k++)
+                data[i][k] = pattern_dom0(k);
+        uint8_t *e = sq + i * 64;
+        memset(e, 0, 64);
+        put32(e + 0, 0x06 | ((uint32_t)(i + 1) << 16)); /* Identify, cid */
+        put64(e + 24, data_iova[i]);                    /* PRP1 */
+        put32(e + 40, 1);                               /* CNS 1: controller */
+        wr32(0x1000, i + 1);                            /* SQ 0 tail */
+        double end = now() + 5;
+        long status = -1;
+        volatile uint8_t *c = cq + i * 16;
+        while (now() < end) {
+            uint32_t dw3 = *(volatile uint32_t *)(c + 12);
+            if (dw3 & 0x10000) {
+                status = (dw3 >> 17) & 0x7fff;
+                break;
+            }
+            if (rd32(0x1c) & 2)
+                break;
+            usleep(1000);
+        }
+        wr32(0x1000 + dstrd, i + 1); /* CQ 0 head */
+        printf("LAB-NVME cmd=%d data=0x%llx status=%ld csts=0x%x", i + 1, (unsigned long long)data_iova[i], status, rd32(0x1c));
+        if (data[i]) {
+            if (first_mismatch(data[i], pattern_dom0, 0) < 0)
+                printf(" page=unchanged");
+            else {
+                char serial[21];
+                memcpy(serial, data[i] + 4, 20);
+                serial[20] = 0;
+                for (int k = 19; k >= 0 && serial[k] == ' '; k--)
+                    serial[k] = 0;
+                printf(" page=written serial=%s", serial);
+            }
+        }
+        printf("\n");
+        fflush(stdout);
+        if (status < 0) {
+            rc = 1;
+            break;
+        }
+    }
+    wr32(0x14, 0); /* disable: the controller lets go of the queues */
+    nvme_wait_rdy(0, to);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 3 && strcmp(argv[1], "iommu-op") == 0)
         return run_iommu_op(strtoul(argv[2], NULL, 0), argc - 3, argv + 3);
     if (argc == 3 && strcmp(argv[1], "own-pages") == 0)
         return run_pages(0, 1, argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "nvme-identify") == 0)
+        return run_nvme_identify(argc - 2, argv + 2);
     if (argc >= 3 && strcmp(argv[1], "release-pages") == 0)
         return run_pages(1, argc - 2, argv + 2);
     if (argc == 3 && strcmp(argv[1], "dom0") == 0)
@@ -673,6 +869,6 @@ int main(int argc, char **argv)
     if (argc == 2 && strcmp(argv[1], "peer") == 0)
         return run_peer();
     fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer | labtool iommu-op SUBOP [ADDR | FIELD=VALUE...]\n"
-                    "       labtool own-pages N | labtool release-pages MFN...\n");
+                    "       labtool own-pages N | labtool release-pages MFN... | labtool nvme-identify SBDF SQ=.. CQ=.. DATA=..\n");
     return 2;
 }
