@@ -11,7 +11,8 @@
 #                  unit's address width, 0 contexts before init); Debian's: ENOSYS
 #  iommu-noop      noop: 0 (Debian: ENOSYS)
 #  iommu-unknown   sub-ops 13 and 0xffffffff: EOPNOTSUPP from the core (Debian: ENOSYS)
-#  iommu-init      init reaches the core's policy (0, then -EACCES for a second init);
+#  iommu-init      init (8 contexts, 2^6 table pages) reaches the core's policy (0, then
+#                  -EACCES for a second init);
 #                  reattach_device with a zeroed argument reaches the core: 0000:00:00.0
 #                  (dom0's) to its default context, where it already is: 0 (Debian: ENOSYS)
 #  iommu-badarg    query_capabilities with a hostile argument pointer (unmapped 0x10,
@@ -102,9 +103,9 @@ if [ "$KIND" = ferrite ]; then
     op 13; e1=$ERR; op 0xffffffff; e2=$ERR
     [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-unknown "sub-ops 13 and 0xffffffff: EOPNOTSUPP" \
         || lab_fail iommu-unknown "sub-op 13: $e1, 0xffffffff: $e2 (expected EOPNOTSUPP)"
-    op 5; e1=$ERR; op 2; e2=$ERR; op 2; r3=$(field rc)
+    op 5; e1=$ERR; op 2 max_ctx=8 order=6; e2=$ERR; op 2 max_ctx=8 order=6; r3=$(field rc)
     [ "$e1" = OK ] && [ "$e2" = OK ] && [ "$r3" = -13 ] \
-        && lab_pass iommu-init "init reaches the core's policy: OK, then -EACCES; reattach_device (zeroed: 0000:00:00.0 to context 0, where it is): OK" \
+        && lab_pass iommu-init "init (8 contexts, 64 table pages) reaches the core's policy: OK, then -EACCES; reattach_device (zeroed: 0000:00:00.0 to context 0, where it is): OK" \
         || lab_fail iommu-init "reattach_device: $e1 (want OK); init: $e2 (want OK); second init rc $r3 (want -13)"
     op 1 0x10; e1=$ERR; op 1 0xffff830000000000; e2=$ERR
     if [ "$e1" = EFAULT ] && [ "$e2" = EFAULT ] && xl info >/dev/null 2>&1; then
@@ -150,10 +151,20 @@ reattach_test() {
     pages=$(labtool own-pages 4 | grep '^LAB-PAGES')
     lab_info "dom0's NVMe $DEV2 (was /dev/$blk, unbound); $pages"
     mfns=$(echo "$pages" | sed -n 's/.* mfns=\([0-9a-fx,]*\).*/\1/p' | tr ',' ' ')
-    [ "$(echo $mfns | wc -w)" = 4 ] || { lab_fail iommu-reattach "no pages: $pages"; lab_fail iommu-dma "no pages"; return; }
+    if [ "$(echo $mfns | wc -w)" != 4 ]; then
+        lab_fail iommu-reattach "no pages: $pages"; lab_fail iommu-dma "no pages"
+        [ -n "$mfns" ] && labtool release-pages $mfns >/dev/null
+        echo $DEV2 >/sys/bus/pci/drivers/nvme/bind
+        return
+    fi
     set -- $mfns
     op 3; ctx=$(field ctx)
-    [ "$ERR" = OK ] || { lab_fail iommu-reattach "alloc_context: $OUT"; lab_fail iommu-dma "no context"; return; }
+    if [ "$ERR" != OK ]; then
+        lab_fail iommu-reattach "alloc_context: $OUT"; lab_fail iommu-dma "no context"
+        labtool release-pages $mfns >/dev/null
+        echo $DEV2 >/sys/bus/pci/drivers/nvme/bind
+        return
+    fi
     # dfn 0x100: the submission queue (the device reads it), 0x101: the completion
     # queue, 0x102: Identify data, 0x103: a read-only page the device must not write.
     i=0

@@ -476,7 +476,7 @@ static int parse_sbdf(const char *s, uint16_t *seg, uint8_t *bus, uint8_t *devfn
 
 /*
  * Field=value arguments into the sub-op's structure (pv-iommu-abi.md):
- * alloc (3) flags; free (4) ctx flags; reattach (5) ctx dev=SSSS:BB:DD.F;
+ * init (2) max_ctx order; alloc (3) flags; free (4) ctx flags; reattach (5) ctx dev=SSSS:BB:DD.F;
  * map (6) ctx gfn dfn flags nr (4 KiB pages); unmap (7) ctx dfn nr.
  * Returns 0, or -1 for an unknown field or sub-op.
  */
@@ -496,7 +496,11 @@ static int fill_fields(unsigned long subop, uint8_t *arg, int n, char **kv)
         key[eq - kv[i]] = 0;
         const char *val = eq + 1;
         uint64_t v = strtoull(val, NULL, 0);
-        if (strcmp(key, "ctx") == 0 && subop >= 4 && subop <= 7)
+        if (strcmp(key, "max_ctx") == 0 && subop == 2)
+            put32(arg + 0, v);
+        else if (strcmp(key, "order") == 0 && subop == 2)
+            put32(arg + 4, v);
+        else if (strcmp(key, "ctx") == 0 && subop >= 4 && subop <= 7)
             put16(arg + 0, v);
         else if (strcmp(key, "flags") == 0 && (subop == 3 || subop == 4))
             put32(arg + 4, v);
