@@ -35,9 +35,10 @@
 #  iommu-dma       the same context, DMA through it: labtool drives 00:05.0 from dom0
 #                  (admin queues at IOVAs 0x100000/0x101000 of the context): Identify
 #                  into IOVA 0x102000 lands in the mapped page (serial ferrite-nvme1);
-#                  into the read-only 0x103000 and the unmapped 0x200000 it fails with
-#                  an error status, the read-only page unchanged, and Xen logs VT-d DMA
-#                  faults for 00:05.0. Debian: SKIP
+#                  into the read-only 0x103000 and the unmapped 0x200000 the unit blocks
+#                  the writes: the read-only page unchanged, and Xen logs a VT-d fault
+#                  for 00:05.0 at each address (QEMU's NVMe still completes those
+#                  commands with status 0). Debian: SKIP
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
 #                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
@@ -191,8 +192,13 @@ reattach_test() {
     sleep 0.5
     f1=$(dma_faults)
     case "$nv" in *"cmd=1 data=0x102000 status=0 "*"page=written serial=ferrite-nvme1"*) ;; *) dwhy="$dwhy Identify into the mapped page failed;" ;; esac
-    echo "$nv" | grep -q 'cmd=2 data=0x103000 status=[1-9].* page=unchanged' || dwhy="$dwhy write to the read-only page not refused;"
-    echo "$nv" | grep -q 'cmd=3 data=0x200000 status=[1-9]' || dwhy="$dwhy write to an unmapped IOVA not refused;"
+    # QEMU 7.2's NVMe completes a command whose data DMA was blocked with a
+    # success status: the verdict is the page and the unit's fault records.
+    echo "$nv" | grep -q 'cmd=2 data=0x103000 status=[0-9].* page=unchanged' || dwhy="$dwhy the read-only page was written (or no completion);"
+    echo "$nv" | grep -q 'cmd=3 data=0x200000 status=[0-9]' || dwhy="$dwhy no completion for the unmapped IOVA;"
+    for a in 103000 200000; do
+        xl dmesg | grep -aq "Request device \[$DEV2\] fault addr $a\$" || dwhy="$dwhy no VT-d fault for $DEV2 at $a in xl dmesg;"
+    done
     [ $((f1 - f0)) -ge 2 ] || dwhy="$dwhy $((f1 - f0)) new DMA fault lines for 00:05.0 in xl dmesg (want 2 or more);"
     op 7 ctx=$ctx dfn=0x103 nr=1; e_unmap=$ERR
     op 5 ctx=0 dev=$DEV2
@@ -224,7 +230,7 @@ reattach_test() {
         lab_fail iommu-reattach "$why"
     fi
     if [ -z "$dwhy" ]; then
-        lab_pass iommu-dma "through the context: Identify landed in the mapped page (serial ferrite-nvme1); a write to the read-only page and one to an unmapped IOVA failed (page unchanged), $((f1 - f0)) DMA fault lines for 00:05.0 in xl dmesg"
+        lab_pass iommu-dma "through the context: Identify landed in the mapped page (serial ferrite-nvme1); its writes to the read-only IOVA 0x103000 (page unchanged) and the unmapped 0x200000 were blocked: VT-d faults for $DEV2 at both in xl dmesg"
     else
         lab_fail iommu-dma "$dwhy"
     fi
