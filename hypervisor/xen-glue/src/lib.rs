@@ -438,7 +438,7 @@ fn dispatch(st: &mut State, caller: DomId, hwdom: DomId, op: u32, arg: &mut [u8]
 /// Called from Xen's `domain_kill` (under the C shell's lock) once per
 /// dying domain, before its memory is relinquished: the core tears the
 /// domain's contexts down and drops every page reference its mappings held
-/// (the detached unit completes the invalidation at once).
+/// (the unit flushes through Xen and completes the invalidation at once).
 #[no_mangle]
 pub extern "C" fn ferrite_iommu_domain_destroyed(domid: u16) {
     if POISONED.load(Ordering::SeqCst) {
