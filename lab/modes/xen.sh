@@ -11,12 +11,34 @@
 #                  unit's address width, 0 contexts before init); Debian's: ENOSYS
 #  iommu-noop      noop: 0 (Debian: ENOSYS)
 #  iommu-unknown   sub-ops 13 and 0xffffffff: EOPNOTSUPP from the core (Debian: ENOSYS)
-#  iommu-notyet    reattach_device: EOPNOTSUPP (moving a device needs the core to drive
-#                  the VT-d unit: the next step); init reaches the core's policy (0,
-#                  then -EACCES for a second init) (Debian: ENOSYS)
+#  iommu-init      init (8 contexts, 2^6 table pages) reaches the core's policy (0, then
+#                  -EACCES for a second init);
+#                  reattach_device with a zeroed argument reaches the core: 0000:00:00.0
+#                  (dom0's) to its default context, where it already is: 0 (Debian: ENOSYS)
 #  iommu-badarg    query_capabilities with a hostile argument pointer (unmapped 0x10,
 #                  Xen's direct map 0xffff830000000000): EFAULT, and Xen keeps running
 #                  (Debian: ENOSYS)
+#  iommu-reattach  Ferrite's Xen: a device in one of the core's contexts and back. dom0
+#                  writes 1 MiB of random data to the second NVMe (00:05.0, its own, not
+#                  used by anything else), unbinds Linux's driver from it, takes 4 new
+#                  pages of its own (labtool own-pages), allocates a context, maps them
+#                  (2 writable, 2 read-only),
+#                  reattaches 00:05.0 to it; debug key F then shows the context with the
+#                  device and mapped=4, and Xen's context entry for 00:05.0 pointing at
+#                  the core's table; the host bridge 00:00.0 is refused (EOPNOTSUPP), a
+#                  free of the busy context EBUSY; one page is unmapped (an IOTLB flush
+#                  through Xen); reattach to context 0 gives the device back to Xen's
+#                  mapping (the dump shows no device in a core context), the context is
+#                  freed and the pages returned; Linux's nvme driver (unbound for the
+#                  test) is bound again and reads the 1 MiB back with O_DIRECT: the same
+#                  sha256. Debian: SKIP (no PV-IOMMU)
+#  iommu-dma       the same context, DMA through it: labtool drives 00:05.0 from dom0
+#                  (admin queues at IOVAs 0x100000/0x101000 of the context): Identify
+#                  into IOVA 0x102000 lands in the mapped page (serial ferrite-nvme1);
+#                  into the read-only 0x103000 and the unmapped 0x200000 the unit blocks
+#                  the writes: the read-only page unchanged, and Xen logs a VT-d fault
+#                  for 00:05.0 at each address (QEMU's NVMe still completes those
+#                  commands with status 0). Debian: SKIP
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
 #                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
@@ -31,7 +53,9 @@
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-notyet iommu-badarg ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
+# LAB-QEMU-NVME: 64M 16M
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -80,10 +104,10 @@ if [ "$KIND" = ferrite ]; then
     op 13; e1=$ERR; op 0xffffffff; e2=$ERR
     [ "$e1" = EOPNOTSUPP ] && [ "$e2" = EOPNOTSUPP ] && lab_pass iommu-unknown "sub-ops 13 and 0xffffffff: EOPNOTSUPP" \
         || lab_fail iommu-unknown "sub-op 13: $e1, 0xffffffff: $e2 (expected EOPNOTSUPP)"
-    op 5; e1=$ERR; op 2; e2=$ERR; op 2; r3=$(field rc)
-    [ "$e1" = EOPNOTSUPP ] && [ "$e2" = OK ] && [ "$r3" = -13 ] \
-        && lab_pass iommu-notyet "reattach_device: $e1 (devices move when the core drives the unit: the next step); init reaches the core's policy: OK, then -EACCES" \
-        || lab_fail iommu-notyet "reattach_device: $e1 (want EOPNOTSUPP); init: $e2 (want OK); second init rc $r3 (want -13)"
+    op 5; e1=$ERR; op 2 max_ctx=8 order=6; e2=$ERR; op 2 max_ctx=8 order=6; r3=$(field rc)
+    [ "$e1" = OK ] && [ "$e2" = OK ] && [ "$r3" = -13 ] \
+        && lab_pass iommu-init "init (8 contexts, 64 table pages) reaches the core's policy: OK, then -EACCES; reattach_device (zeroed: 0000:00:00.0 to context 0, where it is): OK" \
+        || lab_fail iommu-init "reattach_device: $e1 (want OK); init: $e2 (want OK); second init rc $r3 (want -13)"
     op 1 0x10; e1=$ERR; op 1 0xffff830000000000; e2=$ERR
     if [ "$e1" = EFAULT ] && [ "$e2" = EFAULT ] && xl info >/dev/null 2>&1; then
         lab_pass iommu-badarg "argument at 0x10: EFAULT, at Xen's 0xffff830000000000: EFAULT; xl info still works"
@@ -93,12 +117,130 @@ if [ "$KIND" = ferrite ]; then
 else
     [ "$boot_ok" = yes ] && lab_pass xen-boot "Debian's Xen $ver is running" || lab_fail xen-boot "xl info says '$ver'"
     [ "$ERR" = ENOSYS ] && lab_pass iommu-caps "stock Xen: query_capabilities gets ENOSYS (no PV-IOMMU)" || lab_fail iommu-caps "stock Xen: '$OUT' (expected ENOSYS)"
-    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-notyet 2" "iommu-badarg 1 0x10"; do
+    for t in "iommu-noop 0" "iommu-unknown 13" "iommu-init 2" "iommu-badarg 1 0x10"; do
         set -- $t
         name=$1; shift
         op "$@"
         [ "$ERR" = ENOSYS ] && lab_pass "$name" "stock Xen: iommu-op $* gets ENOSYS" || lab_fail "$name" "stock Xen: '$OUT' (expected ENOSYS)"
     done
+fi
+
+# ---- a device in one of the core's contexts, and back (Ferrite's Xen)
+DEV2=0000:00:05.0
+# The debug key's newest line containing $1 (after the dump just taken).
+dump_line() { xl dmesg | grep -a "ferrite-iommu: $1" | tail -n 1 | sed 's/^.*ferrite-iommu: //'; }
+# VT-d fault lines Xen logged for 00:05.0 so far.
+dma_faults() { xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac '00:05.0'; }
+# dom0's block device of $DEV2's first namespace (waits up to $1 s for it).
+nvme_blk() {
+    local end=$(now_after "${1:-0}") b
+    while :; do
+        b=$(ls /sys/bus/pci/devices/$DEV2/nvme/*/ 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
+        [ -n "$b" ] && [ -e /dev/$b ] && { echo "$b"; return 0; }
+        past "$end" && return 1
+        sleep 0.5
+    done
+}
+reattach_test() {
+    local blk want got pages mfns ctx i fl e_host e_busy e_unmap dctx unit back unit2 f0 f1 nv why="" dwhy=""
+    blk=$(nvme_blk 10) || { lab_fail iommu-reattach "no NVMe namespace of $DEV2 in dom0"; lab_fail iommu-dma "no device"; return; }
+    dd if=/dev/urandom of=/tmp/rand.bin bs=64k count=16 2>/dev/null
+    dd if=/tmp/rand.bin of=/dev/$blk bs=64k oflag=direct 2>/dev/null && sync
+    want=$(sha256sum </tmp/rand.bin | cut -c1-64)
+    # Linux lets go of the controller; labtool drives it below.
+    echo $DEV2 >/sys/bus/pci/drivers/nvme/unbind
+    pages=$(labtool own-pages 4 | grep '^LAB-PAGES')
+    lab_info "dom0's NVMe $DEV2 (was /dev/$blk, unbound); $pages"
+    mfns=$(echo "$pages" | sed -n 's/.* mfns=\([0-9a-fx,]*\).*/\1/p' | tr ',' ' ')
+    if [ "$(echo $mfns | wc -w)" != 4 ]; then
+        lab_fail iommu-reattach "no pages: $pages"; lab_fail iommu-dma "no pages"
+        [ -n "$mfns" ] && labtool release-pages $mfns >/dev/null
+        echo $DEV2 >/sys/bus/pci/drivers/nvme/bind
+        return
+    fi
+    set -- $mfns
+    op 3; ctx=$(field ctx)
+    if [ "$ERR" != OK ]; then
+        lab_fail iommu-reattach "alloc_context: $OUT"; lab_fail iommu-dma "no context"
+        labtool release-pages $mfns >/dev/null
+        echo $DEV2 >/sys/bus/pci/drivers/nvme/bind
+        return
+    fi
+    # dfn 0x100: the submission queue (the device reads it), 0x101: the completion
+    # queue, 0x102: Identify data, 0x103: a read-only page the device must not write.
+    i=0
+    for m in $mfns; do
+        case $i in 0|3) fl=1 ;; *) fl=3 ;; esac
+        op 6 ctx=$ctx gfn=$m dfn=$((0x100 + i)) flags=$fl nr=1
+        [ "$ERR" = OK ] && [ "$(field mapped)" = 1 ] || why="$why map $m: $OUT;"
+        i=$((i + 1))
+    done
+    op 5 ctx=$ctx dev=0000:00:00.0; e_host=$ERR
+    op 5 ctx=$ctx dev=$DEV2
+    [ "$ERR" = OK ] || why="$why reattach to ctx $ctx: $OUT;"
+    op 4 ctx=$ctx flags=0; e_busy=$ERR
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    dctx=$(dump_line "d0 ctx$ctx ")
+    unit=$(dump_line "unit: $DEV2 ")
+    lab_info "in the context: $dctx"
+    lab_info "in the context: $unit"
+    # DMA through the context: Identify into the mapped page, then into the
+    # read-only page and an unmapped IOVA (both must fault, the page unchanged).
+    f0=$(dma_faults)
+    nv=$(labtool nvme-identify $DEV2 SQ=0x100000:$1 CQ=0x101000:$2 DATA=0x102000:$3 DATA=0x103000:$4 DATA=0x200000 2>&1)
+    echo "$nv" | grep '^LAB-NVME' | sed 's/^/LAB-INFO /'
+    sleep 0.5
+    f1=$(dma_faults)
+    case "$nv" in *"cmd=1 data=0x102000 status=0 "*"page=written serial=ferrite-nvme1"*) ;; *) dwhy="$dwhy Identify into the mapped page failed;" ;; esac
+    # QEMU 7.2's NVMe completes a command whose data DMA was blocked with a
+    # success status: the verdict is the page and the unit's fault records.
+    echo "$nv" | grep -q 'cmd=2 data=0x103000 status=[0-9].* page=unchanged' || dwhy="$dwhy the read-only page was written (or no completion);"
+    echo "$nv" | grep -q 'cmd=3 data=0x200000 status=[0-9]' || dwhy="$dwhy no completion for the unmapped IOVA;"
+    for a in 103000 200000; do
+        xl dmesg | grep -aq "Request device \[$DEV2\] fault addr $a\$" || dwhy="$dwhy no VT-d fault for $DEV2 at $a in xl dmesg;"
+    done
+    [ $((f1 - f0)) -ge 2 ] || dwhy="$dwhy $((f1 - f0)) new DMA fault lines for 00:05.0 in xl dmesg (want 2 or more);"
+    op 7 ctx=$ctx dfn=0x103 nr=1; e_unmap=$ERR
+    op 5 ctx=0 dev=$DEV2
+    [ "$ERR" = OK ] || why="$why reattach to ctx 0: $OUT;"
+    op 4 ctx=$ctx flags=0
+    [ "$ERR" = OK ] || why="$why free: $OUT;"
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    back=$(dump_line "d0 ctx0 ")
+    unit2=$(dump_line "unit: devices")
+    lab_info "back: $back"
+    lab_info "back: $unit2"
+    lab_info "$(labtool release-pages $mfns | grep '^LAB-PAGES')"
+    # Linux takes the controller back (in its default context again) and reads the data.
+    echo $DEV2 >/sys/bus/pci/drivers/nvme/bind
+    blk=$(nvme_blk 30) || blk=none
+    echo 3 >/proc/sys/vm/drop_caches
+    got=$(dd if=/dev/$blk bs=64k count=16 iflag=direct 2>/dev/null | sha256sum | cut -c1-64)
+    case "$dctx" in *"Paged did="*" mapped=4 devs=[$DEV2]") ;; *) why="$why dump of ctx $ctx: '$dctx';" ;; esac
+    case "$unit" in *"present=1 "*": the core's table") ;; *) why="$why Xen's entry: '$unit';" ;; esac
+    case "$back" in *"$DEV2"*) ;; *) why="$why not back in ctx0: '$back';" ;; esac
+    case "$unit2" in *"devices in core contexts=0 hardware domain ids=0 failures=0"*) ;; *) why="$why unit after: '$unit2';" ;; esac
+    [ "$e_host" = EOPNOTSUPP ] || why="$why host bridge: $e_host (want EOPNOTSUPP);"
+    [ "$e_busy" = EBUSY ] || why="$why free while attached: $e_busy (want EBUSY);"
+    [ "$e_unmap" = OK ] || why="$why unmap: $e_unmap;"
+    [ "$got" = "$want" ] || why="$why data read back by Linux after: ${got:-none} from /dev/$blk (want $want);"
+    if [ -z "$why" ]; then
+        lab_pass iommu-reattach "$DEV2 in context $ctx of dom0 (4 pages mapped; Xen's context entry on the core's table), host bridge refused, busy free EBUSY, unmap flushed, back to context 0 (Xen's mapping), freed; Linux's driver rebound and read 1 MiB back intact"
+    else
+        lab_fail iommu-reattach "$why"
+    fi
+    if [ -z "$dwhy" ]; then
+        lab_pass iommu-dma "through the context: Identify landed in the mapped page (serial ferrite-nvme1); its writes to the read-only IOVA 0x103000 (page unchanged) and the unmapped 0x200000 were blocked: VT-d faults for $DEV2 at both in xl dmesg"
+    else
+        lab_fail iommu-dma "$dwhy"
+    fi
+    [ -z "$why$dwhy" ] || xl dmesg | grep -a 'ferrite-iommu\|VT-D\|DMAR' | tail -n 12 | sed 's/^/LAB-INFO   | /'
+}
+if [ "$KIND" = ferrite ]; then
+    reattach_test
+else
+    lab_skip iommu-reattach "stock Xen: no PV-IOMMU"
+    lab_skip iommu-dma "stock Xen: no PV-IOMMU"
 fi
 
 # ---- Ferrite (the product) under this hypervisor

@@ -7,13 +7,23 @@
  *                          line per test and exits 0 only if all passed.
  *   labtool peer           play Ferrite's part of the protocol from inside a Linux PV
  *                          guest (used to develop the lab before Ferrite exists).
- *   labtool iommu-op SUBOP [ADDR]
+ *   labtool iommu-op SUBOP [ADDR | FIELD=VALUE...]
  *                          issue hypercall 43 (__HYPERVISOR_iommu_op, PV-IOMMU) with
- *                          sub-op SUBOP and a zeroed 64-byte argument through privcmd;
+ *                          sub-op SUBOP and a 64-byte argument (zeroed, or with the
+ *                          named fields set: see fill_fields) through privcmd;
  *                          prints one "LAB-IOMMU ..." line with the result (and, for
- *                          query_capabilities, the decoded capabilities). Stock Xen
+ *                          query_capabilities, the decoded capabilities; ctx= for
+ *                          alloc, mapped=/unmapped= for map/unmap). Stock Xen
  *                          answers ENOSYS. ADDR: pass this address as the argument
  *                          instead (a hostile pointer: unmapped, or Xen's own range).
+ *   labtool own-pages N    give dom0 N new pages of its own (max_mem + N, then
+ *                          XENMEM_increase_reservation); prints "LAB-PAGES ... mfns=".
+ *   labtool release-pages MFN...
+ *                          give them back (decrease_reservation, max_mem - N).
+ *   labtool nvme-identify SBDF SQ=IOVA:MFN CQ=IOVA:MFN DATA=IOVA[:MFN]...
+ *                          drive an NVMe controller (unbound from Linux) from here:
+ *                          admin queues and Identify data at the given bus
+ *                          addresses (see run_nvme_identify).
  *
  * Protocol keys live under /local/domain/<domid>/data/ferrite/test/ (see lab/README.md).
  * Ioctl numbers and structures come from the kernel's uapi headers
@@ -414,21 +424,115 @@ static const char *errno_name(long e)
     case 1: return "EPERM";
     case 2: return "ENOENT";
     case 5: return "EIO";
+    case 12: return "ENOMEM";
+    case 13: return "EACCES";
     case 14: return "EFAULT";
     case 16: return "EBUSY";
     case 19: return "ENODEV";
     case 22: return "EINVAL";
+    case 28: return "ENOSPC";
     case 38: return "ENOSYS";
     case 95: return "EOPNOTSUPP";
+    case 98: return "EADDRINUSE";
+    case 99: return "EADDRNOTAVAIL";
     default: return "E?";
     }
 }
 
-static int run_iommu_op(unsigned long subop, const char *addr)
+static int privcmd_open(void)
 {
     int fd = open("/dev/xen/privcmd", O_RDWR);
     if (fd < 0)
         fd = open("/proc/xen/privcmd", O_RDWR);
+    return fd;
+}
+
+/* One hypercall through privcmd: its result, or -errno. */
+static long hypercall(int fd, uint64_t op, uint64_t a0, uint64_t a1)
+{
+    struct privcmd_hypercall h = { .op = op, .arg = { a0, a1 } };
+    long r = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h);
+    return r < 0 ? -errno : r;
+}
+
+static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint16_t get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* "SSSS:BB:DD.F" → seg, bus, devfn; 0 on success. */
+static int parse_sbdf(const char *s, uint16_t *seg, uint8_t *bus, uint8_t *devfn)
+{
+    unsigned a, b, d, f;
+    if (sscanf(s, "%x:%x:%x.%x", &a, &b, &d, &f) != 4 || a > 0xffff || b > 0xff || d > 31 || f > 7)
+        return -1;
+    *seg = a;
+    *bus = b;
+    *devfn = (d << 3) | f;
+    return 0;
+}
+
+/*
+ * Field=value arguments into the sub-op's structure (pv-iommu-abi.md):
+ * init (2) max_ctx order; alloc (3) flags; free (4) ctx flags; reattach (5) ctx dev=SSSS:BB:DD.F;
+ * map (6) ctx gfn dfn flags nr (4 KiB pages); unmap (7) ctx dfn nr.
+ * Returns 0, or -1 for an unknown field or sub-op.
+ */
+static int fill_fields(unsigned long subop, uint8_t *arg, int n, char **kv)
+{
+    if (subop == 6) { /* map_pages: page size 4 KiB unless told */
+        put32(arg + 28, 4096);
+    } else if (subop == 7) {
+        put32(arg + 16, 4096);
+    }
+    for (int i = 0; i < n; i++) {
+        char key[32];
+        const char *eq = strchr(kv[i], '=');
+        if (!eq || eq - kv[i] >= (long)sizeof key)
+            return -1;
+        memcpy(key, kv[i], eq - kv[i]);
+        key[eq - kv[i]] = 0;
+        const char *val = eq + 1;
+        uint64_t v = strtoull(val, NULL, 0);
+        if (strcmp(key, "max_ctx") == 0 && subop == 2)
+            put32(arg + 0, v);
+        else if (strcmp(key, "order") == 0 && subop == 2)
+            put32(arg + 4, v);
+        else if (strcmp(key, "ctx") == 0 && subop >= 4 && subop <= 7)
+            put16(arg + 0, v);
+        else if (strcmp(key, "flags") == 0 && (subop == 3 || subop == 4))
+            put32(arg + 4, v);
+        else if (strcmp(key, "dev") == 0 && subop == 5) {
+            uint16_t seg;
+            uint8_t bus, devfn;
+            if (parse_sbdf(val, &seg, &bus, &devfn))
+                return -1;
+            put16(arg + 2, seg);
+            arg[4] = bus;
+            arg[5] = devfn;
+        } else if (strcmp(key, "gfn") == 0 && subop == 6)
+            put64(arg + 8, v);
+        else if (strcmp(key, "dfn") == 0 && subop == 6)
+            put64(arg + 16, v);
+        else if (strcmp(key, "dfn") == 0 && subop == 7)
+            put64(arg + 8, v);
+        else if (strcmp(key, "flags") == 0 && subop == 6)
+            put32(arg + 24, v);
+        else if (strcmp(key, "nr") == 0 && subop == 6)
+            put32(arg + 32, v);
+        else if (strcmp(key, "nr") == 0 && subop == 7)
+            put32(arg + 20, v);
+        else
+            return -1;
+    }
+    return 0;
+}
+
+static int run_iommu_op(unsigned long subop, int nargs, char **args)
+{
+    int fd = privcmd_open();
     if (fd < 0) {
         printf("LAB-IOMMU op=%lu error=open-privcmd:%s\n", subop, strerror(errno));
         return 2;
@@ -440,10 +544,15 @@ static int run_iommu_op(unsigned long subop, const char *addr)
         return 2;
     }
     memset(arg, 0, PAGE);
+    /* ADDR (a hostile pointer) or field=value arguments. */
+    const char *addr = nargs == 1 && !strchr(args[0], '=') ? args[0] : NULL;
+    if (!addr && fill_fields(subop, arg, nargs, args)) {
+        printf("LAB-IOMMU op=%lu error=bad-fields\n", subop);
+        return 2;
+    }
     uint64_t where = addr ? strtoull(addr, NULL, 0) : (uintptr_t)arg;
-    struct privcmd_hypercall h = { .op = HYPERCALL_IOMMU_OP, .arg = { subop, where } };
-    long r = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h);
-    long e = r < 0 ? errno : 0;
+    long r = hypercall(fd, HYPERCALL_IOMMU_OP, subop, where);
+    long e = r < 0 ? -r : 0;
     printf("LAB-IOMMU op=%lu rc=%ld errno=%s", subop, r < 0 ? -e : r, errno_name(e));
     if (addr)
         printf(" arg=0x%llx", (unsigned long long)where);
@@ -459,20 +568,311 @@ static int run_iommu_op(unsigned long subop, const char *addr)
         printf(" max_iova=0x%llx cap_flags=0x%x pgsize_mask=0x%x max_pasid=%u max_ctx_no=%u",
                (unsigned long long)max_iova, flags, pgsize, max_pasid, max_ctx);
     }
+    if (!addr && subop == 3)
+        printf(" ctx=%u", get16(arg));
+    if (!addr && subop == 6)
+        printf(" mapped=%u", get32(arg + 36));
+    if (!addr && subop == 7)
+        printf(" unmapped=%u", get32(arg + 24));
     printf("\n");
     fflush(stdout);
     close(fd);
     return 0;
 }
 
+/*
+ * Pages of dom0's own that Linux does not use, for PV-IOMMU map tests: dom0's
+ * maximum reservation is raised by N pages (XEN_DOMCTL_max_mem) and Xen gives
+ * it N new pages (XENMEM_increase_reservation); a PV domain names them by
+ * machine frame. "labtool release-pages MFN..." gives them back and lowers
+ * the maximum again.
+ */
+#define HYPERCALL_MEMORY_OP 12
+#define HYPERCALL_DOMCTL 36
+#define XEN_DOMCTL_INTERFACE_VERSION 0x15
+#define XEN_DOMCTL_getdomaininfo 5
+#define XEN_DOMCTL_max_mem 11
+#define XENMEM_increase_reservation 0
+#define XENMEM_decrease_reservation 1
+#define DOMID_SELF 0x7ff0
+
+/* dom0's max_pages (getdomaininfo: the union at 16, max_pages at +16), or -errno. */
+static long dom0_max_pages(int fd, uint8_t *buf)
+{
+    memset(buf, 0, PAGE);
+    put32(buf + 0, XEN_DOMCTL_getdomaininfo);
+    put32(buf + 4, XEN_DOMCTL_INTERFACE_VERSION);
+    put16(buf + 8, 0);
+    long r = hypercall(fd, HYPERCALL_DOMCTL, (uintptr_t)buf, 0);
+    return r < 0 ? r : (long)get64(buf + 16 + 16);
+}
+
+static long dom0_set_max_pages(int fd, uint8_t *buf, uint64_t pages)
+{
+    memset(buf, 0, PAGE);
+    put32(buf + 0, XEN_DOMCTL_max_mem);
+    put32(buf + 4, XEN_DOMCTL_INTERFACE_VERSION);
+    put16(buf + 8, 0);
+    put64(buf + 16, pages * 4); /* KiB */
+    return hypercall(fd, HYPERCALL_DOMCTL, (uintptr_t)buf, 0);
+}
+
+/* struct xen_memory_reservation: extent_start @0, nr_extents @8, extent_order @16, mem_flags @20, domid @24. */
+static long reservation(int fd, uint8_t *buf, int op, uint64_t *mfns, unsigned n)
+{
+    uint8_t *res = buf + 2048;
+    memset(res, 0, 32);
+    put64(res + 0, (uintptr_t)mfns);
+    put64(res + 8, n);
+    put16(res + 24, DOMID_SELF);
+    return hypercall(fd, HYPERCALL_MEMORY_OP, op, (uintptr_t)res);
+}
+
+static int run_pages(int release, int n, char **args)
+{
+    int fd = privcmd_open();
+    uint8_t *buf = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED, -1, 0);
+    if (fd < 0 || buf == MAP_FAILED) {
+        printf("LAB-PAGES error=%s\n", strerror(errno));
+        return 2;
+    }
+    uint64_t *mfns = (uint64_t *)(buf + PAGE);
+    unsigned count = release ? (unsigned)n : (unsigned)strtoul(args[0], NULL, 0);
+    if (count == 0 || count > 64) {
+        printf("LAB-PAGES error=count\n");
+        return 2;
+    }
+    long max = dom0_max_pages(fd, buf);
+    if (max < 0) {
+        printf("LAB-PAGES error=getdomaininfo:%s\n", errno_name(-max));
+        return 2;
+    }
+    if (release) {
+        for (unsigned i = 0; i < count; i++)
+            mfns[i] = strtoull(args[i], NULL, 0);
+        long r = reservation(fd, buf, XENMEM_decrease_reservation, mfns, count);
+        long m = r == (long)count ? dom0_set_max_pages(fd, buf, max - count) : 0;
+        printf("LAB-PAGES released=%ld max_pages=%ld->%ld rc=%ld\n", r, max, max - (r == (long)count ? count : 0), m);
+        return r == (long)count && m == 0 ? 0 : 1;
+    }
+    long m = dom0_set_max_pages(fd, buf, max + count);
+    if (m < 0) {
+        printf("LAB-PAGES error=max_mem:%s\n", errno_name(-m));
+        return 1;
+    }
+    long r = reservation(fd, buf, XENMEM_increase_reservation, mfns, count);
+    printf("LAB-PAGES got=%ld max_pages=%ld->%ld mfns=", r, max, max + count);
+    for (long i = 0; i < r; i++)
+        printf("%s0x%llx", i ? "," : "", (unsigned long long)mfns[i]);
+    printf("\n");
+    return r == (long)count ? 0 : 1;
+}
+
+/*
+ * A minimal NVMe admin path from dom0 userspace, for PV-IOMMU DMA tests: the
+ * controller (unbound from Linux's driver) gets its admin queues at bus
+ * addresses the test chose (IOVAs of a PV-IOMMU context) and runs Identify
+ * Controller commands whose data lands at other chosen bus addresses. The
+ * pages behind them are dom0's own (labtool own-pages), mapped here by
+ * machine frame through privcmd so the CPU side can fill and check them.
+ *
+ *   labtool nvme-identify SBDF SQ=IOVA:MFN CQ=IOVA:MFN DATA=IOVA[:MFN]...
+ *
+ * One Identify per DATA, in order; for each, one line
+ *   LAB-NVME cmd=N data=IOVA status=0xS [serial=...] [page=unchanged|written]
+ * (status -1: no completion within 5 s; the controller is disabled at the end).
+ */
+struct privcmd_mmapbatch_v2 {
+    unsigned int num;
+    domid_t dom;
+    uint64_t addr;
+    const uint64_t *arr;
+    int *err;
+};
+#define IOCTL_PRIVCMD_MMAPBATCH_V2 _IOC(_IOC_NONE, 'P', 4, sizeof(struct privcmd_mmapbatch_v2))
+
+/* dom0's own machine frame, mapped read-write into this process. */
+static uint8_t *map_own_mfn(int fd, uint64_t mfn)
+{
+    uint8_t *va = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (va == MAP_FAILED)
+        return NULL;
+    int err = 0;
+    struct privcmd_mmapbatch_v2 b = { .num = 1, .dom = 0x7ff0 /* DOMID_SELF */, .addr = (uintptr_t)va, .arr = &mfn, .err = &err };
+    if (ioctl(fd, IOCTL_PRIVCMD_MMAPBATCH_V2, &b) < 0 || err) {
+        munmap(va, PAGE);
+        return NULL;
+    }
+    return va;
+}
+
+static volatile uint8_t *nvme_bar;
+static uint32_t rd32(unsigned off) { return *(volatile uint32_t *)(nvme_bar + off); }
+static uint64_t rd64(unsigned off) { return rd32(off) | (uint64_t)rd32(off + 4) << 32; }
+static void wr32(unsigned off, uint32_t v) { __sync_synchronize(); *(volatile uint32_t *)(nvme_bar + off) = v; }
+static void wr64(unsigned off, uint64_t v) { wr32(off, (uint32_t)v); wr32(off + 4, v >> 32); }
+
+/* Wait up to `secs` for CSTS.RDY == rdy (or CSTS.CFS); 0 if reached. */
+static int nvme_wait_rdy(int rdy, double secs)
+{
+    double end = now() + secs;
+    while (now() < end) {
+        uint32_t c = rd32(0x1c);
+        if (c & 2)
+            return -2;
+        if ((c & 1) == (uint32_t)rdy)
+            return 0;
+        usleep(1000);
+    }
+    return -1;
+}
+
+static int parse_iova_mfn(const char *s, uint64_t *iova, uint64_t *mfn)
+{
+    char *end;
+    *iova = strtoull(s, &end, 0);
+    *mfn = 0;
+    if (*end == ':')
+        *mfn = strtoull(end + 1, &end, 0);
+    return *end ? -1 : 0;
+}
+
+static int run_nvme_identify(int argc, char **argv)
+{
+    char path[128], cfg[128];
+    uint64_t sq_iova = 0, sq_mfn = 0, cq_iova = 0, cq_mfn = 0, data_iova[8], data_mfn[8];
+    int ndata = 0;
+    for (int i = 1; i < argc; i++) {
+        uint64_t a, m;
+        const char *v = strchr(argv[i], '=');
+        if (!v || parse_iova_mfn(v + 1, &a, &m)) {
+            printf("LAB-NVME error=bad-arg:%s\n", argv[i]);
+            return 2;
+        }
+        if (strncmp(argv[i], "SQ=", 3) == 0) { sq_iova = a; sq_mfn = m; }
+        else if (strncmp(argv[i], "CQ=", 3) == 0) { cq_iova = a; cq_mfn = m; }
+        else if (strncmp(argv[i], "DATA=", 5) == 0 && ndata < 8) { data_iova[ndata] = a; data_mfn[ndata++] = m; }
+    }
+    if (!sq_mfn || !cq_mfn || !ndata) {
+        printf("LAB-NVME error=need-SQ-CQ-DATA\n");
+        return 2;
+    }
+    int fd = privcmd_open();
+    uint8_t *sq = fd >= 0 ? map_own_mfn(fd, sq_mfn) : NULL;
+    uint8_t *cq = fd >= 0 ? map_own_mfn(fd, cq_mfn) : NULL;
+    if (!sq || !cq) {
+        printf("LAB-NVME error=map-queues:%s\n", strerror(errno));
+        return 2;
+    }
+    uint8_t *data[8] = { 0 };
+    for (int i = 0; i < ndata; i++)
+        if (data_mfn[i] && !(data[i] = map_own_mfn(fd, data_mfn[i]))) {
+            printf("LAB-NVME error=map-data:%s\n", strerror(errno));
+            return 2;
+        }
+    /* Memory space and bus mastering on (the PCI command register). */
+    snprintf(cfg, sizeof cfg, "/sys/bus/pci/devices/%s/config", argv[0]);
+    int cf = open(cfg, O_RDWR);
+    uint16_t cmd = 0;
+    if (cf < 0 || pread(cf, &cmd, 2, 4) != 2) {
+        printf("LAB-NVME error=config:%s\n", strerror(errno));
+        return 2;
+    }
+    cmd |= 0x6;
+    if (pwrite(cf, &cmd, 2, 4) != 2) {
+        printf("LAB-NVME error=config-write:%s\n", strerror(errno));
+        return 2;
+    }
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/resource0", argv[0]);
+    int bf = open(path, O_RDWR | O_SYNC);
+    nvme_bar = bf >= 0 ? mmap(NULL, 0x2000, PROT_READ | PROT_WRITE, MAP_SHARED, bf, 0) : MAP_FAILED;
+    if (nvme_bar == MAP_FAILED) {
+        printf("LAB-NVME error=bar:%s\n", strerror(errno));
+        return 2;
+    }
+    uint64_t cap = rd64(0);
+    unsigned dstrd = 4u << ((cap >> 32) & 0xf);
+    double to = ((cap >> 24) & 0xff) * 0.5 + 1;
+    wr32(0x14, 0); /* CC.EN = 0: reset */
+    if (nvme_wait_rdy(0, to)) {
+        printf("LAB-NVME error=reset-timeout csts=0x%x\n", rd32(0x1c));
+        return 1;
+    }
+    memset(sq, 0, PAGE);
+    memset(cq, 0, PAGE);
+    wr32(0x24, (15u << 16) | 15u); /* 16 entries each */
+    wr64(0x28, sq_iova);
+    wr64(0x30, cq_iova);
+    wr32(0x14, 1u | (6u << 16) | (4u << 20)); /* EN, 4 KiB pages, 64/16-byte entries */
+    if (nvme_wait_rdy(1, to)) {
+        printf("LAB-NVME error=enable csts=0x%x\n", rd32(0x1c));
+        return 1;
+    }
+    int rc = 0;
+    for (int i = 0; i < ndata; i++) {
+        if (data[i])
+            for (unsigned k = 0; k < PAGE; k++)
+                data[i][k] = pattern_dom0(k);
+        uint8_t *e = sq + i * 64;
+        memset(e, 0, 64);
+        put32(e + 0, 0x06 | ((uint32_t)(i + 1) << 16)); /* Identify, cid */
+        put64(e + 24, data_iova[i]);                    /* PRP1 */
+        put32(e + 40, 1);                               /* CNS 1: controller */
+        wr32(0x1000, i + 1);                            /* SQ 0 tail */
+        double end = now() + 5;
+        long status = -1;
+        volatile uint8_t *c = cq + i * 16;
+        while (now() < end) {
+            uint32_t dw3 = *(volatile uint32_t *)(c + 12);
+            if (dw3 & 0x10000) {
+                status = (dw3 >> 17) & 0x7fff;
+                break;
+            }
+            if (rd32(0x1c) & 2)
+                break;
+            usleep(1000);
+        }
+        wr32(0x1000 + dstrd, i + 1); /* CQ 0 head */
+        printf("LAB-NVME cmd=%d data=0x%llx status=%ld csts=0x%x", i + 1, (unsigned long long)data_iova[i], status, rd32(0x1c));
+        if (data[i]) {
+            if (first_mismatch(data[i], pattern_dom0, 0) < 0)
+                printf(" page=unchanged");
+            else {
+                char serial[21];
+                memcpy(serial, data[i] + 4, 20);
+                serial[20] = 0;
+                for (int k = 19; k >= 0 && serial[k] == ' '; k--)
+                    serial[k] = 0;
+                printf(" page=written serial=%s", serial);
+            }
+        }
+        printf("\n");
+        fflush(stdout);
+        if (status < 0) {
+            rc = 1;
+            break;
+        }
+    }
+    wr32(0x14, 0); /* disable: the controller lets go of the queues */
+    nvme_wait_rdy(0, to);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    if ((argc == 3 || argc == 4) && strcmp(argv[1], "iommu-op") == 0)
-        return run_iommu_op(strtoul(argv[2], NULL, 0), argc == 4 ? argv[3] : NULL);
+    if (argc >= 3 && strcmp(argv[1], "iommu-op") == 0)
+        return run_iommu_op(strtoul(argv[2], NULL, 0), argc - 3, argv + 3);
+    if (argc == 3 && strcmp(argv[1], "own-pages") == 0)
+        return run_pages(0, 1, argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "nvme-identify") == 0)
+        return run_nvme_identify(argc - 2, argv + 2);
+    if (argc >= 3 && strcmp(argv[1], "release-pages") == 0)
+        return run_pages(1, argc - 2, argv + 2);
     if (argc == 3 && strcmp(argv[1], "dom0") == 0)
         return run_dom0(atoi(argv[2])) ? 0 : 1;
     if (argc == 2 && strcmp(argv[1], "peer") == 0)
         return run_peer();
-    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer | labtool iommu-op SUBOP [ADDR]\n");
+    fprintf(stderr, "usage: labtool dom0 DOMID | labtool peer | labtool iommu-op SUBOP [ADDR | FIELD=VALUE...]\n"
+                    "       labtool own-pages N | labtool release-pages MFN... | labtool nvme-identify SBDF SQ=.. CQ=.. DATA=..\n");
     return 2;
 }

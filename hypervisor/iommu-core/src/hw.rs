@@ -82,6 +82,52 @@ pub trait Hardware {
     /// [`Hardware::coherent`] is false; the core calls it after each table
     /// write in that case.
     fn flush_cache(&mut self, mem: &mut dyn PhysMem, pa: u64, len: u64);
+
+    /// A unit shared with a host IOMMU driver (a hypervisor's own VT-d code,
+    /// which owns the root and context tables the hardware reads): point
+    /// `sid` at the second-level table rooted at `root`, tagged for the
+    /// core's domain id `did` (the unit maps it to a hardware domain id of
+    /// its own), with the context- and IOTLB invalidations that takes. The
+    /// core calls it before it records a move into a non-default context;
+    /// an error leaves the device where it was and the core changes nothing.
+    /// A unit that reads the core's own context entries (the default) has
+    /// nothing to do.
+    fn attach(
+        &mut self,
+        _mem: &mut dyn PhysMem,
+        _sid: Sid,
+        _root: Mfn,
+        _did: u16,
+        _ats: bool,
+    ) -> Result<(), AttachError> {
+        Ok(())
+    }
+
+    /// The counterpart of [`Hardware::attach`]: `sid` goes back to what the
+    /// host driver gives its owner (the core's default context, quarantine,
+    /// or a broken device's blocked entry). It cannot fail: once it returns,
+    /// the device reaches none of the core's tables (a unit that cannot
+    /// restore the host's mapping blocks the device instead), so the core
+    /// may free them after its invalidation.
+    fn detach(&mut self, _mem: &mut dyn PhysMem, _sid: Sid) {}
+
+    /// The core no longer uses domain id `did`: every invalidation that
+    /// covers it completed, and no device is attached under it.
+    fn release_did(&mut self, _did: u16) {}
+}
+
+/// Why a shared unit refused [`Hardware::attach`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// The host driver does not support this device in a core context (a
+    /// bridge, phantom functions, another unit, other table depth).
+    NotSupported,
+    /// The host driver does not know the device, or has not set it up.
+    NoDevice,
+    /// No hardware domain id is free.
+    NoSpace,
+    /// The host driver failed (memory, invalidation).
+    Failed,
 }
 
 /// Invalidation activity seen by the model.

@@ -4,9 +4,15 @@
 //! returning null, and a panic handler that logs through printk and fails
 //! the hypercall instead of stopping the host.
 //!
-//! Issue 13, second step: the core runs over Xen memory and the real VT-d
-//! unit's capabilities, still detached from the hardware ([`unit`]), with
-//! its per-caller policy over Xen's facts ([`XenPlatform`]): a domain's own
+//! Issue 13, third step: the core runs over Xen memory and shares the VT-d
+//! unit with Xen's own VT-d driver ([`unit`]): a device reattached to one of
+//! the core's non-default contexts has its context entry in Xen's table
+//! pointed at that context's tables (built by the core), under a hardware
+//! domain id Xen reserves for it, and goes back to Xen's own mapping for its
+//! owner on reattach to context 0, on free with reattach-default, and on
+//! domain teardown; IOTLB invalidations after unmaps become Xen's flushes.
+//! The core applies its per-caller policy over Xen's facts
+//! ([`XenPlatform`]): a domain's own
 //! frames and the frames granted to it (Xen's per-grantee grant counts),
 //! page references (`get_page`/`get_page_type`), PCI device ownership
 //! (`pci_get_pdev`), and domain teardown (`domain_kill` calls
@@ -16,13 +22,13 @@
 //!   (paged; identity contexts are off: Xen does not list a PV domain's
 //!   pages to us yet), free_context, map_pages, unmap_pages, and
 //!   remote_cmd with those on behalf of a domain that has a PCI device
-//!   (registered with its devices on first use, under that domain's rules).
-//!   Contexts hold no device: reattach_device answers -EOPNOTSUPP until
-//!   the core drives the unit, so nothing here changes any DMA;
+//!   (registered with its devices on first use, under that domain's rules),
+//!   and reattach_device (also through remote_cmd) for a device the target
+//!   domain owns: endpoints behind the first unit without RMRR, phantom
+//!   functions or ATS (others: -EOPNOTSUPP from Xen's side);
 //! * every other domain: -ENODEV. A domU that could query capabilities
-//!   would pick PV-IOMMU (Ferrite does, and then refuses its NVMe without
-//!   working contexts), so domUs keep their machine-frame path until
-//!   contexts are real on the hardware.
+//!   would pick PV-IOMMU (Ferrite does, and its NVMe path is not switched
+//!   to contexts yet), so domUs keep their machine-frame path for now.
 //!
 //! Built only by `lab/xen-build.sh` (x86_64-unknown-none, -Z build-std,
 //! Xen's code-generation flags); never part of a guest image.
@@ -52,7 +58,7 @@ use iommu_core::{hypercall_return, Config, Frame, Iommu, Limits, Platform, Sourc
 use pv_iommu_abi::{errno, subop};
 
 use mem::XenMemory;
-use unit::DetachedUnit;
+use unit::XenUnit;
 
 /// Largest argument structure of any sub-op (the C shell's buffer size).
 pub const MAX_ARG: usize = 64;
@@ -217,7 +223,7 @@ impl Platform for XenPlatform {
 
 // ------------------------------------------------------------- state
 
-type Core = Iommu<XenMemory, DetachedUnit, XenPlatform>;
+type Core = Iommu<XenMemory, XenUnit, XenPlatform>;
 
 enum State {
     /// Not set up yet (set up on the first call).
@@ -260,7 +266,7 @@ fn set_up(hwdom: DomId) -> State {
         log!("no VT-d unit in use by Xen: PV-IOMMU off (-ENODEV)");
         return State::Off;
     };
-    let Some(unit) = DetachedUnit::new(cap, ecap) else {
+    let Some(unit) = XenUnit::new(cap, ecap) else {
         log!("VT-d CAP {cap:#x}: no 39/48-bit second-level tables: PV-IOMMU off");
         return State::Off;
     };
@@ -285,7 +291,7 @@ fn set_up(hwdom: DomId) -> State {
     }
     sync_devices(&mut core, hwdom, Instant(xen::now_ns()));
     log!(
-        "Rust core up: VT-d CAP {:#x} ECAP {:#x} ({}-bit, CM {}, {} domain ids, QI {}); hardware domain {} (and remote_cmd for domains with devices) under the policy; domUs -ENODEV; core tables ({} pages) detached from the unit, which Xen's VT-d code keeps driving",
+        "Rust core up: VT-d CAP {:#x} ECAP {:#x} ({}-bit, CM {}, {} domain ids, QI {}); hardware domain {} (and remote_cmd for domains with devices) under the policy; domUs -ENODEV; devices in non-default contexts use the core's tables ({} pages now), everything else Xen's VT-d code",
         caps.cap,
         caps.ecap,
         caps.addr_width().map_or(0, |a| a.bits()),
@@ -356,13 +362,6 @@ fn ensure_domain(core: &mut Core, dom: DomId, now: Instant) -> Result<(), i64> {
     }
 }
 
-/// Sub-ops the hardware domain's calls may bring to the core (also as
-/// remote_cmd's inner sub-op). Reattach would move a device: not while
-/// the core is detached from the unit.
-fn core_answers(op: u32) -> bool {
-    op != subop::REATTACH_DEVICE
-}
-
 // ------------------------------------------------------------- C entry points
 
 /// Bytes of the argument structure of `subop` (0 for sub-ops without one
@@ -418,17 +417,11 @@ fn dispatch(st: &mut State, caller: DomId, hwdom: DomId, op: u32, arg: &mut [u8]
                 // domUs: off until contexts are real (crate documentation).
                 return -errno::ENODEV;
             }
-            if !core_answers(op) {
-                return -errno::EOPNOTSUPP;
-            }
             let now = Instant(xen::now_ns());
             if op == subop::REMOTE_CMD {
                 let Ok(rc) = pv_iommu_abi::RemoteCmd::parse(arg) else {
                     return -errno::EFAULT;
                 };
-                if !core_answers(rc.subop as u32) {
-                    return -errno::EOPNOTSUPP;
-                }
                 let target = rc.target();
                 if target != hwdom {
                     if let Err(e) = ensure_domain(core, target, now) {
@@ -445,7 +438,7 @@ fn dispatch(st: &mut State, caller: DomId, hwdom: DomId, op: u32, arg: &mut [u8]
 /// Called from Xen's `domain_kill` (under the C shell's lock) once per
 /// dying domain, before its memory is relinquished: the core tears the
 /// domain's contexts down and drops every page reference its mappings held
-/// (the detached unit completes the invalidation at once).
+/// (the unit flushes through Xen and completes the invalidation at once).
 #[no_mangle]
 pub extern "C" fn ferrite_iommu_domain_destroyed(domid: u16) {
     if POISONED.load(Ordering::SeqCst) {
@@ -471,6 +464,15 @@ pub extern "C" fn ferrite_iommu_dump() {
             let mut w = Lines::new();
             let _ = core.dump(&mut w);
             w.flush();
+            let _ = core.hw_mut().dump(&mut w);
+            w.flush();
+            let (devs, ids) = core.hw_mut().attached();
+            log!(
+                "unit: devices in core contexts={} hardware domain ids={} failures={}",
+                devs,
+                ids,
+                core.hw_mut().failures
+            );
         }
         State::Idle => log!("dump: core not set up (no hypercall 43 yet)"),
         State::Off => log!("dump: PV-IOMMU off"),
@@ -580,9 +582,11 @@ mod tests {
             assert_eq!(ferrite_iommu_arg_size(op), 0);
             assert_eq!(call(&mut st, 0, op).0, -errno::EOPNOTSUPP, "sub-op {op:#x}");
         }
-        for op in [subop::REATTACH_DEVICE, 9, 10, 11, 12] {
+        for op in [9, 10, 11, 12] {
             assert_eq!(call(&mut st, 0, op).0, -errno::EOPNOTSUPP, "sub-op {op}");
         }
+        // Reattach reaches the core: 0000:00:00.0 is not dom0's in the fake Xen.
+        assert_eq!(call(&mut st, 0, subop::REATTACH_DEVICE).0, -errno::ENOENT);
         init(&mut st, 0);
         let (rc, _) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc { alloc_flags: 1, ..Default::default() }.to_bytes());
         assert_eq!(rc, -errno::EOPNOTSUPP, "identity contexts are off");
@@ -663,15 +667,108 @@ mod tests {
         assert_eq!(remote(&mut st, 5, subop::MAP_PAGES, &mut map(ctx, 0x1012, 1)), -errno::EPERM, "not granted");
         assert_eq!(xen::state::refs(), 3);
         let mut r = ReattachDevice::default().to_bytes();
-        assert_eq!(remote(&mut st, 5, subop::REATTACH_DEVICE, &mut r), -errno::EOPNOTSUPP);
+        assert_eq!(remote(&mut st, 5, subop::REATTACH_DEVICE, &mut r), -errno::ENOENT, "00:00.0 is not domain 5's");
+        let mut r = reattach_bytes(ctx, 0x20);
+        assert_eq!(remote(&mut st, 5, subop::REATTACH_DEVICE, &mut r), 0, "its own 00:04.0");
+        assert!(vtd(|v| v.attached.contains_key(&(0, 0x20))));
         assert_eq!(remote(&mut st, 9, subop::NOOP, &mut []), -errno::ENODEV, "no such domain / no device");
         let State::Up(core, _) = &st else { panic!("core not up") };
         assert_eq!(core.counters(DomId(5)).held_refs, 3);
         ferrite_iommu_domain_destroyed_on(&mut st, 5);
         assert_eq!(xen::state::refs(), 0, "teardown dropped every reference");
+        vtd(|v| {
+            assert!(v.attached.is_empty(), "teardown gave the device back to Xen's mapping");
+            assert!(v.ids.is_empty(), "and the pseudo domain id back to Xen");
+        });
         let State::Up(core, _) = &st else { panic!("core not up") };
         assert_eq!(core.counters(DomId(5)), iommu_core::Counters::default());
         assert_eq!(remote(&mut st, 5, subop::NOOP, &mut []), -errno::ENODEV, "a dead domain is not re-registered");
+    }
+
+    fn vtd<R>(f: impl FnOnce(&xen::state::Vtd) -> R) -> R {
+        xen::state::VTD.with(|v| f(&v.borrow()))
+    }
+
+    fn reattach_bytes(ctx: u16, devfn: u8) -> [u8; ReattachDevice::SIZE] {
+        let dev = PciSbdf::new(0, 0, devfn >> 3, devfn & 7);
+        ReattachDevice { ctx_no: ctx, dev: dev.into(), pad0: 0, pasid: 0 }.to_bytes()
+    }
+
+    fn dump(st: &mut State) -> String {
+        let State::Up(core, _) = st else { panic!("core not up") };
+        let mut out = String::new();
+        core.dump(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn reattach_points_xens_context_entry_at_the_core_tables_and_back() {
+        let mut st = State::Idle;
+        init(&mut st, 0);
+        let (rc, arg) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+        assert_eq!(rc, 0);
+        let ctx = Alloc::parse(&arg).unwrap().ctx_no;
+        let m = MapPages::new(CtxNo(ctx), Gfn(0x1001), Dfn(0x100), 1, 4096, 3).to_bytes();
+        assert_eq!(op(&mut st, 0, subop::MAP_PAGES, &m).0, 0);
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x10)).0, 0);
+        let (root, id) = vtd(|v| v.attached.get(&(0, 0x10)).copied()).expect("00:02.0 attached");
+        assert_eq!(root % 4096, 0);
+        assert!(id > 0x7fff, "a Xen pseudo domain id");
+        let d = dump(&mut st);
+        assert!(d.contains(&format!("d0 ctx{ctx} Paged did=3 mapped=3 devs=[0000:00:02.0]")), "{d}");
+        let State::Up(core, _) = &mut st else { panic!("core not up") };
+        let mut u = String::new();
+        core.hw_mut().dump(&mut u).unwrap();
+        assert!(u.contains(&format!("unit: 0000:00:02.0 core did 3 (Xen id {id:#x}) root {root:#x}")), "{u}");
+        assert!(u.contains(": the core's table"), "{u}");
+        // A second context gets its own hardware id; moving between them keeps each.
+        let (_, arg) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+        let ctx2 = Alloc::parse(&arg).unwrap().ctx_no;
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(ctx2, 0x10)).0, 0);
+        let (root2, id2) = vtd(|v| v.attached[&(0, 0x10)]);
+        assert_ne!((root2, id2), (root, id));
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x10)).0, 0);
+        assert_eq!(vtd(|v| v.attached[&(0, 0x10)]), (root, id));
+        // Unmaps reach the hardware as IOTLB flushes of the context's hardware id.
+        xen::state::VTD.with(|v| v.borrow_mut().flushes.clear());
+        let un = UnmapPages::new(CtxNo(ctx), Dfn(0x101), 4096, 1).to_bytes();
+        assert_eq!(op(&mut st, 0, subop::UNMAP_PAGES, &un).0, 0);
+        assert!(vtd(|v| v.flushes.iter().any(|f| f.0 == id)), "{:?}", vtd(|v| v.flushes.clone()));
+        // Back to the default context: Xen's own mapping; then both contexts go.
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(0, 0x10)).0, 0);
+        assert!(vtd(|v| v.attached.is_empty()));
+        for c in [ctx, ctx2] {
+            let f = pv_iommu_abi::Free { ctx_no: c, pad0: 0, free_flags: 0 }.to_bytes();
+            assert_eq!(op(&mut st, 0, subop::FREE_CONTEXT, &f).0, 0);
+        }
+        vtd(|v| assert!(v.ids.is_empty(), "pseudo ids returned: {:?}", v.ids));
+        assert_eq!(xen::state::refs(), 0);
+    }
+
+    #[test]
+    fn xen_refusing_a_device_changes_nothing() {
+        let mut st = State::Idle;
+        init(&mut st, 0);
+        let (_, arg) = op(&mut st, 0, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+        let ctx = Alloc::parse(&arg).unwrap().ctx_no;
+        xen::state::VTD.with(|v| v.borrow_mut().refuse = errno::EOPNOTSUPP as i32);
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x10)).0, -errno::EOPNOTSUPP);
+        vtd(|v| assert!(v.attached.is_empty() && v.ids.is_empty(), "{v:?}"));
+        let State::Up(core, _) = &st else { panic!("core not up") };
+        assert_eq!(core.device_context(PciSbdf::new(0, 0, 2, 0)), Some((DomId(0), CtxNo(0))));
+        xen::state::VTD.with(|v| v.borrow_mut().refuse = 0);
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x10)).0, 0);
+        // Free with reattach-default: detached before the tables go.
+        let f = pv_iommu_abi::Free { ctx_no: ctx, pad0: 0, free_flags: 1 }.to_bytes();
+        assert_eq!(op(&mut st, 0, subop::FREE_CONTEXT, &f).0, 0);
+        vtd(|v| assert!(v.attached.is_empty() && v.ids.is_empty(), "{v:?}"));
+    }
+
+    #[test]
+    fn domus_still_get_enodev_for_reattach() {
+        let mut st = State::Idle;
+        assert_eq!(op(&mut st, 5, subop::REATTACH_DEVICE, &reattach_bytes(0, 0x20)).0, -errno::ENODEV);
+        vtd(|v| assert!(v.attached.is_empty()));
     }
 
     #[test]

@@ -48,8 +48,8 @@ impl PhysMem for XenMemory {
     }
 
     fn write_back(&mut self, _pa: u64, _len: u64) {
-        // The core's tables are not installed in any unit (see `unit`):
-        // nothing reads them behind the CPU caches.
+        // The core writes its tables back through the unit
+        // (`Hardware::flush_cache`, Xen's iommu_sync_cache), not here.
     }
 }
 

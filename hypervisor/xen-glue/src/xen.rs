@@ -24,6 +24,74 @@ extern "C" {
     fn ferrite_xen_domain_devices(domid: u16, sbdf: *mut u32, max: u32) -> u32;
     fn ferrite_xen_copy_from_guest(domid: u16, addr: u64, buf: *mut u8, len: usize) -> i32;
     fn ferrite_xen_copy_to_guest(domid: u16, addr: u64, buf: *const u8, len: usize) -> i32;
+    // xen/drivers/passthrough/vtd/iommu.c (the project's patch): devices in the core's contexts.
+    fn ferrite_vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u32) -> i32;
+    fn ferrite_vtd_detach(bus: u8, devfn: u8) -> i32;
+    fn ferrite_vtd_domid_alloc() -> i32;
+    fn ferrite_vtd_domid_free(domid: u16);
+    fn ferrite_vtd_flush(domid: u16, addr: u64, order: i32) -> i32;
+    fn ferrite_vtd_sync_cache(maddr: u64, len: u64);
+    fn ferrite_vtd_read_entry(bus: u8, devfn: u8, lo: *mut u64, hi: *mut u64) -> i32;
+}
+
+/// The context entry (low, high) the unit reads for 0000:`bus`:`devfn`
+/// from Xen's table; `None` if the bus has no context table.
+pub fn vtd_read_entry(bus: u8, devfn: u8) -> Option<(u64, u64)> {
+    let (mut lo, mut hi) = (0u64, 0u64);
+    // SAFETY: both pointers are valid for one u64 write each; Xen only reads its tables.
+    (unsafe { ferrite_vtd_read_entry(bus, devfn, &mut lo, &mut hi) } == 1).then_some((lo, hi))
+}
+
+/// Points device 0000:`bus`:`devfn`'s context entry (in Xen's table) at the
+/// second-level table at machine address `root` (`levels` deep), tagged
+/// with the hardware domain id of Xen pseudo domain id `domid`; Xen flushes
+/// what the unit cached for the entry's previous id. 0 or a negative errno
+/// (-EOPNOTSUPP: a device or unit Xen will not hand over; -ENODEV: unknown,
+/// unassigned or not set up; -ENOMEM, -EBUSY, -EILSEQ).
+pub fn vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u8) -> i64 {
+    // SAFETY: plain values. Xen checks the device, the table's frame and the
+    // id; the table stays valid while a device uses it (the core detaches
+    // every device before it frees a table).
+    i64::from(unsafe { ferrite_vtd_attach(bus, devfn, root, domid, u32::from(levels)) })
+}
+
+/// Gives device 0000:`bus`:`devfn` back its owner's mapping (Xen's own
+/// path). False if Xen could not: it cleared the entry instead (the
+/// device's DMA faults). Either way the device uses no core table after it.
+pub fn vtd_detach(bus: u8, devfn: u8) -> bool {
+    // SAFETY: plain values; Xen looks the device up under its PCI lock.
+    unsafe { ferrite_vtd_detach(bus, devfn) == 0 }
+}
+
+/// A Xen pseudo domain id (from the unit's quarantine id map) for one core
+/// context, or `None` when none is free (or Xen runs without quarantine).
+pub fn vtd_domid_alloc() -> Option<u16> {
+    // SAFETY: no arguments.
+    let r = unsafe { ferrite_vtd_domid_alloc() };
+    u16::try_from(r).ok()
+}
+
+/// Returns a pseudo domain id from [`vtd_domid_alloc`] (after an IOTLB flush of it).
+pub fn vtd_domid_free(domid: u16) {
+    // SAFETY: plain value; Xen ignores ids that are not pseudo ids.
+    unsafe { ferrite_vtd_domid_free(domid) }
+}
+
+/// IOTLB invalidation of pseudo domain id `domid`: domain-selective, or the
+/// 2^order pages at `addr`. Synchronous (Xen waits for the unit). False if
+/// Xen reports a failure.
+pub fn vtd_flush(domid: u16, page: Option<(u64, u8)>) -> bool {
+    let (addr, order) = page.map_or((0, -1), |(a, o)| (a, i32::from(o)));
+    // SAFETY: plain values.
+    unsafe { ferrite_vtd_flush(domid, addr, order) == 0 }
+}
+
+/// Writes the CPU cache lines of `[maddr, maddr + len)` (inside one page)
+/// back to memory, for a unit without page-walk coherency.
+pub fn sync_cache(maddr: u64, len: u64) {
+    // SAFETY: plain values; Xen checks the frame and the range, and a cache
+    // write-back changes no memory contents.
+    unsafe { ferrite_vtd_sync_cache(maddr, len) }
 }
 
 /// What a domain's frame is ([`frame_of`]); values of the C side's FERRITE_FRAME_*.

@@ -57,7 +57,23 @@ pub mod state {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
+    /// What the fake Xen VT-d driver saw.
+    #[derive(Default, Debug)]
+    pub struct Vtd {
+        /// Context entries pointed at core tables: (bus, devfn) → (root, pseudo domain id).
+        pub attached: BTreeMap<(u8, u8), (u64, u16)>,
+        /// Pseudo domain ids handed out and not returned.
+        pub ids: std::collections::BTreeSet<u16>,
+        pub next_id: u16,
+        /// IOTLB flushes: (pseudo domain id, page range or None for the domain).
+        pub flushes: Vec<(u16, Option<(u64, u8)>)>,
+        pub detaches: u32,
+        /// attach answers this errno instead (0: succeed).
+        pub refuse: i32,
+    }
+
     thread_local! {
+        pub static VTD: RefCell<Vtd> = RefCell::new(Vtd { next_id: 0x8000, ..Vtd::default() });
         pub static REFS: RefCell<BTreeMap<u64, (u32, u32)>> = const { RefCell::new(BTreeMap::new()) };
         /// The calling domain's memory reachable at guest addresses (remote_cmd's inner argument).
         pub static GUEST_MEM: RefCell<BTreeMap<u64, Vec<u8>>> = const { RefCell::new(BTreeMap::new()) };
@@ -160,5 +176,64 @@ pub fn copy_to_guest(_domid: u16, addr: u64, buf: &[u8]) -> bool {
             true
         }
         _ => false,
+    })
+}
+
+pub fn vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u8) -> i64 {
+    state::VTD.with(|v| {
+        let mut v = v.borrow_mut();
+        if v.refuse != 0 {
+            return -i64::from(v.refuse);
+        }
+        assert_eq!(levels, 3, "QEMU's unit: 39-bit");
+        assert!(v.ids.contains(&domid), "attach with an id that is not held");
+        // The fake Xen knows devices 00:02.0 (dom0) and 00:04.0 (domain 5).
+        if bus != 0 || (devfn != 0x10 && devfn != 0x20) {
+            return -19;
+        }
+        v.attached.insert((bus, devfn), (root, domid));
+        0
+    })
+}
+
+pub fn vtd_detach(bus: u8, devfn: u8) -> bool {
+    state::VTD.with(|v| {
+        let mut v = v.borrow_mut();
+        v.detaches += 1;
+        assert!(v.attached.remove(&(bus, devfn)).is_some(), "detach of a device not attached");
+        true
+    })
+}
+
+pub fn vtd_domid_alloc() -> Option<u16> {
+    state::VTD.with(|v| {
+        let mut v = v.borrow_mut();
+        let id = v.next_id;
+        v.next_id += 1;
+        v.ids.insert(id);
+        Some(id)
+    })
+}
+
+pub fn vtd_domid_free(domid: u16) {
+    state::VTD.with(|v| {
+        let mut v = v.borrow_mut();
+        assert!(v.ids.remove(&domid), "free of an id not held");
+        assert!(v.attached.values().all(|&(_, d)| d != domid), "id freed while a device uses it");
+    })
+}
+
+pub fn vtd_flush(domid: u16, page: Option<(u64, u8)>) -> bool {
+    state::VTD.with(|v| v.borrow_mut().flushes.push((domid, page)));
+    true
+}
+
+pub fn sync_cache(_maddr: u64, _len: u64) {}
+
+/// The fake Xen's entry: what attach wrote (present, the root, hardware did = !id).
+pub fn vtd_read_entry(bus: u8, devfn: u8) -> Option<(u64, u64)> {
+    state::VTD.with(|v| {
+        let v = v.borrow();
+        Some(v.attached.get(&(bus, devfn)).map_or((0, 0), |&(root, id)| (root | 1, u64::from(!id) << 8 | 1)))
     })
 }

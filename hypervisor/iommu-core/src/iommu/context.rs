@@ -3,7 +3,7 @@
 //! and tearing a context down. Every context entry the core writes is built
 //! by [`context_entry`].
 
-use crate::hw::Hardware;
+use crate::hw::{AttachError, Hardware};
 use crate::mem::{Memory, PageAlloc, PhysMem};
 use crate::types::{DomId, Mfn, PciSbdf, Sid};
 use crate::vtd::{AddrWidth, ContextEntry, RootEntry, TranslationType};
@@ -91,9 +91,10 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             }
         }
         if broken {
-            return; // its entry stays not-present
+            return; // its entry stays not-present (and detached from a shared unit)
         }
         self.point_at_quarantine(sid);
+        self.hw.detach(&mut self.mem, sid);
         if let Some(did) = old_did {
             f.context.push((did, sid));
             f.iotlb_domain.push(did);
@@ -104,28 +105,40 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     }
 
     /// Points `dev` at context `to` of `dom` and queues the invalidations
-    /// for the context it leaves.
-    pub(super) fn move_device(&mut self, dom: DomId, dev: PciSbdf, to: u16, f: &mut Flush) {
+    /// for the context it leaves. On a shared unit the device is attached to
+    /// the context's tables first ([`Hardware::attach`]; context 0 is the
+    /// host's own mapping: [`Hardware::detach`]); if the unit refuses,
+    /// nothing changes.
+    pub(super) fn move_device(&mut self, dom: DomId, dev: PciSbdf, to: u16, f: &mut Flush) -> Result<(), AttachError> {
         let Some(d) = self.devices.get(&dev) else {
-            return;
+            return Err(AttachError::NoDevice);
         };
         let (from, ats) = (d.ctx, d.ats);
+        let sid = Sid::from(dev);
+        let Some(target) = self.domains.get(&dom).and_then(|d| d.contexts.get(&to)) else {
+            return Err(AttachError::NoDevice);
+        };
+        if target.kind == CtxKind::Default {
+            self.hw.detach(&mut self.mem, sid);
+        } else {
+            let (root, did) = (target.table.root(), target.did);
+            self.hw.attach(&mut self.mem, sid, root, did, ats)?;
+        }
         let Some(domain) = self.domains.get_mut(&dom) else {
-            return;
+            return Err(AttachError::NoDevice);
         };
         let old_did = domain.contexts.get_mut(&from).map(|c| {
             c.devices.remove(&dev);
             c.did
         });
         let Some(target) = domain.contexts.get_mut(&to) else {
-            return;
+            return Err(AttachError::NoDevice);
         };
         target.devices.insert(dev);
         let (root, did) = (target.table.root(), target.did);
         if let Some(d) = self.devices.get_mut(&dev) {
             d.ctx = to;
         }
-        let sid = Sid::from(dev);
         self.point_at(sid, root, did, ats);
         if let Some(did) = old_did {
             f.context.push((did, sid));
@@ -134,6 +147,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         if ats {
             f.devtlb_all(sid);
         }
+        Ok(())
     }
 
     /// Removes context `ctx_no` of `dom` and hands its tables, page
@@ -182,5 +196,6 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             d.arena_used = d.arena_used.saturating_sub(n);
         }
         self.dids.remove(&b.did);
+        self.hw.release_did(b.did);
     }
 }

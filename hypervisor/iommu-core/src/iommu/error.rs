@@ -65,6 +65,18 @@ impl From<AbiError> for Error {
     }
 }
 
+impl From<crate::hw::AttachError> for Error {
+    fn from(e: crate::hw::AttachError) -> Self {
+        use crate::hw::AttachError as A;
+        match e {
+            A::NotSupported => Error::OpNotSupp,
+            A::NoDevice => Error::NoDev,
+            A::NoSpace => Error::NoSpc,
+            A::Failed => Error::NoMem,
+        }
+    }
+}
+
 /// A successful handler result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

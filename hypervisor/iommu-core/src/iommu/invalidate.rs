@@ -219,6 +219,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             };
             for did in r.dids {
                 self.dids.remove(&did);
+                self.hw.release_did(did);
             }
             if let Some((dom, n)) = r.budget {
                 if let Some(d) = self.domains.get_mut(&dom) {
@@ -290,6 +291,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 f.iotlb_domain.push(ctx.did);
             }
             self.clear_context_entry(sid);
+            self.hw.detach(&mut self.mem, sid);
         }
         self.hw.abort_device_tlb(&mut self.mem, sid);
         // Queued behind the aborted wait; processed now that it completes.

@@ -22,7 +22,6 @@
 //!   of `Config::release_budget` references and table pages per call (a
 //!   domain's limits keep counting what is not released yet).
 
-use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
 use crate::hw::Hardware;
@@ -169,8 +168,9 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         self.dids.len().saturating_sub(2)
     }
 
-    /// A debug dump: one line per domain (limits, counters, contexts with
-    /// their kind, domain id and devices), then the totals.
+    /// A debug dump: one line per domain (limits, counters), one per
+    /// context (`d<dom> ctx<n>`: kind, domain id, pages mapped with a
+    /// reference, devices as seg:bus:dev.fn), then the totals.
     pub fn dump(&self, out: &mut dyn Write) -> fmt::Result {
         for (dom, d) in &self.domains {
             let c = self.counters(*dom);
@@ -187,14 +187,20 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
                 c.table_pages,
                 c.held_refs
             )?;
-            for (n, ctx) in &d.contexts {
-                let devs: Vec<PciSbdf> = ctx.devices.iter().copied().collect();
-                write!(out, "; ctx{} {:?} did={} devs={:?}", n, ctx.kind, ctx.did, devs)?;
-            }
             if let Some(b) = &d.building {
                 write!(out, "; ctx{} building at gfn {:#x}", b.ctx_no, b.next.0)?;
             }
             writeln!(out)?;
+            // One line per context (a domain's devices do not fit one console line).
+            for (n, ctx) in &d.contexts {
+                let mapped = ctx.table.leaves(&self.mem).map_or(0, |l| l.iter().filter(|l| l.holds_ref).count());
+                write!(out, "d{} ctx{} {:?} did={} mapped={} devs=[", dom.0, n, ctx.kind, ctx.did, mapped)?;
+                for (i, dev) in ctx.devices.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { " " };
+                    write!(out, "{sep}{:04x}:{:02x}:{:02x}.{}", dev.seg, dev.bus, dev.devfn >> 3, dev.devfn & 7)?;
+                }
+                writeln!(out, "]")?;
+            }
         }
         let t = self.totals();
         writeln!(

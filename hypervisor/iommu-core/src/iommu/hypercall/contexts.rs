@@ -172,7 +172,8 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
         }
         let mut f = Flush::default();
         for dev in devs {
-            self.move_device(dom, dev, 0, &mut f);
+            // Into context 0: a detach, which cannot be refused.
+            self.move_device(dom, dev, 0, &mut f)?;
         }
         self.teardown_context(dom, fr.ctx_no, &mut f);
         self.commit(f, now);
@@ -201,7 +202,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
             return Err(Error::Busy);
         }
         let mut f = Flush::default();
-        self.move_device(dom, dev, r.ctx_no, &mut f);
+        self.move_device(dom, dev, r.ctx_no, &mut f)?;
         self.commit(f, now);
         Ok(Outcome::Done)
     }
