@@ -38,7 +38,9 @@
 #                  into the read-only 0x103000 and the unmapped 0x200000 the unit blocks
 #                  the writes: the read-only page unchanged, and Xen logs a VT-d fault
 #                  for 00:05.0 at each address (QEMU's NVMe still completes those
-#                  commands with status 0). Debian: SKIP
+#                  commands with status 0); the core's dump counts the faults
+#                  (Xen's fault handler hands each to it) and names the last one:
+#                  00:05.0, write, one of the two addresses. Debian: SKIP
 #  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
 #                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
 #                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
@@ -208,6 +210,8 @@ reattach_test() {
     xl debug-keys F >/dev/null 2>&1; sleep 0.5
     back=$(dump_line "d0 ctx0 ")
     unit2=$(dump_line "unit: devices")
+    flt=$(dump_line "faults: ")
+    lab_info "core: $flt"
     lab_info "back: $back"
     lab_info "back: $unit2"
     lab_info "$(labtool release-pages $mfns | grep '^LAB-PAGES')"
@@ -229,8 +233,15 @@ reattach_test() {
     else
         lab_fail iommu-reattach "$why"
     fi
+    # The core's own record of the faults (Xen's handler hands each to it).
+    case "$flt" in
+        "faults: total="*" last=$DEV2 write addr=0x103000 reason="*|"faults: total="*" last=$DEV2 write addr=0x200000 reason="*) ;;
+        *) dwhy="$dwhy the core's fault line: '${flt:-none}' (want the last fault: $DEV2 write at 0x103000 or 0x200000);" ;;
+    esac
+    n=$(echo "$flt" | sed -n 's/^faults: total=\([0-9]*\).*/\1/p')
+    [ "${n:-0}" -ge 2 ] || dwhy="$dwhy the core counted ${n:-0} faults (want 2 or more);"
     if [ -z "$dwhy" ]; then
-        lab_pass iommu-dma "through the context: Identify landed in the mapped page (serial ferrite-nvme1); its writes to the read-only IOVA 0x103000 (page unchanged) and the unmapped 0x200000 were blocked: VT-d faults for $DEV2 at both in xl dmesg"
+        lab_pass iommu-dma "through the context: Identify landed in the mapped page (serial ferrite-nvme1); its writes to the read-only IOVA 0x103000 (page unchanged) and the unmapped 0x200000 were blocked: VT-d faults for $DEV2 at both in xl dmesg, and the core recorded them ($flt)"
     else
         lab_fail iommu-dma "$dwhy"
     fi

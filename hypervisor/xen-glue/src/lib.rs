@@ -51,7 +51,7 @@ mod xen;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use iommu_core::types::{DomId, Gfn, Instant, Mfn, PciSbdf};
 use iommu_core::{hypercall_return, Config, Frame, Iommu, Limits, Platform, Source};
@@ -451,6 +451,56 @@ pub extern "C" fn ferrite_iommu_domain_destroyed(domid: u16) {
     });
 }
 
+/// VT-d faults Xen's fault handler saw, counted without a lock (the handler
+/// may run while a hypercall holds the core): how many, and the last one
+/// (device, address, reason and direction; its fields are stored one by
+/// one, so a fault racing another may mix them: a diagnostic, not a log).
+struct FaultLog {
+    total: AtomicU64,
+    /// segment << 16 | source id.
+    sbdf: AtomicU64,
+    addr: AtomicU64,
+    /// reason | read << 8.
+    kind: AtomicU64,
+}
+
+static FAULTS: FaultLog =
+    FaultLog { total: AtomicU64::new(0), sbdf: AtomicU64::new(0), addr: AtomicU64::new(0), kind: AtomicU64::new(0) };
+
+/// Called by Xen's VT-d fault handler for every fault record it reads
+/// (`read` nonzero: a DMA read). Never blocks, never allocates, never logs.
+#[no_mangle]
+pub extern "C" fn ferrite_iommu_fault(seg: u16, source_id: u16, addr: u64, reason: u8, read: i32) {
+    FAULTS.sbdf.store(u64::from(seg) << 16 | u64::from(source_id), Ordering::Relaxed);
+    FAULTS.addr.store(addr, Ordering::Relaxed);
+    FAULTS.kind.store(u64::from(reason) | u64::from(read != 0) << 8, Ordering::Relaxed);
+    FAULTS.total.fetch_add(1, Ordering::Release);
+}
+
+/// The dump's fault line, written without allocating: `faults: total=N`
+/// and, once there was one, `last=SSSS:BB:DD.F write|read addr=0x... reason=N`.
+fn write_faults<W: Write>(w: &mut W) -> core::fmt::Result {
+    let total = FAULTS.total.load(Ordering::Acquire);
+    write!(w, "faults: total={total}")?;
+    if total == 0 {
+        return Ok(());
+    }
+    let sbdf = FAULTS.sbdf.load(Ordering::Relaxed);
+    let kind = FAULTS.kind.load(Ordering::Relaxed);
+    let sid = (sbdf & 0xffff) as u16;
+    write!(
+        w,
+        " last={:04x}:{:02x}:{:02x}.{} {} addr={:#x} reason={}",
+        sbdf >> 16,
+        sid >> 8,
+        (sid >> 3) & 0x1f,
+        sid & 7,
+        if kind >> 8 & 1 == 1 { "read" } else { "write" },
+        FAULTS.addr.load(Ordering::Relaxed),
+        kind & 0xff
+    )
+}
+
 /// Debug key 'F' (C side, under the shell's lock): the core's domains,
 /// contexts and counters on Xen's console, one `ferrite-iommu:` line each.
 #[no_mangle]
@@ -466,6 +516,10 @@ pub extern "C" fn ferrite_iommu_dump() {
             w.flush();
             let _ = core.hw_mut().dump(&mut w);
             w.flush();
+            let mut l = Line::new();
+            let _ = write!(l, "ferrite-iommu: ");
+            let _ = write_faults(&mut l);
+            l.emit();
             let (devs, ids) = core.hw_mut().attached();
             log!(
                 "unit: devices in core contexts={} hardware domain ids={} failures={}",
@@ -699,6 +753,22 @@ mod tests {
         let mut out = String::new();
         core.dump(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn faults_are_counted_and_the_last_one_described() {
+        let mut line = String::new();
+        write_faults(&mut line).unwrap();
+        let before: u64 = line.trim_start_matches("faults: total=").split(' ').next().unwrap().parse().unwrap();
+        ferrite_iommu_fault(0, 0x0028, 0x103000, 5, 0);
+        ferrite_iommu_fault(0, 0x0028, 0x200000, 5, 0);
+        let mut line = String::new();
+        write_faults(&mut line).unwrap();
+        assert_eq!(line, format!("faults: total={} last=0000:00:05.0 write addr=0x200000 reason=5", before + 2));
+        ferrite_iommu_fault(1, 0x0311, 0xfee0_0000, 0x22, 1);
+        let mut line = String::new();
+        write_faults(&mut line).unwrap();
+        assert!(line.ends_with("last=0001:03:02.1 read addr=0xfee00000 reason=34"), "{line}");
     }
 
     #[test]
