@@ -88,7 +88,8 @@ impl PollMode {
     }
 }
 
-/// Counters of the main loop (and the backend's, copied in when logged).
+/// Counters of the main loop (and the backend's and the hybrid poller's,
+/// copied in when logged).
 #[derive(Clone, Copy, Default)]
 struct LoopCounters {
     requests: u64,
@@ -395,7 +396,6 @@ impl<I: Image> Driver<I> {
                     }
                 };
                 if let Some(until) = nap {
-                    c.naps += 1;
                     // Wakes early for a ring event (a new request).
                     let ports = self.blk.ports();
                     let early = matches!(self.s.events.wait_any(&ports, until), Ok(true));
@@ -411,6 +411,7 @@ impl<I: Image> Driver<I> {
                 c.hits = s.persistent_hits;
                 c.copies = s.grant_copies;
                 c.errors = s.errors;
+                c.naps = hp.naps;
                 if c.requests != last.requests {
                     info!(
                         "io: {} requests (+{}), grant map batches +{}, persistent-grant hits +{}, grant copy batches +{}, errors +{}, idle waits +{} ({} timed out, {} then found requests), naps +{} (mean disk wait {} us, naps end {} us late, {} waits spun for it, {:?} polling)",
