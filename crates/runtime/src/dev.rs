@@ -2,6 +2,7 @@
 //! mapping, PCI configuration through ports, and the clock — the unsafe
 //! implementations of the `drivers::hal` / `drivers::pci` contracts.
 
+use super::iomap::{self, Scope};
 use super::pv::PvMm;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -175,6 +176,10 @@ pub enum Translation {
     /// Xen PV without PV-IOMMU: Xen maps our pages 1:1 by machine frame in
     /// the device's IOMMU tables, so bus = MFN << 12.
     PvMachineFrames(&'static spin::Mutex<PvMm>),
+    /// Xen PV with PV-IOMMU: the device has its own context `ctx`, which
+    /// holds only what this mapper maps ([`crate::iomap`]) at IOVA = MFN <<
+    /// 12, so bus addresses are those of `PvMachineFrames`.
+    PvIommu(&'static spin::Mutex<PvMm>, u16),
 }
 
 /// DMA memory and mappings on heap pages.
@@ -198,12 +203,50 @@ impl HalDma {
             Translation::PvMachineFrames(_) => {
                 "PV machine frames (bus address = MFN, Xen's 1:1 IOMMU map of a PV domain)"
             }
+            Translation::PvIommu(..) => "PV-IOMMU context of its own (bus address = MFN, mapped on use)",
+        }
+    }
+    /// The device's own context, if it has one.
+    fn scope(&self) -> Option<Scope> {
+        match self.tr {
+            Translation::PvIommu(_, ctx) => Some(Scope::Context(ctx)),
+            _ => None,
+        }
+    }
+    /// Puts the pages of `segs` into the device's context (all or none).
+    fn map_segments(&self, segs: &[DmaSegment], writable: bool) -> Result<(), DmaError> {
+        let Some(scope) = self.scope() else { return Ok(()) };
+        let mut done: Vec<u64> = Vec::new();
+        for s in segs {
+            let first = s.bus.0 / PAGE_SIZE as u64;
+            let last = (s.bus.0 + s.len.max(1) as u64 - 1) / PAGE_SIZE as u64;
+            for mfn in first..=last {
+                if !iomap::map(scope, mfn, writable) {
+                    for &m in &done {
+                        iomap::unmap(scope, m);
+                    }
+                    return Err(DmaError::MapFailed);
+                }
+                done.push(mfn);
+            }
+        }
+        Ok(())
+    }
+    /// Takes the pages of `segs` back out of the device's context.
+    fn unmap_segments(&self, segs: &[DmaSegment]) {
+        let Some(scope) = self.scope() else { return };
+        for s in segs {
+            let first = s.bus.0 / PAGE_SIZE as u64;
+            let last = (s.bus.0 + s.len.max(1) as u64 - 1) / PAGE_SIZE as u64;
+            for mfn in first..=last {
+                iomap::unmap(scope, mfn);
+            }
         }
     }
     fn bus(&self, va: u64) -> Result<u64, DmaError> {
         match self.tr {
             Translation::Identity => Ok(va),
-            Translation::PvMachineFrames(mm) => {
+            Translation::PvMachineFrames(mm) | Translation::PvIommu(mm, _) => {
                 let mfn = mm.lock().pfn_to_mfn(Pfn(va / 4096)).map_err(|_| DmaError::MapFailed)?;
                 Ok(mfn.0 * 4096 + va % 4096)
             }
@@ -242,14 +285,15 @@ impl DmaMapper for HalDma {
         let p = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(DmaError::NoMemory)?;
         let segs = self.segments(p.as_ptr() as u64, layout.size());
         match segs {
-            Ok(s) if s.len() == 1 => {
+            Ok(s) if s.len() == 1 && self.map_segments(&s, true).is_ok() => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.regions.insert(id, (p, layout));
                 Ok(DmaRegion::new(id, s[0].bus, pages.max(1)))
             }
             _ => {
-                // Not contiguous on the bus (PV frames are scattered).
+                // Not contiguous on the bus (PV frames are scattered), or
+                // the device's context would not take it.
                 // SAFETY: just allocated with this layout.
                 unsafe { alloc::alloc::dealloc(p.as_ptr(), layout) };
                 Err(DmaError::NoMemory)
@@ -258,6 +302,8 @@ impl DmaMapper for HalDma {
     }
     fn free(&mut self, r: DmaRegion) {
         if let Some((p, layout)) = self.regions.remove(&r.id()) {
+            // Out of the device's reach before the memory is reused.
+            self.unmap_segments(&[DmaSegment { bus: r.bus(), len: layout.size() }]);
             // SAFETY: allocated in alloc_zeroed with this layout; removed once.
             unsafe { alloc::alloc::dealloc(p.as_ptr(), layout) };
         }
@@ -282,6 +328,7 @@ impl DmaMapper for HalDma {
     }
     fn map(&mut self, b: &mut DmaBuf, dir: DmaDirection) -> Result<Mapping, DmaError> {
         let segs = self.segments(b.addr(), b.len)?;
+        self.map_segments(&segs, dir == DmaDirection::FromDevice)?;
         let id = self.next_id;
         self.next_id += 1;
         self.live.insert(id, ());
@@ -292,6 +339,7 @@ impl DmaMapper for HalDma {
         if self.live.remove(&m.id()).is_none() {
             return Err(DmaError::UnmapFailed);
         }
+        self.unmap_segments(m.segments());
         fence(Ordering::Acquire);
         Ok(())
     }
@@ -299,7 +347,11 @@ impl DmaMapper for HalDma {
         // Machine frames: access cannot be revoked. The device keeps the old
         // memory forever; the caller gets fresh zeroed memory (or an empty
         // buffer when the heap is out: the completion is an error anyway).
-        self.live.remove(&m.id());
+        // With a context of its own the device loses the pages now; the
+        // memory is still kept out of use (a write may be in flight).
+        if self.live.remove(&m.id()).is_some() {
+            self.unmap_segments(m.segments());
+        }
         let fresh = DmaBuf::zeroed(b.len).unwrap_or_else(DmaBuf::empty);
         self.abandoned.push(core::mem::replace(b, fresh));
     }

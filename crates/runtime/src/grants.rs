@@ -2,6 +2,7 @@
 //! map / unmap / copy of other domains' grants.
 
 use super::hypercall::{hypercall3, nr};
+use super::iomap::{self, Scope};
 use super::page::MappedPage;
 use super::pv::{PvMm, PTE_DATA_RW};
 use alloc::vec::Vec;
@@ -61,6 +62,55 @@ impl<'a> XenGrants<'a> {
     /// machine addresses (`Translation::PvMachineFrames`).
     pub fn set_device_map(&mut self, on: bool) {
         self.device_map = on;
+    }
+
+    /// `GNTTABOP_unmap_grant_ref` of `maps` (contexts are the caller's business).
+    fn unmap_granted(&mut self, maps: &[Mapping]) -> Vec<Result<(), GrantError>> {
+        let mut out = Vec::with_capacity(maps.len());
+        for chunk in maps.chunks(MAX_BATCH) {
+            let mut ops: Vec<GnttabUnmapGrantRef> = chunk
+                .iter()
+                .map(|m| GnttabUnmapGrantRef {
+                    host_addr: m.addr,
+                    // A device mapping is released only when its bus
+                    // address is given back too.
+                    dev_bus_addr: m.bus.unwrap_or(0),
+                    handle: m.handle,
+                    status: 0,
+                    _pad: 0,
+                })
+                .collect();
+            let call = gnttab_op(g::UNMAP_GRANT_REF, ops.as_mut_ptr(), ops.len());
+            let mut mm = self.mm.lock();
+            for (op, m) in ops.iter().zip(chunk) {
+                let r = call.map_err(GrantError::Xen).and_then(|()| GrantError::check(op.status));
+                if r.is_ok() {
+                    mm.free_va(m.addr);
+                }
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// Puts each page just mapped with device access into the devices'
+    /// contexts ([`Scope::Grants`], writable as the grant is); a page the
+    /// contexts refuse is unmapped again and its result becomes an error.
+    fn put_in_contexts(&mut self, out: &mut [Result<Mapping, GrantError>]) {
+        let mut refused: Vec<Mapping> = Vec::new();
+        for r in out.iter_mut() {
+            if let Ok(m) = r {
+                let ok = m.bus.is_some_and(|bus| iomap::map(Scope::Grants, bus >> 12, !m.readonly));
+                if !ok {
+                    refused.push(*m);
+                    *r = Err(GrantError::NoDeviceSpace);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            // Not in any context (refused): straight back through Xen.
+            let _ = self.unmap_granted(&refused);
+        }
     }
 
     /// (flags, domid+frame) of entry `r`: flags is a u16 at +0, frame a u32 at +4.
@@ -169,35 +219,23 @@ impl GrantOps for XenGrants<'_> {
                 out.push(r);
             }
         }
+        if self.device_map && iomap::grants_mapped() {
+            self.put_in_contexts(&mut out);
+        }
         out
     }
 
     fn unmap_batch(&mut self, maps: &[Mapping]) -> Vec<Result<(), GrantError>> {
-        let mut out = Vec::with_capacity(maps.len());
-        for chunk in maps.chunks(MAX_BATCH) {
-            let mut ops: Vec<GnttabUnmapGrantRef> = chunk
-                .iter()
-                .map(|m| GnttabUnmapGrantRef {
-                    host_addr: m.addr,
-                    // A device mapping is released only when its bus
-                    // address is given back too.
-                    dev_bus_addr: m.bus.unwrap_or(0),
-                    handle: m.handle,
-                    status: 0,
-                    _pad: 0,
-                })
-                .collect();
-            let call = gnttab_op(g::UNMAP_GRANT_REF, ops.as_mut_ptr(), ops.len());
-            let mut mm = self.mm.lock();
-            for (op, m) in ops.iter().zip(chunk) {
-                let r = call.map_err(GrantError::Xen).and_then(|()| GrantError::check(op.status));
-                if r.is_ok() {
-                    mm.free_va(m.addr);
+        if iomap::grants_mapped() {
+            // Out of the devices' contexts first (their IOTLBs flushed),
+            // then out of our address space and back to the granter.
+            for m in maps {
+                if let Some(bus) = m.bus {
+                    iomap::unmap(Scope::Grants, bus >> 12);
                 }
-                out.push(r);
             }
         }
-        out
+        self.unmap_granted(maps)
     }
 
     fn copy_batch(&mut self, ops: &[CopyOp]) -> Vec<Result<(), GrantError>> {

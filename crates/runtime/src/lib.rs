@@ -17,6 +17,7 @@ pub mod dev;
 pub mod events;
 pub mod grants;
 pub mod hypercall;
+pub mod iomap;
 pub mod page;
 pub mod pv;
 pub mod pvh;

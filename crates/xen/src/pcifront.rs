@@ -154,6 +154,10 @@ pub struct Pending {
 pub struct Connected {
     pub pending: Pending,
     pub devices: Vec<PciAddr>,
+    /// Each device's machine address (the backend's `dev-N`), as the
+    /// hypervisor names it (PV-IOMMU's `reattach_device`); `None` when the
+    /// backend did not give a readable one. Same order as `devices`.
+    pub machine: Vec<Option<PciAddr>>,
 }
 
 fn read_num<M: SharedMem, N: Notifier>(xs: &mut XsClient<M, N>, path: &str) -> Result<u32, PciError> {
@@ -200,6 +204,7 @@ pub fn poll_connected<M: SharedMem, N: Notifier>(
     }
     let n = read_num(xs, &format!("{}/num_devs", p.backend))?;
     let mut devices = Vec::new();
+    let mut machine = Vec::new();
     // Bounded by the backend's count, itself capped.
     for i in 0..n.min(256) {
         let key = format!("{}/vdev-{i}", p.backend);
@@ -208,9 +213,12 @@ pub fn poll_connected<M: SharedMem, N: Notifier>(
             Err(XsError::Xs(_)) => continue, // a removed slot
             Err(e) => return Err(e.into()),
         }
+        // Only informative: a missing or malformed one leaves the device
+        // usable without a context of its own.
+        machine.push(xs.read_string(&format!("{}/dev-{i}", p.backend)).ok().and_then(|s| PciAddr::parse(&s)));
     }
     xs.write(&format!("{}/state", p.frontend), "4")?;
-    Ok(Some(Connected { pending: p.clone(), devices }))
+    Ok(Some(Connected { pending: p.clone(), devices, machine }))
 }
 
 /// The operation channel on the shared page.
@@ -598,9 +606,12 @@ mod tests {
         xsd.external_write("/local/domain/0/backend/pci/5/0/num_devs", b"2");
         xsd.external_write("/local/domain/0/backend/pci/5/0/vdev-0", b"0000:00:00.0");
         xsd.external_write("/local/domain/0/backend/pci/5/0/vdev-1", b"0000:00:01.0");
+        xsd.external_write("/local/domain/0/backend/pci/5/0/dev-0", b"0000:00:04.0");
+        xsd.external_write("/local/domain/0/backend/pci/5/0/dev-1", b"junk");
         xsd.external_write("/local/domain/0/backend/pci/5/0/state", b"4");
         let c = poll_connected(&mut xs, &p).unwrap().unwrap();
         assert_eq!(c.devices, vec![nvme_dev(), PciAddr { domain: 0, bus: 0, devfn: 8 }]);
+        assert_eq!(c.machine, vec![Some(PciAddr { domain: 0, bus: 0, devfn: 0x20 }), None], "dev-N: machine addresses");
         assert_eq!(xsd.value(&format!("{home}/device/pci/0/state")).unwrap(), b"4");
     }
 

@@ -26,9 +26,11 @@
 //!   and reattach_device (also through remote_cmd) for a device the target
 //!   domain owns: endpoints behind the first unit without RMRR, phantom
 //!   functions or ATS (others: -EOPNOTSUPP from Xen's side);
-//! * every other domain: -ENODEV. A domU that could query capabilities
-//!   would pick PV-IOMMU (Ferrite does, and its NVMe path is not switched
-//!   to contexts yet), so domUs keep their machine-frame path for now.
+//! * a domU Xen assigned a PCI device to (a driver domain such as
+//!   Ferrite): every sub-op but remote_cmd, for itself, under the core's
+//!   domU rules (its own devices, its own and granted frames, its limits),
+//!   registered with its devices on its first call;
+//! * every other domain: -ENODEV.
 //!
 //! Built only by `lab/xen-build.sh` (x86_64-unknown-none, -Z build-std,
 //! Xen's code-generation flags); never part of a guest image.
@@ -291,7 +293,7 @@ fn set_up(hwdom: DomId) -> State {
     }
     sync_devices(&mut core, hwdom, Instant(xen::now_ns()));
     log!(
-        "Rust core up: VT-d CAP {:#x} ECAP {:#x} ({}-bit, CM {}, {} domain ids, QI {}); hardware domain {} (and remote_cmd for domains with devices) under the policy; domUs -ENODEV; devices in non-default contexts use the core's tables ({} pages now), everything else Xen's VT-d code",
+        "Rust core up: VT-d CAP {:#x} ECAP {:#x} ({}-bit, CM {}, {} domain ids, QI {}); hardware domain {} and domUs with PCI devices under the policy (remote_cmd for the hardware domain only); devices in non-default contexts use the core's tables ({} pages now), everything else Xen's VT-d code",
         caps.cap,
         caps.ecap,
         caps.addr_width().map_or(0, |a| a.bits()),
@@ -413,11 +415,14 @@ fn dispatch(st: &mut State, caller: DomId, hwdom: DomId, op: u32, arg: &mut [u8]
                 // The hardware domain changed (late hwdom): not handled yet.
                 return -errno::ENODEV;
             }
-            if caller != hwdom {
-                // domUs: off until contexts are real (crate documentation).
-                return -errno::ENODEV;
-            }
             let now = Instant(xen::now_ns());
+            if caller != hwdom {
+                // A driver domain: only one Xen gave a PCI device to, under
+                // its own rules (the core's policy); -ENODEV for the rest.
+                if let Err(e) = ensure_domain(core, caller, now) {
+                    return e;
+                }
+            }
             if op == subop::REMOTE_CMD {
                 let Ok(rc) = pv_iommu_abi::RemoteCmd::parse(arg) else {
                     return -errno::EFAULT;
@@ -647,10 +652,10 @@ mod tests {
     }
 
     #[test]
-    fn other_domains_are_not_enabled() {
+    fn domains_without_a_device_are_not_enabled() {
         let mut st = State::Idle;
         for op in [subop::NOOP, subop::QUERY_CAPABILITIES, subop::INIT, subop::MAP_PAGES, subop::REMOTE_CMD, 13] {
-            let (rc, arg) = call(&mut st, 5, op);
+            let (rc, arg) = call(&mut st, 7, op);
             assert_eq!(rc, -errno::ENODEV, "sub-op {op}");
             assert!(arg.iter().all(|&b| b == 0), "nothing written back for a refused call");
         }
@@ -834,11 +839,54 @@ mod tests {
         vtd(|v| assert!(v.attached.is_empty() && v.ids.is_empty(), "{v:?}"));
     }
 
+    /// A driver domain (5, owner of 00:04.0) calling for itself: its own
+    /// device and frames, grants with their rights; nobody else's device or
+    /// frames, no remote_cmd, no context past its limit; teardown releases.
     #[test]
-    fn domus_still_get_enodev_for_reattach() {
+    fn a_driver_domain_uses_the_interface_for_itself_under_its_rules() {
         let mut st = State::Idle;
-        assert_eq!(op(&mut st, 5, subop::REATTACH_DEVICE, &reattach_bytes(0, 0x20)).0, -errno::ENODEV);
-        vtd(|v| assert!(v.attached.is_empty()));
+        assert_eq!(call(&mut st, 0, subop::NOOP).0, 0);
+        let (rc, arg) = call(&mut st, 5, subop::QUERY_CAPABILITIES);
+        assert_eq!(rc, 0, "domain 5 has a PCI device: registered on its first call");
+        assert_eq!(u32::from_le_bytes(arg[12..16].try_into().unwrap()), 0x1000);
+        // Asks for more than a domU may have: clamped to its limits.
+        assert_eq!(op(&mut st, 5, subop::INIT, &Init { max_ctx_no: 64, arena_order: 12 }.to_bytes()).0, 0);
+        let (rc, arg) = op(&mut st, 5, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+        assert_eq!(rc, 0);
+        let ctx = Alloc::parse(&arg).unwrap().ctx_no;
+        assert_eq!(op(&mut st, 5, subop::MAP_PAGES, &map(ctx, 0x5003, 3)).0, 0, "its own frame");
+        assert_eq!(op(&mut st, 5, subop::MAP_PAGES, &map(ctx, 0x1002, 1)).0, -errno::EPERM, "dom0's, not granted");
+        assert_eq!(op(&mut st, 5, subop::MAP_PAGES, &map(ctx, 0x1010, 3)).0, -errno::EACCES, "read-only grant");
+        assert_eq!(op(&mut st, 5, subop::MAP_PAGES, &map(ctx, 0x1011, 3)).0, 0, "writable grant");
+        assert_eq!(xen::state::refs(), 2);
+        assert_eq!(
+            op(&mut st, 5, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x10)).0,
+            -errno::ENOENT,
+            "dom0's device"
+        );
+        assert!(vtd(|v| v.attached.is_empty()), "refused: nothing attached");
+        let rc = RemoteCmd { domid: 0, subop: subop::NOOP as u16, pad0: 0, arg: 0 }.to_bytes();
+        assert_eq!(op(&mut st, 5, subop::REMOTE_CMD, &rc).0, -errno::EPERM, "remote_cmd is the hardware domain's");
+        assert_eq!(op(&mut st, 5, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x20)).0, 0, "its own 00:04.0");
+        assert!(vtd(|v| v.attached.contains_key(&(0, 0x20))));
+        // Limits: 16 contexts for a domU (set_up), the 17th refused.
+        let mut more = 1;
+        loop {
+            let (rc, _) = op(&mut st, 5, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+            if rc != 0 {
+                assert_eq!(rc, -errno::ENOSPC);
+                break;
+            }
+            more += 1;
+            assert!(more <= 16, "past the domU limit");
+        }
+        assert_eq!(more, 16, "refused at the 17th");
+        ferrite_iommu_domain_destroyed_on(&mut st, 5);
+        assert_eq!(xen::state::refs(), 0);
+        vtd(|v| assert!(v.attached.is_empty() && v.ids.is_empty(), "{v:?}"));
+        let State::Up(core, _) = &st else { panic!("core not up") };
+        assert_eq!(core.counters(DomId(5)), iommu_core::Counters::default());
+        assert_eq!(call(&mut st, 5, subop::NOOP).0, -errno::ENODEV, "a dead domain is not re-registered");
     }
 
     #[test]

@@ -6,16 +6,10 @@
 //! auto-translation uses machine frames as bus addresses, which Xen's
 //! IOMMU maps 1:1 for a PV domain that owns a passed-through device.
 
+use crate::iommu::Hypercall;
 use alloc::format;
 use alloc::string::String;
-use pv_iommu_client::{Client, Error, Transport};
-
-struct Hypercall;
-impl Transport for Hypercall {
-    fn iommu_op(&mut self, subop: u32, arg: &mut [u8]) -> i64 {
-        runtime::hypercall::iommu_op(subop, arg)
-    }
-}
+use pv_iommu_client::{Client, Error};
 
 /// The strategy chosen, as a short key and an explanation for the log.
 pub fn probe() -> (&'static str, String) {

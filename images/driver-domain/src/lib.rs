@@ -14,6 +14,7 @@ pub mod check;
 pub mod disk;
 pub mod disks;
 pub mod dma_probe;
+pub mod iommu;
 pub mod pci_nic;
 pub mod pci_nvme;
 pub mod serve;

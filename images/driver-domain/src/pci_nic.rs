@@ -8,7 +8,7 @@ use alloc::string::String;
 use drivers::nic::Nic;
 use drivers::pci::{BarKind, PciDevice};
 use log::{info, warn};
-use runtime::dev::{pv_map_bar, HalClock, HalDma, Translation};
+use runtime::dev::{pv_map_bar, HalClock};
 use runtime::pv::PvMm;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_net::{NetConfig, VirtioNet};
@@ -72,10 +72,8 @@ pub fn bring_up(
     cfg: NetConfig,
 ) -> Result<PvNic, String> {
     let t0 = runtime::time::now();
-    let (kind, why) = crate::dma_probe::probe();
-    if kind != "machine-frames" {
-        return Err(format!("DMA strategy {kind} ({why}) is not implemented for the NIC yet"));
-    }
+    let (kind, _) = crate::dma_probe::probe();
+    let machine = bus.machine_addr(addr);
     let mut dev = bus.chan.device(addr);
     let mut i = 0u8;
     while i < 6 {
@@ -97,7 +95,7 @@ pub fn bring_up(
     if dev.errors() > 0 {
         return Err(format!("{} config-space operations failed", dev.errors()));
     }
-    runtime::virtio::install_dma(HalDma::new(Translation::PvMachineFrames(mm)));
+    runtime::virtio::install_dma(crate::pci_nvme::device_dma("nic", addr, machine, mm, kind, false)?);
     let transport = virtio_net::pci_transport::<runtime::virtio::Hal, _>(dev)
         .map_err(|e| format!("virtio PCI transport: {e:?}"))?;
     let nic = VirtioNet::new(transport, cfg, &HalClock).map_err(|e| format!("bring-up: {e:?}"))?;

@@ -60,7 +60,8 @@ pub fn setup<N: Notifier>(
     let mut verdicts = Vec::new();
     let mut failed = false;
     for (i, addr) in addrs.into_iter().enumerate() {
-        match bring_up(&mut bus.chan, addr, mm, kind, use_sgl).and_then(|mut n| {
+        let machine = bus.machine_addr(addr);
+        match bring_up(&mut bus.chan, addr, machine, mm, kind, use_sgl).and_then(|mut n| {
             let v = check(&mut n)?;
             Ok((n, v))
         }) {
@@ -88,6 +89,53 @@ pub fn setup<N: Notifier>(
 pub struct PciBus {
     pub chan: PciChannel<MappedPage, PortNotifier>,
     pub devices: Vec<PciAddr>,
+    /// Machine addresses, same order as `devices` (see `pcifront::Connected`).
+    pub machine: Vec<Option<PciAddr>>,
+}
+
+impl PciBus {
+    /// The machine address of the function we see at `addr`.
+    pub fn machine_addr(&self, addr: PciAddr) -> Option<PciAddr> {
+        let i = self.devices.iter().position(|&d| d == addr)?;
+        self.machine.get(i).copied().flatten()
+    }
+}
+
+/// How a device reaches our memory: its own PV-IOMMU context when the
+/// hypervisor gives us one (`kind` "pv-iommu"), else machine frames
+/// (Xen's 1:1 mapping of our memory). A context that cannot be set up
+/// leaves the device where it was, on machine frames, and says why.
+pub fn device_dma(
+    what: &str,
+    addr: PciAddr,
+    machine: Option<PciAddr>,
+    mm: &'static spin::Mutex<PvMm>,
+    kind: &str,
+    grants: bool,
+) -> Result<HalDma, String> {
+    match kind {
+        "machine-frames" => Ok(HalDma::new(Translation::PvMachineFrames(mm))),
+        "pv-iommu" => {
+            let r = match machine {
+                Some(m) => crate::iommu::CONTEXTS.give_context(m, grants),
+                None => Err(String::from("pciback gave no machine address (dev-N)")),
+            };
+            match r {
+                Ok(ctx) => {
+                    info!(
+                        "{what} {addr} (machine {}): PV-IOMMU context {ctx} of its own, empty until its buffers are mapped",
+                        machine.map_or(String::from("?"), |m| format!("{m}"))
+                    );
+                    Ok(HalDma::new(Translation::PvIommu(mm, ctx)))
+                }
+                Err(e) => {
+                    warn!("{what} {addr}: no PV-IOMMU context ({e}): machine frames (Xen's mapping of all our memory)");
+                    Ok(HalDma::new(Translation::PvMachineFrames(mm)))
+                }
+            }
+        }
+        other => Err(format!("DMA strategy {other} is not implemented")),
+    }
 }
 
 /// pcifront up: the config-space channel and the functions passed through.
@@ -119,13 +167,14 @@ pub fn connect<N: Notifier>(
     );
     let page = mm.lock().frame_page(pfn).map_err(|e| format!("{e:?}"))?;
     let notifier: PortNotifier = events.notifier(p.port);
-    Ok(PciBus { chan: PciChannel::new(page, notifier, 2_000_000_000), devices: conn.devices })
+    Ok(PciBus { chan: PciChannel::new(page, notifier, 2_000_000_000), devices: conn.devices, machine: conn.machine })
 }
 
 /// Maps one controller's BAR0 and brings it up.
 fn bring_up(
     chan: &mut PciChannel<MappedPage, PortNotifier>,
     addr: PciAddr,
+    machine: Option<PciAddr>,
     mm: &'static spin::Mutex<PvMm>,
     dma_kind: &str,
     use_sgl: bool,
@@ -142,10 +191,7 @@ fn bring_up(
     }
     let regs = pv_map_bar(mm, bar.base, bar.size).map_err(|e| format!("mapping BAR0 {:#x}: {e:?}", bar.base))?;
     info!("nvme {addr}: BAR0 machine address {:#x} ({} KiB) mapped uncached", bar.base, bar.size / 1024);
-    if dma_kind != "machine-frames" {
-        return Err(format!("DMA strategy {dma_kind} is not implemented for NVMe yet"));
-    }
-    let dma = HalDma::new(Translation::PvMachineFrames(mm));
+    let dma = device_dma("nvme", addr, machine, mm, dma_kind, true)?;
     // 512 KiB per command (capped by the controller's MDTS): fewer splits of
     // large guest requests.
     let config = Config { io_queues: 2, queue_depth: 64, max_transfer: 512 * 1024, use_sgl, ..Config::default() };

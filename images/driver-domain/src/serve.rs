@@ -219,9 +219,19 @@ pub fn run<I: Image>(b: PvBoot, mut image: I) -> ! {
     }
     // Zero-copy: persistent grants mapped with device access give the
     // page's machine address, which is the bus address of our NVMe DMA
-    // (`Translation::PvMachineFrames`, Xen's 1:1 IOMMU map of a PV domain).
+    // (`Translation::PvMachineFrames`, Xen's 1:1 IOMMU map of a PV domain;
+    // with PV-IOMMU the page also goes into the controllers' contexts
+    // while it is mapped, `runtime::iomap`).
     let zerocopy = zerocopy && !controllers.is_empty();
     grants.set_device_map(zerocopy);
+    runtime::iomap::set_grants_mapped(zerocopy);
+    let contexts = crate::iommu::CONTEXTS.describe();
+    if !contexts.is_empty() {
+        info!("iommu: {contexts}");
+        if let Err(e) = xs.write("data/ferrite/iommu", contexts.as_bytes()) {
+            warn!("cannot write data/ferrite/iommu: {e:?}");
+        }
+    }
     info!("blkback zero-copy: {}", if zerocopy { "on (grants mapped for the device)" } else { "off" });
     let registry = Rc::new(RefCell::new(crate::disks::register(controllers)));
     let listing = registry.borrow().describe();
