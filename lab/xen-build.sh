@@ -178,6 +178,12 @@ main() {
     ensure_deps >"$XB/logs/deps.log" 2>&1 || { tail -n 20 "$XB/logs/deps.log" >&2; die "build dependencies"; }
     hash=$(inputs_hash)
     bin=$XB/xen-$hash
+    # One build at a time in $XB/build (worktrees and CI share the cache).
+    exec 9>"$XB/.build.lock"
+    if ! flock -n 9; then
+        say "another build of Ferrite's Xen holds $XB/.build.lock: waiting"
+        flock 9
+    fi
     if [ -e "$bin" ]; then
         say "Ferrite Xen is cached: $bin"
     else

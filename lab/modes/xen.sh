@@ -41,21 +41,36 @@
 #                  commands with status 0); the core's dump counts the faults
 #                  (Xen's fault handler hands each to it) and names the last one:
 #                  00:05.0, write, one of the two addresses. Debian: SKIP
-#  ferrite-ready   Ferrite (the product) under this Xen: ready, DMA strategy
-#                  machine-frames (PV-IOMMU not enabled for a domU: ENODEV from the
-#                  glue, so Ferrite keeps its NVMe on machine frames; Debian: ENOSYS),
-#                  its NVMe check passed
-#  guest-disk      a Linux guest's filesystem check on the NVMe Ferrite serves
+#  ferrite-ready   Ferrite (the product) under this Xen, its NVMe (00:04.0, pci=) passed
+#                  through. Ferrite's Xen: Ferrite finds PV-IOMMU (the glue serves a domU
+#                  with a PCI device under the core's domU rules), gives the NVMe a context
+#                  of its own (IOVA = machine address; only its queues and DMA buffers, and
+#                  guests' granted pages while mapped), reattaches it and serves from it:
+#                  dma=pv-iommu, data/ferrite/iommu names the context, the core's dump shows
+#                  it Paged with mapped > 0 and devs=[00:04.0], Xen's context entry for
+#                  00:04.0 on the core's table, NVMe check passed. Debian: machine-frames
+#                  (hypercall 43: ENOSYS)
+#  guest-disk      a Linux guest's filesystem check on the NVMe Ferrite serves; Ferrite's
+#                  Xen: while the guest is connected the context still holds 00:04.0 with
+#                  pages mapped, no VT-d fault for 00:04.0 in xl dmesg during the run, and
+#                  Ferrite logged no map the hypervisor refused
 #  iommu-dump      Ferrite's Xen: debug key 'F' (xl debug-keys F) dumps the core into xl
 #                  dmesg: dom0 with its limits (64 contexts, 4096 table pages), its
-#                  default context only, no page reference held, and the totals.
+#                  default context only, no page reference held; Ferrite's domain under the
+#                  domU limits (16 contexts, 1024 table pages) with one context of its own.
 #                  Debian: no such dump
+#  iommu-cycles    Ferrite's Xen: xl destroy ferrite releases its context (the core's
+#                  totals back to dom0's default context only, nothing held or waiting for
+#                  an invalidation, no Xen pseudo domain id, 00:04.0 back on Xen's
+#                  mapping); then 10 cycles of xl create (NVMe in its own context, checked
+#                  as in ferrite-ready) and xl destroy, the totals the same after each one.
+#                  Ferrite is created once more for the tests below. Debian: SKIP
 #  panic-contained Ferrite's Xen only: the lab-only sub-op 0xfe7e0001 panics in Rust;
 #                  the call fails with EIO, Xen keeps running (xl info, xl list),
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump iommu-cycles panic-contained xen-alive shutdown
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
 . /lab/common.sh
@@ -260,53 +275,148 @@ if xl pci-assignable-add $PCI >/tmp/pci.log 2>&1; then
 else
     lab_info "xl pci-assignable-add $PCI failed: $(tr '\n' ' ' </tmp/pci.log)"
 fi
+# The core's totals line (debug key F), without the prefix.
+core_totals() {
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    dump_line "total: "
+}
+# VT-d fault lines Xen logged for Ferrite's NVMe so far.
+nvme_faults() { xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac "${PCI#0000:}"; }
+# ferrite_context DOMID: checks Ferrite's NVMe is in a context of its own
+# (xenstore data/ferrite/iommu and the core's dump); sets CTX_WHY (empty: fine)
+# and CTX_LINE (the dump's line for that context).
+ferrite_context() {
+    local d=$1 iommu ctx unit
+    CTX_WHY=""
+    iommu=$(xenstore-read /local/domain/$d/data/ferrite/iommu 2>/dev/null)
+    ctx=$(echo "$iommu" | sed -n "s/.*ctx\([0-9]*\) $PCI pages=\([0-9]*\) +grants.*/\1/p")
+    [ -n "$ctx" ] || CTX_WHY="$CTX_WHY data/ferrite/iommu '$iommu' names no context with $PCI;"
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    CTX_LINE=$(dump_line "d$d ctx${ctx:-?} ")
+    unit=$(dump_line "unit: $PCI ")
+    case "$CTX_LINE" in
+        *"Paged did="*" mapped="[1-9]*" devs=[$PCI]") ;;
+        *) CTX_WHY="$CTX_WHY the core's dump for d$d ctx${ctx:-?}: '${CTX_LINE:-none}' (want Paged, mapped > 0, devs=[$PCI]);" ;;
+    esac
+    case "$unit" in *"present=1 "*": the core's table") ;; *) CTX_WHY="$CTX_WHY Xen's entry for $PCI: '${unit:-none}';" ;; esac
+}
 cfg=$(lab_guest_cfg)
+faults0=$(nvme_faults)
 domid=$(lab_create "$cfg" "pci=['$PCI']") || domid=""
 if [ -n "$domid" ] && lab_wait_ready "$domid" 60; then
     dma=$(xenstore-read /local/domain/$domid/data/ferrite/dma 2>/dev/null)
     nvme=$(xenstore-read /local/domain/$domid/data/ferrite/nvme 2>/dev/null)
     why=$(grep -a "DMA strategy" "$GUEST_LOG" | head -n 1 | sed 's/^.*DMA strategy //')
     lab_info "Ferrite: dma=$dma; $why"
-    case $KIND in ferrite) want_why="ENODEV" ;; *) want_why="ENOSYS" ;; esac
-    case "$dma|$nvme|$why" in
-        machine-frames\|pass*\|*"$want_why"*)
-            lab_pass ferrite-ready "Ferrite (domain $domid) ready after $READY_AFTER s; DMA machine-frames because hypercall 43 answered $want_why; NVMe check: $nvme" ;;
-        *) lab_fail ferrite-ready "dma='$dma' nvme='$nvme' why='$why' (expected machine-frames, pass, $want_why)"; lab_show "$GUEST_LOG" 20 ferrite ;;
-    esac
+    lab_info "Ferrite: data/ferrite/iommu = $(xenstore-read /local/domain/$domid/data/ferrite/iommu 2>/dev/null)"
+    if [ "$KIND" = ferrite ]; then
+        ferrite_context "$domid"
+        lab_info "core: $CTX_LINE"
+        case "$dma|$nvme" in pv-iommu\|pass*) ;; *) CTX_WHY="dma='$dma' nvme='$nvme' (want pv-iommu, pass);$CTX_WHY" ;; esac
+        if [ -z "$CTX_WHY" ]; then
+            lab_pass ferrite-ready "Ferrite (domain $domid) ready after $READY_AFTER s with its NVMe $PCI in a PV-IOMMU context of its own ($CTX_LINE; Xen's entry on the core's table); NVMe check: $nvme"
+        else
+            lab_fail ferrite-ready "$CTX_WHY"; lab_show "$GUEST_LOG" 20 ferrite
+        fi
+    else
+        case "$dma|$nvme|$why" in
+            machine-frames\|pass*\|*ENOSYS*)
+                lab_pass ferrite-ready "Ferrite (domain $domid) ready after $READY_AFTER s; DMA machine-frames because hypercall 43 answered ENOSYS; NVMe check: $nvme" ;;
+            *) lab_fail ferrite-ready "dma='$dma' nvme='$nvme' why='$why' (expected machine-frames, pass, ENOSYS)"; lab_show "$GUEST_LOG" 20 ferrite ;;
+        esac
+    fi
 else
     lab_fail ferrite-ready "Ferrite not ready: state '${READY_STATE:-<no domain>}'"
     lab_show "$GUEST_LOG" 20 ferrite
 fi
 
-# One Linux guest on the disk Ferrite serves (filesystem, files, sha256).
+# One Linux guest on the disk Ferrite serves (filesystem, files, sha256); under
+# Ferrite's Xen the NVMe does all of it from its own context: the guest's pages
+# are reachable only while granted and mapped, and no DMA of it faults.
 GLOG=/var/log/xen/console/guest-guest.log
 if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tmp/xl-guest.log 2>&1; then
     wait_log "$GLOG" GUEST-DONE 180 || true
     res=$(grep -a "GUEST-RESULT fs-new" "$GLOG" 2>/dev/null | head -n 1 | sed 's/^.*GUEST-RESULT fs-new //')
-    case "$res" in
-        PASS*) lab_pass guest-disk "a Linux guest's filesystem on Ferrite's NVMe under this Xen: ${res#PASS }" ;;
-        *) lab_fail guest-disk "guest result '${res:-<none within 180 s>}'"; lab_show "$GLOG" 20 guest ;;
-    esac
+    gwhy=""
+    case "$res" in PASS*) ;; *) gwhy="guest result '${res:-<none within 180 s>}';" ;; esac
+    if [ "$KIND" = ferrite ]; then
+        # While the guest is connected its persistent grants are mapped.
+        ferrite_context "$domid"
+        lab_info "core, guest connected: $CTX_LINE"
+        nf=$(( $(nvme_faults) - faults0 ))
+        [ "$nf" -eq 0 ] || gwhy="$gwhy $nf VT-d fault line(s) for $PCI in xl dmesg;"
+        gwhy="$gwhy$CTX_WHY"
+        iommu=$(xenstore-read /local/domain/$domid/data/ferrite/iommu 2>/dev/null)
+        grep -aq "iommu:.*refused=" "$GUEST_LOG" && gwhy="$gwhy Ferrite logged refused maps: $(grep -a 'refused=' "$GUEST_LOG" | tail -n 1);"
+    fi
+    if [ -z "$gwhy" ]; then
+        lab_pass guest-disk "a Linux guest's filesystem on Ferrite's NVMe under this Xen: ${res#PASS }${CTX_LINE:+; NVMe context while connected: $CTX_LINE; no VT-d fault for $PCI}"
+    else
+        lab_fail guest-disk "$gwhy"; lab_show "$GLOG" 20 guest; lab_show "$GUEST_LOG" 20 ferrite
+    fi
     xl destroy guest >/dev/null 2>&1
 else
     lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
 fi
 
-# ---- the core's state through debug key 'F' (read from xl dmesg)
+# ---- the core's state through debug key 'F' (read from xl dmesg): dom0 back to its
+# default context after iommu-reattach; Ferrite (a domU) under the domU limits.
 xl debug-keys F >/dev/null 2>&1
 sleep 0.5
 d0=$(xl dmesg | grep -a 'ferrite-iommu: d0:' | tail -n 1)
-tot=$(xl dmesg | grep -a 'ferrite-iommu: total:' | tail -n 1)
+dF=$(xl dmesg | grep -a "ferrite-iommu: d${domid:-x}:" | tail -n 1)
 if [ "$KIND" = ferrite ]; then
     lab_info "xl dmesg: ${d0:-<no d0 line>}"
-    lab_info "xl dmesg: ${tot:-<no total line>}"
-    case "$d0|$tot" in
-        *"d0: limits ctx=64 pages=4096; contexts=1 dids=1 "*"refs=0"*"|"*"total: contexts=1 dids=1 "*"refs=0 "*)
-            lab_pass iommu-dump "debug key F: dom0 under its limits with its default context only and no reference held; ${tot#*ferrite-iommu: }" ;;
-        *) lab_fail iommu-dump "d0 line '${d0:-none}', total line '${tot:-none}'" ;;
+    lab_info "xl dmesg: ${dF:-<no line for Ferrite's domain>}"
+    case "$d0|$dF" in
+        *"d0: limits ctx=64 pages=4096; contexts=1 dids=1 "*"refs=0"*"|"*"d$domid: limits ctx=16 pages=1024; contexts=2 dids=2 "*)
+            lab_pass iommu-dump "debug key F: dom0 under its limits with its default context only and no reference held; Ferrite's domain under the domU limits with one context of its own: ${dF#*ferrite-iommu: }" ;;
+        *) lab_fail iommu-dump "d0 line '${d0:-none}', Ferrite's line '${dF:-none}'" ;;
     esac
 else
-    [ -z "$d0$tot" ] && lab_pass iommu-dump "stock Xen: no PV-IOMMU dump" || lab_fail iommu-dump "stock Xen printed '$d0 $tot'"
+    [ -z "$d0" ] && lab_pass iommu-dump "stock Xen: no PV-IOMMU dump" || lab_fail iommu-dump "stock Xen printed '$d0'"
+fi
+
+# ---- xl destroy releases Ferrite's contexts; 10 create/destroy cycles leak nothing
+cycles_test() {
+    local base t i d why="" tot unit
+    xl destroy ferrite >/dev/null 2>&1
+    sleep 1
+    base=$(core_totals)
+    lab_info "core after xl destroy ferrite: $base"
+    case "$base" in
+        "total: contexts=1 dids=1 table-pages=1 refs=0 held-for-invalidation=0 to-release=0 leaked-behind-broken=0") ;;
+        *) why="$why after the first destroy: '$base' (want dom0's default context only, nothing held);" ;;
+    esac
+    unit=$(dump_line "unit: devices")
+    case "$unit" in *"devices in core contexts=0 hardware domain ids=0 failures=0"*) ;; *) why="$why $unit;" ;; esac
+    i=1
+    while [ $i -le 10 ] && [ -z "$why" ]; do
+        d=$(lab_create "$cfg" "pci=['$PCI']") || { why="$why cycle $i: xl create failed;"; break; }
+        if ! lab_wait_ready "$d" 60; then why="$why cycle $i: Ferrite not ready ('$READY_STATE');"; break; fi
+        ferrite_context "$d"
+        [ -z "$CTX_WHY" ] || { why="$why cycle $i (domain $d):$CTX_WHY"; break; }
+        xl destroy ferrite >/dev/null 2>&1
+        sleep 0.5
+        t=$(core_totals)
+        unit=$(dump_line "unit: devices")
+        [ "$t" = "$base" ] || why="$why cycle $i: totals '$t' (want '$base');"
+        case "$unit" in *"devices in core contexts=0 hardware domain ids=0 failures=0"*) ;; *) why="$why cycle $i: $unit;" ;; esac
+        lab_info "cycle $i: domain $d ($CTX_LINE) destroyed; $t"
+        i=$((i + 1))
+    done
+    if [ -z "$why" ]; then
+        lab_pass iommu-cycles "xl destroy ferrite gave its NVMe context back (and $PCI to Xen's mapping); 10 create/destroy cycles, each with the NVMe in its own context, ended with the core's totals as before ($base) and no Xen domain id held"
+    else
+        lab_fail iommu-cycles "$why"
+    fi
+    # Ferrite again for the tests below.
+    domid=$(lab_create "$cfg" "pci=['$PCI']") && lab_wait_ready "$domid" 60 || lab_info "Ferrite not created again"
+}
+if [ "$KIND" = ferrite ] && [ -n "$domid" ]; then
+    cycles_test
+else
+    lab_skip iommu-cycles "stock Xen: no PV-IOMMU"
 fi
 
 # ---- a panic in the Rust core fails one hypercall, not the host
