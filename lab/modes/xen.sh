@@ -50,14 +50,22 @@
 #                  it Paged with mapped > 0 and devs=[00:04.0], Xen's context entry for
 #                  00:04.0 on the core's table, NVMe check passed. Debian: machine-frames
 #                  (hypercall 43: ENOSYS)
+#  nic-context     Ferrite's Xen: Ferrite's NIC (virtio-net 00:0a.0, pci= with the NVMe,
+#                  extra metrics=dhcp) in a context of its own too: data/ferrite/iommu
+#                  lists it with pages mapped and no guest grants, the core's dump shows
+#                  a context of Ferrite's domain holding it, DHCP works through it (rx and
+#                  tx packets, a lease), no VT-d fault for 00:0a.0. Debian: SKIP
 #  guest-disk      a Linux guest's filesystem check on the NVMe Ferrite serves; Ferrite's
 #                  Xen: while the guest is connected the context still holds 00:04.0 with
-#                  pages mapped, no VT-d fault for 00:04.0 in xl dmesg during the run, and
-#                  Ferrite logged no map the hypervisor refused
+#                  pages mapped, no VT-d fault for 00:04.0 in xl dmesg during the run,
+#                  no map of Ferrite's refused (status iommu-refused=0); once the guest is gone
+#                  (Ferrite's status vbds=0) the context maps fewer pages than while it was
+#                  connected; the core's pages in all of Ferrite's contexts equal Ferrite's
+#                  own count (status iommu-pages=)
 #  iommu-dump      Ferrite's Xen: debug key 'F' (xl debug-keys F) dumps the core into xl
 #                  dmesg: dom0 with its limits (64 contexts, 4096 table pages), its
 #                  default context only, no page reference held; Ferrite's domain under the
-#                  domU limits (16 contexts, 1024 table pages) with one context of its own.
+#                  domU limits (16 contexts, 1024 table pages) with one context per device.
 #                  Debian: no such dump
 #  iommu-cycles    Ferrite's Xen: xl destroy ferrite releases its context (the core's
 #                  totals back to dom0's default context only, nothing held or waiting for
@@ -65,14 +73,19 @@
 #                  mapping); then 10 cycles of xl create (NVMe in its own context, checked
 #                  as in ferrite-ready) and xl destroy, the totals the same after each one.
 #                  Ferrite is created once more for the tests below. Debian: SKIP
-#  panic-contained Ferrite's Xen only: the lab-only sub-op 0xfe7e0001 panics in Rust;
-#                  the call fails with EIO, Xen keeps running (xl info, xl list),
-#                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
+#  shutdown        xl shutdown of Ferrite; Ferrite's Xen: the core's totals back to dom0's
+#                  default context only, nothing held
+#  panic-contained Ferrite's Xen only, after Ferrite is gone (a poisoned core releases
+#                  nothing more, so a domain whose pages its contexts reference would
+#                  stay a zombie): the lab-only sub-op 0xfe7e0001 panics in Rust; the
+#                  call fails with EIO, Xen keeps running (xl info, xl list), and later
+#                  calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
-#  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump iommu-cycles panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready nic-context guest-disk iommu-dump iommu-cycles shutdown panic-contained xen-alive
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
+# A NIC for Ferrite (00:0a.0, user-mode network with DHCP): its own context too.
+# LAB-QEMU-NIC: user
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -270,11 +283,17 @@ else
 fi
 
 # ---- Ferrite (the product) under this hypervisor
-if xl pci-assignable-add $PCI >/tmp/pci.log 2>&1; then
-    lab_info "NVMe $PCI made assignable"
-else
-    lab_info "xl pci-assignable-add $PCI failed: $(tr '\n' ' ' </tmp/pci.log)"
-fi
+NIC=$(awk 'NR == 1 { print $2 }' /lab/nics.txt 2>/dev/null)
+for p in $PCI $NIC; do
+    if xl pci-assignable-add $p >/tmp/pci.log 2>&1; then
+        lab_info "$p made assignable"
+    else
+        lab_info "xl pci-assignable-add $p failed: $(tr '\n' ' ' </tmp/pci.log)"
+    fi
+done
+# Ferrite with the NVMe and the NIC; DHCP on the NIC (traffic through its context).
+FERRITE_PCI="pci=['$PCI'${NIC:+,'$NIC'}]"
+FERRITE_EXTRA='extra="metrics=dhcp"'
 # The core's totals line (debug key F), without the prefix.
 core_totals() {
     xl debug-keys F >/dev/null 2>&1; sleep 0.5
@@ -302,7 +321,7 @@ ferrite_context() {
 }
 cfg=$(lab_guest_cfg)
 faults0=$(nvme_faults)
-domid=$(lab_create "$cfg" "pci=['$PCI']") || domid=""
+domid=$(lab_create "$cfg" "$FERRITE_PCI" "$FERRITE_EXTRA") || domid=""
 if [ -n "$domid" ] && lab_wait_ready "$domid" 60; then
     dma=$(xenstore-read /local/domain/$domid/data/ferrite/dma 2>/dev/null)
     nvme=$(xenstore-read /local/domain/$domid/data/ferrite/nvme 2>/dev/null)
@@ -330,6 +349,44 @@ else
     lab_show "$GUEST_LOG" 20 ferrite
 fi
 
+# Ferrite's NIC in a context of its own: DHCP through it (packets both ways), no fault.
+nic_context_test() {
+    local d=$1 iommu pages nicl end why="" nf
+    iommu=$(xenstore-read /local/domain/$d/data/ferrite/iommu 2>/dev/null)
+    pages=$(echo "$iommu" | tr ';' '\n' | sed -n "s/^ *ctx[0-9]* $NIC pages=\([0-9]*\)\$/\1/p")
+    [ "${pages:-0}" -gt 0 ] || why="$why data/ferrite/iommu '$iommu' has no context with pages for $NIC (and none for guests' grants);"
+    end=$(now_after 30)
+    while :; do
+        nicl=$(xenstore-read /local/domain/$d/data/ferrite/nic 2>/dev/null)
+        rx=$(echo "$nicl" | sed -n 's/.* rx-packets=\([0-9]*\).*/\1/p')
+        tx=$(echo "$nicl" | sed -n 's/.* tx-packets=\([0-9]*\).*/\1/p')
+        [ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ] && [ -n "$(xenstore-read /local/domain/$d/data/ferrite/metrics 2>/dev/null)" ] && break
+        past "$end" && break
+        sleep 0.5
+    done
+    lab_info "Ferrite's NIC: $nicl; metrics at $(xenstore-read /local/domain/$d/data/ferrite/metrics 2>/dev/null)"
+    [ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ] || why="$why no packets both ways on the NIC within 30 s: '$nicl';"
+    [ -n "$(xenstore-read /local/domain/$d/data/ferrite/metrics 2>/dev/null)" ] || why="$why no DHCP lease (data/ferrite/metrics absent);"
+    case "$nicl" in *" device-errors=0"*) ;; *) why="$why NIC errors: '$nicl';" ;; esac
+    nf=$(xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac "${NIC#0000:}")
+    [ "$nf" -eq 0 ] || why="$why $nf VT-d fault line(s) for $NIC;"
+    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    local line; line=$(dump_line "d$d ctx[0-9]* Paged did=[0-9]* mapped=[0-9]* devs=\[$NIC\]")
+    [ -n "$line" ] || why="$why the core's dump shows no context of d$d holding $NIC;"
+    if [ -z "$why" ]; then
+        lab_pass nic-context "Ferrite's NIC $NIC in a PV-IOMMU context of its own ($line; Ferrite maps $pages pages there: its rings and buffers, no guest grants); DHCP through it (rx-packets=$rx tx-packets=$tx), no VT-d fault"
+    else
+        lab_fail nic-context "$why"
+    fi
+}
+if [ "$KIND" = ferrite ] && [ -n "$domid" ] && [ -n "$NIC" ]; then
+    nic_context_test "$domid"
+elif [ "$KIND" = ferrite ]; then
+    lab_fail nic-context "no Ferrite or no NIC (/lab/nics.txt: '$(cat /lab/nics.txt 2>/dev/null)')"
+else
+    lab_skip nic-context "stock Xen: no PV-IOMMU"
+fi
+
 # One Linux guest on the disk Ferrite serves (filesystem, files, sha256); under
 # Ferrite's Xen the NVMe does all of it from its own context: the guest's pages
 # are reachable only while granted and mapped, and no DMA of it faults.
@@ -346,15 +403,39 @@ if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tm
         nf=$(( $(nvme_faults) - faults0 ))
         [ "$nf" -eq 0 ] || gwhy="$gwhy $nf VT-d fault line(s) for $PCI in xl dmesg;"
         gwhy="$gwhy$CTX_WHY"
-        iommu=$(xenstore-read /local/domain/$domid/data/ferrite/iommu 2>/dev/null)
-        grep -aq "iommu:.*refused=" "$GUEST_LOG" && gwhy="$gwhy Ferrite logged refused maps: $(grep -a 'refused=' "$GUEST_LOG" | tail -n 1);"
+    fi
+    xl destroy guest >/dev/null 2>&1
+    if [ "$KIND" = ferrite ]; then
+        # Gone with the guest: its granted pages leave the NVMe's context (Ferrite's
+        # own count and the core's agree, and are below what the guest had mapped).
+        connected=$(echo "$CTX_LINE" | sed -n 's/.* mapped=\([0-9]*\) .*/\1/p')
+        end=$(now_after 20)
+        while :; do
+            st=$(xenstore-read /local/domain/$domid/data/ferrite/status 2>/dev/null)
+            case "$st" in "vbds=0 "*) break ;; esac
+            past "$end" && break
+            sleep 0.5
+        done
+        ferrite_context "$domid"
+        mine=$(echo "$st" | sed -n 's/.* iommu-pages=\([0-9]*\) .*/\1/p')
+        now=$(echo "$CTX_LINE" | sed -n 's/.* mapped=\([0-9]*\) .*/\1/p')
+        # Ferrite counts the pages of all its contexts: the core's lines for each.
+        all=0
+        for c in $(xenstore-read /local/domain/$domid/data/ferrite/iommu 2>/dev/null | grep -o 'ctx[0-9]*' | sed 's/ctx//'); do
+            m=$(dump_line "d$domid ctx$c " | sed -n 's/.* mapped=\([0-9]*\) .*/\1/p')
+            all=$((all + ${m:-0}))
+        done
+        lab_info "core, guest gone: $CTX_LINE (all of Ferrite's contexts: $all pages); Ferrite: $st"
+        case "$st" in "vbds=0 "*) ;; *) gwhy="$gwhy Ferrite still has vbds 20 s after the guest went: '$st';" ;; esac
+        case "$st" in *" iommu-refused=0 "*) ;; *) gwhy="$gwhy the hypervisor refused some of Ferrite's maps: '$st';" ;; esac
+        [ -n "$mine" ] && [ "$all" = "$mine" ] || gwhy="$gwhy the core maps $all pages in Ferrite's contexts, Ferrite counts ${mine:-?};"
+        [ -n "$now" ] && [ -n "$connected" ] && [ "$now" -lt "$connected" ] || gwhy="$gwhy mapped ${now:-?} after the guest went (was ${connected:-?} while connected);"
     fi
     if [ -z "$gwhy" ]; then
-        lab_pass guest-disk "a Linux guest's filesystem on Ferrite's NVMe under this Xen: ${res#PASS }${CTX_LINE:+; NVMe context while connected: $CTX_LINE; no VT-d fault for $PCI}"
+        lab_pass guest-disk "a Linux guest's filesystem on Ferrite's NVMe under this Xen: ${res#PASS }${connected:+; NVMe context: mapped=$connected while the guest was connected, $now once it was gone; $all in all of Ferrite's contexts by the core's count and by Ferrite's; no VT-d fault for $PCI}"
     else
         lab_fail guest-disk "$gwhy"; lab_show "$GLOG" 20 guest; lab_show "$GUEST_LOG" 20 ferrite
     fi
-    xl destroy guest >/dev/null 2>&1
 else
     lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
 fi
@@ -365,12 +446,14 @@ xl debug-keys F >/dev/null 2>&1
 sleep 0.5
 d0=$(xl dmesg | grep -a 'ferrite-iommu: d0:' | tail -n 1)
 dF=$(xl dmesg | grep -a "ferrite-iommu: d${domid:-x}:" | tail -n 1)
+# Its default context and one per device (the NVMe, and the NIC if any).
+FERRITE_CTXS=$((2 + $([ -n "$NIC" ] && echo 1 || echo 0)))
 if [ "$KIND" = ferrite ]; then
     lab_info "xl dmesg: ${d0:-<no d0 line>}"
     lab_info "xl dmesg: ${dF:-<no line for Ferrite's domain>}"
     case "$d0|$dF" in
-        *"d0: limits ctx=64 pages=4096; contexts=1 dids=1 "*"refs=0"*"|"*"d$domid: limits ctx=16 pages=1024; contexts=2 dids=2 "*)
-            lab_pass iommu-dump "debug key F: dom0 under its limits with its default context only and no reference held; Ferrite's domain under the domU limits with one context of its own: ${dF#*ferrite-iommu: }" ;;
+        *"d0: limits ctx=64 pages=4096; contexts=1 dids=1 "*"refs=0"*"|"*"d$domid: limits ctx=16 pages=1024; contexts=$FERRITE_CTXS dids=$FERRITE_CTXS "*)
+            lab_pass iommu-dump "debug key F: dom0 under its limits with its default context only and no reference held; Ferrite's domain under the domU limits with a context of its own per device: ${dF#*ferrite-iommu: }" ;;
         *) lab_fail iommu-dump "d0 line '${d0:-none}', Ferrite's line '${dF:-none}'" ;;
     esac
 else
@@ -392,7 +475,7 @@ cycles_test() {
     case "$unit" in *"devices in core contexts=0 hardware domain ids=0 failures=0"*) ;; *) why="$why $unit;" ;; esac
     i=1
     while [ $i -le 10 ] && [ -z "$why" ]; do
-        d=$(lab_create "$cfg" "pci=['$PCI']") || { why="$why cycle $i: xl create failed;"; break; }
+        d=$(lab_create "$cfg" "$FERRITE_PCI" "$FERRITE_EXTRA") || { why="$why cycle $i: xl create failed;"; break; }
         if ! lab_wait_ready "$d" 60; then why="$why cycle $i: Ferrite not ready ('$READY_STATE');"; break; fi
         ferrite_context "$d"
         [ -z "$CTX_WHY" ] || { why="$why cycle $i (domain $d):$CTX_WHY"; break; }
@@ -411,7 +494,7 @@ cycles_test() {
         lab_fail iommu-cycles "$why"
     fi
     # Ferrite again for the tests below.
-    domid=$(lab_create "$cfg" "pci=['$PCI']") && lab_wait_ready "$domid" 60 || lab_info "Ferrite not created again"
+    domid=$(lab_create "$cfg" "$FERRITE_PCI" "$FERRITE_EXTRA") && lab_wait_ready "$domid" 60 || lab_info "Ferrite not created again"
 }
 if [ "$KIND" = ferrite ] && [ -n "$domid" ]; then
     cycles_test
@@ -419,15 +502,33 @@ else
     lab_skip iommu-cycles "stock Xen: no PV-IOMMU"
 fi
 
-# ---- a panic in the Rust core fails one hypercall, not the host
+lab_shutdown 60
+after=""
+if [ "$KIND" = ferrite ]; then
+    sleep 0.5
+    after=$(core_totals)
+    case "$after" in
+        "total: contexts=1 dids=1 table-pages=1 refs=0 held-for-invalidation=0 to-release=0 "*) ;;
+        *) SHUTDOWN_GONE="$SHUTDOWN_GONE; the core still holds something: '$after'" ;;
+    esac
+fi
+if [ $SHUTDOWN_RC -eq 0 ] && [ "$SHUTDOWN_GONE" = yes ]; then
+    lab_pass shutdown "xl shutdown -w took $SHUTDOWN_AFTER s${after:+; the core after it: $after}"
+else
+    lab_fail shutdown "xl shutdown -w status $SHUTDOWN_RC after $SHUTDOWN_AFTER s; gone: $SHUTDOWN_GONE"
+fi
+
+# ---- a panic in the Rust core fails one hypercall, not the host. Last, after
+# Ferrite is gone: a poisoned core no longer releases anything, so a domain
+# whose pages its contexts still reference could not be destroyed.
 if [ "$KIND" = ferrite ]; then
     op 0xfe7e0001; e1=$ERR
-    alive=no; xl info >/dev/null 2>&1 && xl list ferrite >/dev/null 2>&1 && alive=yes
+    alive=no; xl info >/dev/null 2>&1 && xl list >/dev/null 2>&1 && alive=yes
     op 1; e2=$ERR
     pl=$(xl dmesg | grep -a 'PANIC in the Rust core' | tail -n 1)
     lab_info "xl dmesg: ${pl:-<no panic line>}"
     if [ "$e1" = EIO ] && [ $alive = yes ] && [ "$e2" = ENODEV ] && [ -n "$pl" ]; then
-        lab_pass panic-contained "a Rust panic failed its hypercall with EIO; Xen and Ferrite kept running; later calls get ENODEV (interface disabled)"
+        lab_pass panic-contained "a Rust panic failed its hypercall with EIO; Xen kept running (xl info, xl list); later calls get ENODEV (interface disabled)"
     else
         lab_fail panic-contained "panic sub-op: $e1 (want EIO); xl info/list after: $alive; next query: $e2 (want ENODEV); log: '${pl:-none}'"
     fi
@@ -446,9 +547,3 @@ fi
 lab_info "xl dmesg, ferrite-iommu lines:"
 xl dmesg | grep -a 'ferrite-iommu' | tail -n 8 | sed 's/^/LAB-INFO   | /'
 
-lab_shutdown 60
-if [ $SHUTDOWN_RC -eq 0 ] && [ $SHUTDOWN_GONE = yes ]; then
-    lab_pass shutdown "xl shutdown -w took $SHUTDOWN_AFTER s"
-else
-    lab_fail shutdown "xl shutdown -w status $SHUTDOWN_RC after $SHUTDOWN_AFTER s; gone: $SHUTDOWN_GONE"
-fi

@@ -94,6 +94,13 @@ impl Contexts {
         Ok(ctx.0)
     }
 
+    /// Pages mapped in all our contexts together (each context counted),
+    /// and maps the hypervisor refused so far.
+    pub fn counts(&self) -> (usize, u64) {
+        let g = self.inner.lock();
+        (g.maps.len(), g.refused)
+    }
+
     /// One line per context: its device and how many pages it maps.
     pub fn describe(&self) -> String {
         let g = self.inner.lock();
@@ -140,7 +147,7 @@ impl Inner {
                         // Gone from the context: forget it (later unmaps are no-ops).
                         self.maps.remove(&(ctx, mfn));
                     }
-                    self.refused += 1;
+                    self.note_refused(ctx, mfn);
                     false
                 }
             }
@@ -150,10 +157,18 @@ impl Inner {
                     self.maps.insert((ctx, mfn), (1, writable));
                     true
                 } else {
-                    self.refused += 1;
+                    self.note_refused(ctx, mfn);
                     false
                 }
             }
+        }
+    }
+
+    /// Counts a refused map; the first few and then one in 1024 are logged.
+    fn note_refused(&mut self, ctx: u16, mfn: u64) {
+        self.refused += 1;
+        if self.refused <= 8 || self.refused.is_multiple_of(1024) {
+            warn!("iommu: context {ctx} refused frame {mfn:#x} ({} refused so far)", self.refused);
         }
     }
 

@@ -457,17 +457,22 @@ impl<I: Image> Driver<I> {
     /// Writes `data/ferrite/status` when it changed: served devices, disk
     /// buffer bytes held, pages of the mapping window in use (grant
     /// mappings and BARs), heap bytes in use, requests so far, grant copy
-    /// batches and disk requests served by zero-copy. Operators
+    /// batches and disk requests served by zero-copy; `iommu-pages`: pages
+    /// our devices' PV-IOMMU contexts map (0 without PV-IOMMU), and
+    /// `iommu-refused` the maps the hypervisor refused. Operators
     /// (and the lab's create/destroy cycles) read it to see that nothing
     /// leaks once guests are gone.
     fn publish_status(&mut self, last: &mut String) {
+        let iommu = crate::iommu::CONTEXTS.counts();
         let s = format!(
-            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} heap-used={} requests={} copy-batches={} zero-copy={}",
+            "vbds={} vifs={} net-maps={} buffers={} mapped-pages={} iommu-pages={} iommu-refused={} heap-used={} requests={} copy-batches={} zero-copy={}",
             self.blk.vbd_count(),
             self.net.vifs().filter(|v| v.connected).count(),
             self.net.mappings(),
             self.blk.buffer_bytes(),
             self.s.mm.lock().va_in_use(),
+            iommu.0,
+            iommu.1,
             runtime::heap_used(),
             self.blk.stats.requests,
             self.blk.stats.grant_copies,
