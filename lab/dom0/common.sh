@@ -101,7 +101,8 @@ wait_log() {
 # lab_wait_console TEXT SECONDS: wait until the guest's console log holds TEXT.
 lab_wait_console() { wait_log "$GUEST_LOG" "$1" "$2"; }
 
-# lab_shutdown SECONDS: xl shutdown -w with a timeout; destroy on failure.
+# lab_shutdown SECONDS [GONE_SECONDS]: xl shutdown -w with a timeout, then up to
+# GONE_SECONDS (default 15) for the domain to leave xl list; destroy on failure.
 lab_shutdown() {
     t_shut=$(lab_uptime)
     timeout "$1" xl shutdown -w ferrite >/tmp/xl-shutdown.log 2>&1
@@ -110,7 +111,7 @@ lab_shutdown() {
     # With a PCI device, libxl tears the device down after the domain died:
     # the domain can stay listed a few seconds after `xl shutdown -w` returns.
     i=0
-    while [ $i -lt 30 ] && xl list ferrite >/dev/null 2>&1; do sleep 0.5; i=$((i + 1)); done
+    while [ $i -lt $((${2:-15} * 2)) ] && xl list ferrite >/dev/null 2>&1; do sleep 0.5; i=$((i + 1)); done
     SHUTDOWN_GONE_AFTER=$(lab_since "$t_shut")
     if xl list ferrite >/dev/null 2>&1; then
         SHUTDOWN_GONE=no
