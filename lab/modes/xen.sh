@@ -70,9 +70,10 @@
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump iommu-cycles panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma iommu-devtlb ferrite-ready guest-disk iommu-dump iommu-cycles panic-contained xen-alive shutdown
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
+# LAB-QEMU-ATS: on
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -268,6 +269,7 @@ else
     lab_skip iommu-reattach "stock Xen: no PV-IOMMU"
     lab_skip iommu-dma "stock Xen: no PV-IOMMU"
 fi
+. /lab/xen-devtlb.sh; devtlb_test
 
 # ---- Ferrite (the product) under this hypervisor
 if xl pci-assignable-add $PCI >/tmp/pci.log 2>&1; then
