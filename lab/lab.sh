@@ -431,6 +431,11 @@ cmd_run() {
     cp "$REPO"/configs/* "$run/tree/ferrite/configs/" 2>/dev/null || true
     cp "$modescript" "$run/tree/lab/mode.sh"
     chmod +x "$run/tree/lab/mode.sh"
+    # Helpers of a mode (MODE-*.sh beside it, e.g. xen-devtlb.sh) go to /lab/ too.
+    local helper
+    for helper in "$(dirname "$modescript")/$mode"-*.sh; do
+        if [ -e "$helper" ]; then cp "$helper" "$run/tree/lab/"; fi
+    done
     cp "$CACHE/labtool" "$run/tree/usr/local/bin/labtool"
     echo "$xen_kind" >"$run/tree/lab/xen-kind"
     if [ -n "$extra" ]; then mkdir -p "$run/tree/extra" && cp -a "$extra/." "$run/tree/extra/"; fi
@@ -460,6 +465,22 @@ cmd_run() {
         i=$((i + 1))
     done
     cp "$run/nics.txt" "$run/tree/lab/nics.txt"
+    # ATS: a "# LAB-QEMU-ATS: on" line in the mode script turns on the VT-d unit's
+    # device-TLB support (intel-iommu device-iotlb=on), adds a virtio-rng-pci with
+    # the ATS capability (ats=on) behind a PCIe root port at 00:10.0 (the device
+    # is 0000:01:00.0: QEMU gives virtio devices PCIe and ATS capabilities only
+    # behind a PCIe port; its NVMe has no ATS), and Xen's "ats" option (Xen 4.17
+    # uses ATS only with it). dom0 has no virtio driver: nothing binds the device.
+    # Without the line the QEMU and Xen command lines stay as they are.
+    local iommu_opts=intremap=on,caching-mode=on ats_args=() xen_cmdline=$XEN_CMDLINE
+    case $(sed -n 's/^# LAB-QEMU-ATS: *//p' "$modescript" | head -n 1) in
+        "") ;;
+        on) iommu_opts=$iommu_opts,device-iotlb=on
+            ats_args=(-device pcie-root-port,id=atsport,bus=pcie.0,chassis=16,addr=0x10
+                      -device virtio-rng-pci,bus=atsport,addr=0x0,disable-legacy=on,ats=on)
+            xen_cmdline="$xen_cmdline ats=1" ;;
+        *) die "LAB-QEMU-ATS: 'on' or no line" ;;
+    esac
     python3 "$LAB_DIR/lib/mkcpio.py" "$run/tree" "$run/run.cpio"
     # Linux reads concatenated archives, but an uncompressed one must start on a
     # 4-byte boundary: pad the gzip member with NULs (the unpacker skips them).
@@ -535,12 +556,12 @@ cmd_run() {
     for attempt in 1 2; do
         python3 "$LAB_DIR/lib/monitor.py" --timeout "$timeout" --boot-deadline "${LAB_BOOT_DEADLINE:-180}" --expect "$expect" --serial "$run/serial.log" --pidfile "$run/qemu.pid" -- \
             qemu-system-x86_64 -machine q35 -accel "${LAB_QEMU_ACCEL:-tcg}" -cpu "${LAB_QEMU_CPU:-qemu64}" -smp "${LAB_QEMU_SMP:-2}" -m 3G \
-            -device intel-iommu,intremap=on,caching-mode=on \
+            -device intel-iommu,$iommu_opts \
             -display none -vga none -nic none -no-reboot -monitor none \
             -serial "file:$run/serial.log" \
-            -kernel "$xen_image" -append "$XEN_CMDLINE" \
+            -kernel "$xen_image" -append "$xen_cmdline" \
             -initrd "$CACHE/vmlinuz $DOM0_CMDLINE,$run/initrd" \
-            "${nvme_args[@]}" "${nic_args[@]}" &
+            "${nvme_args[@]}" "${nic_args[@]}" "${ats_args[@]}" &
         # The monitor kills QEMU on SIGTERM/SIGHUP/SIGINT; forward ours to it and wait.
         local mon=$!
         trap 'kill -TERM '"$mon"' 2>/dev/null' TERM HUP INT

@@ -81,11 +81,13 @@
 #                  call fails with EIO, Xen keeps running (xl info, xl list), and later
 #                  calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready nic-context guest-disk iommu-dump iommu-cycles shutdown panic-contained xen-alive
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma iommu-devtlb ferrite-ready nic-context guest-disk iommu-dump iommu-cycles shutdown panic-contained xen-alive
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
 # A NIC for Ferrite (00:0a.0, user-mode network with DHCP): its own context too.
 # LAB-QEMU-NIC: user
+# An ATS device (virtio-rng behind a root port, 01:00.0) for iommu-devtlb.
+# LAB-QEMU-ATS: on
 . /lab/common.sh
 KIND=$(cat /lab/xen-kind 2>/dev/null || echo debian)
 PCI=0000:00:04.0
@@ -281,6 +283,7 @@ else
     lab_skip iommu-reattach "stock Xen: no PV-IOMMU"
     lab_skip iommu-dma "stock Xen: no PV-IOMMU"
 fi
+. /lab/xen-devtlb.sh; devtlb_test
 
 # ---- Ferrite (the product) under this hypervisor
 NIC=$(awk 'NR == 1 { print $2 }' /lab/nics.txt 2>/dev/null)

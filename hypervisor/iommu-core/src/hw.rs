@@ -114,6 +114,15 @@ pub trait Hardware {
     /// The core no longer uses domain id `did`: every invalidation that
     /// covers it completed, and no device is attached under it.
     fn release_did(&mut self, _did: u16) {}
+
+    /// A unit whose queue is served in software (shared with a host driver
+    /// that forwards some descriptors, such as device-TLB invalidations, to
+    /// the hardware without waiting for them): look at what completed since
+    /// the last call and move the queue on. The core calls it once at the
+    /// start of every [`Iommu::poll`](crate::iommu::Iommu::poll), never in a
+    /// loop: completion is noticed on a later call, not waited for. A unit
+    /// that reads the core's queue itself has nothing to do.
+    fn service(&mut self, _mem: &mut dyn PhysMem) {}
 }
 
 /// Why a shared unit refused [`Hardware::attach`].

@@ -24,8 +24,11 @@
 //!   remote_cmd with those on behalf of a domain that has a PCI device
 //!   (registered with its devices on first use, under that domain's rules),
 //!   and reattach_device (also through remote_cmd) for a device the target
-//!   domain owns: endpoints behind the first unit without RMRR, phantom
-//!   functions or ATS (others: -EOPNOTSUPP from Xen's side);
+//!   domain owns: endpoints behind the first unit without RMRR or phantom
+//!   functions (others: -EOPNOTSUPP from Xen's side); a device whose ATS
+//!   Xen enabled (Xen's `ats` option) is registered with ATS, and its
+//!   device-TLB invalidations are posted to the unit without waiting
+//!   (`unit.rs`);
 //! * a domU Xen assigned a PCI device to (a driver domain such as
 //!   Ferrite): every sub-op but remote_cmd, for itself, under the core's
 //!   domU rules (its own devices, its own and granted frames, its limits),
@@ -325,8 +328,10 @@ fn sync_devices(core: &mut Core, dom: DomId, now: Instant) -> usize {
             continue;
         }
         let dev = PciSbdf::new(seg, bus, devfn >> 3, devfn & 7);
+        // With ATS when Xen enabled it for the device (Xen's `ats` option):
+        // the core then invalidates its device TLB (posted to the unit).
         // Already registered: Invalid, fine.
-        let _ = core.add_device(dev, false, &[]);
+        let _ = core.add_device(dev, xen::vtd_device_ats(bus, devfn), &[]);
         match core.device_context(dev) {
             Some((o, _)) if o == dom => {}
             Some(_) => {
@@ -818,6 +823,126 @@ mod tests {
         }
         vtd(|v| assert!(v.ids.is_empty(), "pseudo ids returned: {:?}", v.ids));
         assert_eq!(xen::state::refs(), 0);
+    }
+
+    fn unit_line(st: &mut State) -> String {
+        let State::Up(core, _) = st else { panic!("core not up") };
+        let mut u = String::new();
+        core.hw_mut().dump(&mut u).unwrap();
+        u.lines().find(|l| l.starts_with("unit: device-TLB")).unwrap_or_default().to_string()
+    }
+
+    fn held(st: &mut State) -> Vec<iommu_core::types::Mfn> {
+        let State::Up(core, _) = st else { panic!("core not up") };
+        core.held_guest_pages()
+    }
+
+    fn noop(st: &mut State) {
+        assert_eq!(op(st, 0, subop::NOOP, &[]).0, 0);
+    }
+
+    /// dom0's 00:02.0 with ATS in a context of its own, one page mapped at
+    /// dfn 0x100; the move's whole-device invalidation answered.
+    fn ats_context(st: &mut State) -> u16 {
+        xen::state::VTD.with(|v| v.borrow_mut().ats.insert((0, 0x10)));
+        init(st, 0);
+        let (_, arg) = op(st, 0, subop::ALLOC_CONTEXT, &Alloc::default().to_bytes());
+        let ctx = Alloc::parse(&arg).unwrap().ctx_no;
+        let m = MapPages::new(CtxNo(ctx), Gfn(0x1001), Dfn(0x100), 1, 4096, 3).to_bytes();
+        assert_eq!(op(st, 0, subop::MAP_PAGES, &m).0, 0);
+        assert_eq!(op(st, 0, subop::REATTACH_DEVICE, &reattach_bytes(ctx, 0x10)).0, 0);
+        assert_eq!(vtd(|v| v.ats_attaches), 1, "attached with translation type device-TLB");
+        assert_eq!(vtd(|v| v.devtlb.len()), 1, "the move invalidates the whole device TLB");
+        assert_eq!(vtd(|v| v.devtlb[0].1.clone()), [(0x7fff_ffff_ffff_f000, true)]);
+        xen::complete_devtlb();
+        noop(st);
+        assert!(unit_line(st).contains("posted=1 completed=1 in-flight=0"), "{}", unit_line(st));
+        ctx
+    }
+
+    #[test]
+    fn an_unmapped_page_stays_held_until_the_device_tlb_answers() {
+        let mut st = State::Idle;
+        let ctx = ats_context(&mut st);
+        let refs = xen::state::refs();
+        let un = UnmapPages::new(CtxNo(ctx), Dfn(0x100), 4096, 1).to_bytes();
+        assert_eq!(op(&mut st, 0, subop::UNMAP_PAGES, &un).0, 0, "the unmap returns without an answer");
+        let post = vtd(|v| v.devtlb.last().cloned()).unwrap();
+        assert_eq!((post.0, post.1.clone()), (0x10, vec![(0x100000, false)]), "one page of 00:02.0");
+        assert!(unit_line(&mut st).contains("posted=2 completed=1 in-flight=1"), "{}", unit_line(&mut st));
+        // Not answered: the page stays referenced, whatever the calls.
+        for _ in 0..3 {
+            noop(&mut st);
+            assert_eq!(xen::state::refs(), refs, "the page is not given back");
+            assert_eq!(held(&mut st), [iommu_core::types::Mfn(0x1001)]);
+        }
+        let d = dump(&mut st);
+        assert!(d.contains("held-for-invalidation=1 "), "{d}");
+        // The unit writes the status dword; the next call sees it.
+        xen::complete_devtlb();
+        assert_eq!(xen::state::refs(), refs, "released on a call, not by the unit");
+        noop(&mut st);
+        assert_eq!(xen::state::refs(), refs - 1);
+        assert!(held(&mut st).is_empty());
+        assert!(unit_line(&mut st).contains("posted=2 completed=2 in-flight=0"), "{}", unit_line(&mut st));
+        // Back to Xen's mapping (one more whole-device invalidation), freed.
+        assert_eq!(op(&mut st, 0, subop::REATTACH_DEVICE, &reattach_bytes(0, 0x10)).0, 0);
+        xen::complete_devtlb();
+        noop(&mut st);
+        let f = pv_iommu_abi::Free { ctx_no: ctx, pad0: 0, free_flags: 0 }.to_bytes();
+        assert_eq!(op(&mut st, 0, subop::FREE_CONTEXT, &f).0, 0);
+        noop(&mut st);
+        assert_eq!(xen::state::refs(), 0);
+        vtd(|v| assert!(v.ids.is_empty() && v.attached.is_empty()));
+        assert!(dump(&mut st).contains("held-for-invalidation=0 to-release=0 leaked-behind-broken=0"));
+    }
+
+    #[test]
+    fn a_full_unit_queue_puts_the_post_off_to_a_later_call() {
+        let mut st = State::Idle;
+        let ctx = ats_context(&mut st);
+        let refs = xen::state::refs();
+        xen::state::VTD.with(|v| v.borrow_mut().devtlb_refuse = errno::EBUSY as i32);
+        let un = UnmapPages::new(CtxNo(ctx), Dfn(0x100), 4096, 1).to_bytes();
+        assert_eq!(op(&mut st, 0, subop::UNMAP_PAGES, &un).0, 0);
+        assert_eq!(vtd(|v| v.devtlb.len()), 1, "nothing posted");
+        assert!(unit_line(&mut st).contains("busy=1"), "{}", unit_line(&mut st));
+        xen::complete_devtlb();
+        noop(&mut st);
+        assert_eq!(xen::state::refs(), refs, "held while not even posted");
+        xen::state::VTD.with(|v| v.borrow_mut().devtlb_refuse = 0);
+        noop(&mut st);
+        assert_eq!(vtd(|v| v.devtlb.len()), 2, "posted on a later call");
+        assert_eq!(xen::state::refs(), refs);
+        xen::complete_devtlb();
+        noop(&mut st);
+        assert_eq!(xen::state::refs(), refs - 1);
+    }
+
+    #[test]
+    fn a_device_that_never_answers_is_broken_by_the_core_time_out() {
+        let mut st = State::Idle;
+        let ctx = ats_context(&mut st);
+        let refs = xen::state::refs();
+        let un = UnmapPages::new(CtxNo(ctx), Dfn(0x100), 4096, 1).to_bytes();
+        assert_eq!(op(&mut st, 0, subop::UNMAP_PAGES, &un).0, 0);
+        xen::state::NOW.with(|n| n.set(59_000_000_000));
+        noop(&mut st);
+        assert!(vtd(|v| v.attached.contains_key(&(0, 0x10))), "still attached before the time-out");
+        xen::state::NOW.with(|n| n.set(61_000_000_000));
+        noop(&mut st);
+        let State::Up(core, _) = &st else { panic!("core not up") };
+        assert!(core.device_broken(PciSbdf::new(0, 0, 2, 0)), "declared broken");
+        vtd(|v| assert!(!v.attached.contains_key(&(0, 0x10)), "its context entry left the core's tables"));
+        let u = unit_line(&mut st);
+        assert!(u.contains("completed=1 in-flight=0") && u.contains("aborted=1"), "{u}");
+        let d = dump(&mut st);
+        assert!(d.contains("leaked-behind-broken=1"), "{d}");
+        assert_eq!(xen::state::refs(), refs, "what its invalidation covered is held for good");
+        // A late answer changes nothing.
+        xen::complete_devtlb();
+        noop(&mut st);
+        assert_eq!(xen::state::refs(), refs);
     }
 
     #[test]

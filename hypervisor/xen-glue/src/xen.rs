@@ -25,13 +25,15 @@ extern "C" {
     fn ferrite_xen_copy_from_guest(domid: u16, addr: u64, buf: *mut u8, len: usize) -> i32;
     fn ferrite_xen_copy_to_guest(domid: u16, addr: u64, buf: *const u8, len: usize) -> i32;
     // xen/drivers/passthrough/vtd/iommu.c (the project's patch): devices in the core's contexts.
-    fn ferrite_vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u32) -> i32;
+    fn ferrite_vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u32, ats: i32) -> i32;
     fn ferrite_vtd_detach(bus: u8, devfn: u8) -> i32;
     fn ferrite_vtd_domid_alloc() -> i32;
     fn ferrite_vtd_domid_free(domid: u16);
     fn ferrite_vtd_flush(domid: u16, addr: u64, order: i32) -> i32;
     fn ferrite_vtd_sync_cache(maddr: u64, len: u64);
     fn ferrite_vtd_read_entry(bus: u8, devfn: u8, lo: *mut u64, hi: *mut u64) -> i32;
+    fn ferrite_vtd_device_ats(bus: u8, devfn: u8) -> i32;
+    fn ferrite_vtd_devtlb_submit(sid: u16, ranges: *const u64, nr: u32, status: u64, data: u32) -> i32;
 }
 
 /// The context entry (low, high) the unit reads for 0000:`bus`:`devfn`
@@ -44,15 +46,38 @@ pub fn vtd_read_entry(bus: u8, devfn: u8) -> Option<(u64, u64)> {
 
 /// Points device 0000:`bus`:`devfn`'s context entry (in Xen's table) at the
 /// second-level table at machine address `root` (`levels` deep), tagged
-/// with the hardware domain id of Xen pseudo domain id `domid`; Xen flushes
-/// what the unit cached for the entry's previous id. 0 or a negative errno
-/// (-EOPNOTSUPP: a device or unit Xen will not hand over; -ENODEV: unknown,
-/// unassigned or not set up; -ENOMEM, -EBUSY, -EILSEQ).
-pub fn vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u8) -> i64 {
+/// with the hardware domain id of Xen pseudo domain id `domid`, with
+/// translation type "device-TLB enabled" if `ats` (the device's ATS must be
+/// on in Xen: [`vtd_device_ats`]); Xen flushes what the unit cached for the
+/// entry's previous id. 0 or a negative errno (-EOPNOTSUPP: a device or unit
+/// Xen will not hand over, or no ATS; -ENODEV: unknown, unassigned or not
+/// set up; -ENOMEM, -EBUSY, -EILSEQ).
+pub fn vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u8, ats: bool) -> i64 {
     // SAFETY: plain values. Xen checks the device, the table's frame and the
     // id; the table stays valid while a device uses it (the core detaches
     // every device before it frees a table).
-    i64::from(unsafe { ferrite_vtd_attach(bus, devfn, root, domid, u32::from(levels)) })
+    i64::from(unsafe { ferrite_vtd_attach(bus, devfn, root, domid, u32::from(levels), ats as i32) })
+}
+
+/// True if device 0000:`bus`:`devfn` is behind the first unit with ATS that
+/// Xen enabled (Xen runs with `ats`, the unit has device-TLB support).
+pub fn vtd_device_ats(bus: u8, devfn: u8) -> bool {
+    // SAFETY: plain values; Xen looks the device up under its PCI lock.
+    unsafe { ferrite_vtd_device_ats(bus, devfn) == 1 }
+}
+
+/// Posts device-TLB invalidations for requester id `sid` to the unit's
+/// queue: `ranges` holds (address, S bit) pairs (VT-d 6.5.2.5), followed by
+/// a wait descriptor that writes `data` to the dword at machine address
+/// `status` once the device answered them all. Returns at once: 0, or
+/// -EBUSY (no room in the queue now), -ENODEV (no such ATS device), -EINVAL.
+pub fn vtd_devtlb_submit(sid: u16, ranges: &[u64], status: u64, data: u32) -> i64 {
+    let nr = u32::try_from(ranges.len() / 2).unwrap_or(0);
+    // SAFETY: `ranges` is valid for 2·nr u64 reads and outlives the call (the
+    // C side copies the values into the queue). `status` is a dword of a page
+    // the caller keeps allocated for as long as the unit may write it; Xen
+    // checks its alignment and that it is RAM.
+    i64::from(unsafe { ferrite_vtd_devtlb_submit(sid, ranges.as_ptr(), nr, status, data) })
 }
 
 /// Gives device 0000:`bus`:`devfn` back its owner's mapping (Xen's own

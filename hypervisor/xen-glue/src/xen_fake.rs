@@ -1,6 +1,6 @@
 //! Host stand-in for [`xen.rs`](xen.rs) in unit tests: pages from the host
 //! allocator (a "machine address" is the page's host address), the lab's
-//! VT-d unit capabilities, a clock at zero. Same signatures as the real one.
+//! VT-d unit capabilities, a clock at zero unless a test moves it. Same signatures as the real one.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
@@ -13,8 +13,9 @@ pub fn log(s: &str) {
     eprint!("{s}");
 }
 
+/// The fake clock (state::NOW, zero unless a test moves it).
 pub fn now_ns() -> u64 {
-    0
+    state::NOW.with(|n| n.get())
 }
 
 pub fn page_alloc() -> Option<u64> {
@@ -57,6 +58,9 @@ pub mod state {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
+    /// One vtd_devtlb_submit: (sid, (address, S) pairs, status dword address, value).
+    pub type DevTlbPost = (u16, Vec<(u64, bool)>, u64, u32);
+
     /// What the fake Xen VT-d driver saw.
     #[derive(Default, Debug)]
     pub struct Vtd {
@@ -70,9 +74,22 @@ pub mod state {
         pub detaches: u32,
         /// attach answers this errno instead (0: succeed).
         pub refuse: i32,
+        /// Devices (bus, devfn) whose ATS Xen enabled.
+        pub ats: std::collections::BTreeSet<(u8, u8)>,
+        /// Attaches with translation type "device-TLB enabled".
+        pub ats_attaches: u32,
+        /// Device-TLB invalidations posted: (sid, (address, S) pairs, status
+        /// dword address, value); the unit writes the value when the test
+        /// says so ([`complete_devtlb`](super::complete_devtlb)).
+        pub devtlb: Vec<DevTlbPost>,
+        /// Posts answered so far.
+        pub devtlb_done: usize,
+        /// vtd_devtlb_submit answers this errno instead (0: queue them).
+        pub devtlb_refuse: i32,
     }
 
     thread_local! {
+        pub static NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
         pub static VTD: RefCell<Vtd> = RefCell::new(Vtd { next_id: 0x8000, ..Vtd::default() });
         pub static REFS: RefCell<BTreeMap<u64, (u32, u32)>> = const { RefCell::new(BTreeMap::new()) };
         /// The calling domain's memory reachable at guest addresses (remote_cmd's inner argument).
@@ -179,11 +196,17 @@ pub fn copy_to_guest(_domid: u16, addr: u64, buf: &[u8]) -> bool {
     })
 }
 
-pub fn vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u8) -> i64 {
+pub fn vtd_attach(bus: u8, devfn: u8, root: u64, domid: u16, levels: u8, ats: bool) -> i64 {
     state::VTD.with(|v| {
         let mut v = v.borrow_mut();
         if v.refuse != 0 {
             return -i64::from(v.refuse);
+        }
+        if ats {
+            if !v.ats.contains(&(bus, devfn)) {
+                return -95;
+            }
+            v.ats_attaches += 1;
         }
         assert_eq!(levels, 3, "QEMU's unit: 39-bit");
         assert!(v.ids.contains(&domid), "attach with an id that is not held");
@@ -235,5 +258,41 @@ pub fn vtd_read_entry(bus: u8, devfn: u8) -> Option<(u64, u64)> {
     state::VTD.with(|v| {
         let v = v.borrow();
         Some(v.attached.get(&(bus, devfn)).map_or((0, 0), |&(root, id)| (root | 1, u64::from(!id) << 8 | 1)))
+    })
+}
+
+pub fn vtd_device_ats(bus: u8, devfn: u8) -> bool {
+    state::VTD.with(|v| v.borrow().ats.contains(&(bus, devfn)))
+}
+
+pub fn vtd_devtlb_submit(sid: u16, ranges: &[u64], status: u64, data: u32) -> i64 {
+    state::VTD.with(|v| {
+        let mut v = v.borrow_mut();
+        if v.devtlb_refuse != 0 {
+            return -i64::from(v.devtlb_refuse);
+        }
+        assert!(!ranges.is_empty() && ranges.len().is_multiple_of(2), "pairs of (address, S)");
+        assert!(status.is_multiple_of(4), "status dword aligned");
+        let pairs = ranges.chunks(2).map(|p| (p[0], p[1] & 1 == 1)).collect();
+        v.devtlb.push((sid, pairs, status, data));
+        0
+    })
+}
+
+/// The unit answers every device-TLB invalidation posted so far: it writes
+/// each post's status value (in order, as the hardware queue does).
+pub fn complete_devtlb() {
+    state::VTD.with(|v| {
+        let mut v = v.borrow_mut();
+        let done = v.devtlb_done;
+        for &(_, _, status, data) in &v.devtlb[done..] {
+            // SAFETY: `status` is in the glue's status page (a live page from
+            // page_alloc, never freed), 8-aligned: the low dword is written.
+            unsafe {
+                let old = read_word(status);
+                write_word(status, (old & !0xffff_ffff) | u64::from(data));
+            }
+        }
+        v.devtlb_done = v.devtlb.len();
     })
 }

@@ -234,6 +234,7 @@ impl<M: Memory, H: Hardware, P: Platform> Iommu<M, H, P> {
     /// device-TLB invalidation is older than the time-out (its context entry
     /// is blocked; everything its invalidation covered stays held for good).
     pub fn poll(&mut self, now: Instant) {
+        self.hw.service(&mut self.mem);
         // Each round moves descriptors, releases or breaks at least one
         // entry, or stops; the bound covers all of them.
         let rounds = self.held.len() + self.queue.backlog_len() + 1;
