@@ -55,7 +55,7 @@
 #                  and later calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
 #  shutdown        xl shutdown of Ferrite
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-dump panic-contained xen-alive shutdown
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma ferrite-ready guest-disk iommu-domu-policy iommu-dump panic-contained xen-alive shutdown
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
 . /lab/common.sh
@@ -291,6 +291,8 @@ if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tm
 else
     lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
 fi
+
+. /lab/modes/xen-policy.sh; policy_test
 
 # ---- the core's state through debug key 'F' (read from xl dmesg)
 xl debug-keys F >/dev/null 2>&1
