@@ -42,6 +42,9 @@ DD_MODULES="xenfs xen-pcifront nvme xen-blkback"
 # MODE net's Linux stand-in for Ferrite's network half (lab.role=netdd, same
 # initramfs): pcifront, virtio_net for the passed-through NIC, xen-netback, a bridge.
 NETDD_MODULES="xenfs xen-pcifront virtio_pci virtio_net xen-netback bridge"
+# MODE xen's PV-IOMMU policy guest (lab.role=iommu, same initramfs): privcmd for
+# labtool's hypercalls.
+IOMMU_GUEST_MODULES="xen-privcmd"
 XEN_PACKAGES="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
   libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2 busybox-static libc6 libgcc-s1 bash libtinfo6
@@ -222,9 +225,9 @@ common_tree() {
     cp "$LAB_DIR/dom0/init" "$dst/init"
     cp "$LAB_DIR/dom0/common.sh" "$LAB_DIR/dom0/peer.sh" "$LAB_DIR/dom0/guest.sh" \
         "$LAB_DIR/dom0/dd.sh" "$LAB_DIR/dom0/bench-agent.sh" "$LAB_DIR/dom0/net-agent.sh" \
-        "$LAB_DIR/dom0/netdd.sh" "$LAB_DIR/dom0/netbench-agent.sh" "$dst/lab/"
+        "$LAB_DIR/dom0/netdd.sh" "$LAB_DIR/dom0/netbench-agent.sh" "$LAB_DIR/dom0/iommu-agent.sh" "$dst/lab/"
     chmod +x "$dst/init" "$dst/lab/peer.sh" "$dst/lab/guest.sh" "$dst/lab/dd.sh" "$dst/lab/bench-agent.sh" \
-        "$dst/lab/net-agent.sh" "$dst/lab/netdd.sh" "$dst/lab/netbench-agent.sh"
+        "$dst/lab/net-agent.sh" "$dst/lab/netdd.sh" "$dst/lab/netbench-agent.sh" "$dst/lab/iommu-agent.sh"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dst/etc/passwd"
     echo "root:x:0:" >"$dst/etc/group"
     # xenstore-read etc. are links to the multi-call /usr/bin/xenstore
@@ -264,10 +267,11 @@ build_peer_tree() {
 build_guest_tree() {
     # The Linux test guest: busybox, mke2fs (+ libs), static fio, blkfront + ext4,
     # the xenstore tools (benchmark commands); also the benchmark's Linux driver
-    # domain (lab.role=dd: pcifront, nvme, blkback).
+    # domain (lab.role=dd: pcifront, nvme, blkback); MODE xen's PV-IOMMU policy
+    # guest (lab.role=iommu: privcmd and labtool, lab/dom0/iommu-agent.sh).
     local dst=$CACHE/guest-tree
     common_tree "$dst"
-    rm -f "$dst/bin/bash" "$dst/usr/local/bin/labtool"
+    rm -f "$dst/bin/bash"
     copy_rel "$CACHE/root" "$dst" sbin/mke2fs
     ln -sf mke2fs "$dst/sbin/mkfs.ext4"
     # ethtool -k: the offloads netfront negotiated (MODE net's GUEST-FEATURES).
@@ -277,6 +281,7 @@ build_guest_tree() {
     install_modules "$dst" modules-guest $GUEST_MODULES
     install_modules "$dst" modules-dd $DD_MODULES
     install_modules "$dst" modules-netdd $NETDD_MODULES
+    install_modules "$dst" modules-iommu $IOMMU_GUEST_MODULES
     du -sh "$dst"
 }
 
@@ -436,6 +441,9 @@ cmd_run() {
     for helper in "$(dirname "$modescript")/$mode"-*.sh; do
         if [ -e "$helper" ]; then cp "$helper" "$run/tree/lab/"; fi
     done
+    # Files a mode script sources (e.g. xen.sh's xen-policy.sh): /lab/modes/ in dom0.
+    mkdir -p "$run/tree/lab/modes"
+    cp "$LAB_DIR"/modes/*.sh "$run/tree/lab/modes/"
     cp "$CACHE/labtool" "$run/tree/usr/local/bin/labtool"
     echo "$xen_kind" >"$run/tree/lab/xen-kind"
     if [ -n "$extra" ]; then mkdir -p "$run/tree/extra" && cp -a "$extra/." "$run/tree/extra/"; fi

@@ -81,7 +81,13 @@
 #                  call fails with EIO, Xen keeps running (xl info, xl list), and later
 #                  calls answer ENODEV (interface disabled). Debian: ENOSYS
 #  xen-alive       xl info and xl dmesg work at the end; no Xen panic/BUG in xl dmesg
-# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma iommu-devtlb ferrite-ready nic-context guest-disk iommu-dump iommu-cycles shutdown panic-contained xen-alive
+#  iommu-domu-policy  Ferrite's Xen: hypercall 43 from a real Linux PV domU with a device
+#                  (00:05.0) under the driver-domain policy: others' frames EPERM, others'
+#                  devices ENOENT, remote_cmd EPERM, 16 contexts then ENOSPC, each refusal
+#                  changing nothing; its own frame and device succeed; xl destroy leaves
+#                  nothing held; a domU without a device gets ENODEV
+#                  (lab/modes/xen-policy.sh). Debian: SKIP
+# LAB-EXPECT: xen-boot iommu-caps iommu-noop iommu-unknown iommu-init iommu-badarg iommu-reattach iommu-dma iommu-devtlb ferrite-ready nic-context guest-disk iommu-domu-policy iommu-dump iommu-cycles shutdown panic-contained xen-alive
 # A second controller (00:05.0) for iommu-reattach: dom0's, used by nothing else.
 # LAB-QEMU-NVME: 64M 16M
 # A NIC for Ferrite (00:0a.0, user-mode network with DHCP): its own context too.
@@ -442,6 +448,8 @@ if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tm
 else
     lab_fail guest-disk "no guest: $(tr '\n' ' ' </tmp/xl-guest.log 2>/dev/null)"
 fi
+
+. /lab/modes/xen-policy.sh; policy_test
 
 # ---- the core's state through debug key 'F' (read from xl dmesg): dom0 back to its
 # default context after iommu-reattach; Ferrite (a domU) under the domU limits.

@@ -18,8 +18,11 @@
  *                          instead (a hostile pointer: unmapped, or Xen's own range).
  *   labtool own-pages N    give dom0 N new pages of its own (max_mem + N, then
  *                          XENMEM_increase_reservation); prints "LAB-PAGES ... mfns=".
+ *                          In a PV domU (domctl refused: EPERM) only the
+ *                          increase_reservation, within the domain's headroom.
  *   labtool release-pages MFN...
- *                          give them back (decrease_reservation, max_mem - N).
+ *                          give them back (decrease_reservation, max_mem - N; a
+ *                          domU: decrease_reservation only).
  *   labtool nvme-identify SBDF SQ=IOVA:MFN CQ=IOVA:MFN DATA=IOVA[:MFN]...
  *                          drive an NVMe controller (unbound from Linux) from here:
  *                          admin queues and Identify data at the given bus
@@ -643,7 +646,10 @@ static int run_pages(int release, int n, char **args)
         return 2;
     }
     long max = dom0_max_pages(fd, buf);
-    if (max < 0) {
+    /* A domU may not use domctls (EPERM): it takes pages within the headroom
+     * its toolstack left (xl's maxmem above memory) and leaves max_pages alone. */
+    int domu = max == -1 /* EPERM */ || max == -13 /* EACCES */;
+    if (max < 0 && !domu) {
         printf("LAB-PAGES error=getdomaininfo:%s\n", errno_name(-max));
         return 2;
     }
@@ -651,17 +657,24 @@ static int run_pages(int release, int n, char **args)
         for (unsigned i = 0; i < count; i++)
             mfns[i] = strtoull(args[i], NULL, 0);
         long r = reservation(fd, buf, XENMEM_decrease_reservation, mfns, count);
+        if (domu) {
+            printf("LAB-PAGES released=%ld max_pages=unchanged\n", r);
+            return r == (long)count ? 0 : 1;
+        }
         long m = r == (long)count ? dom0_set_max_pages(fd, buf, max - count) : 0;
         printf("LAB-PAGES released=%ld max_pages=%ld->%ld rc=%ld\n", r, max, max - (r == (long)count ? count : 0), m);
         return r == (long)count && m == 0 ? 0 : 1;
     }
-    long m = dom0_set_max_pages(fd, buf, max + count);
+    long m = domu ? 0 : dom0_set_max_pages(fd, buf, max + count);
     if (m < 0) {
         printf("LAB-PAGES error=max_mem:%s\n", errno_name(-m));
         return 1;
     }
     long r = reservation(fd, buf, XENMEM_increase_reservation, mfns, count);
-    printf("LAB-PAGES got=%ld max_pages=%ld->%ld mfns=", r, max, max + count);
+    if (domu)
+        printf("LAB-PAGES got=%ld max_pages=unchanged mfns=", r);
+    else
+        printf("LAB-PAGES got=%ld max_pages=%ld->%ld mfns=", r, max, max + count);
     for (long i = 0; i < r; i++)
         printf("%s0x%llx", i ? "," : "", (unsigned long long)mfns[i]);
     printf("\n");
