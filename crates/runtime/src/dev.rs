@@ -182,6 +182,15 @@ pub enum Translation {
     PvIommu(&'static spin::Mutex<PvMm>, u16),
 }
 
+/// The machine frames `segs` touch, in order (bus address = MFN << 12).
+fn frames(segs: &[DmaSegment]) -> impl Iterator<Item = u64> + '_ {
+    segs.iter().flat_map(|s| {
+        let first = s.bus.0 / PAGE_SIZE as u64;
+        let last = (s.bus.0 + s.len.max(1) as u64 - 1) / PAGE_SIZE as u64;
+        first..=last
+    })
+}
+
 /// DMA memory and mappings on heap pages.
 pub struct HalDma {
     tr: Translation,
@@ -216,18 +225,12 @@ impl HalDma {
     /// Puts the pages of `segs` into the device's context (all or none).
     fn map_segments(&self, segs: &[DmaSegment], writable: bool) -> Result<(), DmaError> {
         let Some(scope) = self.scope() else { return Ok(()) };
-        let mut done: Vec<u64> = Vec::new();
-        for s in segs {
-            let first = s.bus.0 / PAGE_SIZE as u64;
-            let last = (s.bus.0 + s.len.max(1) as u64 - 1) / PAGE_SIZE as u64;
-            for mfn in first..=last {
-                if !iomap::map(scope, mfn, writable) {
-                    for &m in &done {
-                        iomap::unmap(scope, m);
-                    }
-                    return Err(DmaError::MapFailed);
+        for (done, mfn) in frames(segs).enumerate() {
+            if !iomap::map(scope, mfn, writable) {
+                for m in frames(segs).take(done) {
+                    iomap::unmap(scope, m);
                 }
-                done.push(mfn);
+                return Err(DmaError::MapFailed);
             }
         }
         Ok(())
@@ -235,12 +238,8 @@ impl HalDma {
     /// Takes the pages of `segs` back out of the device's context.
     fn unmap_segments(&self, segs: &[DmaSegment]) {
         let Some(scope) = self.scope() else { return };
-        for s in segs {
-            let first = s.bus.0 / PAGE_SIZE as u64;
-            let last = (s.bus.0 + s.len.max(1) as u64 - 1) / PAGE_SIZE as u64;
-            for mfn in first..=last {
-                iomap::unmap(scope, mfn);
-            }
+        for mfn in frames(segs) {
+            iomap::unmap(scope, mfn);
         }
     }
     fn bus(&self, va: u64) -> Result<u64, DmaError> {

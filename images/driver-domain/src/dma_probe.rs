@@ -9,7 +9,11 @@
 use crate::iommu::Hypercall;
 use alloc::format;
 use alloc::string::String;
+use log::{info, warn};
 use pv_iommu_client::{Client, Error};
+use runtime::dev::{HalDma, Translation};
+use runtime::pv::PvMm;
+use xen::pcifront::PciAddr;
 
 /// The strategy chosen, as a short key and an explanation for the log.
 pub fn probe() -> (&'static str, String) {
@@ -39,5 +43,42 @@ pub fn probe() -> (&'static str, String) {
                 )
             }
         }
+    }
+}
+
+/// How a device reaches our memory: its own PV-IOMMU context when the
+/// hypervisor gives us one (`kind` "pv-iommu"), else machine frames
+/// (Xen's 1:1 mapping of our memory). A context that cannot be set up
+/// leaves the device where it was, on machine frames, and says why.
+pub fn device_dma(
+    what: &str,
+    addr: PciAddr,
+    machine: Option<PciAddr>,
+    mm: &'static spin::Mutex<PvMm>,
+    kind: &str,
+    grants: bool,
+) -> Result<HalDma, String> {
+    match kind {
+        "machine-frames" => Ok(HalDma::new(Translation::PvMachineFrames(mm))),
+        "pv-iommu" => {
+            let r = match machine {
+                Some(m) => crate::iommu::CONTEXTS.give_context(m, grants),
+                None => Err(String::from("pciback gave no machine address (dev-N)")),
+            };
+            match r {
+                Ok(ctx) => {
+                    info!(
+                        "{what} {addr} (machine {}): PV-IOMMU context {ctx} of its own, empty until its buffers are mapped",
+                        machine.map_or(String::from("?"), |m| format!("{m}"))
+                    );
+                    Ok(HalDma::new(Translation::PvIommu(mm, ctx)))
+                }
+                Err(e) => {
+                    warn!("{what} {addr}: no PV-IOMMU context ({e}): machine frames (Xen's mapping of all our memory)");
+                    Ok(HalDma::new(Translation::PvMachineFrames(mm)))
+                }
+            }
+        }
+        other => Err(format!("DMA strategy {other} is not implemented")),
     }
 }

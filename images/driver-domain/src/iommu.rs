@@ -42,13 +42,18 @@ pub struct Contexts {
 }
 
 struct Inner {
-    /// Set by the first [`Contexts::give_context`].
-    client: Option<Client<Hypercall>>,
-    max_iova: u64,
     /// Contexts of devices that serve guests' granted pages.
     grant_ctxs: Vec<u16>,
     /// Every context, with its device (for the report).
     devices: Vec<(u16, PciAddr)>,
+    pages: Pages,
+}
+
+/// What is mapped where, and the client that maps it.
+struct Pages {
+    /// Set by the first [`Contexts::give_context`].
+    client: Option<Client<Hypercall>>,
+    max_iova: u64,
     /// (context, frame) → (maps, mapped writable).
     maps: BTreeMap<(u16, u64), (u32, bool)>,
     /// Maps the hypervisor refused.
@@ -58,12 +63,9 @@ struct Inner {
 /// The image's one set of contexts.
 pub static CONTEXTS: Contexts = Contexts {
     inner: spin::Mutex::new(Inner {
-        client: None,
-        max_iova: 0,
         grant_ctxs: Vec::new(),
         devices: Vec::new(),
-        maps: BTreeMap::new(),
-        refused: 0,
+        pages: Pages { client: None, max_iova: 0, maps: BTreeMap::new(), refused: 0 },
     }),
 };
 
@@ -77,14 +79,14 @@ impl Contexts {
         let seg = u16::try_from(dev.domain).map_err(|_| format!("PCI segment {:#x} out of range", dev.domain))?;
         let sbdf = PciSbdf::new(seg, dev.bus, dev.devfn >> 3, dev.devfn & 7);
         let mut g = self.inner.lock();
-        let c = g.client.get_or_insert_with(|| Client::new(Hypercall));
+        let c = g.pages.client.get_or_insert_with(|| Client::new(Hypercall));
         let caps = c.ensure_initialised().map_err(|e| format!("PV-IOMMU init: {e:?}"))?;
         let ctx = c.alloc_context(false).map_err(|e| format!("alloc_context: {e:?}"))?;
         if let Err(e) = c.reattach_device(ctx, sbdf) {
             let _ = c.free_context(ctx, false);
             return Err(format!("reattach_device {dev} to context {}: {e:?}", ctx.0));
         }
-        g.max_iova = caps.max_iova_addr;
+        g.pages.max_iova = caps.max_iova_addr;
         if grants {
             g.grant_ctxs.push(ctx.0);
         }
@@ -98,7 +100,7 @@ impl Contexts {
     /// and maps the hypervisor refused so far.
     pub fn counts(&self) -> (usize, u64) {
         let g = self.inner.lock();
-        (g.maps.len(), g.refused)
+        (g.pages.maps.len(), g.pages.refused)
     }
 
     /// One line per context: its device and how many pages it maps.
@@ -106,25 +108,18 @@ impl Contexts {
         let g = self.inner.lock();
         let mut parts: Vec<String> = Vec::new();
         for &(ctx, dev) in &g.devices {
-            let pages = g.maps.range((ctx, 0)..=(ctx, u64::MAX)).count();
+            let pages = g.pages.maps.range((ctx, 0)..=(ctx, u64::MAX)).count();
             let grants = if g.grant_ctxs.contains(&ctx) { " +grants" } else { "" };
             parts.push(format!("ctx{ctx} {dev} pages={pages}{grants}"));
         }
-        if g.refused > 0 {
-            parts.push(format!("refused={}", g.refused));
+        if g.pages.refused > 0 {
+            parts.push(format!("refused={}", g.pages.refused));
         }
         parts.join("; ")
     }
 }
 
-impl Inner {
-    fn contexts(&self, scope: Scope) -> Vec<u16> {
-        match scope {
-            Scope::Context(c) => alloc::vec![c],
-            Scope::Grants => self.grant_ctxs.clone(),
-        }
-    }
-
+impl Pages {
     /// One more map of `mfn` in `ctx`.
     fn map_one(&mut self, ctx: u16, mfn: u64, writable: bool) -> bool {
         let Some(c) = self.client.as_mut() else { return false };
@@ -189,11 +184,19 @@ impl Inner {
 impl DeviceMap for Contexts {
     fn map(&self, scope: Scope, mfn: u64, writable: bool) -> bool {
         let mut g = self.inner.lock();
-        let ctxs = g.contexts(scope);
+        let Inner { grant_ctxs, pages, .. } = &mut *g;
+        let one;
+        let ctxs: &[u16] = match scope {
+            Scope::Context(c) => {
+                one = [c];
+                &one
+            }
+            Scope::Grants => grant_ctxs,
+        };
         for (i, &ctx) in ctxs.iter().enumerate() {
-            if !g.map_one(ctx, mfn, writable) {
+            if !pages.map_one(ctx, mfn, writable) {
                 for &done in &ctxs[..i] {
-                    g.unmap_one(done, mfn);
+                    pages.unmap_one(done, mfn);
                 }
                 return false;
             }
@@ -203,8 +206,10 @@ impl DeviceMap for Contexts {
 
     fn unmap(&self, scope: Scope, mfn: u64) {
         let mut g = self.inner.lock();
-        for ctx in g.contexts(scope) {
-            g.unmap_one(ctx, mfn);
+        let Inner { grant_ctxs, pages, .. } = &mut *g;
+        match scope {
+            Scope::Context(c) => pages.unmap_one(c, mfn),
+            Scope::Grants => grant_ctxs.iter().for_each(|&c| pages.unmap_one(c, mfn)),
         }
     }
 }

@@ -95,7 +95,7 @@ pub fn bring_up(
     if dev.errors() > 0 {
         return Err(format!("{} config-space operations failed", dev.errors()));
     }
-    runtime::virtio::install_dma(crate::pci_nvme::device_dma("nic", addr, machine, mm, kind, false)?);
+    runtime::virtio::install_dma(crate::dma_probe::device_dma("nic", addr, machine, mm, kind, false)?);
     let transport = virtio_net::pci_transport::<runtime::virtio::Hal, _>(dev)
         .map_err(|e| format!("virtio PCI transport: {e:?}"))?;
     let nic = VirtioNet::new(transport, cfg, &HalClock).map_err(|e| format!("bring-up: {e:?}"))?;

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use drivers::nvme::{Config, Nvme};
 use drivers::pci::{BarKind, PciDevice, NVME_CLASS};
 use log::{info, warn};
-use runtime::dev::{pv_map_bar, HalClock, HalDma, Mmio, Translation};
+use runtime::dev::{pv_map_bar, HalClock, HalDma, Mmio};
 use runtime::events::{PortNotifier, XenEvents};
 use runtime::page::MappedPage;
 use runtime::pv::PvMm;
@@ -101,43 +101,6 @@ impl PciBus {
     }
 }
 
-/// How a device reaches our memory: its own PV-IOMMU context when the
-/// hypervisor gives us one (`kind` "pv-iommu"), else machine frames
-/// (Xen's 1:1 mapping of our memory). A context that cannot be set up
-/// leaves the device where it was, on machine frames, and says why.
-pub fn device_dma(
-    what: &str,
-    addr: PciAddr,
-    machine: Option<PciAddr>,
-    mm: &'static spin::Mutex<PvMm>,
-    kind: &str,
-    grants: bool,
-) -> Result<HalDma, String> {
-    match kind {
-        "machine-frames" => Ok(HalDma::new(Translation::PvMachineFrames(mm))),
-        "pv-iommu" => {
-            let r = match machine {
-                Some(m) => crate::iommu::CONTEXTS.give_context(m, grants),
-                None => Err(String::from("pciback gave no machine address (dev-N)")),
-            };
-            match r {
-                Ok(ctx) => {
-                    info!(
-                        "{what} {addr} (machine {}): PV-IOMMU context {ctx} of its own, empty until its buffers are mapped",
-                        machine.map_or(String::from("?"), |m| format!("{m}"))
-                    );
-                    Ok(HalDma::new(Translation::PvIommu(mm, ctx)))
-                }
-                Err(e) => {
-                    warn!("{what} {addr}: no PV-IOMMU context ({e}): machine frames (Xen's mapping of all our memory)");
-                    Ok(HalDma::new(Translation::PvMachineFrames(mm)))
-                }
-            }
-        }
-        other => Err(format!("DMA strategy {other} is not implemented")),
-    }
-}
-
 /// pcifront up: the config-space channel and the functions passed through.
 pub fn connect<N: Notifier>(
     xs: &mut XsClient<MappedPage, N>,
@@ -191,7 +154,7 @@ fn bring_up(
     }
     let regs = pv_map_bar(mm, bar.base, bar.size).map_err(|e| format!("mapping BAR0 {:#x}: {e:?}", bar.base))?;
     info!("nvme {addr}: BAR0 machine address {:#x} ({} KiB) mapped uncached", bar.base, bar.size / 1024);
-    let dma = device_dma("nvme", addr, machine, mm, dma_kind, true)?;
+    let dma = crate::dma_probe::device_dma("nvme", addr, machine, mm, dma_kind, true)?;
     // 512 KiB per command (capped by the controller's MDTS): fewer splits of
     // large guest requests.
     let config = Config { io_queues: 2, queue_depth: 64, max_transfer: 512 * 1024, use_sgl, ..Config::default() };
