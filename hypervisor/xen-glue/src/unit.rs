@@ -236,18 +236,22 @@ impl XenUnit {
     /// Posts the run of device-TLB invalidations of `sid` at `head` (up to
     /// [`MAX_DEVTLB_BATCH`]) to the unit, with a status write behind them.
     fn post_devtlb(&mut self, mem: &dyn PhysMem, base: Mfn, sid: Sid) {
-        let mut ranges: alloc::vec::Vec<u64> = alloc::vec::Vec::with_capacity(2 * MAX_DEVTLB_BATCH);
+        // (address, size) pairs; a fixed buffer: nothing to allocate here.
+        let mut ranges = [0u64; 2 * MAX_DEVTLB_BATCH];
+        let mut n = 0;
         let mut idx = self.head;
-        while idx != self.tail && ranges.len() < 2 * MAX_DEVTLB_BATCH {
+        while idx != self.tail && n < ranges.len() {
             match self.desc(mem, base, idx).decode() {
                 Some(Inv::DevTlb { sid: s, addr, size }) if s == sid.0 => {
-                    ranges.push(addr);
-                    ranges.push(size as u64);
+                    ranges[n] = addr;
+                    ranges[n + 1] = size as u64;
+                    n += 2;
                 }
                 _ => break,
             }
             idx = (idx + 1) % DESCS_PER_PAGE;
         }
+        let ranges = &ranges[..n];
         if self.status.is_none() {
             self.status = xen::page_alloc();
         }
@@ -256,7 +260,7 @@ impl XenUnit {
             return;
         };
         let seq = self.next_seq;
-        match xen::vtd_devtlb_submit(sid.0, &ranges, status, seq) {
+        match xen::vtd_devtlb_submit(sid.0, ranges, status, seq) {
             0 => {
                 let count = (ranges.len() / 2) as u32;
                 self.next_seq = self.next_seq.wrapping_add(1);
