@@ -20,22 +20,21 @@ pub(crate) struct Tokens<B> {
     slots: Vec<Option<InFlight<B>>>,
     /// Empty slots (bounded by the most work ever in flight at once).
     free: Vec<u32>,
-    len: usize,
 }
 
 impl<B> Default for Tokens<B> {
     fn default() -> Self {
-        Tokens { index: Vec::new(), slots: Vec::new(), free: Vec::new(), len: 0 }
+        Tokens { index: Vec::new(), slots: Vec::new(), free: Vec::new() }
     }
 }
 
 impl<B> Tokens<B> {
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.index.iter().map(|(_, q)| q.len()).sum()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.index.iter().all(|(_, q)| q.is_empty())
     }
 
     /// Records `v` under `key` (work already under `key` is dropped).
@@ -59,16 +58,14 @@ impl<B> Tokens<B> {
         };
         // A disk's tokens are unique while in flight; one that is not
         // replaces the older work, as a map would.
-        match self.index[i].1.insert(key.1, slot) {
-            Some(old) => self.release(old),
-            None => self.len += 1,
+        if let Some(old) = self.index[i].1.insert(key.1, slot) {
+            self.release(old);
         }
     }
 
     /// Takes the work under `key`.
     pub(crate) fn remove(&mut self, key: &(u32, u64)) -> Option<InFlight<B>> {
         let slot = self.index.iter_mut().find(|(vid, _)| *vid == key.0)?.1.remove(key.1)?;
-        self.len -= 1;
         let v = self.slots.get_mut(slot as usize)?.take();
         self.free.push(slot);
         v
@@ -103,7 +100,6 @@ impl<B> Tokens<B> {
             });
         }
         self.index.retain(|(_, q)| !q.is_empty());
-        self.len -= gone.len();
         for s in gone {
             self.release(s);
         }
