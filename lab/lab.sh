@@ -436,12 +436,7 @@ cmd_run() {
     cp "$REPO"/configs/* "$run/tree/ferrite/configs/" 2>/dev/null || true
     cp "$modescript" "$run/tree/lab/mode.sh"
     chmod +x "$run/tree/lab/mode.sh"
-    # Helpers of a mode (MODE-*.sh beside it, e.g. xen-devtlb.sh) go to /lab/ too.
-    local helper
-    for helper in "$(dirname "$modescript")/$mode"-*.sh; do
-        if [ -e "$helper" ]; then cp "$helper" "$run/tree/lab/"; fi
-    done
-    # Files a mode script sources (e.g. xen.sh's xen-policy.sh): /lab/modes/ in dom0.
+    # Files a mode script sources (e.g. xen.sh's xen-policy.sh, xen-devtlb.sh): /lab/modes/ in dom0.
     mkdir -p "$run/tree/lab/modes"
     cp "$LAB_DIR"/modes/*.sh "$run/tree/lab/modes/"
     cp "$CACHE/labtool" "$run/tree/usr/local/bin/labtool"

@@ -26,7 +26,7 @@ devtlb_kv() { echo " $2" | sed -n "s/.* $1=\([0-9]*\).*/\1/p"; }
 
 # Debug key F, then the core's totals and the unit's device-TLB line.
 devtlb_dump() {
-    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    core_dump
     DT_TOTAL=$(dump_line "total: ")
     DT_UNIT=$(dump_line "unit: device-TLB ")
 }

@@ -167,8 +167,10 @@ fi
 DEV2=0000:00:05.0
 # The debug key's newest line containing $1 (after the dump just taken).
 dump_line() { xl dmesg | grep -a "ferrite-iommu: $1" | tail -n 1 | sed 's/^.*ferrite-iommu: //'; }
-# VT-d fault lines Xen logged for 00:05.0 so far.
-dma_faults() { xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac '00:05.0'; }
+# Debug key F: the core's dump into xl dmesg (read with dump_line).
+core_dump() { xl debug-keys F >/dev/null 2>&1; sleep 0.5; }
+# vtd_faults SBDF: VT-d fault lines Xen logged for that device so far.
+vtd_faults() { xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac "${1#0000:}"; }
 # dom0's block device of $DEV2's first namespace (waits up to $1 s for it).
 nvme_blk() {
     local end=$(now_after "${1:-0}") b
@@ -217,18 +219,18 @@ reattach_test() {
     op 5 ctx=$ctx dev=$DEV2
     [ "$ERR" = OK ] || why="$why reattach to ctx $ctx: $OUT;"
     op 4 ctx=$ctx flags=0; e_busy=$ERR
-    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    core_dump
     dctx=$(dump_line "d0 ctx$ctx ")
     unit=$(dump_line "unit: $DEV2 ")
     lab_info "in the context: $dctx"
     lab_info "in the context: $unit"
     # DMA through the context: Identify into the mapped page, then into the
     # read-only page and an unmapped IOVA (both must fault, the page unchanged).
-    f0=$(dma_faults)
+    f0=$(vtd_faults $DEV2)
     nv=$(labtool nvme-identify $DEV2 SQ=0x100000:$1 CQ=0x101000:$2 DATA=0x102000:$3 DATA=0x103000:$4 DATA=0x200000 2>&1)
     echo "$nv" | grep '^LAB-NVME' | sed 's/^/LAB-INFO /'
     sleep 0.5
-    f1=$(dma_faults)
+    f1=$(vtd_faults $DEV2)
     case "$nv" in *"cmd=1 data=0x102000 status=0 "*"page=written serial=ferrite-nvme1"*) ;; *) dwhy="$dwhy Identify into the mapped page failed;" ;; esac
     # QEMU 7.2's NVMe completes a command whose data DMA was blocked with a
     # success status: the verdict is the page and the unit's fault records.
@@ -243,7 +245,7 @@ reattach_test() {
     [ "$ERR" = OK ] || why="$why reattach to ctx 0: $OUT;"
     op 4 ctx=$ctx flags=0
     [ "$ERR" = OK ] || why="$why free: $OUT;"
-    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    core_dump
     back=$(dump_line "d0 ctx0 ")
     unit2=$(dump_line "unit: devices")
     flt=$(dump_line "faults: ")
@@ -289,7 +291,7 @@ else
     lab_skip iommu-reattach "stock Xen: no PV-IOMMU"
     lab_skip iommu-dma "stock Xen: no PV-IOMMU"
 fi
-. /lab/xen-devtlb.sh; devtlb_test
+. /lab/modes/xen-devtlb.sh; devtlb_test
 
 # ---- Ferrite (the product) under this hypervisor
 NIC=$(awk 'NR == 1 { print $2 }' /lab/nics.txt 2>/dev/null)
@@ -305,11 +307,9 @@ FERRITE_PCI="pci=['$PCI'${NIC:+,'$NIC'}]"
 FERRITE_EXTRA='extra="metrics=dhcp"'
 # The core's totals line (debug key F), without the prefix.
 core_totals() {
-    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    core_dump
     dump_line "total: "
 }
-# VT-d fault lines Xen logged for Ferrite's NVMe so far.
-nvme_faults() { xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac "${PCI#0000:}"; }
 # ferrite_context DOMID: checks Ferrite's NVMe is in a context of its own
 # (xenstore data/ferrite/iommu and the core's dump); sets CTX_WHY (empty: fine)
 # and CTX_LINE (the dump's line for that context).
@@ -319,7 +319,7 @@ ferrite_context() {
     iommu=$(xenstore-read /local/domain/$d/data/ferrite/iommu 2>/dev/null)
     ctx=$(echo "$iommu" | sed -n "s/.*ctx\([0-9]*\) $PCI pages=\([0-9]*\) +grants.*/\1/p")
     [ -n "$ctx" ] || CTX_WHY="$CTX_WHY data/ferrite/iommu '$iommu' names no context with $PCI;"
-    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    core_dump
     CTX_LINE=$(dump_line "d$d ctx${ctx:-?} ")
     unit=$(dump_line "unit: $PCI ")
     case "$CTX_LINE" in
@@ -329,7 +329,7 @@ ferrite_context() {
     case "$unit" in *"present=1 "*": the core's table") ;; *) CTX_WHY="$CTX_WHY Xen's entry for $PCI: '${unit:-none}';" ;; esac
 }
 cfg=$(lab_guest_cfg)
-faults0=$(nvme_faults)
+faults0=$(vtd_faults $PCI)
 domid=$(lab_create "$cfg" "$FERRITE_PCI" "$FERRITE_EXTRA") || domid=""
 if [ -n "$domid" ] && lab_wait_ready "$domid" 60; then
     dma=$(xenstore-read /local/domain/$domid/data/ferrite/dma 2>/dev/null)
@@ -377,9 +377,9 @@ nic_context_test() {
     [ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ] || why="$why no packets both ways on the NIC within 30 s: '$nicl';"
     [ -n "$(xenstore-read /local/domain/$d/data/ferrite/metrics 2>/dev/null)" ] || why="$why no DHCP lease (data/ferrite/metrics absent);"
     case "$nicl" in *" device-errors=0"*) ;; *) why="$why NIC errors: '$nicl';" ;; esac
-    nf=$(xl dmesg | grep -aiE 'DMAR|VT-D' | grep -aiE 'fault' | grep -ac "${NIC#0000:}")
+    nf=$(vtd_faults $NIC)
     [ "$nf" -eq 0 ] || why="$why $nf VT-d fault line(s) for $NIC;"
-    xl debug-keys F >/dev/null 2>&1; sleep 0.5
+    core_dump
     local line; line=$(dump_line "d$d ctx[0-9]* Paged did=[0-9]* mapped=[0-9]* devs=\[$NIC\]")
     [ -n "$line" ] || why="$why the core's dump shows no context of d$d holding $NIC;"
     if [ -z "$why" ]; then
@@ -409,7 +409,7 @@ if [ -n "$domid" ] && timeout 90 xl create /ferrite/configs/guest-linux.cfg >/tm
         # While the guest is connected its persistent grants are mapped.
         ferrite_context "$domid"
         lab_info "core, guest connected: $CTX_LINE"
-        nf=$(( $(nvme_faults) - faults0 ))
+        nf=$(( $(vtd_faults $PCI) - faults0 ))
         [ "$nf" -eq 0 ] || gwhy="$gwhy $nf VT-d fault line(s) for $PCI in xl dmesg;"
         gwhy="$gwhy$CTX_WHY"
     fi
@@ -453,8 +453,7 @@ fi
 
 # ---- the core's state through debug key 'F' (read from xl dmesg): dom0 back to its
 # default context after iommu-reattach; Ferrite (a domU) under the domU limits.
-xl debug-keys F >/dev/null 2>&1
-sleep 0.5
+core_dump
 d0=$(xl dmesg | grep -a 'ferrite-iommu: d0:' | tail -n 1)
 dF=$(xl dmesg | grep -a "ferrite-iommu: d${domid:-x}:" | tail -n 1)
 # Its default context and one per device (the NVMe, and the NIC if any).
